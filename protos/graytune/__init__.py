@@ -1,0 +1,10 @@
+"""graytune: gray-box fine-tuning of vision-language models through a gradient oracle.
+
+`graytune.v1` is the wire contract (generated from protos/graytune/v1/oracle.proto),
+`graytune.tensor_codec` turns tensors into chunks and back, `graytune.server` is the model
+owner's side and `graytune.client` the customer's.
+"""
+
+__version__ = "0.1.0"
+# Bumped when the meaning of a message changes; clients refuse a server with another major.
+PROTOCOL_VERSION = "1.0"

@@ -1,0 +1,174 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
+    FLOAT32: _ClassVar[DataType]
+    FLOAT16: _ClassVar[DataType]
+    BFLOAT16: _ClassVar[DataType]
+    UINT8: _ClassVar[DataType]
+    INT64: _ClassVar[DataType]
+
+class Tower(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOWER_UNSPECIFIED: _ClassVar[Tower]
+    IMAGE: _ClassVar[Tower]
+    TEXT: _ClassVar[Tower]
+DATA_TYPE_UNSPECIFIED: DataType
+FLOAT32: DataType
+FLOAT16: DataType
+BFLOAT16: DataType
+UINT8: DataType
+INT64: DataType
+TOWER_UNSPECIFIED: Tower
+IMAGE: Tower
+TEXT: Tower
+
+class TensorChunk(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DataType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class InputHeader(_message.Message):
+    __slots__ = ("tower", "texts", "output_dtype", "grad_inputs")
+    TOWER_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    GRAD_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    tower: Tower
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    output_dtype: DataType
+    grad_inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tower: _Optional[_Union[Tower, str]] = ..., texts: _Optional[_Iterable[str]] = ..., output_dtype: _Optional[_Union[DataType, str]] = ..., grad_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InputMessage(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: InputHeader
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[InputHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class OutputHeader(_message.Message):
+    __slots__ = ("handle", "handle_ttl_seconds")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    handle_ttl_seconds: float
+    def __init__(self, handle: _Optional[str] = ..., handle_ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class OutputMessage(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: OutputHeader
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[OutputHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class BackwardHeader(_message.Message):
+    __slots__ = ("handle", "output_dtype")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    output_dtype: DataType
+    def __init__(self, handle: _Optional[str] = ..., output_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+
+class BackwardMessage(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: BackwardHeader
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[BackwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Backbone(_message.Message):
+    __slots__ = ("name", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ImageSpec(_message.Message):
+    __slots__ = ("height", "width", "mean", "std", "interpolation", "resize_mode")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATION_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_MODE_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    interpolation: str
+    resize_mode: str
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ...) -> None: ...
+
+class TextSpec(_message.Message):
+    __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens")
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXTRA_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    context_length: int
+    token_width: int
+    vocab_size: int
+    max_extra_tokens: int
+    def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds")
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAPH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max_batch: int
+    max_tensor_bytes: int
+    max_message_bytes: int
+    chunk_bytes: int
+    max_graph_bytes: int
+    handle_ttl_seconds: float
+    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_POINTS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: str
+    server_version: str
+    backbone: Backbone
+    embed_dim: int
+    image: ImageSpec
+    text: TextSpec
+    tier: str
+    entry_points: _containers.RepeatedScalarFieldContainer[str]
+    limits: Limits
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,52 @@
+"""Builds and runs the gRPC server: oracle service, health checking, reflection."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from graytune.server.oracle import GradientOracle
+from graytune.server.servicer import Caller, OracleServicer
+from graytune.v1 import oracle_pb2, oracle_pb2_grpc
+
+log = logging.getLogger("graytune.server")
+SERVICE_NAME = oracle_pb2.DESCRIPTOR.services_by_name["GradientOracle"].full_name
+
+
+class OracleServer:
+    """The oracle on a port, with its health service and graph sweeper."""
+
+    def __init__(self, oracle: GradientOracle, address: str, caller: Caller, workers: int = 8):
+        limits = oracle.limits
+        options = [
+            # Chunks stay far below these; they only bound what one message may cost.
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+        ]
+        self.oracle = oracle
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        oracle_pb2_grpc.add_GradientOracleServicer_to_server(OracleServicer(oracle, caller), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self._stop_sweeper = threading.Event()
+
+    def start(self) -> None:
+        self.server.start()
+        self.oracle.store.run_sweeper(self._stop_sweeper)
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stops accepting calls, lets in-flight ones finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_seconds).wait()
+        self._stop_sweeper.set()

@@ -1,0 +1,89 @@
+"""graytune-server: serve a frozen OpenCLIP backbone as a gradient oracle.
+
+    graytune-server                                   # built-in tiny model, random weights
+    graytune-server --model ViT-B-32 --pretrained laion2b_s34b_b79k
+    graytune-server --model ViT-B-32 --weights /models/vit-b-32.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from graytune.server.tiers import TIERS
+from graytune.server.validation import Limits
+
+MB = 1 << 20
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="graytune-server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = p.add_argument_group("backbone")
+    model.add_argument("--model", default=os.environ.get("GRAYTUNE_MODEL", "graytune-tiny"),
+                       help="OpenCLIP architecture name (default: %(default)s)")
+    model.add_argument("--pretrained", default=os.environ.get("GRAYTUNE_PRETRAINED"),
+                       help="OpenCLIP pretrained tag, fetched from the hub")
+    model.add_argument("--weights", type=Path, default=os.environ.get("GRAYTUNE_WEIGHTS"),
+                       help="local .safetensors or .pt weights for --model")
+    model.add_argument("--model-config", type=Path, help="architecture JSON file (its stem names the model)")
+    model.add_argument("--seed", type=int, default=0, help="seed of the random init without weights")
+    model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    model.add_argument("--precision", choices=["fp32", "amp_bf16", "amp_fp16"], default="fp32",
+                       help="autocast on the GPU (default: %(default)s)")
+    model.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    serve = p.add_argument_group("serving")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    serve.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
+    serve.add_argument("--tier", choices=TIERS, default="graybox",
+                       help="tier of every caller (development mode, no credentials)")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")
+    limits = p.add_argument_group("limits")
+    d = Limits()
+    limits.add_argument("--max-batch", type=int, default=d.max_batch)
+    limits.add_argument("--max-tensor-mb", type=float, default=d.max_tensor_bytes / MB)
+    limits.add_argument("--max-graph-mb", type=float, default=d.max_graph_bytes / MB,
+                        help="memory held for pending Backward calls, all callers")
+    limits.add_argument("--handle-ttl", type=float, default=d.handle_ttl_seconds,
+                        help="seconds a graph waits for its Backward")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("graytune.server")
+    import torch  # after logging is set up: importing open_clip takes a few seconds
+
+    from graytune.server.app import OracleServer
+    from graytune.server.backbone import BackboneSource, load_backbone
+    from graytune.server.oracle import GradientOracle
+    from graytune.server.servicer import Caller
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
+    backbone = load_backbone(source, args.device, args.precision)
+    limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
+                    max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
+    log.warning("development mode: no credentials, every caller has tier '%s'", args.tier)
+    server = OracleServer(GradientOracle(backbone, limits), f"{args.host}:{args.port}",
+                          Caller("dev", args.tier), args.workers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    log.info("backbone %s sha256=%s on %s, %d threads", backbone.name, backbone.sha256[:16],
+             backbone.device, torch.get_num_threads())
+    # Tests and scripts read this line to learn the port (with --port 0).
+    print(f"graytune-server listening on {args.host}:{server.port}", flush=True)
+    stop.wait()
+    log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
+    server.stop(args.grace)
+    log.info("stopped")

@@ -1,0 +1,13 @@
+"""What can go wrong with a caller's request; the servicer maps each to a gRPC status."""
+
+
+class InputError(ValueError):
+    """Bad input (INVALID_ARGUMENT). The message names the field and the limit."""
+
+
+class HandleExpired(LookupError):
+    """A handle this server issued but no longer holds (ABORTED: re-run Forward)."""
+
+
+class OverLimit(RuntimeError):
+    """A request within the contract that a configured limit refuses (RESOURCE_EXHAUSTED)."""

@@ -1,0 +1,131 @@
+"""Autograd graphs held between a Forward call and its Backward call.
+
+Memory is bounded two ways: a byte cap over all callers (oldest graphs are evicted to make
+room) and a time-to-live (a caller that never comes back for its gradient, or is gone, frees
+its graphs after `ttl_seconds`; a sweeper thread enforces it even when no call arrives).
+A handle the store no longer holds gets `HandleExpired`, which the client answers by running
+Forward again: the backbone is deterministic, so the recomputed gradient is the same.
+"""
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Set
+
+import torch
+
+from graytune.server.errors import HandleExpired, InputError, OverLimit
+
+
+@dataclass
+class HeldGraph:
+    inputs: Dict[str, torch.Tensor]  # leaves whose gradients Backward returns
+    output: torch.Tensor  # (B, E) embeddings, still attached to the graph
+    nbytes: int  # activations saved for backward, parameters excluded
+    owner: str  # the caller that may take it
+    expires: float = 0.0
+
+
+@contextlib.contextmanager
+def saved_bytes_counter(exclude_storages: Set[int]) -> Iterator[list]:
+    """Counts the bytes autograd saves for backward inside the block (parameters excluded)."""
+    seen: Set[int] = set()
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in seen and key not in exclude_storages:
+            seen.add(key)
+            total[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+class GraphStore:
+    def __init__(self, max_bytes: int, ttl_seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_bytes = max_bytes
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.instance = secrets.token_hex(4)  # handles from another instance predate a restart
+        self._graphs: "OrderedDict[str, HeldGraph]" = OrderedDict()  # oldest first
+        self._issued = 0
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def put(self, graph: HeldGraph) -> str:
+        if graph.nbytes > self.max_bytes:
+            raise OverLimit(
+                f"the graph of this batch needs {graph.nbytes} bytes, over the server's cap of "
+                f"{self.max_bytes} bytes for graphs held for Backward; send a smaller batch")
+        with self._lock:
+            self._drop_expired()
+            while self._bytes + graph.nbytes > self.max_bytes:
+                self._drop(next(iter(self._graphs)))
+            self._issued += 1
+            handle = f"{self.instance}.{self._issued}.{secrets.token_hex(8)}"
+            graph.expires = self.clock() + self.ttl_seconds
+            self._graphs[handle] = graph
+            self._bytes += graph.nbytes
+            return handle
+
+    def take(self, handle: str, owner: str,
+             check: Callable[[HeldGraph], None] = lambda graph: None) -> HeldGraph:
+        """Removes and returns the graph: one Backward per Forward. `check` may refuse the
+        request first, leaving the graph in place for a corrected call."""
+        with self._lock:
+            self._drop_expired()
+            graph = self._graphs.get(handle)
+            if graph is not None and graph.owner == owner:
+                check(graph)
+                self._drop(handle)
+                return graph
+            parts = handle.split(".")
+            if len(parts) != 3 or not parts[1].isdigit():
+                raise InputError(f"handle: malformed handle '{handle[:64]}'")
+            if parts[0] != self.instance:
+                raise HandleExpired(
+                    "handle: issued by another server instance (the server restarted, or another "
+                    "replica answered); run Forward again")
+            if graph is not None or int(parts[1]) > self._issued:
+                raise InputError(f"handle: unknown handle '{handle[:64]}'")
+            raise HandleExpired(
+                f"handle: no longer held (used already, older than {self.ttl_seconds:g} s, or "
+                f"evicted to stay under {self.max_bytes} bytes); run Forward again")
+
+    def sweep(self) -> None:
+        with self._lock:
+            self._drop_expired()
+
+    def run_sweeper(self, stop: threading.Event, every_seconds: float = 1.0) -> threading.Thread:
+        def loop():
+            while not stop.wait(every_seconds):
+                self.sweep()
+        thread = threading.Thread(target=loop, name="graph-sweeper", daemon=True)
+        thread.start()
+        return thread
+
+    def _drop_expired(self) -> None:
+        now = self.clock()
+        while self._graphs:
+            handle, graph = next(iter(self._graphs.items()))
+            if graph.expires > now:
+                break  # insertion order is expiry order: every later graph expires later
+            self._drop(handle)
+
+    def _drop(self, handle: str) -> None:
+        self._bytes -= self._graphs.pop(handle).nbytes

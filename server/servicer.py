@@ -1,0 +1,189 @@
+"""gRPC face of the oracle: streams in, tensors assembled, statuses out, one log line per call."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, Tuple
+
+import grpc
+import torch
+
+import graytune
+from graytune import tensor_codec
+from graytune.server.errors import HandleExpired, InputError, OverLimit
+from graytune.server.oracle import GradientOracle
+from graytune.server.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
+from graytune.tensor_codec import TensorAssembler, TensorFormatError
+from graytune.v1 import oracle_pb2 as pb
+from graytune.v1 import oracle_pb2_grpc as pb_grpc
+
+log = logging.getLogger("graytune.server")
+TOWERS = {pb.IMAGE: "image", pb.TEXT: "text"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    id: str  # who owns the graphs this caller creates
+    tier: str
+
+
+class CallFailed(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@contextlib.contextmanager
+def status_on_error() -> Iterator[None]:
+    """Turns what can go wrong into a precise gRPC status; the server keeps serving."""
+    try:
+        yield
+    except (InputError, TensorFormatError) as e:
+        raise CallFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    except HandleExpired as e:
+        raise CallFailed(grpc.StatusCode.ABORTED, str(e)) from None
+    except OverLimit as e:
+        raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+
+
+def read_stream(messages: Iterable, max_tensor_bytes: int) -> Tuple[object, Dict[str, torch.Tensor]]:
+    """A header message, then tensor chunks -> (header, {name: tensor})."""
+    header, assembler = None, TensorAssembler(max_tensor_bytes)
+    for message in messages:
+        kind = message.WhichOneof("kind")
+        if kind == "header":
+            if header is not None:
+                raise InputError("header: sent twice")
+            header = message.header
+        elif kind == "chunk":
+            if header is None:
+                raise InputError("header: must be the first message of the stream")
+            assembler.add(message.chunk)
+        else:
+            raise InputError("message: neither header nor chunk")
+    if header is None:
+        raise InputError("header: missing")
+    return header, assembler.finish()
+
+
+def output_dtype(wire_dtype: int) -> torch.dtype:
+    if wire_dtype == pb.DATA_TYPE_UNSPECIFIED:
+        return torch.float32
+    if wire_dtype not in tensor_codec.FLOAT_WIRE_DTYPES:
+        raise InputError(f"output_dtype: {tensor_codec.dtype_name(wire_dtype)} not allowed; expected "
+                         f"FLOAT32, FLOAT16 or BFLOAT16")
+    return tensor_codec.TORCH_DTYPES[wire_dtype]
+
+
+class OracleServicer(pb_grpc.GradientOracleServicer):
+    def __init__(self, oracle: GradientOracle, caller: Caller):
+        self.oracle = oracle
+        self.caller = caller  # the one caller of a server without credentials
+
+    # -- the four calls ------------------------------------------------------------------
+    def Describe(self, request, context):
+        with self._call("Describe", context) as call:
+            b, limits = self.oracle.backbone, self.oracle.limits
+            return pb.DescribeResponse(
+                protocol_version=graytune.PROTOCOL_VERSION,
+                server_version=graytune.__version__,
+                backbone=pb.Backbone(name=b.name, sha256=b.sha256),
+                embed_dim=b.embed_dim,
+                image=pb.ImageSpec(height=b.image_size[0], width=b.image_size[1], mean=b.image_mean,
+                                   std=b.image_std, interpolation=b.interpolation,
+                                   resize_mode=b.resize_mode),
+                text=pb.TextSpec(context_length=b.text.context_length,
+                                 token_width=b.text.token_width, vocab_size=b.text.vocab_size,
+                                 max_extra_tokens=limits.max_extra_tokens),
+                tier=self.caller.tier,
+                entry_points=ENTRY_POINTS[self.caller.tier],
+                limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
+                                 max_message_bytes=limits.max_message_bytes,
+                                 chunk_bytes=limits.chunk_bytes,
+                                 max_graph_bytes=limits.max_graph_bytes,
+                                 handle_ttl_seconds=limits.handle_ttl_seconds))
+
+    def Embed(self, request_iterator, context):
+        with self._call("Embed", context) as call:
+            tower, header, tensors = self._read_inputs(request_iterator, call)
+            embeddings = self.oracle.embed(tower, tensors, header.texts)
+            dtype = output_dtype(header.output_dtype)
+        yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, dtype, call)
+
+    def Forward(self, request_iterator, context):
+        with self._call("Forward", context) as call:
+            self._require_gradients(call)
+            tower, header, tensors = self._read_inputs(request_iterator, call)
+            dtype = output_dtype(header.output_dtype)
+            handle, embeddings = self.oracle.forward(tower, tensors, header.texts,
+                                                     header.grad_inputs, call.caller.id)
+        out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
+        yield from self._respond(out_header, {"embeddings": embeddings}, dtype, call)
+
+    def Backward(self, request_iterator, context):
+        with self._call("Backward", context) as call:
+            self._require_gradients(call)
+            header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes)
+            call.bytes_in = sum(t.nbytes for t in tensors.values())
+            dtype = output_dtype(header.output_dtype)
+            grads = self.oracle.backward(header.handle, tensors, call.caller.id)
+            call.samples = int(tensors["embeddings"].shape[0])
+        yield from self._respond(pb.OutputHeader(), grads, dtype, call)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _require_gradients(self, call) -> None:
+        if not may_differentiate(call.caller.tier):
+            raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
+                             f"tier '{call.caller.tier}' receives no gradients; use Embed")
+
+    def _read_inputs(self, request_iterator, call):
+        header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes)
+        call.bytes_in = sum(t.nbytes for t in tensors.values())
+        tower = TOWERS.get(header.tower)
+        if tower is None:
+            raise InputError("tower: must be IMAGE or TEXT")
+        allowed = ENTRY_POINTS[call.caller.tier]
+        for point in input_entry_points(tower, tensors, bool(header.texts)):
+            if point not in allowed:
+                raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
+                                 f"{point}: not an entry point of tier '{call.caller.tier}'")
+        call.samples = len(header.texts) or int(next(iter(tensors.values())).shape[0])
+        return tower, header, tensors
+
+    def _respond(self, header, tensors, dtype, call) -> Iterator[pb.OutputMessage]:
+        yield pb.OutputMessage(header=header)
+        for chunk in tensor_codec.tensors_to_chunks(tensors, self.oracle.limits.chunk_bytes, dtype):
+            call.bytes_out += len(chunk.data)
+            yield pb.OutputMessage(chunk=chunk)
+        call.log("OK")
+
+    @contextlib.contextmanager
+    def _call(self, method: str, context):
+        call = CallRecord(method, self.caller)
+        try:
+            with status_on_error():
+                yield call
+        except CallFailed as failure:
+            call.log(failure.code.name, str(failure))
+            context.abort(failure.code, str(failure))
+        if method == "Describe":
+            call.log("OK")
+
+
+class CallRecord:
+    """What one call did, for its log line."""
+
+    def __init__(self, method: str, caller: Caller):
+        self.method, self.caller = method, caller
+        self.samples = self.bytes_in = self.bytes_out = 0
+        self.start = time.perf_counter()
+
+    def log(self, status: str, detail: str = "") -> None:
+        ms = (time.perf_counter() - self.start) * 1e3
+        level = logging.INFO if status == "OK" else logging.WARNING
+        log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
+                "status=%s latency_ms=%.1f%s", self.method, self.caller.id, self.caller.tier,
+                self.samples, self.bytes_in, self.bytes_out, status, ms,
+                f" detail={detail!r}" if detail else "")
