@@ -3,7 +3,8 @@
 A backbone comes from an OpenCLIP model name with a pretrained tag (owners with a network), a
 name plus a local `.safetensors`/`.pt` weights file (air-gapped owners), or an architecture
 JSON file; with none of those, the built-in `graytune-tiny` architecture with seeded random
-weights, so the demo and the tests run offline in seconds.
+weights, so the tests run offline in seconds. `graytune-tiny` with the tag `mnist` is built on
+this machine (see `pretrained.py`): the demo's owner model.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Optional
 import open_clip
 import torch
 
+from graytune.server import pretrained as builtin
 from graytune.server.text_tower import TextTower
 
 log = logging.getLogger(__name__)
@@ -109,9 +111,13 @@ def load_backbone(source: BackboneSource, device: Optional[str] = None,
         pretrained = str(source.weights)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown model '{name}'; known: {', '.join(open_clip.list_models())}")
+    tokenizer = open_clip.get_tokenizer(name)
+    if pretrained and builtin.is_builtin(name, pretrained):
+        pretrained = str(builtin.builtin_weights(name, pretrained, lambda: open_clip.create_model(name),
+                                                 tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(source.seed)
         model = open_clip.create_model(name, pretrained=pretrained)
     log.info("loaded %s (%s)", name, pretrained or f"random init, seed {source.seed}")
     autocast_dtype = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}[precision]
-    return Backbone(model, name, open_clip.get_tokenizer(name), pick_device(device), autocast_dtype)
+    return Backbone(model, name, tokenizer, pick_device(device), autocast_dtype)

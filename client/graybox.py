@@ -1,0 +1,85 @@
+"""GrayboxCLIP: the customer's adapters wrapped around the remote backbone (DGA, `graybox` tier).
+
+    pixels -> PixelAdapter -> [oracle image tower] -> OutputAdapter -> L2 norm
+    captions + TextPrompt(shift, extra tokens) -> [oracle text tower] -> OutputAdapter -> L2 norm
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graytune
+from graytune.client.modules import LogitScale, OutputAdapter, PixelAdapter, TextPrompt
+from graytune.client.oracle_client import OracleClient
+from graytune.client.remote import RemoteImageTower, RemoteTextTower
+
+
+class BackboneMismatch(RuntimeError):
+    """Adapters trained against one backbone were pointed at another."""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Everything needed to rebuild the adapters; written as adapter_config.json."""
+    embed_dim: int
+    token_width: int
+    backbone_name: str
+    backbone_sha256: str
+    method: str = "graybox-dga"
+    pixel_layers: int = 2
+    pixel_channels: int = 8
+    pixel_kernel_size: int = 3
+    extra_tokens: int = 1
+    protocol_version: str = graytune.PROTOCOL_VERSION
+
+    @classmethod
+    def for_oracle(cls, oracle: OracleClient, **sizes) -> "AdapterConfig":
+        info = oracle.describe()
+        return cls(embed_dim=info.embed_dim, token_width=info.text.token_width,
+                   backbone_name=info.backbone.name, backbone_sha256=info.backbone.sha256, **sizes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AdapterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"adapter_config.json: unknown keys {unknown}")
+        return cls(**values)
+
+    def check_backbone(self, oracle: OracleClient) -> None:
+        backbone = oracle.describe().backbone
+        if (backbone.name, backbone.sha256) != (self.backbone_name, self.backbone_sha256):
+            raise BackboneMismatch(
+                f"these adapters were trained against {self.backbone_name} "
+                f"(sha256 {self.backbone_sha256[:16]}…), but {oracle.endpoint} serves "
+                f"{backbone.name} (sha256 {backbone.sha256[:16]}…)")
+
+
+class GrayboxCLIP(nn.Module):
+    def __init__(self, config: AdapterConfig, oracle: OracleClient):
+        super().__init__()
+        self.config = config
+        self.pixel_adapter = PixelAdapter(config.pixel_layers, config.pixel_channels,
+                                          config.pixel_kernel_size)
+        self.text_prompt = TextPrompt(config.token_width, config.extra_tokens)
+        self.image_head = OutputAdapter(config.embed_dim)
+        self.text_head = OutputAdapter(config.embed_dim)
+        self.logit_scale = LogitScale()
+        self.image_tower = RemoteImageTower(oracle)
+        self.text_tower = RemoteTextTower(oracle)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
+        return F.normalize(self.image_head(self.image_tower(self.pixel_adapter(pixels))), dim=-1)
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """N captions -> (N, E) unit vectors."""
+        return F.normalize(self.text_head(self.text_tower(captions, **self.text_prompt())), dim=-1)

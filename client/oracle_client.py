@@ -1,0 +1,156 @@
+"""OracleClient: the customer's connection to a gradient oracle.
+
+    with OracleClient("127.0.0.1:50051") as oracle:
+        info = oracle.describe()
+        emb = oracle.embed_images(pixels)                        # (B, E)
+        handle, emb = oracle.forward_images(pixels)              # graph held on the server
+        grads = oracle.backward(handle, d_loss_d_emb)            # {"pixels": (B, 3, H, W)}
+
+Every call has a deadline, is retried with backoff while the server is UNAVAILABLE, and fails
+with `OracleError` (one type for every transport or server error). Tensors travel as chunk
+streams, in float32 or, per client, in bfloat16/float16 to halve the bytes.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import graytune
+from graytune import tensor_codec
+from graytune.v1 import oracle_pb2 as pb
+from graytune.v1 import oracle_pb2_grpc as pb_grpc
+
+Tensors = Dict[str, torch.Tensor]
+MESSAGE_LIMIT = 64 << 20  # far above the chunk size; set on purpose, not gRPC's 4 MB default
+
+
+class OracleError(Exception):
+    """A call to the oracle failed; `code` is the gRPC status (None: not a gRPC failure)."""
+
+    def __init__(self, method: str, code: Optional[grpc.StatusCode], message: str):
+        super().__init__(f"{method}: {code.name if code else 'ERROR'}: {message}")
+        self.method, self.code, self.details = method, code, message
+
+
+class OracleClient:
+    def __init__(self, endpoint: str, timeout: float = 120.0, retries: int = 5,
+                 wire_dtype: torch.dtype = torch.float32,
+                 chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
+                 credentials: Optional[grpc.ChannelCredentials] = None):
+        if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
+        options = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
+                   ("grpc.max_send_message_length", MESSAGE_LIMIT)]
+        self.endpoint = endpoint
+        self.channel = (grpc.secure_channel(endpoint, credentials, options) if credentials
+                        else grpc.insecure_channel(endpoint, options))
+        self.stub = pb_grpc.GradientOracleStub(self.channel)
+        self.timeout, self.retries = timeout, retries
+        self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
+        self._info: Optional[pb.DescribeResponse] = None
+
+    def __enter__(self) -> "OracleClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- calls ---------------------------------------------------------------------------
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Blocks until the standard gRPC health check says SERVING."""
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2.0,
+                                     wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as e:
+                if time.monotonic() > deadline:
+                    raise OracleError("Health.Check", e.code(), e.details()) from None
+            if time.monotonic() > deadline:
+                raise OracleError("Health.Check", None, f"{self.endpoint} not serving after {timeout} s")
+            time.sleep(0.1)
+
+    def describe(self, refresh: bool = False) -> pb.DescribeResponse:
+        if self._info is None or refresh:
+            info = self._with_retries("Describe", lambda: self.stub.Describe(
+                pb.DescribeRequest(), timeout=self.timeout))
+            major = graytune.PROTOCOL_VERSION.split(".")[0]
+            if info.protocol_version.split(".")[0] != major:
+                raise OracleError("Describe", None, f"server speaks protocol {info.protocol_version}, "
+                                                    f"this client {graytune.PROTOCOL_VERSION}")
+            self._info = info
+        return self._info
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, E) embeddings."""
+        return self._inputs_call("Embed", pb.IMAGE, {"pixels": pixels})[1]
+
+    def embed_texts(self, texts: Sequence[str] = (), **tensors: torch.Tensor) -> torch.Tensor:
+        """Captions (or token_ids=(B, L)) [+ shift=(D,), extra_tokens=(K, D)] -> (B, E)."""
+        return self._inputs_call("Embed", pb.TEXT, tensors, texts)[1]
+
+    def forward(self, tower: int, tensors: Tensors, texts: Sequence[str] = (),
+                grad_inputs: Sequence[str] = ()) -> Tuple[str, torch.Tensor]:
+        """-> (handle, (B, E) embeddings); the server holds the graph for one `backward`."""
+        return self._inputs_call("Forward", tower, tensors, texts, grad_inputs)
+
+    def backward(self, handle: str, grad_embeddings: torch.Tensor) -> Tensors:
+        """dL/dE (B, E) -> {input name: dL/d input} (float32)."""
+        header = pb.BackwardHeader(handle=handle, output_dtype=self._wire)
+        messages = lambda: _stream(pb.BackwardMessage, header, self._chunks({"embeddings": grad_embeddings}))
+        return self._stream_call("Backward", self.stub.Backward, messages)[1]
+
+    # -- plumbing ------------------------------------------------------------------------
+    @property
+    def _wire(self) -> int:
+        return tensor_codec.wire_dtype_of(self.wire_dtype)
+
+    def _chunks(self, tensors: Tensors) -> Iterator[pb.TensorChunk]:
+        for name, t in tensors.items():
+            dtype = self.wire_dtype if t.is_floating_point() else None
+            yield from tensor_codec.tensor_to_chunks(name, t, self.chunk_bytes, dtype)
+
+    def _inputs_call(self, method: str, tower: int, tensors: Tensors, texts: Sequence[str] = (),
+                     grad_inputs: Sequence[str] = ()) -> Tuple[str, torch.Tensor]:
+        header = pb.InputHeader(tower=tower, texts=list(texts), output_dtype=self._wire,
+                                grad_inputs=list(grad_inputs))
+        messages = lambda: _stream(pb.InputMessage, header, self._chunks(tensors))
+        out_header, out = self._stream_call(method, getattr(self.stub, method), messages)
+        return out_header.handle, out["embeddings"]
+
+    def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
+        def call():
+            replies = rpc(messages(), timeout=self.timeout)
+            header = next(replies).header
+            tensors = tensor_codec.chunks_to_tensors(reply.chunk for reply in replies)
+            return header, {n: t.float() for n, t in tensors.items()}
+        return self._with_retries(method, call)
+
+    def _with_retries(self, method: str, call):
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise OracleError(method, e.code(), e.details()) from None
+            except tensor_codec.TensorFormatError as e:
+                raise OracleError(method, None, f"malformed reply: {e}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _stream(message_type, header, chunks: Iterator[pb.TensorChunk]):
+    yield message_type(header=header)
+    for chunk in chunks:
+        yield message_type(chunk=chunk)

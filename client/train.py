@@ -1,0 +1,182 @@
+"""Gray-box text-image retrieval training: the customer's loop, driven over the wire.
+
+Each step: the batch's pixels go through the pixel adapter and the oracle's image tower, its
+distinct captions through the text prompt and the oracle's text tower, both through the output
+adapters; CLIP's contrastive loss; `loss.backward()` reaches the input adapters through the
+server. The data order is a function of (seed, step), so `resume=True` continues exactly where
+the last checkpoint left off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from graytune.client import checkpoint
+from graytune.client.data import ImageCaptionDataset, Preprocess, collate
+from graytune.client.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.loss import contrastive_loss
+from graytune.client.metrics import retrieval_metrics, unique_captions
+from graytune.client.oracle_client import OracleClient
+
+
+@dataclass
+class TrainConfig:
+    train_data: str
+    output_dir: str
+    val_data: Optional[str] = None
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 10
+    eval_every: int = 50
+    save_every: int = 50
+    seed: int = 0
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
+    adapters: Dict[str, int] = field(default_factory=dict)  # AdapterConfig sizes
+
+    # Changing these mid-run would change the data order or the model: resume refuses.
+    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters")
+
+
+def preprocess_for(oracle: OracleClient) -> Preprocess:
+    image = oracle.describe().image
+    return Preprocess(image.height, image.width, tuple(image.mean), tuple(image.std),
+                      image.interpolation, image.resize_mode)
+
+
+def load_dataset(path: str, oracle: OracleClient, cfg: TrainConfig) -> ImageCaptionDataset:
+    return ImageCaptionDataset(path, preprocess_for(oracle), img_key=cfg.csv_img_key,
+                               caption_key=cfg.csv_caption_key, separator=cfg.csv_separator)
+
+
+def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> List[int]:
+    """The sample indices of `step`: epoch e is a permutation seeded by (seed, e)."""
+    per_epoch = num_samples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training samples")
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    return order[position * batch_size:(position + 1) * batch_size].tolist()
+
+
+def cosine_with_warmup(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def contrastive_step_loss(model: GrayboxCLIP, pixels: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+    gallery = unique_captions(captions)
+    index = torch.tensor([gallery.index(c) for c in captions])  # (B,)
+    return contrastive_loss(model.encode_image(pixels), model.encode_text(gallery), index,
+                            model.logit_scale())
+
+
+@torch.no_grad()
+def evaluate(model: GrayboxCLIP, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
+    """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions."""
+    images = [model.encode_image(collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0])
+              for s in range(0, len(dataset), batch_size)]
+    captions = dataset.captions
+    gallery = unique_captions(captions)
+    texts = [model.encode_text(gallery[s:s + batch_size]) for s in range(0, len(gallery), batch_size)]
+    return retrieval_metrics(torch.cat(images), torch.cat(texts), captions, gallery)
+
+
+def zero_shot(oracle: OracleClient, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
+    """The backbone alone: identity adapters and no extra token."""
+    config = AdapterConfig.for_oracle(oracle, extra_tokens=0)
+    return evaluate(GrayboxCLIP(config, oracle), dataset, batch_size)
+
+
+class MetricsLog:
+    """metrics.jsonl in the run directory: one JSON object per train step or evaluation."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past a resumed checkpoint, so a resumed run logs each step once."""
+        if self.path.exists():
+            lines = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= step]
+            checkpoint.write_text_atomically(self.path, "".join(l + "\n" for l in lines))
+
+
+def _resume_state(cfg: TrainConfig, run_dir: Path, oracle: OracleClient) -> Tuple[Optional[GrayboxCLIP], dict]:
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is None:
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoint written yet")
+    state = checkpoint.load_training_state(latest)
+    for key in TrainConfig.FIXED_ON_RESUME:
+        if state["train_config"][key] != getattr(cfg, key):
+            raise ValueError(f"--resume: {key} was {state['train_config'][key]!r} in {latest}, "
+                             f"now {getattr(cfg, key)!r}")
+    return checkpoint.load_adapters(latest, oracle), state
+
+
+def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False,
+          progress: bool = True) -> Dict[str, float]:
+    """Runs (or resumes) training; returns the last evaluation's metrics (or the last loss)."""
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_set = load_dataset(cfg.train_data, oracle, cfg)
+    val_set = load_dataset(cfg.val_data, oracle, cfg) if cfg.val_data else None
+    log = MetricsLog(run_dir)
+    if resume:
+        model, state = _resume_state(cfg, run_dir, oracle)
+        log.truncate_after(state["step"])
+    else:
+        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, **cfg.adapters), oracle)
+        state = {"step": 0}
+        if val_set is not None:
+            log.write({"step": 0, "kind": "zero_shot", **zero_shot(oracle, val_set, cfg.batch_size)})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, cfg.steps))
+    if resume:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+    result: Dict[str, float] = {}
+    bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
+               desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        pixels, captions = collate([train_set[i] for i in
+                                    batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)])
+        loss = contrastive_step_loss(model, pixels, captions)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        done = step + 1
+        result = {"train/loss": loss.item()}
+        log.write({"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0],
+                   "logit_scale": model.logit_scale().item()})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            result = evaluate(model, val_set, cfg.batch_size)
+            log.write({"step": done, "kind": "eval", **result})
+            bar.write(f"step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()
+                                                   if k.endswith(("R@1", "R@5"))))
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            checkpoint.save_checkpoint(run_dir, done, model, {
+                "step": done, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "train_config": dataclasses.asdict(cfg)})
+    if state["step"] < cfg.steps:
+        checkpoint.save_adapters(run_dir / "adapter", model)
+    return result
