@@ -149,3 +149,7 @@ def main(argv=None) -> None:
     except (OracleError, BackboneMismatch, FileNotFoundError, ValueError) as e:
         print(f"graytune {args.command}: error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

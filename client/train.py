@@ -143,7 +143,9 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False,
         model, state = _resume_state(cfg, run_dir, oracle)
         log.truncate_after(state["step"])
     else:
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, **cfg.adapters), oracle)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the extra tokens' random init
+            model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, **cfg.adapters), oracle)
         state = {"step": 0}
         if val_set is not None:
             log.write({"step": 0, "kind": "zero_shot", **zero_shot(oracle, val_set, cfg.batch_size)})

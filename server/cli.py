@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -69,7 +70,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
-    backbone = load_backbone(source, args.device, args.precision)
+    try:
+        backbone = load_backbone(source, args.device, args.precision)
+    except (FileNotFoundError, ValueError, RuntimeError, ModuleNotFoundError) as e:
+        print(f"graytune-server: error: {e}", file=sys.stderr)
+        sys.exit(2)
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
     log.warning("development mode: no credentials, every caller has tier '%s'", args.tier)
@@ -87,3 +92,7 @@ def main(argv=None) -> None:
     log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
     server.stop(args.grace)
     log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ Forward again: the backbone is deterministic, so the recomputed gradient is the 
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import threading
 import time
@@ -19,6 +20,8 @@ from typing import Callable, Dict, Iterator, Set
 import torch
 
 from graytune.server.errors import HandleExpired, InputError, OverLimit
+
+HANDLE = re.compile(r"(?P<instance>[0-9a-f]{8})\.(?P<seq>[0-9]{1,18})\.[0-9a-f]{16}", re.ASCII)
 
 
 @dataclass
@@ -94,14 +97,14 @@ class GraphStore:
                 check(graph)
                 self._drop(handle)
                 return graph
-            parts = handle.split(".")
-            if len(parts) != 3 or not parts[1].isdigit():
+            parts = HANDLE.fullmatch(handle)
+            if parts is None:
                 raise InputError(f"handle: malformed handle '{handle[:64]}'")
-            if parts[0] != self.instance:
+            if parts["instance"] != self.instance:
                 raise HandleExpired(
                     "handle: issued by another server instance (the server restarted, or another "
                     "replica answered); run Forward again")
-            if graph is not None or int(parts[1]) > self._issued:
+            if graph is not None or not 0 < int(parts["seq"]) <= self._issued:
                 raise InputError(f"handle: unknown handle '{handle[:64]}'")
             raise HandleExpired(
                 f"handle: no longer held (used already, older than {self.ttl_seconds:g} s, or "

@@ -38,18 +38,18 @@ def dtype_name(wire_dtype: int) -> str:
     return pb.DataType.Name(wire_dtype)
 
 
-def wire_dtype_of(dtype: torch.dtype) -> int:
+def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> int:
     try:
         return WIRE_DTYPES[dtype]
     except KeyError:
-        raise TensorFormatError(f"dtype {dtype} cannot travel on the wire") from None
+        raise TensorFormatError(f"{name}: dtype {dtype} cannot travel on the wire") from None
 
 
 def tensor_to_chunks(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                      dtype: Optional[torch.dtype] = None) -> Iterator[pb.TensorChunk]:
     """Yields `tensor` (cast to `dtype` if given) as consecutive chunks of `chunk_bytes`."""
     t = tensor.detach().to("cpu", dtype or tensor.dtype).contiguous()
-    wire_dtype = wire_dtype_of(t.dtype)
+    wire_dtype = wire_dtype_of(t.dtype, f"tensor '{name}'")
     raw = t.view(-1).view(torch.uint8).numpy()  # (nbytes,) a view, no copy
     first = True
     for start in range(0, max(raw.size, 1), chunk_bytes):

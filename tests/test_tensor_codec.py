@@ -1,0 +1,204 @@
+"""Tensors on the wire: bit-exact round trips, chunk layout, and malformed streams."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from graytune.tensor_codec import (
+    TensorAssembler,
+    TensorFormatError,
+    chunks_to_tensors,
+    tensor_to_chunks,
+    tensors_to_chunks,
+)
+from graytune.v1 import oracle_pb2 as pb
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int64]
+
+
+def random_bits(shape, dtype, seed=0):
+    """A tensor of `dtype` whose bytes are random: NaNs with payloads, infs, subnormals, ..."""
+    g = torch.Generator().manual_seed(seed)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (math.prod(shape), itemsize), dtype=torch.uint8, generator=g)
+    return raw.view(dtype).reshape(shape)
+
+
+def raw_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def assert_bit_equal(actual: torch.Tensor, expected: torch.Tensor):
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    assert raw_bytes(actual) == raw_bytes(expected)
+
+
+def round_trip(name, t, **kwargs):
+    return chunks_to_tensors(tensor_to_chunks(name, t, **kwargs))[name]
+
+
+def header(name="x", dtype=pb.FLOAT32, shape=(2,), data=b""):
+    return pb.TensorChunk(name=name, dtype=dtype, shape=shape, data=data)
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 1 << 20])
+def test_round_trip_is_bit_exact(dtype, chunk_bytes):
+    t = random_bits((3, 5), dtype)
+    assert_bit_equal(round_trip("t", t, chunk_bytes=chunk_bytes), t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_round_trip_keeps_nan_payloads_and_signed_zero(dtype):
+    bits = {torch.float32: [0x7FC00001, 0xFFC12345, 0x80000000, 0x7F800000, 0x00000001],
+            torch.float16: [0x7E01, 0xFE55, 0x8000, 0x7C00, 0x0001],
+            torch.bfloat16: [0x7FC1, 0xFF85, 0x8000, 0x7F80, 0x0001]}[dtype]
+    int_dtype = torch.int32 if dtype == torch.float32 else torch.int16
+    t = torch.tensor(np.array(bits, dtype=np.uint32).astype(np.int64)).to(int_dtype).view(dtype)
+    assert_bit_equal(round_trip("t", t, chunk_bytes=3), t)
+
+
+def test_non_contiguous_tensor_arrives_with_its_values():
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).T
+    assert not t.is_contiguous()
+    out = round_trip("t", t, chunk_bytes=5)
+    assert out.shape == (4, 3)
+    assert torch.equal(out, t)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (), (3,), (2, 3, 5)])
+@pytest.mark.parametrize("chunk_bytes", [1, 5, 8, 1 << 20])
+def test_chunk_sizes_and_count(shape, chunk_bytes):
+    t = random_bits(shape, torch.float32)
+    chunks = list(tensor_to_chunks("t", t, chunk_bytes=chunk_bytes))
+    nbytes = t.numel() * 4
+    assert len(chunks) == max(1, -(-nbytes // chunk_bytes))
+    assert all(len(c.data) <= chunk_bytes for c in chunks)
+    assert sum(len(c.data) for c in chunks) == nbytes
+    assert_bit_equal(chunks_to_tensors(chunks)["t"], t)
+
+
+def test_zero_element_tensor_is_one_empty_chunk_with_its_shape():
+    (chunk,) = tensor_to_chunks("empty", torch.zeros(0, 4))
+    assert list(chunk.shape) == [0, 4] and chunk.data == b""
+    out = chunks_to_tensors([chunk])["empty"]
+    assert out.shape == (0, 4) and out.dtype == torch.float32
+
+
+def test_scalar_round_trips_as_zero_dim_tensor():
+    t = torch.tensor(3.25)
+    out = round_trip("s", t, chunk_bytes=1)
+    assert out.dim() == 0
+    assert out.item() == 3.25
+
+
+@pytest.mark.parametrize("source", [torch.float32, torch.float16], ids=str)
+def test_dtype_argument_casts_on_the_way(source):
+    t = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).to(source)
+    chunks = list(tensor_to_chunks("t", t, chunk_bytes=10, dtype=torch.bfloat16))
+    assert chunks[0].dtype == pb.BFLOAT16
+    assert_bit_equal(chunks_to_tensors(chunks)["t"], t.to(torch.bfloat16))
+
+
+def test_continuation_chunks_carry_only_name_and_data():
+    chunks = list(tensor_to_chunks("t", torch.ones(2, 3), chunk_bytes=4))
+    assert len(chunks) == 6
+    first, rest = chunks[0], chunks[1:]
+    assert first.dtype == pb.FLOAT32 and list(first.shape) == [2, 3]
+    for c in rest:
+        assert c.name == "t"
+        assert c.dtype == pb.DATA_TYPE_UNSPECIFIED
+        assert list(c.shape) == []
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_wire_bytes_are_little_endian_row_major(transpose):
+    t = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    if transpose:
+        t = t.T
+    data = b"".join(c.data for c in tensor_to_chunks("t", t, chunk_bytes=7))
+    assert data == t.numpy().astype("<f4").tobytes(order="C")
+
+
+def test_several_tensors_in_one_stream():
+    tensors = {"a": random_bits((2, 3), torch.float16), "b": random_bits((5,), torch.int64),
+               "c": random_bits((), torch.uint8)}
+    out = chunks_to_tensors(tensors_to_chunks(tensors, chunk_bytes=3))
+    assert list(out) == list(tensors)
+    for name, t in tensors.items():
+        assert_bit_equal(out[name], t)
+
+
+def test_encoding_an_unsupported_dtype_raises():
+    with pytest.raises(TensorFormatError, match="int32"):
+        list(tensor_to_chunks("t", torch.zeros(2, dtype=torch.int32)))
+
+
+# --- malformed streams ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunks", [
+    [header("pixels", shape=[2], data=bytes(12))],
+    [header("pixels", shape=[2], data=bytes(4)), pb.TensorChunk(name="pixels", data=bytes(8))],
+], ids=["first-chunk", "continuation"])
+def test_too_many_bytes(chunks):
+    with pytest.raises(TensorFormatError, match="'pixels'.*more bytes"):
+        chunks_to_tensors(chunks)
+
+
+def test_stream_ending_early():
+    assembler = TensorAssembler()
+    assembler.add(header("pixels", shape=[2], data=bytes(4)))
+    with pytest.raises(TensorFormatError, match="'pixels'.*ended after 4 of 8 bytes"):
+        assembler.finish()
+
+
+def test_second_tensor_before_first_is_complete():
+    chunks = [header("pixels", shape=[2], data=bytes(4)), header("shift", shape=[1], data=bytes(4))]
+    with pytest.raises(TensorFormatError, match="'pixels'.*'shift'"):
+        chunks_to_tensors(chunks)
+
+
+def test_same_name_twice():
+    chunks = [header("pixels", shape=[1], data=bytes(4))] * 2
+    with pytest.raises(TensorFormatError, match="'pixels'.*twice"):
+        chunks_to_tensors(chunks)
+
+
+@pytest.mark.parametrize("dtype", [99, pb.DATA_TYPE_UNSPECIFIED])
+def test_unsupported_wire_dtype(dtype):
+    with pytest.raises(TensorFormatError, match=f"'pixels'.*dtype {dtype} unsupported"):
+        chunks_to_tensors([header("pixels", dtype=dtype, shape=[1], data=bytes(4))])
+
+
+def test_negative_dimension():
+    with pytest.raises(TensorFormatError, match="'pixels'.*negative"):
+        chunks_to_tensors([header("pixels", shape=[2, -1])])
+
+
+def test_over_max_tensor_bytes_is_refused_from_the_header_before_allocating():
+    # 4 TiB: allocating it first would fail with a RuntimeError (or exhaust memory) instead.
+    assembler = TensorAssembler(max_tensor_bytes=1 << 20)
+    with pytest.raises(TensorFormatError, match=f"'pixels'.*{4 << 40} bytes exceeds.*{1 << 20}"):
+        assembler.add(header("pixels", shape=[1 << 40]))
+    assert assembler.tensors == {}
+
+
+@pytest.mark.parametrize("limit, ok", [(16, True), (15, False)])
+def test_max_tensor_bytes_boundary(limit, ok):
+    chunks = [header("t", shape=[4], data=bytes(16))]
+    if ok:
+        assert chunks_to_tensors(chunks, max_tensor_bytes=limit)["t"].shape == (4,)
+    else:
+        with pytest.raises(TensorFormatError, match="exceeds"):
+            chunks_to_tensors(chunks, max_tensor_bytes=limit)
+
+
+def test_missing_name():
+    with pytest.raises(TensorFormatError, match="without a name"):
+        chunks_to_tensors([header("", shape=[1], data=bytes(4))])

@@ -1,0 +1,82 @@
+"""Training through the real server: it learns, and an interrupted run resumes exactly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from graytune.client.oracle_client import OracleClient
+from graytune.client.train import TrainConfig, train
+
+
+def records(run_dir: Path, kind: str) -> list:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_training_lowers_the_loss_and_raises_recall(pretrained_server, digits, tmp_path):
+    cfg = TrainConfig(train_data=digits["train"], val_data=digits["val"], output_dir=str(tmp_path),
+                      steps=60, batch_size=32, lr=3e-3, eval_every=60, save_every=60)
+    with OracleClient(pretrained_server.endpoint) as oracle:
+        final = train(oracle, cfg, progress=False)
+    zero_shot = records(tmp_path, "zero_shot")[0]
+    losses = [r["loss"] for r in records(tmp_path, "train")]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+    assert final["image_to_text_R@1"] > zero_shot["image_to_text_R@1"] + 0.1
+    assert final["image_to_text_mean_rank"] < zero_shot["image_to_text_mean_rank"]
+    assert (tmp_path / "adapter" / "adapters.safetensors").is_file()
+
+
+def cli_train(server, digits, run_dir, *extra):
+    return [sys.executable, "-m", "graytune.client.cli", "train", "--endpoint", server.endpoint,
+            "--train-data", digits["train"], "--output-dir", str(run_dir), "--steps", "40",
+            "--save-every", "4", "--batch-size", "16", "--no-progress", *extra]
+
+
+def test_interrupted_run_resumes_to_the_same_result(server, digits, tmp_path):
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    subprocess.run(cli_train(server, digits, whole), check=True, capture_output=True)
+
+    run = subprocess.Popen(cli_train(server, digits, interrupted), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 10:
+            run.send_signal(signal.SIGKILL)  # mid-run, between two checkpoints
+            break
+        time.sleep(0.02)
+    assert run.wait() == -signal.SIGKILL, "the run ended before it could be interrupted"
+    assert not (interrupted / "adapter").exists()
+
+    subprocess.run(cli_train(server, digits, interrupted, "--resume"), check=True, capture_output=True)
+    expected = load_file(str(whole / "adapter" / "adapters.safetensors"))
+    resumed = load_file(str(interrupted / "adapter" / "adapters.safetensors"))
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    steps = [r["step"] for r in records(interrupted, "train")]
+    assert steps == list(range(1, 41)), "each step is logged once after a resume"
+
+
+def test_resume_refuses_a_changed_batch_size(server, digits, tmp_path):
+    subprocess.run(cli_train(server, digits, tmp_path, "--steps", "4"), check=True, capture_output=True)
+    result = subprocess.run(cli_train(server, digits, tmp_path, "--resume", "--batch-size", "8"),
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "batch_size was 16" in result.stderr
+
+
+def test_resume_without_a_checkpoint_says_so(server, digits, tmp_path):
+    result = subprocess.run(cli_train(server, digits, tmp_path, "--resume"), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "nothing to resume" in result.stderr
