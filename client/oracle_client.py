@@ -52,6 +52,7 @@ class OracleClient:
         self.timeout, self.retries = timeout, retries
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
+        self.bytes_sent = self.bytes_received = 0  # tensor payload bytes, for the caller's accounting
 
     def __enter__(self) -> "OracleClient":
         return self
@@ -118,7 +119,9 @@ class OracleClient:
     def _chunks(self, tensors: Tensors) -> Iterator[pb.TensorChunk]:
         for name, t in tensors.items():
             dtype = self.wire_dtype if t.is_floating_point() else None
-            yield from tensor_codec.tensor_to_chunks(name, t, self.chunk_bytes, dtype)
+            for chunk in tensor_codec.tensor_to_chunks(name, t, self.chunk_bytes, dtype):
+                self.bytes_sent += len(chunk.data)
+                yield chunk
 
     def _inputs_call(self, method: str, tower: int, tensors: Tensors, texts: Sequence[str] = (),
                      grad_inputs: Sequence[str] = ()) -> Tuple[str, torch.Tensor]:
@@ -133,6 +136,7 @@ class OracleClient:
             replies = rpc(messages(), timeout=self.timeout)
             header = next(replies).header
             tensors = tensor_codec.chunks_to_tensors(reply.chunk for reply in replies)
+            self.bytes_received += sum(t.nbytes for t in tensors.values())
             return header, {n: t.float() for n, t in tensors.items()}
         return self._with_retries(method, call)
 

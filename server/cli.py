@@ -26,9 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("backbone")
     model.add_argument("--model", default=os.environ.get("GRAYTUNE_MODEL", "graytune-tiny"),
                        help="OpenCLIP architecture name (default: %(default)s)")
-    model.add_argument("--pretrained", default=os.environ.get("GRAYTUNE_PRETRAINED"),
+    model.add_argument("--pretrained", default=os.environ.get("GRAYTUNE_PRETRAINED") or None,
                        help="OpenCLIP pretrained tag, fetched from the hub")
-    model.add_argument("--weights", type=Path, default=os.environ.get("GRAYTUNE_WEIGHTS"),
+    model.add_argument("--weights", type=Path, default=os.environ.get("GRAYTUNE_WEIGHTS") or None,
                        help="local .safetensors or .pt weights for --model")
     model.add_argument("--model-config", type=Path, help="architecture JSON file (its stem names the model)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random init without weights")

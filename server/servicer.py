@@ -15,6 +15,7 @@ from graytune import tensor_codec
 from graytune.server.errors import HandleExpired, InputError, OverLimit
 from graytune.server.oracle import GradientOracle
 from graytune.server.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
+from graytune.server.validation import TOWER_INPUTS, check_names
 from graytune.tensor_codec import TensorAssembler, TensorFormatError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
@@ -108,8 +109,9 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     def Embed(self, request_iterator, context):
         with self._call("Embed", context) as call:
             tower, header, tensors = self._read_inputs(request_iterator, call)
-            embeddings = self.oracle.embed(tower, tensors, header.texts)
             dtype = output_dtype(header.output_dtype)
+            embeddings = self.oracle.embed(tower, tensors, header.texts)
+            call.samples = embeddings.shape[0]
         yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, dtype, call)
 
     def Forward(self, request_iterator, context):
@@ -119,6 +121,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             dtype = output_dtype(header.output_dtype)
             handle, embeddings = self.oracle.forward(tower, tensors, header.texts,
                                                      header.grad_inputs, call.caller.id)
+            call.samples = embeddings.shape[0]
         out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
         yield from self._respond(out_header, {"embeddings": embeddings}, dtype, call)
 
@@ -129,7 +132,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             call.bytes_in = sum(t.nbytes for t in tensors.values())
             dtype = output_dtype(header.output_dtype)
             grads = self.oracle.backward(header.handle, tensors, call.caller.id)
-            call.samples = int(tensors["embeddings"].shape[0])
+            call.samples = tensors["embeddings"].shape[0]
         yield from self._respond(pb.OutputHeader(), grads, dtype, call)
 
     # -- plumbing ------------------------------------------------------------------------
@@ -144,12 +147,12 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         tower = TOWERS.get(header.tower)
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")
+        check_names(tensors, TOWER_INPUTS[tower], f"the {tower} tower")
         allowed = ENTRY_POINTS[call.caller.tier]
         for point in input_entry_points(tower, tensors, bool(header.texts)):
             if point not in allowed:
                 raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                                  f"{point}: not an entry point of tier '{call.caller.tier}'")
-        call.samples = len(header.texts) or int(next(iter(tensors.values())).shape[0])
         return tower, header, tensors
 
     def _respond(self, header, tensors, dtype, call) -> Iterator[pb.OutputMessage]:

@@ -12,6 +12,7 @@ import torch
 from graytune.server.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOWER_INPUTS = {"image": ("pixels",), "text": ("token_ids", "shift", "extra_tokens")}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def check_batch(name: str, batch: int, limits: Limits) -> None:
 
 
 def check_image(tensors: Dict[str, torch.Tensor], image_size: Tuple[int, int], limits: Limits) -> None:
-    check_names(tensors, ["pixels"], "the image tower")
+    check_names(tensors, TOWER_INPUTS["image"], "the image tower")
     if "pixels" not in tensors:
         raise InputError("pixels: missing; the image tower needs a (B, 3, H, W) tensor")
     pixels = tensors["pixels"]
@@ -65,7 +66,7 @@ def check_image(tensors: Dict[str, torch.Tensor], image_size: Tuple[int, int], l
 
 def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_length: int,
                token_width: int, vocab_size: int, limits: Limits) -> None:
-    check_names(tensors, ["token_ids", "shift", "extra_tokens"], "the text tower")
+    check_names(tensors, TOWER_INPUTS["text"], "the text tower")
     ids = tensors.get("token_ids")
     if (ids is None) == (len(texts) == 0):
         raise InputError("texts, token_ids: send exactly one of them")

@@ -209,14 +209,10 @@ def test_bad_pixels(server, oracle, info, method, make, fragments):
         assert f"(*, 3, {h}, {w})" in details  # names the expected shape too
 
 
-@pytest.mark.xfail(strict=True, reason="servicer.py:152 reads shape[0] of a 0-d tensor: IndexError "
-                                       "-> UNKNOWN instead of INVALID_ARGUMENT")
 def test_pixels_0d(server, oracle):
     expect_error(server.endpoint, lambda: oracle.embed_images(torch.tensor(0.5)), INVALID, "pixels")
 
 
-@pytest.mark.xfail(strict=True, reason="servicer.py:152 calls next() on no tensors: StopIteration "
-                                       "-> UNKNOWN instead of INVALID_ARGUMENT 'pixels: missing'")
 def test_image_without_pixels(server, stub):
     expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE)]),
                  INVALID, "pixels", "missing")
@@ -388,8 +384,6 @@ def test_text_inputs_at_their_limits_are_accepted(oracle, info):
     assert oracle.embed_texts(token_ids=ids).shape == (1, info.embed_dim)
 
 
-@pytest.mark.xfail(strict=True, reason="servicer.py:152 calls next() on no tensors: StopIteration "
-                                       "-> UNKNOWN instead of INVALID_ARGUMENT")
 def test_neither_texts_nor_token_ids(server, oracle):
     expect_error(server.endpoint, lambda: oracle.embed_texts([]), INVALID,
                  "texts", "token_ids", "exactly one")
@@ -435,10 +429,6 @@ def _pixels(info, dtype=torch.float32):
     return image_like(info).to(dtype)
 
 
-@pytest.mark.xfail(strict=True, reason="servicer.py:148-151 checks tier entry points before tensor "
-                                       "names: an unknown name gets PERMISSION_DENIED "
-                                       "'image.weights: not an entry point of tier' instead of "
-                                       "INVALID_ARGUMENT 'weights: not an input'")
 @pytest.mark.parametrize("tower", ["image", "text"])
 def test_unknown_tensor_name(server, stub, info, tower):
     if tower == "image":
@@ -552,9 +542,6 @@ def test_output_dtype_refused(server, stub, info, rpc, dtype):
         INVALID, "output_dtype", pb.DataType.Name(dtype))
 
 
-@pytest.mark.xfail(strict=True, reason="servicer.py:75 formats an out-of-enum output_dtype with "
-                                       "DataType.Name (tensor_codec.py:38), which raises ValueError: "
-                                       "UNKNOWN instead of INVALID_ARGUMENT")
 def test_output_dtype_out_of_enum(server, stub, info):
     expect_error(server.endpoint, lambda: raw(stub.Embed, [
         in_header(tower=pb.IMAGE, output_dtype=99), *in_chunks("pixels", _pixels(info))]),

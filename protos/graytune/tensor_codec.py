@@ -35,7 +35,7 @@ class TensorFormatError(ValueError):
 
 
 def dtype_name(wire_dtype: int) -> str:
-    return pb.DataType.Name(wire_dtype)
+    return pb.DataType.Name(wire_dtype) if wire_dtype in pb.DataType.values() else str(wire_dtype)
 
 
 def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> int:
