@@ -9,7 +9,7 @@ only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 """
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Sequence, Tuple
 
 import torch
@@ -28,7 +28,7 @@ class GradientOracle:
         self.backbone = backbone
         self.limits = limits
         self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds)
-        self._device = threading.Lock()  # one batch at a time on the device
+        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
 
     def check_inputs(self, tower: str, tensors: Tensors, texts: Sequence[str]) -> None:
         b, limits = self.backbone, self.limits
@@ -56,31 +56,46 @@ class GradientOracle:
             b.text.check_room(ids, num_extra)
         return lambda x: b.encode_text(ids, x.get("shift"), x.get("extra_tokens"))
 
-    def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = ()) -> torch.Tensor:
+    def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = (),
+              out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """-> (B, E) embeddings."""
+        return self._on_device(self._embed, tower, tensors, texts, out_dtype)
+
+    def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
+                owner: str, out_dtype: torch.dtype = torch.float32) -> Tuple[str, torch.Tensor]:
+        """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
+        return self._on_device(self._forward, tower, tensors, texts, grad_inputs, owner, out_dtype)
+
+    def backward(self, handle: str, tensors: Tensors, owner: str,
+                 out_dtype: torch.dtype = torch.float32) -> Tensors:
+        """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
+        return self._on_device(self._backward, handle, tensors, owner, out_dtype)
+
+    def _on_device(self, fn, *args):
+        # Every tensor operation of a call runs on the one device thread: calls then queue
+        # instead of competing, and only that thread's OpenMP pool exists to spin between ops.
+        return self._device.submit(fn, *args).result()
+
+    def _embed(self, tower, tensors, texts, out_dtype):
         self.check_inputs(tower, tensors, texts)
         encode = self._encoder(tower, tensors, texts)
         floats = {n: t.float() for n, t in tensors.items() if t.is_floating_point()}
-        with self._device, torch.inference_mode():
-            return encode(floats).cpu()
+        with torch.inference_mode():
+            return encode(floats).to("cpu", out_dtype)
 
-    def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
-                owner: str) -> Tuple[str, torch.Tensor]:
-        """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
+    def _forward(self, tower, tensors, texts, grad_inputs, owner, out_dtype):
         self.check_inputs(tower, tensors, texts)
         wanted = validation.check_grad_inputs(grad_inputs, tensors)
         encode = self._encoder(tower, tensors, texts)
         floats = {n: t.float().requires_grad_(n in wanted)
                   for n, t in tensors.items() if t.is_floating_point()}
-        with self._device, torch.enable_grad(), \
-                saved_bytes_counter(self.backbone.parameter_storages) as saved:
+        with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
             output = encode(floats)  # (B, E)
         leaves = {n: floats[n] for n in wanted}
         handle = self.store.put(HeldGraph(leaves, output, saved[0], owner))
-        return handle, output.detach().cpu()
+        return handle, output.detach().to("cpu", out_dtype)
 
-    def backward(self, handle: str, tensors: Tensors, owner: str) -> Tensors:
-        """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
+    def _backward(self, handle, tensors, owner, out_dtype):
         validation.check_names(tensors, ["embeddings"], "Backward")
         if "embeddings" not in tensors:
             raise InputError("embeddings: missing; Backward needs dLoss/dEmbeddings (B, E)")
@@ -88,8 +103,7 @@ class GradientOracle:
         graph = self.store.take(
             handle, owner,
             check=lambda g: validation.check_float("embeddings", grad, tuple(g.output.shape)))
-        with self._device:
-            grads = torch.autograd.grad(graph.output, list(graph.inputs.values()),
-                                        grad.to(graph.output), allow_unused=True)
-        return {name: torch.zeros_like(leaf) if g is None else g
+        grads = torch.autograd.grad(graph.output, list(graph.inputs.values()),
+                                    grad.to(graph.output), allow_unused=True)
+        return {name: (torch.zeros_like(leaf) if g is None else g).to(out_dtype)
                 for (name, leaf), g in zip(graph.inputs.items(), grads)}

@@ -110,9 +110,9 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         with self._call("Embed", context) as call:
             tower, header, tensors = self._read_inputs(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
-            embeddings = self.oracle.embed(tower, tensors, header.texts)
+            embeddings = self.oracle.embed(tower, tensors, header.texts, dtype)
             call.samples = embeddings.shape[0]
-        yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, dtype, call)
+        yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call)
 
     def Forward(self, request_iterator, context):
         with self._call("Forward", context) as call:
@@ -120,10 +120,10 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             tower, header, tensors = self._read_inputs(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
             handle, embeddings = self.oracle.forward(tower, tensors, header.texts,
-                                                     header.grad_inputs, call.caller.id)
+                                                     header.grad_inputs, call.caller.id, dtype)
             call.samples = embeddings.shape[0]
         out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
-        yield from self._respond(out_header, {"embeddings": embeddings}, dtype, call)
+        yield from self._respond(out_header, {"embeddings": embeddings}, call)
 
     def Backward(self, request_iterator, context):
         with self._call("Backward", context) as call:
@@ -131,9 +131,9 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes)
             call.bytes_in = sum(t.nbytes for t in tensors.values())
             dtype = output_dtype(header.output_dtype)
-            grads = self.oracle.backward(header.handle, tensors, call.caller.id)
+            grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype)
             call.samples = tensors["embeddings"].shape[0]
-        yield from self._respond(pb.OutputHeader(), grads, dtype, call)
+        yield from self._respond(pb.OutputHeader(), grads, call)
 
     # -- plumbing ------------------------------------------------------------------------
     def _require_gradients(self, call) -> None:
@@ -155,9 +155,9 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
                                  f"{point}: not an entry point of tier '{call.caller.tier}'")
         return tower, header, tensors
 
-    def _respond(self, header, tensors, dtype, call) -> Iterator[pb.OutputMessage]:
+    def _respond(self, header, tensors, call) -> Iterator[pb.OutputMessage]:
         yield pb.OutputMessage(header=header)
-        for chunk in tensor_codec.tensors_to_chunks(tensors, self.oracle.limits.chunk_bytes, dtype):
+        for chunk in tensor_codec.tensors_to_chunks(tensors, self.oracle.limits.chunk_bytes):
             call.bytes_out += len(chunk.data)
             yield pb.OutputMessage(chunk=chunk)
         call.log("OK")

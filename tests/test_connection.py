@@ -1,0 +1,42 @@
+"""Connecting: retries while the server is unavailable, one error type, clean shutdown."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+
+from graytune.client.local_server import LocalServer
+from graytune.client.oracle_client import OracleClient, OracleError
+from conftest import SERVER_ARGS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unavailable_server_is_one_clear_error():
+    with OracleClient(f"127.0.0.1:{free_port()}", retries=0, timeout=5) as oracle:
+        with pytest.raises(OracleError) as failure:
+            oracle.describe()
+    assert failure.value.code == grpc.StatusCode.UNAVAILABLE
+    assert failure.value.method == "Describe"
+
+
+def test_client_retries_until_the_server_is_up():
+    port = free_port()
+    server = LocalServer([*SERVER_ARGS, "--port", str(port)])
+    starter = threading.Timer(0.5, server.start)
+    starter.start()
+    try:
+        with OracleClient(f"127.0.0.1:{port}", retries=10, timeout=30) as oracle:
+            started = time.monotonic()
+            assert oracle.describe().backbone.name == "graytune-tiny"
+            assert time.monotonic() - started > 0.5  # it did have to wait
+    finally:
+        starter.join()
+        assert server.stop() == 0  # SIGTERM: drained and exited cleanly
