@@ -86,25 +86,30 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     # -- the four calls ------------------------------------------------------------------
     def Describe(self, request, context):
         with self._call("Describe", context) as call:
-            b, limits = self.oracle.backbone, self.oracle.limits
-            return pb.DescribeResponse(
-                protocol_version=graytune.PROTOCOL_VERSION,
-                server_version=graytune.__version__,
-                backbone=pb.Backbone(name=b.name, sha256=b.sha256),
-                embed_dim=b.embed_dim,
-                image=pb.ImageSpec(height=b.image_size[0], width=b.image_size[1], mean=b.image_mean,
-                                   std=b.image_std, interpolation=b.interpolation,
-                                   resize_mode=b.resize_mode),
-                text=pb.TextSpec(context_length=b.text.context_length,
-                                 token_width=b.text.token_width, vocab_size=b.text.vocab_size,
-                                 max_extra_tokens=limits.max_extra_tokens),
-                tier=self.caller.tier,
-                entry_points=ENTRY_POINTS[self.caller.tier],
-                limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
-                                 max_message_bytes=limits.max_message_bytes,
-                                 chunk_bytes=limits.chunk_bytes,
-                                 max_graph_bytes=limits.max_graph_bytes,
-                                 handle_ttl_seconds=limits.handle_ttl_seconds))
+            response = self._describe()
+        call.log("OK")
+        return response
+
+    def _describe(self) -> pb.DescribeResponse:
+        b, limits = self.oracle.backbone, self.oracle.limits
+        return pb.DescribeResponse(
+            protocol_version=graytune.PROTOCOL_VERSION,
+            server_version=graytune.__version__,
+            backbone=pb.Backbone(name=b.name, sha256=b.sha256),
+            embed_dim=b.embed_dim,
+            image=pb.ImageSpec(height=b.image_size[0], width=b.image_size[1], mean=b.image_mean,
+                               std=b.image_std, interpolation=b.interpolation,
+                               resize_mode=b.resize_mode),
+            text=pb.TextSpec(context_length=b.text.context_length,
+                             token_width=b.text.token_width, vocab_size=b.text.vocab_size,
+                             max_extra_tokens=limits.max_extra_tokens),
+            tier=self.caller.tier,
+            entry_points=ENTRY_POINTS[self.caller.tier],
+            limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
+                             max_message_bytes=limits.max_message_bytes,
+                             chunk_bytes=limits.chunk_bytes,
+                             max_graph_bytes=limits.max_graph_bytes,
+                             handle_ttl_seconds=limits.handle_ttl_seconds))
 
     def Embed(self, request_iterator, context):
         with self._call("Embed", context) as call:
@@ -128,8 +133,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     def Backward(self, request_iterator, context):
         with self._call("Backward", context) as call:
             self._require_gradients(call)
-            header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes)
-            call.bytes_in = sum(t.nbytes for t in tensors.values())
+            header, tensors = self._read(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
             grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype)
             call.samples = tensors["embeddings"].shape[0]
@@ -141,9 +145,13 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                              f"tier '{call.caller.tier}' receives no gradients; use Embed")
 
-    def _read_inputs(self, request_iterator, call):
+    def _read(self, request_iterator, call):
         header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes)
         call.bytes_in = sum(t.nbytes for t in tensors.values())
+        return header, tensors
+
+    def _read_inputs(self, request_iterator, call):
+        header, tensors = self._read(request_iterator, call)
         tower = TOWERS.get(header.tower)
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")
@@ -171,8 +179,6 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         except CallFailed as failure:
             call.log(failure.code.name, str(failure))
             context.abort(failure.code, str(failure))
-        if method == "Describe":
-            call.log("OK")
 
 
 class CallRecord:
