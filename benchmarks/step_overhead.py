@@ -8,7 +8,8 @@ Each variant runs in its own worker process, so each gets the settings it would 
 use: the in-process step OpenMP's defaults; the remote client OMP_WAIT_POLICY=PASSIVE (it waits
 while the server computes on the same cores, as `graytune` sets it). The driver starts the
 server, sends the workers one step at a time in rotating order, and prints median step times,
-their ratios, the tensor bytes each way per step, and peak memory (server vs in-process).
+their ratios (and the spread of per-round ratios), where a remote step's time goes (trainer,
+server device, wire), the tensor bytes each way per step, and peak memory.
 """
 from __future__ import annotations
 
@@ -47,12 +48,11 @@ def build_step(args):
         model = GrayboxCLIP(config, oracle=None)
         model.image_tower = LocalImageTower(backbone)
         model.text_tower = LocalTextTower(backbone)
-        counters = None
+        oracle = None
     else:
         from graytune.client.oracle_client import OracleClient
         oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype))
         model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
-        counters = oracle
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
@@ -60,7 +60,7 @@ def build_step(args):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return step, counters
+    return step, oracle
 
 
 class LocalImageTower(torch.nn.Module):
@@ -85,20 +85,20 @@ class LocalTextTower(torch.nn.Module):
 
 
 def run_worker(args) -> None:
-    step, counters = build_step(args)
+    step, oracle = build_step(args)
+    counters = ("bytes_sent", "bytes_received", "call_seconds", "device_seconds")
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        sent = counters.bytes_sent if counters else 0
-        received = counters.bytes_received if counters else 0
+        before = [getattr(oracle, c, 0) for c in counters]
         start = time.perf_counter()
         step()
-        elapsed = time.perf_counter() - start
-        up = (counters.bytes_sent - sent) if counters else 0
-        down = (counters.bytes_received - received) if counters else 0
-        print(json.dumps({"seconds": elapsed, "up": up, "down": down, "peak_rss": peak_rss(os.getpid())}),
-              flush=True)
+        seconds = time.perf_counter() - start
+        up, down, in_calls, device = [getattr(oracle, c, 0) - b for c, b in zip(counters, before)]
+        print(json.dumps({"seconds": seconds, "up": up, "down": down, "device": device,
+                          "transport": in_calls - device, "client": seconds - in_calls,
+                          "peak_rss": peak_rss(os.getpid())}), flush=True)
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -155,24 +155,37 @@ def bench_model(name: str, reps: int, warmup: int) -> dict:
         finally:
             for w in workers:
                 w.close()
-    base = statistics.median(r["seconds"] for r in workers[0].results)
+    base = workers[0].results
     rows = []
     for w in workers:
-        median = statistics.median(r["seconds"] for r in w.results)
-        rows.append({"variant": w.label, "median_s": median, "ratio": median / base,
+        med = lambda key: statistics.median(r[key] for r in w.results)
+        # Paired by round: each step over the in-process step of its own round, robust to drift.
+        paired = sorted(r["seconds"] / b["seconds"] for r, b in zip(w.results, base))
+        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+        rows.append({"variant": w.label, "median_s": med("seconds"),
+                     "ratio": med("seconds") / statistics.median(b["seconds"] for b in base),
+                     "paired_q1": quartiles[0], "paired_q3": quartiles[-1],
+                     "client_s": med("client"), "device_s": med("device"), "transport_s": med("transport"),
                      "up_bytes": w.results[-1]["up"], "down_bytes": w.results[-1]["down"]})
     return {"model": name, "arch": arch, "batch": batch, "reps": reps, "rows": rows,
-            "server_peak_rss": server_peak, "in_process_peak_rss": workers[0].results[-1]["peak_rss"]}
+            "server_peak_rss": server_peak, "in_process_peak_rss": base[-1]["peak_rss"]}
 
 
 def report(result: dict) -> None:
     print(f"\n{result['model']} ({result['arch']}, batch {result['batch']}, {result['reps']} interleaved reps)")
-    print(f"  {'variant':<18}{'median s':>10}{'ratio':>8}{'MB up':>10}{'MB down':>10}")
+    print(f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
+          f"{'wire s':>8}{'MB up':>8}{'MB down':>9}")
     for r in result["rows"]:
-        print(f"  {r['variant']:<18}{r['median_s']:>10.3f}{r['ratio']:>8.3f}"
-              f"{r['up_bytes'] / 1e6:>10.2f}{r['down_bytes'] / 1e6:>10.2f}")
+        remote = r["variant"] != "in-process"
+        split = (f"{r['client_s']:>10.3f}{r['device_s']:>10.3f}{r['transport_s']:>8.3f}" if remote
+                 else f"{'':>10}{'':>10}{'':>8}")
+        print(f"  {r['variant']:<17}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
+              f"{r['paired_q1']:>8.3f}-{r['paired_q3']:.3f}{split}"
+              f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}")
     print(f"  peak RSS: server {result['server_peak_rss'] / 2**20:.0f} MiB, "
           f"in-process trainer {result['in_process_peak_rss'] / 2**20:.0f} MiB")
+    print("  client s: the trainer's own work; server s: the server's device thread; "
+          "wire s: the rest of the calls (serialisation, gRPC, queueing)")
 
 
 def main() -> None:

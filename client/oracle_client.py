@@ -52,7 +52,10 @@ class OracleClient:
         self.timeout, self.retries = timeout, retries
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
-        self.bytes_sent = self.bytes_received = 0  # tensor payload bytes, for the caller's accounting
+        # For the caller's accounting: tensor payload bytes each way, seconds spent in calls,
+        # and the part of those the server reports for its device (the rest is transport).
+        self.bytes_sent = self.bytes_received = 0
+        self.call_seconds = self.device_seconds = 0.0
 
     def __enter__(self) -> "OracleClient":
         return self
@@ -133,10 +136,13 @@ class OracleClient:
 
     def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
         def call():
+            start = time.perf_counter()
             replies = rpc(messages(), timeout=self.timeout)
             header = next(replies).header
             tensors = tensor_codec.chunks_to_tensors(reply.chunk for reply in replies)
             self.bytes_received += sum(t.nbytes for t in tensors.values())
+            self.device_seconds += header.device_seconds
+            self.call_seconds += time.perf_counter() - start
             return header, {n: t.float() for n, t in tensors.items()}
         return self._with_retries(method, call)
 

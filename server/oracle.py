@@ -9,6 +9,7 @@ only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Sequence, Tuple
 
@@ -56,25 +57,34 @@ class GradientOracle:
             b.text.check_room(ids, num_extra)
         return lambda x: b.encode_text(ids, x.get("shift"), x.get("extra_tokens"))
 
+    # `stats`, when given, receives `device_seconds`: the call's time on the device thread.
     def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = (),
-              out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+              out_dtype: torch.dtype = torch.float32, stats=None) -> torch.Tensor:
         """-> (B, E) embeddings."""
-        return self._on_device(self._embed, tower, tensors, texts, out_dtype)
+        return self._on_device(self._embed, tower, tensors, texts, out_dtype, stats=stats)
 
     def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
-                owner: str, out_dtype: torch.dtype = torch.float32) -> Tuple[str, torch.Tensor]:
+                owner: str, out_dtype: torch.dtype = torch.float32, stats=None) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
-        return self._on_device(self._forward, tower, tensors, texts, grad_inputs, owner, out_dtype)
+        return self._on_device(self._forward, tower, tensors, texts, grad_inputs, owner, out_dtype,
+                               stats=stats)
 
     def backward(self, handle: str, tensors: Tensors, owner: str,
-                 out_dtype: torch.dtype = torch.float32) -> Tensors:
+                 out_dtype: torch.dtype = torch.float32, stats=None) -> Tensors:
         """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
-        return self._on_device(self._backward, handle, tensors, owner, out_dtype)
+        return self._on_device(self._backward, handle, tensors, owner, out_dtype, stats=stats)
 
-    def _on_device(self, fn, *args):
+    def _on_device(self, fn, *args, stats=None):
         # Every tensor operation of a call runs on the one device thread: calls then queue
         # instead of competing, and only that thread's OpenMP pool exists to spin between ops.
-        return self._device.submit(fn, *args).result()
+        def timed():
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                if stats is not None:
+                    stats.device_seconds = time.perf_counter() - start
+        return self._device.submit(timed).result()
 
     def _embed(self, tower, tensors, texts, out_dtype):
         self.check_inputs(tower, tensors, texts)

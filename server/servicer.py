@@ -115,7 +115,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         with self._call("Embed", context) as call:
             tower, header, tensors = self._read_inputs(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
-            embeddings = self.oracle.embed(tower, tensors, header.texts, dtype)
+            embeddings = self.oracle.embed(tower, tensors, header.texts, dtype, stats=call)
             call.samples = embeddings.shape[0]
         yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call)
 
@@ -125,7 +125,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             tower, header, tensors = self._read_inputs(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
             handle, embeddings = self.oracle.forward(tower, tensors, header.texts,
-                                                     header.grad_inputs, call.caller.id, dtype)
+                                                     header.grad_inputs, call.caller.id, dtype, stats=call)
             call.samples = embeddings.shape[0]
         out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
         yield from self._respond(out_header, {"embeddings": embeddings}, call)
@@ -135,7 +135,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             self._require_gradients(call)
             header, tensors = self._read(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
-            grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype)
+            grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype, stats=call)
             call.samples = tensors["embeddings"].shape[0]
         yield from self._respond(pb.OutputHeader(), grads, call)
 
@@ -164,6 +164,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         return tower, header, tensors
 
     def _respond(self, header, tensors, call) -> Iterator[pb.OutputMessage]:
+        header.device_seconds = call.device_seconds
         yield pb.OutputMessage(header=header)
         for chunk in tensor_codec.tensors_to_chunks(tensors, self.oracle.limits.chunk_bytes):
             call.bytes_out += len(chunk.data)
@@ -187,12 +188,14 @@ class CallRecord:
     def __init__(self, method: str, caller: Caller):
         self.method, self.caller = method, caller
         self.samples = self.bytes_in = self.bytes_out = 0
+        self.device_seconds = 0.0
         self.start = time.perf_counter()
 
     def log(self, status: str, detail: str = "") -> None:
         ms = (time.perf_counter() - self.start) * 1e3
         level = logging.INFO if status == "OK" else logging.WARNING
         log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
-                "status=%s latency_ms=%.1f%s", self.method, self.caller.id, self.caller.tier,
-                self.samples, self.bytes_in, self.bytes_out, status, ms,
+                "status=%s latency_ms=%.1f device_ms=%.1f%s", self.method, self.caller.id,
+                self.caller.tier, self.samples, self.bytes_in, self.bytes_out, status, ms,
+                self.device_seconds * 1e3,
                 f" detail={detail!r}" if detail else "")

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18graytune/v1/oracle.proto\x12\x0bgraytune.v1\"^\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x81\x01\n\x0bInputHeader\x12!\n\x05tower\x18\x01 \x01(\x0e\x32\x12.graytune.v1.Tower\x12\r\n\x05texts\x18\x02 \x03(\t\x12+\n\x0coutput_dtype\x18\x03 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\x13\n\x0bgrad_inputs\x18\x04 \x03(\t\"m\n\x0cInputMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.graytune.v1.InputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\":\n\x0cOutputHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x1a\n\x12handle_ttl_seconds\x18\x02 \x01(\x01\"o\n\rOutputMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.graytune.v1.OutputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"M\n\x0e\x42\x61\x63kwardHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12+\n\x0coutput_dtype\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\"s\n\x0f\x42\x61\x63kwardMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.graytune.v1.BackwardHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x11\n\x0f\x44\x65scribeRequest\"(\n\x08\x42\x61\x63kbone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"q\n\tImageSpec\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04mean\x18\x03 \x03(\x02\x12\x0b\n\x03std\x18\x04 \x03(\x02\x12\x15\n\rinterpolation\x18\x05 \x01(\t\x12\x13\n\x0bresize_mode\x18\x06 \x01(\t\"e\n\x08TextSpec\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\x05\x12\x13\n\x0btoken_width\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x18\n\x10max_extra_tokens\x18\x04 \x01(\x05\"\x9a\x01\n\x06Limits\x12\x11\n\tmax_batch\x18\x01 \x01(\x05\x12\x18\n\x10max_tensor_bytes\x18\x02 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x03\x12\x17\n\x0fmax_graph_bytes\x18\x05 \x01(\x03\x12\x1a\n\x12handle_ttl_seconds\x18\x06 \x01(\x01\"\x95\x02\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\'\n\x08\x62\x61\x63kbone\x18\x03 \x01(\x0b\x32\x15.graytune.v1.Backbone\x12\x11\n\tembed_dim\x18\x04 \x01(\x05\x12%\n\x05image\x18\x05 \x01(\x0b\x32\x16.graytune.v1.ImageSpec\x12#\n\x04text\x18\x06 \x01(\x0b\x32\x15.graytune.v1.TextSpec\x12\x0c\n\x04tier\x18\x07 \x01(\t\x12\x14\n\x0c\x65ntry_points\x18\x08 \x03(\t\x12#\n\x06limits\x18\t \x01(\x0b\x32\x13.graytune.v1.Limits*c\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\t\n\x05UINT8\x10\x04\x12\t\n\x05INT64\x10\x05*3\n\x05Tower\x12\x15\n\x11TOWER_UNSPECIFIED\x10\x00\x12\t\n\x05IMAGE\x10\x01\x12\x08\n\x04TEXT\x10\x02\x32\xad\x02\n\x0eGradientOracle\x12G\n\x08\x44\x65scribe\x12\x1c.graytune.v1.DescribeRequest\x1a\x1d.graytune.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12\x44\n\x07\x46orward\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12H\n\x08\x42\x61\x63kward\x12\x1c.graytune.v1.BackwardMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18graytune/v1/oracle.proto\x12\x0bgraytune.v1\"^\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x81\x01\n\x0bInputHeader\x12!\n\x05tower\x18\x01 \x01(\x0e\x32\x12.graytune.v1.Tower\x12\r\n\x05texts\x18\x02 \x03(\t\x12+\n\x0coutput_dtype\x18\x03 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\x13\n\x0bgrad_inputs\x18\x04 \x03(\t\"m\n\x0cInputMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.graytune.v1.InputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"R\n\x0cOutputHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x1a\n\x12handle_ttl_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x64\x65vice_seconds\x18\x03 \x01(\x01\"o\n\rOutputMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.graytune.v1.OutputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"M\n\x0e\x42\x61\x63kwardHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12+\n\x0coutput_dtype\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\"s\n\x0f\x42\x61\x63kwardMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.graytune.v1.BackwardHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x11\n\x0f\x44\x65scribeRequest\"(\n\x08\x42\x61\x63kbone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"q\n\tImageSpec\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04mean\x18\x03 \x03(\x02\x12\x0b\n\x03std\x18\x04 \x03(\x02\x12\x15\n\rinterpolation\x18\x05 \x01(\t\x12\x13\n\x0bresize_mode\x18\x06 \x01(\t\"e\n\x08TextSpec\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\x05\x12\x13\n\x0btoken_width\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x18\n\x10max_extra_tokens\x18\x04 \x01(\x05\"\x9a\x01\n\x06Limits\x12\x11\n\tmax_batch\x18\x01 \x01(\x05\x12\x18\n\x10max_tensor_bytes\x18\x02 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x03\x12\x17\n\x0fmax_graph_bytes\x18\x05 \x01(\x03\x12\x1a\n\x12handle_ttl_seconds\x18\x06 \x01(\x01\"\x95\x02\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\'\n\x08\x62\x61\x63kbone\x18\x03 \x01(\x0b\x32\x15.graytune.v1.Backbone\x12\x11\n\tembed_dim\x18\x04 \x01(\x05\x12%\n\x05image\x18\x05 \x01(\x0b\x32\x16.graytune.v1.ImageSpec\x12#\n\x04text\x18\x06 \x01(\x0b\x32\x15.graytune.v1.TextSpec\x12\x0c\n\x04tier\x18\x07 \x01(\t\x12\x14\n\x0c\x65ntry_points\x18\x08 \x03(\t\x12#\n\x06limits\x18\t \x01(\x0b\x32\x13.graytune.v1.Limits*c\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\t\n\x05UINT8\x10\x04\x12\t\n\x05INT64\x10\x05*3\n\x05Tower\x12\x15\n\x11TOWER_UNSPECIFIED\x10\x00\x12\t\n\x05IMAGE\x10\x01\x12\x08\n\x04TEXT\x10\x02\x32\xad\x02\n\x0eGradientOracle\x12G\n\x08\x44\x65scribe\x12\x1c.graytune.v1.DescribeRequest\x1a\x1d.graytune.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12\x44\n\x07\x46orward\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12H\n\x08\x42\x61\x63kward\x12\x1c.graytune.v1.BackwardMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'graytune.v1.oracle_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=1465
-  _globals['_DATATYPE']._serialized_end=1564
-  _globals['_TOWER']._serialized_start=1566
-  _globals['_TOWER']._serialized_end=1617
+  _globals['_DATATYPE']._serialized_start=1489
+  _globals['_DATATYPE']._serialized_end=1588
+  _globals['_TOWER']._serialized_start=1590
+  _globals['_TOWER']._serialized_end=1641
   _globals['_TENSORCHUNK']._serialized_start=41
   _globals['_TENSORCHUNK']._serialized_end=135
   _globals['_INPUTHEADER']._serialized_start=138
@@ -42,25 +42,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INPUTMESSAGE']._serialized_start=269
   _globals['_INPUTMESSAGE']._serialized_end=378
   _globals['_OUTPUTHEADER']._serialized_start=380
-  _globals['_OUTPUTHEADER']._serialized_end=438
-  _globals['_OUTPUTMESSAGE']._serialized_start=440
-  _globals['_OUTPUTMESSAGE']._serialized_end=551
-  _globals['_BACKWARDHEADER']._serialized_start=553
-  _globals['_BACKWARDHEADER']._serialized_end=630
-  _globals['_BACKWARDMESSAGE']._serialized_start=632
-  _globals['_BACKWARDMESSAGE']._serialized_end=747
-  _globals['_DESCRIBEREQUEST']._serialized_start=749
-  _globals['_DESCRIBEREQUEST']._serialized_end=766
-  _globals['_BACKBONE']._serialized_start=768
-  _globals['_BACKBONE']._serialized_end=808
-  _globals['_IMAGESPEC']._serialized_start=810
-  _globals['_IMAGESPEC']._serialized_end=923
-  _globals['_TEXTSPEC']._serialized_start=925
-  _globals['_TEXTSPEC']._serialized_end=1026
-  _globals['_LIMITS']._serialized_start=1029
-  _globals['_LIMITS']._serialized_end=1183
-  _globals['_DESCRIBERESPONSE']._serialized_start=1186
-  _globals['_DESCRIBERESPONSE']._serialized_end=1463
-  _globals['_GRADIENTORACLE']._serialized_start=1620
-  _globals['_GRADIENTORACLE']._serialized_end=1921
+  _globals['_OUTPUTHEADER']._serialized_end=462
+  _globals['_OUTPUTMESSAGE']._serialized_start=464
+  _globals['_OUTPUTMESSAGE']._serialized_end=575
+  _globals['_BACKWARDHEADER']._serialized_start=577
+  _globals['_BACKWARDHEADER']._serialized_end=654
+  _globals['_BACKWARDMESSAGE']._serialized_start=656
+  _globals['_BACKWARDMESSAGE']._serialized_end=771
+  _globals['_DESCRIBEREQUEST']._serialized_start=773
+  _globals['_DESCRIBEREQUEST']._serialized_end=790
+  _globals['_BACKBONE']._serialized_start=792
+  _globals['_BACKBONE']._serialized_end=832
+  _globals['_IMAGESPEC']._serialized_start=834
+  _globals['_IMAGESPEC']._serialized_end=947
+  _globals['_TEXTSPEC']._serialized_start=949
+  _globals['_TEXTSPEC']._serialized_end=1050
+  _globals['_LIMITS']._serialized_start=1053
+  _globals['_LIMITS']._serialized_end=1207
+  _globals['_DESCRIBERESPONSE']._serialized_start=1210
+  _globals['_DESCRIBERESPONSE']._serialized_end=1487
+  _globals['_GRADIENTORACLE']._serialized_start=1644
+  _globals['_GRADIENTORACLE']._serialized_end=1945
 # @@protoc_insertion_point(module_scope)

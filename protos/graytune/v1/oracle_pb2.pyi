@@ -64,12 +64,14 @@ class InputMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[InputHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class OutputHeader(_message.Message):
-    __slots__ = ("handle", "handle_ttl_seconds")
+    __slots__ = ("handle", "handle_ttl_seconds", "device_seconds")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     handle: str
     handle_ttl_seconds: float
-    def __init__(self, handle: _Optional[str] = ..., handle_ttl_seconds: _Optional[float] = ...) -> None: ...
+    device_seconds: float
+    def __init__(self, handle: _Optional[str] = ..., handle_ttl_seconds: _Optional[float] = ..., device_seconds: _Optional[float] = ...) -> None: ...
 
 class OutputMessage(_message.Message):
     __slots__ = ("header", "chunk")
