@@ -40,3 +40,20 @@ def test_client_retries_until_the_server_is_up():
     finally:
         starter.join()
         assert server.stop() == 0  # SIGTERM: drained and exited cleanly
+
+
+def test_health_and_reflection_are_served(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
+        ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(server.endpoint) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="graytune.v1.GradientOracle"), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert "graytune.v1.GradientOracle" in services
+        assert "grpc.health.v1.Health" in services
+        methods = {m.name for m in ProtoReflectionDescriptorDatabase(channel)
+                   .FindFileContainingSymbol("graytune.v1.GradientOracle").service[0].method}
+        assert methods == {"Describe", "Embed", "Forward", "Backward"}
