@@ -12,6 +12,7 @@ streams, in float32 or, per client, in bfloat16/float16 to halve the bytes.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -40,7 +41,9 @@ class OracleClient:
     def __init__(self, endpoint: str, timeout: float = 120.0, retries: int = 5,
                  wire_dtype: torch.dtype = torch.float32,
                  chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
-                 credentials: Optional[grpc.ChannelCredentials] = None):
+                 credentials: Optional[grpc.ChannelCredentials] = None,
+                 api_key: Optional[str] = None):
+        """`api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel."""
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
         options = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
@@ -52,6 +55,8 @@ class OracleClient:
         self.timeout, self.retries = timeout, retries
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
+        api_key = api_key or os.environ.get("GRAYTUNE_API_KEY")
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         # For the caller's accounting: tensor payload bytes each way, seconds spent in calls,
         # and the part of those the server reports for its device (the rest is transport).
         self.bytes_sent = self.bytes_received = 0
@@ -87,7 +92,7 @@ class OracleClient:
     def describe(self, refresh: bool = False) -> pb.DescribeResponse:
         if self._info is None or refresh:
             info = self._with_retries("Describe", lambda: self.stub.Describe(
-                pb.DescribeRequest(), timeout=self.timeout))
+                pb.DescribeRequest(), timeout=self.timeout, metadata=self._metadata))
             major = graytune.PROTOCOL_VERSION.split(".")[0]
             if info.protocol_version.split(".")[0] != major:
                 raise OracleError("Describe", None, f"server speaks protocol {info.protocol_version}, "
@@ -137,7 +142,7 @@ class OracleClient:
     def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
         def call():
             start = time.perf_counter()
-            replies = rpc(messages(), timeout=self.timeout)
+            replies = rpc(messages(), timeout=self.timeout, metadata=self._metadata)
             header = next(replies).header
             tensors = tensor_codec.chunks_to_tensors(reply.chunk for reply in replies)
             self.bytes_received += sum(t.nbytes for t in tensors.values())

@@ -4,13 +4,16 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from graytune.server.auth import AuthInterceptor
 from graytune.server.oracle import GradientOracle
-from graytune.server.servicer import Caller, OracleServicer
+from graytune.server.servicer import OracleServicer
+from graytune.server.usage import Budgets
 from graytune.v1 import oracle_pb2, oracle_pb2_grpc
 
 log = logging.getLogger("graytune.server")
@@ -20,7 +23,8 @@ SERVICE_NAME = oracle_pb2.DESCRIPTOR.services_by_name["GradientOracle"].full_nam
 class OracleServer:
     """The oracle on a port, with its health service and graph sweeper."""
 
-    def __init__(self, oracle: GradientOracle, address: str, caller: Caller, workers: int = 8):
+    def __init__(self, oracle: GradientOracle, address: str, auth: AuthInterceptor,
+                 budgets: Optional[Budgets] = None, workers: int = 8):
         limits = oracle.limits
         options = [
             # Chunks stay far below these; they only bound what one message may cost.
@@ -28,8 +32,9 @@ class OracleServer:
             ("grpc.max_send_message_length", limits.max_message_bytes),
         ]
         self.oracle = oracle
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-        oracle_pb2_grpc.add_GradientOracleServicer_to_server(OracleServicer(oracle, caller), self.server)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                                  interceptors=[auth])
+        oracle_pb2_grpc.add_GradientOracleServicer_to_server(OracleServicer(oracle, budgets), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -1,6 +1,8 @@
 """graytune-server: serve a frozen OpenCLIP backbone as a gradient oracle.
 
-    graytune-server                                   # built-in tiny model, random weights
+    graytune-server keys --file keys.json create --tier graybox --budget 100000
+    graytune-server --keys keys.json                  # built-in tiny model, random weights
+    graytune-server --dev                             # no credentials: development only
     graytune-server --model ViT-B-32 --pretrained laion2b_s34b_b79k
     graytune-server --model ViT-B-32 --weights /models/vit-b-32.safetensors
 """
@@ -40,8 +42,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     serve.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
-    serve.add_argument("--tier", choices=TIERS, default="graybox",
-                       help="tier of every caller (development mode, no credentials)")
+    serve.add_argument("--keys", type=Path, default=os.environ.get("GRAYTUNE_KEYS") or None,
+                       help="API key file (see `graytune-server keys`); required unless --dev")
+    serve.add_argument("--usage-db", type=Path,
+                       help="SQLite file of budget usage (default: beside the key file)")
+    serve.add_argument("--dev", action="store_true",
+                       help="development mode: no credentials, every caller gets --tier")
+    serve.add_argument("--tier", choices=TIERS, default="graybox", help="the callers' tier with --dev")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")
     limits = p.add_argument_group("limits")
     d = Limits()
@@ -55,7 +62,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def keys_main(argv) -> None:
+    """graytune-server keys create|list|revoke: manage the API key file."""
+    from graytune.server.credentials import KeyFile
+    p = argparse.ArgumentParser(prog="graytune-server keys", description=keys_main.__doc__)
+    p.add_argument("--file", type=Path, required=True, help="the key file (created if absent)")
+    sub = p.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="add a key and print its secret, once")
+    create.add_argument("--tier", choices=TIERS, required=True)
+    create.add_argument("--budget", type=int, help="samples of Embed/Forward over the key's life")
+    create.add_argument("--rate", type=float, help="calls per second")
+    sub.add_parser("list", help="key ids, tiers and limits (never secrets)")
+    revoke = sub.add_parser("revoke", help="remove a key")
+    revoke.add_argument("key_id")
+    args = p.parse_args(argv)
+    keys = KeyFile(args.file)
+    if args.action == "create":
+        secret = keys.create(args.tier, args.budget, args.rate)
+        print(secret)
+        print(f"key {secret.split('_')[1]} ({args.tier}) added to {args.file}; the secret above is "
+              "not stored anywhere", file=sys.stderr)
+    elif args.action == "list":
+        for key in keys.list():
+            print(f"{key.id}\t{key.tier}\tbudget={key.budget_samples}\trate={key.rate_per_second}")
+    else:
+        keys.revoke(args.key_id)
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        return keys_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -63,10 +100,19 @@ def main(argv=None) -> None:
     import torch  # after logging is set up: importing open_clip takes a few seconds
 
     from graytune.server.app import OracleServer
+    from graytune.server.auth import AuthInterceptor
     from graytune.server.backbone import BackboneSource, load_backbone
+    from graytune.server.credentials import KeyFile
     from graytune.server.oracle import GradientOracle
-    from graytune.server.servicer import Caller
+    from graytune.server.usage import Budgets
 
+    if args.dev == (args.keys is not None):
+        print("graytune-server: error: give --keys FILE, or --dev for development without "
+              "credentials", file=sys.stderr)
+        sys.exit(2)
+    if args.keys is not None and not args.keys.is_file():
+        print(f"graytune-server: error: key file not found: {args.keys}", file=sys.stderr)
+        sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
     source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
@@ -77,9 +123,16 @@ def main(argv=None) -> None:
         sys.exit(2)
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
-    log.warning("development mode: no credentials, every caller has tier '%s'", args.tier)
-    server = OracleServer(GradientOracle(backbone, limits), f"{args.host}:{args.port}",
-                          Caller("dev", args.tier), args.workers)
+    if args.dev:
+        log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)
+        auth, budgets = AuthInterceptor(None, args.tier), None
+    else:
+        keys = KeyFile(args.keys)
+        auth = AuthInterceptor(keys)
+        budgets = Budgets(args.usage_db or args.keys.with_suffix(".usage.sqlite"))
+        log.info("%d API keys from %s", len(keys.keys), args.keys)
+    server = OracleServer(GradientOracle(backbone, limits), f"{args.host}:{args.port}", auth,
+                          budgets, args.workers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

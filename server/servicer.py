@@ -4,17 +4,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import grpc
 import torch
 
 import graytune
 from graytune import tensor_codec
+from graytune.server.auth import CURRENT_CALLER, Caller
 from graytune.server.errors import HandleExpired, InputError, OverLimit
 from graytune.server.oracle import GradientOracle
 from graytune.server.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
+from graytune.server.usage import Budgets, RateLimiter
 from graytune.server.validation import TOWER_INPUTS, check_names
 from graytune.tensor_codec import TensorAssembler, TensorFormatError
 from graytune.v1 import oracle_pb2 as pb
@@ -22,12 +23,6 @@ from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
 log = logging.getLogger("graytune.server")
 TOWERS = {pb.IMAGE: "image", pb.TEXT: "text"}
-
-
-@dataclass(frozen=True)
-class Caller:
-    id: str  # who owns the graphs this caller creates
-    tier: str
 
 
 class CallFailed(Exception):
@@ -69,6 +64,14 @@ def read_stream(messages: Iterable, max_tensor_bytes: int) -> Tuple[object, Dict
     return header, assembler.finish()
 
 
+def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
+    """Samples in a request, before validation: the first dimension of its batched input."""
+    for name in ("pixels", "token_ids"):
+        if name in tensors and tensors[name].dim() > 0:
+            return int(tensors[name].shape[0])
+    return 0
+
+
 def output_dtype(wire_dtype: int) -> torch.dtype:
     if wire_dtype == pb.DATA_TYPE_UNSPECIFIED:
         return torch.float32
@@ -79,19 +82,27 @@ def output_dtype(wire_dtype: int) -> torch.dtype:
 
 
 class OracleServicer(pb_grpc.GradientOracleServicer):
-    def __init__(self, oracle: GradientOracle, caller: Caller):
+    """The four calls, for the caller the auth interceptor found (`CURRENT_CALLER`)."""
+
+    def __init__(self, oracle: GradientOracle, budgets: Optional[Budgets] = None,
+                 rate_limiter: Optional[RateLimiter] = None):
         self.oracle = oracle
-        self.caller = caller  # the one caller of a server without credentials
+        self.budgets = budgets
+        self.rate_limiter = rate_limiter or RateLimiter()
 
     # -- the four calls ------------------------------------------------------------------
     def Describe(self, request, context):
         with self._call("Describe", context) as call:
-            response = self._describe()
+            response = self._describe(call.caller)
         call.log("OK")
         return response
 
-    def _describe(self) -> pb.DescribeResponse:
+    def _describe(self, caller: Caller) -> pb.DescribeResponse:
         b, limits = self.oracle.backbone, self.oracle.limits
+        key = caller.key
+        budget = {} if key is None or key.budget_samples is None else {
+            "budget_samples": key.budget_samples, "budget_remaining": self.budgets.remaining(key)}
+        rate = {} if key is None or key.rate_per_second is None else {"rate_per_second": key.rate_per_second}
         return pb.DescribeResponse(
             protocol_version=graytune.PROTOCOL_VERSION,
             server_version=graytune.__version__,
@@ -103,13 +114,14 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             text=pb.TextSpec(context_length=b.text.context_length,
                              token_width=b.text.token_width, vocab_size=b.text.vocab_size,
                              max_extra_tokens=limits.max_extra_tokens),
-            tier=self.caller.tier,
-            entry_points=ENTRY_POINTS[self.caller.tier],
+            tier=caller.tier,
+            entry_points=ENTRY_POINTS[caller.tier],
             limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
                              max_message_bytes=limits.max_message_bytes,
                              chunk_bytes=limits.chunk_bytes,
                              max_graph_bytes=limits.max_graph_bytes,
-                             handle_ttl_seconds=limits.handle_ttl_seconds))
+                             handle_ttl_seconds=limits.handle_ttl_seconds),
+            caller_id=caller.id, **budget, **rate)
 
     def Embed(self, request_iterator, context):
         with self._call("Embed", context) as call:
@@ -161,7 +173,13 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             if point not in allowed:
                 raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                                  f"{point}: not an entry point of tier '{call.caller.tier}'")
+        self._charge(call, len(header.texts) or batch_size(tensors))
         return tower, header, tensors
+
+    def _charge(self, call, samples: int) -> None:
+        if self.budgets is not None and call.caller.key is not None:
+            self.budgets.charge(call.caller.key, samples)
+            call.charged = samples
 
     def _respond(self, header, tensors, call) -> Iterator[pb.OutputMessage]:
         header.device_seconds = call.device_seconds
@@ -173,11 +191,15 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
 
     @contextlib.contextmanager
     def _call(self, method: str, context):
-        call = CallRecord(method, self.caller)
+        call = CallRecord(method, CURRENT_CALLER.get())
         try:
             with status_on_error():
+                if call.caller.key is not None:
+                    self.rate_limiter.acquire(call.caller.key)
                 yield call
         except CallFailed as failure:
+            if call.charged:  # refused calls cost nothing
+                self.budgets.charge(call.caller.key, -call.charged)
             call.log(failure.code.name, str(failure))
             context.abort(failure.code, str(failure))
 
@@ -187,7 +209,7 @@ class CallRecord:
 
     def __init__(self, method: str, caller: Caller):
         self.method, self.caller = method, caller
-        self.samples = self.bytes_in = self.bytes_out = 0
+        self.samples = self.bytes_in = self.bytes_out = self.charged = 0
         self.device_seconds = 0.0
         self.start = time.perf_counter()
 

@@ -154,7 +154,7 @@ class Limits(_message.Message):
     def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits")
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,10 @@ class DescribeResponse(_message.Message):
     TIER_FIELD_NUMBER: _ClassVar[int]
     ENTRY_POINTS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     server_version: str
     backbone: Backbone
@@ -173,4 +177,8 @@ class DescribeResponse(_message.Message):
     tier: str
     entry_points: _containers.RepeatedScalarFieldContainer[str]
     limits: Limits
-    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    caller_id: str
+    budget_samples: int
+    budget_remaining: int
+    rate_per_second: float
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ...) -> None: ...
