@@ -1,0 +1,155 @@
+"""Credentials, tiers, budgets and rate limits, against real servers started with a key file."""
+from __future__ import annotations
+
+import subprocess
+
+import grpc
+import pytest
+import torch
+
+from graytune.client.local_server import LocalServer, server_command
+from graytune.client.oracle_client import OracleClient, OracleError
+from graytune.client.remote import RemoteImageTower
+from graytune.v1 import oracle_pb2 as pb
+
+KEYED_ARGS = ("--threads", "1", "--log-level", "INFO")
+
+
+def create_key(key_file, *args) -> str:
+    result = subprocess.run(server_command() + ["keys", "--file", str(key_file), "create", *args],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("keys") / "keys.json"
+    secrets = {
+        "blackbox": create_key(key_file, "--tier", "blackbox"),
+        "graybox": create_key(key_file, "--tier", "graybox"),
+        "other": create_key(key_file, "--tier", "graybox"),
+        "budget": create_key(key_file, "--tier", "graybox", "--budget", "10"),
+        "rate": create_key(key_file, "--tier", "graybox", "--rate", "0.5"),
+    }
+    return key_file, secrets
+
+
+@pytest.fixture(scope="module")
+def keyed_server(keys):
+    with LocalServer([*KEYED_ARGS, "--keys", str(keys[0])]) as s:
+        yield s
+
+
+def client(server, secret=None) -> OracleClient:
+    return OracleClient(server.endpoint, api_key=secret, retries=0, timeout=30)
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(OracleError) as failure:
+        call()
+    return failure.value.code, failure.value.details
+
+
+def test_key_file_holds_hashes_never_secrets(keys):
+    key_file, secrets = keys
+    text = key_file.read_text()
+    for secret in secrets.values():
+        assert secret.startswith("gt_") and secret not in text
+        assert secret.split("_")[1] in text  # the key id is there
+    listing = subprocess.run(server_command() + ["keys", "--file", str(key_file), "list"],
+                             capture_output=True, text=True, check=True).stdout
+    assert len(listing.splitlines()) == len(secrets)
+    assert not any(secret in listing for secret in secrets.values())
+
+
+@pytest.mark.parametrize("secret", [None, "gt_k00000000_wrong", "not-a-key"])
+def test_missing_or_unknown_key_is_unauthenticated(keyed_server, secret):
+    with client(keyed_server, secret) as oracle:
+        code, details = code_of(oracle.describe)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "authorization" in details
+
+
+def test_right_id_with_wrong_secret_is_unauthenticated(keyed_server, keys):
+    key_id = keys[1]["graybox"].split("_")[1]
+    with client(keyed_server, f"gt_{key_id}_guessed") as oracle:
+        assert code_of(oracle.describe)[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_health_needs_no_key(keyed_server):
+    with client(keyed_server) as oracle:
+        oracle.wait_ready(10)
+
+
+def test_blackbox_embeds_but_gets_no_gradient(keyed_server, keys):
+    with client(keyed_server, keys[1]["blackbox"]) as oracle:
+        info = oracle.describe()
+        assert info.tier == "blackbox" and "text.shift" not in info.entry_points
+        assert oracle.embed_images(torch.randn(2, 3, 32, 32)).shape == (2, info.embed_dim)
+        code, details = code_of(lambda: oracle.forward(pb.IMAGE, {"pixels": torch.randn(2, 3, 32, 32)}))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "blackbox" in details
+        code, details = code_of(lambda: oracle.embed_texts(["a cat"], shift=torch.zeros(info.text.token_width)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "text.shift" in details
+        code, _ = code_of(lambda: oracle.backward("00000000.1.0123456789abcdef", torch.zeros(2, info.embed_dim)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_graybox_trains_through_its_key(keyed_server, keys):
+    with client(keyed_server, keys[1]["graybox"]) as oracle:
+        info = oracle.describe()
+        assert info.tier == "graybox" and info.caller_id == keys[1]["graybox"].split("_")[1]
+        assert not info.HasField("budget_remaining")
+        pixels = torch.randn(2, 3, 32, 32, requires_grad=True)
+        RemoteImageTower(oracle)(pixels).sum().backward()
+        assert pixels.grad.abs().sum() > 0
+
+
+def test_a_handle_never_crosses_between_keys(keyed_server, keys):
+    with client(keyed_server, keys[1]["graybox"]) as alice, client(keyed_server, keys[1]["other"]) as bob:
+        handle, emb = alice.forward(pb.IMAGE, {"pixels": torch.randn(2, 3, 32, 32)})
+        code, details = code_of(lambda: bob.backward(handle, torch.ones_like(emb)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown" in details
+        assert set(alice.backward(handle, torch.ones_like(emb))) == {"pixels"}
+
+
+def test_rate_limit_says_when_the_next_call_is_allowed(keyed_server, keys):
+    with client(keyed_server, keys[1]["rate"]) as oracle:
+        oracle.describe()
+        code, details = code_of(lambda: oracle.describe(refresh=True))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "0.5 calls/s" in details and "allowed in" in details
+
+
+def test_budget_runs_out_and_stays_out_after_a_restart(keys):
+    key_file, secrets = keys
+    pixels = lambda n: torch.randn(n, 3, 32, 32)
+    with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:
+        with client(server, secrets["budget"]) as oracle:
+            oracle.embed_images(pixels(6))
+            code, _ = code_of(lambda: oracle.embed_images(pixels(3)[:, :1]))  # bad input: refunded
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert oracle.describe(refresh=True).budget_remaining == 4
+            code, details = code_of(lambda: oracle.embed_images(pixels(5)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "4 of 10 samples left" in details and "needs 5" in details
+    with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:  # a restart refills nothing
+        with client(server, secrets["budget"]) as oracle:
+            info = oracle.describe()
+            assert (info.budget_samples, info.budget_remaining) == (10, 4)
+            oracle.embed_images(pixels(4))
+            assert code_of(lambda: oracle.embed_images(pixels(1)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_audit_log_names_the_key_never_the_secret(keyed_server, keys):
+    secret = keys[1]["graybox"]
+    with client(keyed_server, secret) as oracle:
+        oracle.embed_images(torch.randn(3, 3, 32, 32))
+    lines = [l for l in keyed_server.output if "method=Embed" in l and f"caller={secret.split('_')[1]}" in l]
+    assert lines and "samples=3" in lines[-1] and "status=OK" in lines[-1]
+    assert not any(secret in line for line in keyed_server.output)
+
+
+def test_serving_without_keys_needs_dev_mode():
+    result = subprocess.run(server_command() + ["--port", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--keys FILE, or --dev" in result.stderr
