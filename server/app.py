@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from graytune.server.auth import AuthInterceptor
+from graytune.server.metrics import ServerMetrics
 from graytune.server.oracle import GradientOracle
 from graytune.server.servicer import OracleServicer
 from graytune.server.usage import Budgets
@@ -24,7 +25,8 @@ class OracleServer:
     """The oracle on a port, with its health service and graph sweeper."""
 
     def __init__(self, oracle: GradientOracle, address: str, auth: AuthInterceptor,
-                 budgets: Optional[Budgets] = None, workers: int = 8):
+                 budgets: Optional[Budgets] = None, metrics: Optional[ServerMetrics] = None,
+                 workers: int = 8):
         limits = oracle.limits
         options = [
             # Chunks stay far below these; they only bound what one message may cost.
@@ -34,7 +36,8 @@ class OracleServer:
         self.oracle = oracle
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                                   interceptors=[auth])
-        oracle_pb2_grpc.add_GradientOracleServicer_to_server(OracleServicer(oracle, budgets), self.server)
+        oracle_pb2_grpc.add_GradientOracleServicer_to_server(
+            OracleServicer(oracle, budgets, metrics=metrics), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -30,10 +30,10 @@ CURRENT_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("graytun
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, keys: Optional[KeyFile], dev_tier: Optional[str] = None):
+    def __init__(self, keys: Optional[KeyFile], dev_tier: Optional[str] = None, metrics=None):
         if (keys is None) == (dev_tier is None):
             raise ValueError("give a key file, or a tier for development mode, not both")
-        self.keys, self.dev_tier = keys, dev_tier
+        self.keys, self.dev_tier, self.metrics = keys, dev_tier, metrics
 
     def caller_for(self, metadata) -> Optional[Caller]:
         if self.keys is None:
@@ -49,8 +49,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         caller = self.caller_for(handler_call_details.invocation_metadata)
         if caller is None:
-            log.warning("call method=%s caller=- status=UNAUTHENTICATED",
-                        handler_call_details.method.rsplit("/", 1)[-1])
+            method = handler_call_details.method.rsplit("/", 1)[-1]
+            log.warning("call method=%s caller=- status=UNAUTHENTICATED", method)
+            if self.metrics is not None:
+                self.metrics.requests.labels(method, "-", "UNAUTHENTICATED").inc()
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED,
                              "authorization: missing or unknown API key; send 'authorization: Bearer <key>'")
         return _as_caller(handler, caller)

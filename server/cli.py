@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--dev", action="store_true",
                        help="development mode: no credentials, every caller gets --tier")
     serve.add_argument("--tier", choices=TIERS, default="graybox", help="the callers' tier with --dev")
+    serve.add_argument("--metrics-port", type=int,
+                       help="serve Prometheus metrics over HTTP on this port (default: off)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")
     limits = p.add_argument_group("limits")
     d = Limits()
@@ -103,6 +105,7 @@ def main(argv=None) -> None:
     from graytune.server.auth import AuthInterceptor
     from graytune.server.backbone import BackboneSource, load_backbone
     from graytune.server.credentials import KeyFile
+    from graytune.server.metrics import ServerMetrics
     from graytune.server.oracle import GradientOracle
     from graytune.server.usage import Budgets
 
@@ -123,20 +126,24 @@ def main(argv=None) -> None:
         sys.exit(2)
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
+    oracle = GradientOracle(backbone, limits)
+    metrics = ServerMetrics(oracle.store, backbone.device)
     if args.dev:
         log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)
-        auth, budgets = AuthInterceptor(None, args.tier), None
+        auth, budgets = AuthInterceptor(None, args.tier, metrics), None
     else:
         keys = KeyFile(args.keys)
-        auth = AuthInterceptor(keys)
+        auth = AuthInterceptor(keys, metrics=metrics)
         budgets = Budgets(args.usage_db or args.keys.with_suffix(".usage.sqlite"))
         log.info("%d API keys from %s", len(keys.keys), args.keys)
-    server = OracleServer(GradientOracle(backbone, limits), f"{args.host}:{args.port}", auth,
-                          budgets, args.workers)
+    server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
+    if args.metrics_port is not None:
+        host, port = metrics.serve(args.host, args.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", host, port)
     log.info("backbone %s sha256=%s on %s, %d threads", backbone.name, backbone.sha256[:16],
              backbone.device, torch.get_num_threads())
     # Tests and scripts read this line to learn the port (with --port 0).

@@ -13,6 +13,7 @@ import graytune
 from graytune import tensor_codec
 from graytune.server.auth import CURRENT_CALLER, Caller
 from graytune.server.errors import HandleExpired, InputError, OverLimit
+from graytune.server.metrics import ServerMetrics
 from graytune.server.oracle import GradientOracle
 from graytune.server.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
 from graytune.server.usage import Budgets, RateLimiter
@@ -85,9 +86,10 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     """The four calls, for the caller the auth interceptor found (`CURRENT_CALLER`)."""
 
     def __init__(self, oracle: GradientOracle, budgets: Optional[Budgets] = None,
-                 rate_limiter: Optional[RateLimiter] = None):
+                 rate_limiter: Optional[RateLimiter] = None, metrics: Optional[ServerMetrics] = None):
         self.oracle = oracle
         self.budgets = budgets
+        self.metrics = metrics
         self.rate_limiter = rate_limiter or RateLimiter()
 
     # -- the four calls ------------------------------------------------------------------
@@ -191,7 +193,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
 
     @contextlib.contextmanager
     def _call(self, method: str, context):
-        call = CallRecord(method, CURRENT_CALLER.get())
+        call = CallRecord(method, CURRENT_CALLER.get(), self.metrics)
         try:
             with status_on_error():
                 if call.caller.key is not None:
@@ -205,16 +207,20 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
 
 
 class CallRecord:
-    """What one call did, for its log line."""
+    """What one call did, for its log line and the metrics."""
 
-    def __init__(self, method: str, caller: Caller):
-        self.method, self.caller = method, caller
+    def __init__(self, method: str, caller: Caller, metrics: Optional[ServerMetrics] = None):
+        self.method, self.caller, self.metrics = method, caller, metrics
         self.samples = self.bytes_in = self.bytes_out = self.charged = 0
         self.device_seconds = 0.0
         self.start = time.perf_counter()
 
     def log(self, status: str, detail: str = "") -> None:
-        ms = (time.perf_counter() - self.start) * 1e3
+        seconds = time.perf_counter() - self.start
+        if self.metrics is not None:
+            self.metrics.observe(self.method, self.caller.tier, status, self.samples, self.bytes_in,
+                                 self.bytes_out, seconds, self.device_seconds)
+        ms = seconds * 1e3
         level = logging.INFO if status == "OK" else logging.WARNING
         log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
                 "status=%s latency_ms=%.1f device_ms=%.1f%s", self.method, self.caller.id,

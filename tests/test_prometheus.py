@@ -1,0 +1,44 @@
+"""The owner's Prometheus metrics, scraped over HTTP from a real server."""
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from graytune.client.local_server import LocalServer
+from graytune.client.oracle_client import OracleClient, OracleError
+from graytune.v1 import oracle_pb2 as pb
+from conftest import SERVER_ARGS
+from test_connection import free_port
+
+
+def scrape(port: int) -> dict:
+    """{(name, frozenset(labels)): value} of every sample."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_calls_samples_bytes_and_held_graphs():
+    port = free_port()
+    with LocalServer([*SERVER_ARGS, "--metrics-port", str(port)]) as server:
+        with OracleClient(server.endpoint, retries=0) as oracle:
+            oracle.embed_images(torch.randn(3, 3, 32, 32))
+            with pytest.raises(OracleError):
+                oracle.embed_images(torch.randn(3, 3, 31, 32))
+            oracle.forward(pb.IMAGE, {"pixels": torch.randn(2, 3, 32, 32)})  # no Backward: held
+        m = scrape(port)
+    ok = frozenset({"method": "Embed", "tier": "graybox", "status": "OK"}.items())
+    bad = frozenset({"method": "Embed", "tier": "graybox", "status": "INVALID_ARGUMENT"}.items())
+    assert m[("graytune_requests_total", ok)] == 1
+    assert m[("graytune_requests_total", bad)] == 1
+    assert m[("graytune_samples_total", frozenset({"method": "Embed", "tier": "graybox"}.items()))] == 3
+    embed = frozenset({"method": "Embed"}.items())
+    assert m[("graytune_received_bytes_total", embed)] == 2 * 3 * 3 * 32 * 32 * 4 - 3 * 3 * 32 * 4
+    assert m[("graytune_sent_bytes_total", embed)] == 3 * 128 * 4
+    assert m[("graytune_request_seconds_count", embed)] == 2
+    assert m[("graytune_graphs_held", frozenset())] == 1
+    assert m[("graytune_graph_bytes_held", frozenset())] > 0
+    assert m[("graytune_device_memory_bytes", frozenset())] > 0
