@@ -1,13 +1,15 @@
-# The owner's server. CPU by default; on a GPU host, build with the CUDA wheel index, e.g.
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+# graytune's owner server. CPU wheels of torch by default; for a GPU host build with
+#   docker compose build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
 FROM python:3.11-slim
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 GRAYTUNE_CACHE=/models/cache
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY protos protos
 COPY server server
 COPY client client
-RUN pip install --extra-index-url "$TORCH_INDEX" ".[server]"
-EXPOSE 50051
+RUN pip install --extra-index-url "$TORCH_INDEX" ".[server]" \
+ && useradd --create-home --uid 1000 graytune
+USER graytune
+EXPOSE 50051 9464
 ENTRYPOINT ["graytune-server", "--host", "0.0.0.0", "--port", "50051"]

@@ -136,7 +136,7 @@ def bench_model(name: str, reps: int, warmup: int) -> dict:
 
     arch, batch, _ = MODELS[name]
     common = ["--model", arch, "--batch", str(batch)]
-    with LocalServer(["--dev", "--model", arch, "--log-level", "WARNING"]) as server:
+    with LocalServer(["--dev", "--plaintext", "--model", arch, "--log-level", "WARNING"]) as server:
         workers = [Worker("in-process", ["--worker", "in-process", *common], dict(os.environ))]
         for wire in WIRE:
             env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}

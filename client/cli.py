@@ -31,6 +31,10 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
                    help="precision of tensors on the wire; half precision halves the bytes")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
+    p.add_argument("--tls-ca", help="CA certificate that signed the server's (default: system roots)")
+    p.add_argument("--tls-cert", help="this client's certificate, for mutual TLS")
+    p.add_argument("--tls-key", help="this client's private key, for mutual TLS")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -86,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(args):
-    from graytune.client.oracle_client import OracleClient
-    return OracleClient(args.endpoint, timeout=args.timeout, wire_dtype=WIRE_DTYPES[args.wire_dtype])
+    """API key from $GRAYTUNE_API_KEY (never a flag: it would show in the process list)."""
+    from graytune.client.oracle_client import OracleClient, tls_channel_credentials
+    tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
+    credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
+    return OracleClient(args.endpoint, timeout=args.timeout, wire_dtype=WIRE_DTYPES[args.wire_dtype],
+                        credentials=credentials)
 
 
 def cmd_info(args) -> None:

@@ -25,7 +25,7 @@ def run_demo(workdir: str, steps: int, wire_dtype: torch.dtype) -> dict:
     data = write_digits(workdir / "data")
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a demo starts fresh
-    with LocalServer(["--dev", "--pretrained", "mnist"]) as server, OracleClient(server.endpoint, wire_dtype=wire_dtype) as oracle:
+    with LocalServer(["--dev", "--plaintext", "--pretrained", "mnist"]) as server, OracleClient(server.endpoint, wire_dtype=wire_dtype) as oracle:
         info = oracle.describe()
         print(f"owner server at {server.endpoint}: {info.backbone.name} "
               f"(sha256 {info.backbone.sha256[:12]}…), tier {info.tier}")

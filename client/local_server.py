@@ -18,6 +18,8 @@ import threading
 from collections import deque
 from typing import Dict, List, Optional, Sequence
 
+import grpc
+
 from graytune.client.oracle_client import OracleClient
 
 LISTENING = re.compile(r"graytune-server listening on (\S+):(\d+)")
@@ -32,10 +34,12 @@ def server_command() -> List[str]:
 
 class LocalServer:
     def __init__(self, args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
-                 startup_timeout: float = 120.0):
+                 startup_timeout: float = 120.0, credentials: Optional[grpc.ChannelCredentials] = None):
+        """`credentials`: what the readiness check connects with when the server serves TLS."""
         self.args = ["--host", "127.0.0.1", "--port", "0", *args]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.startup_timeout = startup_timeout
+        self.credentials = credentials
         self.process: Optional[subprocess.Popen] = None
         self.endpoint = ""
         self.output: deque = deque(maxlen=200)  # the server's last lines, for error messages
@@ -54,7 +58,7 @@ class LocalServer:
         if not found.wait(self.startup_timeout) or not self.endpoint:
             self.stop()
             raise RuntimeError("graytune-server did not start:\n" + "\n".join(self.output))
-        with OracleClient(self.endpoint) as oracle:
+        with OracleClient(self.endpoint, credentials=self.credentials) as oracle:
             oracle.wait_ready(self.startup_timeout)
         return self
 

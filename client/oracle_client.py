@@ -29,6 +29,16 @@ Tensors = Dict[str, torch.Tensor]
 MESSAGE_LIMIT = 64 << 20  # far above the chunk size; set on purpose, not gRPC's 4 MB default
 
 
+def tls_channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None,
+                            key: Optional[str] = None) -> grpc.ChannelCredentials:
+    """TLS to the oracle: `ca` verifies the server (default: the system's roots); `cert` and
+    `key` are this client's certificate for mutual TLS."""
+    read = lambda path: open(path, "rb").read() if path else None
+    if bool(cert) != bool(key):
+        raise ValueError("mutual TLS needs both a client certificate and its key")
+    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+
+
 class OracleError(Exception):
     """A call to the oracle failed; `code` is the gRPC status (None: not a gRPC failure)."""
 

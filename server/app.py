@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from pathlib import Path
 from typing import Optional
 
 import grpc
@@ -21,12 +22,21 @@ log = logging.getLogger("graytune.server")
 SERVICE_NAME = oracle_pb2.DESCRIPTOR.services_by_name["GradientOracle"].full_name
 
 
+def tls_credentials(cert: Path, key: Path, client_ca: Optional[Path] = None) -> grpc.ServerCredentials:
+    """TLS from PEM files; with `client_ca`, mutual TLS: clients must show a certificate it signed."""
+    return grpc.ssl_server_credentials(
+        [(Path(key).read_bytes(), Path(cert).read_bytes())],
+        root_certificates=Path(client_ca).read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None)
+
+
 class OracleServer:
     """The oracle on a port, with its health service and graph sweeper."""
 
     def __init__(self, oracle: GradientOracle, address: str, auth: AuthInterceptor,
                  budgets: Optional[Budgets] = None, metrics: Optional[ServerMetrics] = None,
-                 workers: int = 8):
+                 workers: int = 8, tls: Optional[grpc.ServerCredentials] = None):
+        """`tls`: server credentials (TLS, or mutual TLS); None serves plaintext."""
         limits = oracle.limits
         options = [
             # Chunks stay far below these; they only bound what one message may cost.
@@ -42,7 +52,8 @@ class OracleServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(address)
+        self.port = (self.server.add_secure_port(address, tls) if tls is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self._stop_sweeper = threading.Event()

@@ -2,7 +2,8 @@
 
     graytune-server keys --file keys.json create --tier graybox --budget 100000
     graytune-server --keys keys.json                  # built-in tiny model, random weights
-    graytune-server --dev                             # no credentials: development only
+    graytune-server --dev --plaintext                 # no credentials, no TLS: development only
+    graytune-server health                            # exit 0 when serving (container checks)
     graytune-server --model ViT-B-32 --pretrained laion2b_s34b_b79k
     graytune-server --model ViT-B-32 --weights /models/vit-b-32.safetensors
 """
@@ -44,12 +45,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
     serve.add_argument("--keys", type=Path, default=os.environ.get("GRAYTUNE_KEYS") or None,
                        help="API key file (see `graytune-server keys`); required unless --dev")
-    serve.add_argument("--usage-db", type=Path,
+    serve.add_argument("--usage-db", type=Path, default=os.environ.get("GRAYTUNE_USAGE_DB") or None,
                        help="SQLite file of budget usage (default: beside the key file)")
     serve.add_argument("--dev", action="store_true",
                        help="development mode: no credentials, every caller gets --tier")
     serve.add_argument("--tier", choices=TIERS, default="graybox", help="the callers' tier with --dev")
-    serve.add_argument("--metrics-port", type=int,
+    tls = p.add_argument_group("transport security")
+    tls.add_argument("--tls-cert", type=Path, default=os.environ.get("GRAYTUNE_TLS_CERT") or None,
+                     help="server certificate chain (PEM)")
+    tls.add_argument("--tls-key", type=Path, default=os.environ.get("GRAYTUNE_TLS_KEY") or None,
+                     help="server private key (PEM)")
+    tls.add_argument("--tls-client-ca", type=Path, default=os.environ.get("GRAYTUNE_TLS_CLIENT_CA") or None,
+                     help="CA that signs client certificates: mutual TLS")
+    tls.add_argument("--plaintext", action="store_true", help="serve without TLS (trusted networks only)")
+    serve.add_argument("--metrics-port", type=int, default=os.environ.get("GRAYTUNE_METRICS_PORT") or None,
                        help="serve Prometheus metrics over HTTP on this port (default: off)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")
     limits = p.add_argument_group("limits")
@@ -62,6 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds a graph waits for its Backward")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    print(f"graytune-server: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def keys_main(argv) -> None:
@@ -91,17 +105,44 @@ def keys_main(argv) -> None:
         keys.revoke(args.key_id)
 
 
+def health_main(argv) -> None:
+    """graytune-server health: exit 0 when the server's gRPC health check says SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="graytune-server health", description=health_main.__doc__)
+    p.add_argument("--address", default=f"127.0.0.1:{env('GRAYTUNE_PORT', '50051')}")
+    p.add_argument("--tls-ca", default=env("GRAYTUNE_HEALTH_TLS_CA"), help="CA of the server certificate")
+    p.add_argument("--tls-cert", default=env("GRAYTUNE_HEALTH_TLS_CERT"), help="client certificate (mTLS)")
+    p.add_argument("--tls-key", default=env("GRAYTUNE_HEALTH_TLS_KEY"), help="client key (mTLS)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    args = p.parse_args(argv)
+    read = lambda path: open(path, "rb").read() if path else None
+    channel = (grpc.secure_channel(args.address, grpc.ssl_channel_credentials(
+                   read(args.tls_ca), read(args.tls_key), read(args.tls_cert)))
+               if args.tls_ca else grpc.insecure_channel(args.address))
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+    except grpc.RpcError as e:
+        fail(f"{args.address}: {e.code().name}: {e.details()}")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    sys.exit(0 if status == "SERVING" else 1)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:])
+    if argv[:1] == ["health"]:
+        return health_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("graytune.server")
     import torch  # after logging is set up: importing open_clip takes a few seconds
 
-    from graytune.server.app import OracleServer
+    from graytune.server.app import OracleServer, tls_credentials
     from graytune.server.auth import AuthInterceptor
     from graytune.server.backbone import BackboneSource, load_backbone
     from graytune.server.credentials import KeyFile
@@ -113,6 +154,11 @@ def main(argv=None) -> None:
         print("graytune-server: error: give --keys FILE, or --dev for development without "
               "credentials", file=sys.stderr)
         sys.exit(2)
+    if args.plaintext == bool(args.tls_cert and args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
+        fail("give --tls-cert and --tls-key, or --plaintext to serve without TLS")
+    for path in (args.keys, args.tls_cert, args.tls_key, args.tls_client_ca):
+        if path is not None and not path.is_file():
+            fail(f"file not found: {path}")
     if args.keys is not None and not args.keys.is_file():
         print(f"graytune-server: error: key file not found: {args.keys}", file=sys.stderr)
         sys.exit(2)
@@ -122,8 +168,7 @@ def main(argv=None) -> None:
     try:
         backbone = load_backbone(source, args.device, args.precision)
     except (FileNotFoundError, ValueError, RuntimeError, ModuleNotFoundError) as e:
-        print(f"graytune-server: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
     oracle = GradientOracle(backbone, limits)
@@ -136,7 +181,10 @@ def main(argv=None) -> None:
         auth = AuthInterceptor(keys, metrics=metrics)
         budgets = Budgets(args.usage_db or args.keys.with_suffix(".usage.sqlite"))
         log.info("%d API keys from %s", len(keys.keys), args.keys)
-    server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers)
+    if args.plaintext:
+        log.warning("serving plaintext: no transport security")
+    tls = None if args.plaintext else tls_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

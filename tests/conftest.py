@@ -13,7 +13,7 @@ from graytune.client.local_server import LocalServer  # noqa: E402
 from graytune.client.oracle_client import OracleClient  # noqa: E402
 
 # Every server a test starts shares the cores with the test process.
-SERVER_ARGS = ("--dev", "--threads", "1", "--log-level", "WARNING")
+SERVER_ARGS = ("--dev", "--plaintext", "--threads", "1", "--log-level", "WARNING")
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def test_backbone_is_frozen(backbone):
 
 
 def test_missing_weights_file_stops_the_server_with_a_message(tmp_path):
-    result = subprocess.run(server_command() + ["--dev", "--port", "0", "--weights", str(tmp_path / "nope.pt")],
+    result = subprocess.run(server_command() + ["--dev", "--plaintext", "--port", "0", "--weights", str(tmp_path / "nope.pt")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "graytune-server: error: weights file not found" in result.stderr

