@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs graytune with the server, data and test extras (editable).
-# Re-runs are cheap: nothing is reinstalled until pyproject.toml changes.
+# Creates .venv and installs graytune with the server, data and test extras (editable), and the
+# Node.js packages of the second-client test. Re-runs are cheap: nothing is reinstalled until
+# pyproject.toml or tests/node/package-lock.json changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -11,4 +12,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   echo "$want" > "$stamp"
+fi
+node_stamp=tests/node/node_modules/.graytune-installed
+node_want=$(sha256sum tests/node/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
+  command -v npm >/dev/null || { echo "setup: npm not found; the Node.js client test needs it" >&2; exit 1; }
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+  echo "$node_want" > "$node_stamp"
 fi
