@@ -1,0 +1,82 @@
+"""Many customers on one server: aggregate samples/s with 1, 2 and 4 concurrent clients, each
+sending batches of --batch, against one client sending the same total work in batches of
+clients x --batch. Each client is its own process, doing the server half of a gray-box step:
+image Forward, then Backward of dL/dE (pixel gradients come back).
+
+    python benchmarks/concurrent_clients.py [--batch 8] [--steps 6] [--model graytune-small-224]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+CLIENT_COUNTS = (1, 2, 4)
+
+
+def run_client(args) -> None:
+    from graytune.client.oracle_client import OracleClient
+    from graytune.client.remote import RemoteImageTower
+    with OracleClient(args.endpoint) as oracle:
+        size = oracle.describe().image.height
+        tower = RemoteImageTower(oracle)
+        pixels = torch.randn(args.batch, 3, size, size).requires_grad_()
+        tower(pixels).sum().backward()  # warm-up, outside the timing
+        print("ready", flush=True)
+        sys.stdin.readline()  # start together
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            tower(pixels).sum().backward()
+        print(json.dumps({"seconds": time.perf_counter() - start,
+                          "samples": args.steps * args.batch}), flush=True)
+
+
+def run_round(endpoint: str, clients: int, batch: int, steps: int) -> float:
+    """Aggregate samples/s of `clients` processes started together."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--client", "--endpoint", endpoint,
+                               "--batch", str(batch), "--steps", str(steps)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(clients)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    start = time.perf_counter()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [json.loads(p.stdout.readline()) for p in procs]
+    wall = time.perf_counter() - start
+    for p in procs:
+        p.wait(30)
+    return sum(r["samples"] for r in results) / wall
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="graytune-small-224")
+    p.add_argument("--batch", type=int, default=8, help="per client")
+    p.add_argument("--steps", type=int, default=6, help="per client")
+    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--endpoint", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        return run_client(args)
+    from graytune.client.local_server import LocalServer
+    with LocalServer(["--dev", "--plaintext", "--model", args.model, "--log-level", "WARNING"]) as server:
+        print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client\n")
+        print(f"{'clients':>8}{'batch each':>12}{'samples/s':>11}{'one client, batch':>19}"
+              f"{'samples/s':>11}{'ratio':>8}")
+        for clients in CLIENT_COUNTS:
+            together = run_round(server.endpoint, clients, args.batch, args.steps)
+            alone = run_round(server.endpoint, 1, clients * args.batch, args.steps)
+            print(f"{clients:>8}{args.batch:>12}{together:>11.1f}{clients * args.batch:>19}"
+                  f"{alone:>11.1f}{together / alone:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
