@@ -35,8 +35,10 @@ class OracleServer:
 
     def __init__(self, oracle: GradientOracle, address: str, auth: AuthInterceptor,
                  budgets: Optional[Budgets] = None, metrics: Optional[ServerMetrics] = None,
-                 workers: int = 8, tls: Optional[grpc.ServerCredentials] = None):
-        """`tls`: server credentials (TLS, or mutual TLS); None serves plaintext."""
+                 workers: int = 8, tls: Optional[grpc.ServerCredentials] = None,
+                 max_concurrent_calls: Optional[int] = None):
+        """`tls`: server credentials (TLS, or mutual TLS); None serves plaintext.
+        Calls beyond `max_concurrent_calls` in flight get RESOURCE_EXHAUSTED from gRPC."""
         limits = oracle.limits
         options = [
             # Chunks stay far below these; they only bound what one message may cost.
@@ -45,7 +47,7 @@ class OracleServer:
         ]
         self.oracle = oracle
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
-                                  interceptors=[auth])
+                                  interceptors=[auth], maximum_concurrent_rpcs=max_concurrent_calls)
         oracle_pb2_grpc.add_GradientOracleServicer_to_server(
             OracleServicer(oracle, budgets, metrics=metrics), self.server)
         self.health = health.HealthServicer()

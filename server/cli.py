@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve = p.add_argument_group("serving")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    serve.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
+    serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve.add_argument("--max-concurrent-calls", type=int, default=64,
+                       help="calls in flight, all callers; beyond it RESOURCE_EXHAUSTED")
     serve.add_argument("--keys", type=Path, default=os.environ.get("GRAYTUNE_KEYS") or None,
                        help="API key file (see `graytune-server keys`); required unless --dev")
     serve.add_argument("--usage-db", type=Path, default=os.environ.get("GRAYTUNE_USAGE_DB") or None,
@@ -184,7 +186,8 @@ def main(argv=None) -> None:
     if args.plaintext:
         log.warning("serving plaintext: no transport security")
     tls = None if args.plaintext else tls_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
-    server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls)
+    server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls,
+                          args.max_concurrent_calls)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

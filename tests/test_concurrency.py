@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -45,3 +46,40 @@ def test_concurrent_clients_get_the_gradients_they_get_alone(server):
         for a, b in zip(alone[seed], together[seed]):
             assert torch.equal(a, b), f"client {seed}"
     assert not torch.equal(alone[0][0], alone[1][0])  # the clients really differ
+
+
+def test_calls_beyond_the_concurrency_limit_are_refused_while_others_run():
+    import grpc
+    import pytest
+    from graytune import tensor_codec
+    from graytune.client.local_server import LocalServer
+    from graytune.client.oracle_client import OracleError
+    from graytune.v1 import oracle_pb2 as pb
+    from graytune.v1 import oracle_pb2_grpc as pb_grpc
+    from conftest import SERVER_ARGS
+
+    release = threading.Event()
+
+    def held_open():  # a Forward whose last chunk waits: it occupies a slot until released
+        yield pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE))
+        *head, last = tensor_codec.tensor_to_chunks("pixels", torch.randn(2, 3, 32, 32), chunk_bytes=4096)
+        for chunk in head:
+            yield pb.InputMessage(chunk=chunk)
+        release.wait(60)
+        yield pb.InputMessage(chunk=last)
+
+    with LocalServer([*SERVER_ARGS, "--max-concurrent-calls", "1"]) as server:
+        with grpc.insecure_channel(server.endpoint) as channel:
+            slow = pb_grpc.GradientOracleStub(channel).Embed(held_open(), timeout=60)
+            with OracleClient(server.endpoint, retries=0) as oracle:
+                deadline = time.monotonic() + 30
+                while True:  # until the held call has its slot
+                    try:
+                        oracle.describe(refresh=True)
+                    except OracleError as e:
+                        assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        break
+                    assert time.monotonic() < deadline, "the held call never occupied its slot"
+                release.set()
+                assert len(list(slow)) > 1  # the held call completes normally
+                assert oracle.describe(refresh=True).embed_dim > 0  # and the slot is free again
