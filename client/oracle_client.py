@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import grpc
@@ -52,8 +53,10 @@ class OracleClient:
                  wire_dtype: torch.dtype = torch.float32,
                  chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
                  credentials: Optional[grpc.ChannelCredentials] = None,
-                 api_key: Optional[str] = None):
-        """`api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel."""
+                 api_key: Optional[str] = None, affinity: Optional[str] = None):
+        """`api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel.
+        `affinity` (default: random per client) is sent with every call, so a load balancer that
+        hashes it sends a Forward and its Backward to the same replica."""
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
         options = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
@@ -66,7 +69,9 @@ class OracleClient:
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
         api_key = api_key or os.environ.get("GRAYTUNE_API_KEY")
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.affinity = affinity or uuid.uuid4().hex
+        self._metadata = (("x-graytune-affinity", self.affinity),) + (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ())
         # For the caller's accounting: tensor payload bytes each way, seconds spent in calls,
         # and the part of those the server reports for its device (the rest is transport).
         self.bytes_sent = self.bytes_received = 0

@@ -20,3 +20,12 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
   echo "$node_want" > "$node_stamp"
 fi
+# haproxy (Debian's) stands in for the gRPC load balancer in the multi-replica test.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+  else
+    echo "setup: install haproxy (e.g. apt-get install haproxy) for the load-balancer test" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,73 @@
+"""Two replicas behind haproxy (deploy/haproxy.cfg): training goes through the balancer, each
+Forward and its Backward land on one replica, and training goes on when that replica stops."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from graytune.client.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.local_server import LocalServer
+from graytune.client.oracle_client import OracleClient
+from graytune.client.train import contrastive_step_loss
+from conftest import SERVER_ARGS
+from test_connection import free_port
+
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
+REPLICA_ARGS = [a if a != "WARNING" else "INFO" for a in SERVER_ARGS]
+
+
+@pytest.fixture
+def balanced():
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    replicas = [LocalServer(REPLICA_ARGS).start() for _ in range(2)]
+    port = free_port()
+    env = {**os.environ, "GRAYTUNE_LB_BIND": f"127.0.0.1:{port}",
+           "REPLICA_1": replicas[0].endpoint, "REPLICA_2": replicas[1].endpoint}
+    lb = subprocess.Popen([haproxy, "-db", "-f", str(CONFIG)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with OracleClient(f"127.0.0.1:{port}") as probe:
+            probe.wait_ready(30)
+        yield f"127.0.0.1:{port}", replicas
+    finally:
+        lb.terminate()
+        lb.wait(10)
+        for r in replicas:
+            r.stop()
+
+
+def calls_on(replica, status="OK"):
+    return sum(1 for line in replica.output if "call method=" in line and f"status={status}" in line)
+
+
+def test_training_survives_the_loss_of_its_replica(balanced):
+    endpoint, replicas = balanced
+    torch.manual_seed(0)
+    pixels = torch.randn(4, 3, 32, 32)
+    captions = ["a photo of the digit one.", "a photo of the digit two.", "a cat.", "a dog."]
+    with OracleClient(endpoint, retries=8) as oracle:
+        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step():
+            loss = contrastive_step_loss(model, pixels, captions)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        losses = [step() for _ in range(3)]
+        served = [calls_on(r) for r in replicas]
+        assert sorted(served)[0] == 0, f"one client's calls were spread over replicas: {served}"
+        assert sum(calls_on(r, "ABORTED") for r in replicas) == 0  # pairs stayed together
+        pinned = replicas[served.index(max(served))]
+        other = replicas[1 - replicas.index(pinned)]
+        assert pinned.stop() == 0
+        losses += [step() for _ in range(3)]
+    assert calls_on(other) > 0
+    assert all(torch.isfinite(torch.tensor(losses)))
