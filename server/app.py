@@ -71,3 +71,4 @@ class OracleServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_seconds).wait()
         self._stop_sweeper.set()
+        self.oracle.device.close()

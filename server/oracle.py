@@ -10,13 +10,13 @@ only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 
 from graytune.server import validation
 from graytune.server.backbone import Backbone
+from graytune.server.device import DeviceQueue
 from graytune.server.errors import InputError
 from graytune.server.graph_store import GraphStore, HeldGraph, saved_bytes_counter
 from graytune.server.validation import Limits
@@ -29,7 +29,7 @@ class GradientOracle:
         self.backbone = backbone
         self.limits = limits
         self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds)
-        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self.device = DeviceQueue()
 
     def check_inputs(self, tower: str, tensors: Tensors, texts: Sequence[str]) -> None:
         b, limits = self.backbone, self.limits
@@ -58,25 +58,24 @@ class GradientOracle:
         return lambda x: b.encode_text(ids, x.get("shift"), x.get("extra_tokens"))
 
     # `stats`, when given, receives `device_seconds`: the call's time on the device thread.
-    def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = (),
+    def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = (), owner: str = "",
               out_dtype: torch.dtype = torch.float32, stats=None) -> torch.Tensor:
         """-> (B, E) embeddings."""
-        return self._on_device(self._embed, tower, tensors, texts, out_dtype, stats=stats)
+        return self._on_device(owner, stats, self._embed, tower, tensors, texts, out_dtype)
 
     def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
                 owner: str, out_dtype: torch.dtype = torch.float32, stats=None) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
-        return self._on_device(self._forward, tower, tensors, texts, grad_inputs, owner, out_dtype,
-                               stats=stats)
+        return self._on_device(owner, stats, self._forward, tower, tensors, texts, grad_inputs, owner,
+                               out_dtype)
 
     def backward(self, handle: str, tensors: Tensors, owner: str,
                  out_dtype: torch.dtype = torch.float32, stats=None) -> Tensors:
         """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
-        return self._on_device(self._backward, handle, tensors, owner, out_dtype, stats=stats)
+        return self._on_device(owner, stats, self._backward, handle, tensors, owner, out_dtype)
 
-    def _on_device(self, fn, *args, stats=None):
-        # Every tensor operation of a call runs on the one device thread: calls then queue
-        # instead of competing, and only that thread's OpenMP pool exists to spin between ops.
+    def _on_device(self, owner: str, stats, fn, *args):
+        """Runs fn on the device thread in the caller's turn (see DeviceQueue)."""
         def timed():
             start = time.perf_counter()
             try:
@@ -84,7 +83,7 @@ class GradientOracle:
             finally:
                 if stats is not None:
                     stats.device_seconds = time.perf_counter() - start
-        return self._device.submit(timed).result()
+        return self.device.run(owner, timed)
 
     def _embed(self, tower, tensors, texts, out_dtype):
         self.check_inputs(tower, tensors, texts)

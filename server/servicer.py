@@ -129,7 +129,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         with self._call("Embed", context) as call:
             tower, header, tensors = self._read_inputs(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
-            embeddings = self.oracle.embed(tower, tensors, header.texts, dtype, stats=call)
+            embeddings = self.oracle.embed(tower, tensors, header.texts, call.caller.id, dtype, stats=call)
             call.samples = embeddings.shape[0]
         yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call)
 
