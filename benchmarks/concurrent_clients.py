@@ -4,6 +4,9 @@ clients x --batch. Each client is its own process, doing the server half of a gr
 image Forward, then Backward of dL/dE (pixel gradients come back).
 
     python benchmarks/concurrent_clients.py [--batch 8] [--steps 6] [--model graytune-small-224]
+
+Runs once with the server merging concurrent image calls into one batch (its default) and
+once with --no-merge-batches, so the effect of merging is measured in the same run.
 """
 from __future__ import annotations
 
@@ -67,15 +70,19 @@ def main() -> None:
     if args.client:
         return run_client(args)
     from graytune.client.local_server import LocalServer
-    with LocalServer(["--dev", "--plaintext", "--model", args.model, "--log-level", "WARNING"]) as server:
-        print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client\n")
-        print(f"{'clients':>8}{'batch each':>12}{'samples/s':>11}{'one client, batch':>19}"
-              f"{'samples/s':>11}{'ratio':>8}")
-        for clients in CLIENT_COUNTS:
-            together = run_round(server.endpoint, clients, args.batch, args.steps)
-            alone = run_round(server.endpoint, 1, clients * args.batch, args.steps)
-            print(f"{clients:>8}{args.batch:>12}{together:>11.1f}{clients * args.batch:>19}"
-                  f"{alone:>11.1f}{together / alone:>8.3f}")
+    print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client")
+    for merge in (True, False):
+        flags = [] if merge else ["--no-merge-batches"]
+        with LocalServer(["--dev", "--plaintext", "--model", args.model, "--log-level", "WARNING",
+                          *flags]) as server:
+            print(f"\nconcurrent image calls {'merged into one batch' if merge else 'run one by one'}")
+            print(f"{'clients':>8}{'batch each':>12}{'samples/s':>11}{'one client, batch':>19}"
+                  f"{'samples/s':>11}{'ratio':>8}")
+            for clients in CLIENT_COUNTS:
+                together = run_round(server.endpoint, clients, args.batch, args.steps)
+                alone = run_round(server.endpoint, 1, clients * args.batch, args.steps)
+                print(f"{clients:>8}{args.batch:>12}{together:>11.1f}{clients * args.batch:>19}"
+                      f"{alone:>11.1f}{together / alone:>8.3f}")
 
 
 if __name__ == "__main__":

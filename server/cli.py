@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve.add_argument("--no-merge-batches", action="store_true",
+                       help="run each image Forward/Backward alone instead of merging concurrent ones")
     serve.add_argument("--max-concurrent-calls", type=int, default=64,
                        help="calls in flight, all callers; beyond it RESOURCE_EXHAUSTED")
     serve.add_argument("--keys", type=Path, default=os.environ.get("GRAYTUNE_KEYS") or None,
@@ -173,7 +175,7 @@ def main(argv=None) -> None:
         fail(str(e))
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
-    oracle = GradientOracle(backbone, limits)
+    oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
     if args.dev:
         log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)

@@ -14,14 +14,21 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Set
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
 
 import torch
 
 from graytune.server.errors import HandleExpired, InputError, OverLimit
 
 HANDLE = re.compile(r"(?P<instance>[0-9a-f]{8})\.(?P<seq>[0-9]{1,18})\.[0-9a-f]{16}", re.ASCII)
+
+
+@dataclass(eq=False)
+class GraphGroup:
+    """One graph computed for several callers' Forward calls merged into one batch."""
+    output: torch.Tensor  # (sum of B, E), attached to the graph
+    handles: List[str] = field(default_factory=list)  # one member per caller's call
 
 
 @dataclass
@@ -31,6 +38,8 @@ class HeldGraph:
     nbytes: int  # activations saved for backward, parameters excluded
     owner: str  # the caller that may take it
     expires: float = 0.0
+    group: Optional[GraphGroup] = None  # set when the graph is a slice of a merged batch
+    rows: Optional[slice] = None  # this member's rows of group.output
 
 
 @contextlib.contextmanager
@@ -109,6 +118,14 @@ class GraphStore:
             raise HandleExpired(
                 f"handle: no longer held (used already, older than {self.ttl_seconds:g} s, or "
                 f"evicted to stay under {self.max_bytes} bytes); run Forward again")
+
+    def peek(self, handle: str, owner: str) -> Optional[HeldGraph]:
+        """The graph, if held for this owner; never raises, removes nothing."""
+        graph = self._graphs.get(handle)
+        return graph if graph is not None and graph.owner == owner else None
+
+    def held(self, handles: Iterable[str]) -> int:
+        return sum(1 for h in handles if h in self._graphs)
 
     def sweep(self) -> None:
         with self._lock:

@@ -10,26 +10,30 @@ only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
 from graytune.server import validation
 from graytune.server.backbone import Backbone
-from graytune.server.device import DeviceQueue
-from graytune.server.errors import InputError
-from graytune.server.graph_store import GraphStore, HeldGraph, saved_bytes_counter
+from graytune.server.device import DeviceQueue, Work
+from graytune.server.errors import HandleExpired, InputError, OverLimit
+from graytune.server.graph_store import GraphGroup, GraphStore, HeldGraph, saved_bytes_counter
 from graytune.server.validation import Limits
 
 Tensors = Dict[str, torch.Tensor]
 
 
 class GradientOracle:
-    def __init__(self, backbone: Backbone, limits: Limits):
+    def __init__(self, backbone: Backbone, limits: Limits, merge_batches: bool = True):
+        """`merge_batches`: image Forward calls pending at once, from any callers, run as one
+        batch (and their Backward calls too)."""
         self.backbone = backbone
         self.limits = limits
+        self.merge_batches = merge_batches
         self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds)
-        self.device = DeviceQueue()
+        self.device = DeviceQueue(max_samples=limits.max_batch)
 
     def check_inputs(self, tower: str, tensors: Tensors, texts: Sequence[str]) -> None:
         b, limits = self.backbone, self.limits
@@ -66,12 +70,22 @@ class GradientOracle:
     def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
                 owner: str, out_dtype: torch.dtype = torch.float32, stats=None) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
+        if self.merge_batches and tower == "image" and not texts:
+            call = _Call(tensors, owner, out_dtype, stats, grad_inputs=grad_inputs)
+            return self.device.submit(owner, Work(group="image-forward", run_group=self._forward_images,
+                                                  payload=call, samples=_batch(tensors)))
         return self._on_device(owner, stats, self._forward, tower, tensors, texts, grad_inputs, owner,
                                out_dtype)
 
     def backward(self, handle: str, tensors: Tensors, owner: str,
                  out_dtype: torch.dtype = torch.float32, stats=None) -> Tensors:
         """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
+        graph = self.store.peek(handle, owner)
+        if graph is not None and graph.group is not None:  # one backward for the merged batch
+            call = _Call(tensors, owner, out_dtype, stats, handle=handle)
+            return self.device.submit(owner, Work(
+                group=id(graph.group), run_group=self._backward_group, payload=call, samples=0,
+                expected=self.store.held(graph.group.handles)))
         return self._on_device(owner, stats, self._backward, handle, tensors, owner, out_dtype)
 
     def _on_device(self, owner: str, stats, fn, *args):
@@ -84,6 +98,62 @@ class GradientOracle:
                 if stats is not None:
                     stats.device_seconds = time.perf_counter() - start
         return self.device.run(owner, timed)
+
+    def _forward_images(self, works: List[Work]) -> list:
+        """Image Forward calls of several callers as one batch; a graph slice (handle) each."""
+        start, results, valid = time.perf_counter(), {}, []
+        for work in works:
+            call = work.payload
+            try:
+                self.check_inputs("image", call.tensors, ())
+                validation.check_grad_inputs(call.grad_inputs, call.tensors)
+                valid.append(work)
+            except InputError as e:
+                results[work] = e
+        if valid:
+            leaves = [w.payload.tensors["pixels"].float().requires_grad_() for w in valid]
+            with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
+                output = self.backbone.encode_image(torch.cat(leaves))  # (sum of B, E)
+            group, row = GraphGroup(output), 0
+            for work, leaf in zip(valid, leaves):
+                rows, call = slice(row, row + leaf.shape[0]), work.payload
+                row = rows.stop
+                try:
+                    handle = self.store.put(HeldGraph(
+                        {"pixels": leaf}, output[rows], saved[0] * leaf.shape[0] // output.shape[0],
+                        call.owner, group=group, rows=rows))
+                except OverLimit as e:
+                    results[work] = e
+                    continue
+                group.handles.append(handle)
+                results[work] = (handle, output[rows].detach().to("cpu", call.out_dtype))
+        _record_time(works, start)
+        return [results[w] for w in works]
+
+    def _backward_group(self, works: List[Work]) -> list:
+        """Backward calls on one merged batch: a single backward pass, each caller's rows."""
+        start, results, taken = time.perf_counter(), {}, []
+        for work in works:
+            call = work.payload
+            try:
+                grad = _gradient_of_embeddings(call.tensors)
+                graph = self.store.take(call.handle, call.owner, check=lambda g, grad=grad:
+                                        validation.check_float("embeddings", grad, tuple(g.output.shape)))
+                taken.append((work, graph, grad))
+            except (InputError, HandleExpired) as e:
+                results[work] = e
+        if taken:
+            group = taken[0][1].group
+            grad_output = torch.zeros_like(group.output)  # rows of callers not in this pass stay 0
+            for _, graph, grad in taken:
+                grad_output[graph.rows] = grad.to(grad_output)
+            # The graph stays for members still to come; it is freed with the last of them.
+            grads = torch.autograd.grad(group.output, [g.inputs["pixels"] for _, g, _ in taken],
+                                        grad_output, retain_graph=True)
+            for (work, _, _), grad in zip(taken, grads):
+                results[work] = {"pixels": grad.to(work.payload.out_dtype)}
+        _record_time(works, start)
+        return [results[w] for w in works]
 
     def _embed(self, tower, tensors, texts, out_dtype):
         self.check_inputs(tower, tensors, texts)
@@ -105,10 +175,7 @@ class GradientOracle:
         return handle, output.detach().to("cpu", out_dtype)
 
     def _backward(self, handle, tensors, owner, out_dtype):
-        validation.check_names(tensors, ["embeddings"], "Backward")
-        if "embeddings" not in tensors:
-            raise InputError("embeddings: missing; Backward needs dLoss/dEmbeddings (B, E)")
-        grad = tensors["embeddings"]
+        grad = _gradient_of_embeddings(tensors)
         graph = self.store.take(
             handle, owner,
             check=lambda g: validation.check_float("embeddings", grad, tuple(g.output.shape)))
@@ -116,3 +183,34 @@ class GradientOracle:
                                     grad.to(graph.output), allow_unused=True)
         return {name: (torch.zeros_like(leaf) if g is None else g).to(out_dtype)
                 for (name, leaf), g in zip(graph.inputs.items(), grads)}
+
+
+@dataclass(eq=False)
+class _Call:
+    """One caller's request, as a merged batch needs it."""
+    tensors: Tensors
+    owner: str
+    out_dtype: torch.dtype
+    stats: object
+    grad_inputs: Sequence[str] = ()
+    handle: str = ""
+
+
+def _batch(tensors: Tensors) -> int:
+    pixels = tensors.get("pixels")
+    return int(pixels.shape[0]) if pixels is not None and pixels.dim() else 0
+
+
+def _gradient_of_embeddings(tensors: Tensors) -> torch.Tensor:
+    validation.check_names(tensors, ["embeddings"], "Backward")
+    if "embeddings" not in tensors:
+        raise InputError("embeddings: missing; Backward needs dLoss/dEmbeddings (B, E)")
+    return tensors["embeddings"]
+
+
+def _record_time(works: List[Work], start: float) -> None:
+    """Every caller of a merged batch is told the batch's device time."""
+    seconds = time.perf_counter() - start
+    for work in works:
+        if work.payload.stats is not None:
+            work.payload.stats.device_seconds = seconds

@@ -1,4 +1,8 @@
-"""Several customers training at once: each gets exactly the gradients it would get alone."""
+"""Several customers training at once: each gets the gradients it would get alone.
+
+Image calls pending at once are merged into one batch on the server, which changes the shapes
+of the matrix products and so the float32 rounding: results agree to rounding, not bit for bit.
+"""
 from __future__ import annotations
 
 import threading
@@ -44,7 +48,7 @@ def test_concurrent_clients_get_the_gradients_they_get_alone(server):
     for seed in range(CLIENTS):
         assert together[seed] is not None, f"client {seed} did not finish"
         for a, b in zip(alone[seed], together[seed]):
-            assert torch.equal(a, b), f"client {seed}"
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # rounding; cross-talk would be O(1)
     assert not torch.equal(alone[0][0], alone[1][0])  # the clients really differ
 
 
@@ -72,14 +76,12 @@ def test_calls_beyond_the_concurrency_limit_are_refused_while_others_run():
         with grpc.insecure_channel(server.endpoint) as channel:
             slow = pb_grpc.GradientOracleStub(channel).Embed(held_open(), timeout=60)
             with OracleClient(server.endpoint, retries=0) as oracle:
-                deadline = time.monotonic() + 30
-                while True:  # until the held call has its slot
-                    try:
-                        oracle.describe(refresh=True)
-                    except OracleError as e:
-                        assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-                        break
-                    assert time.monotonic() < deadline, "the held call never occupied its slot"
+                # Nothing outside the server shows when the held call has its slot; probing in a
+                # loop would race it for the one slot, so give it a moment, then probe once.
+                time.sleep(1.0)
+                with pytest.raises(OracleError) as refused:
+                    oracle.describe(refresh=True)
+                assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
                 release.set()
                 assert len(list(slow)) > 1  # the held call completes normally
                 assert oracle.describe(refresh=True).embed_dim > 0  # and the slot is free again

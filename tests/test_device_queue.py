@@ -53,3 +53,43 @@ def test_a_backlog_cannot_starve_another_caller(device):
         t.join(10)
     assert order.index("quiet") <= 2, order  # in its turn, not after busy's whole backlog
     assert [t for t in order if t.startswith("busy")] == [f"busy-{i}" for i in range(6)]
+
+
+def test_pending_works_of_one_group_run_as_one_batch(device):
+    from graytune.server.device import Work
+
+    gate, batches = threading.Event(), []
+
+    def run_group(works):
+        batches.append(sorted(w.payload for w in works))
+        return [w.payload * 10 for w in works]
+
+    results = {}
+    blocker = threading.Thread(target=device.run, args=("x", lambda: gate.wait(10)))
+    blocker.start()
+    time.sleep(0.05)
+    threads = []
+    for caller, payload in [("a", 1), ("b", 2), ("c", 3)]:
+        work = Work(group="g", run_group=run_group, payload=payload)
+        t = threading.Thread(target=lambda c=caller, w=work: results.__setitem__(w.payload, device.submit(c, w)))
+        t.start()
+        threads.append(t)
+    time.sleep(0.05)
+    gate.set()
+    for t in [blocker, *threads]:
+        t.join(10)
+    assert batches == [[1, 2, 3]]
+    assert results == {1: 10, 2: 20, 3: 30}
+
+
+def test_a_group_waits_briefly_for_expected_members(device):
+    from graytune.server.device import Work
+
+    batches = []
+    run_group = lambda works: batches.append(len(works)) or [None] * len(works)
+    first = threading.Thread(target=device.submit, args=("a", Work(group="g", run_group=run_group, expected=2)))
+    first.start()
+    time.sleep(0.005)  # within the linger
+    device.submit("b", Work(group="g", run_group=run_group))
+    first.join(10)
+    assert batches == [2]
