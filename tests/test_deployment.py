@@ -21,7 +21,7 @@ def compose(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("profile", [[], ["--profile", "cpu"]])
+@pytest.mark.parametrize("profile", [[], ["--profile", "cpu"], ["--profile", "replicas"]])
 def test_compose_file_is_valid(profile):
     result = compose(*profile, "config", "--quiet")
     assert result.returncode == 0, result.stderr
@@ -40,6 +40,20 @@ def test_compose_services_are_what_the_owner_needs():
         assert {p["target"] for p in service["ports"]} == {50051, 9464}
         env = service["environment"]
         assert env["GRAYTUNE_KEYS"].startswith("/secrets/") and env["GRAYTUNE_TLS_CERT"].startswith("/certs/")
+
+
+def test_replicas_profile_puts_two_replicas_behind_haproxy():
+    config = json.loads(compose("--profile", "replicas", "config", "--format", "json").stdout)
+    services = config["services"]
+    lb = services["graytune-lb"]
+    assert lb["build"]["dockerfile"] == "deploy/haproxy.Dockerfile"
+    assert "COPY deploy/haproxy.cfg" in (ROOT / "deploy" / "haproxy.Dockerfile").read_text()
+    assert [p["target"] for p in lb["ports"]] == [50051]
+    for name in ("graytune-replica-1", "graytune-replica-2"):
+        replica = services[name]
+        assert lb["environment"][f"REPLICA_{name[-1]}"] == f"{name}:50051"
+        assert replica["command"] == ["--plaintext"] and not replica.get("ports")
+        assert replica["environment"]["GRAYTUNE_USAGE_DB"] == "/state/usage.sqlite"  # shared budgets
 
 
 def test_health_command_reports_serving(server):
