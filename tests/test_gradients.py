@@ -121,3 +121,17 @@ def test_half_precision_on_the_wire_stays_close(server, backbone, wire_dtype):
     local = pixels.clone().requires_grad_()
     (backbone.model.encode_image(local) * weight).sum().backward()
     assert 0 < relative_error(remote.grad, local.grad) < 2e-2
+
+
+def test_pixel_gradients_match_without_merged_batches(backbone):
+    """The server's one-call-at-a-time path (--no-merge-batches) gives the same gradients."""
+    from conftest import SERVER_ARGS
+    from graytune.client.local_server import LocalServer
+
+    pixels, weight = torch.randn(3, 3, 32, 32), torch.randn(3, backbone.embed_dim)
+    with LocalServer([*SERVER_ARGS, "--no-merge-batches"]) as server, OracleClient(server.endpoint) as oracle:
+        remote = pixels.clone().requires_grad_()
+        (RemoteImageTower(oracle)(remote) * weight).sum().backward()
+    local = pixels.clone().requires_grad_()
+    (backbone.model.encode_image(local) * weight).sum().backward()
+    torch.testing.assert_close(remote.grad, local.grad, **TIGHT)
