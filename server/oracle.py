@@ -28,7 +28,7 @@ Tensors = Dict[str, torch.Tensor]
 class GradientOracle:
     def __init__(self, backbone: Backbone, limits: Limits, merge_batches: bool = True):
         """`merge_batches`: image Forward calls pending at once, from any callers, run as one
-        batch (and their Backward calls too)."""
+        batch (and their Backward calls too); without it each runs alone, by the same code."""
         self.backbone = backbone
         self.limits = limits
         self.merge_batches = merge_batches
@@ -70,9 +70,10 @@ class GradientOracle:
     def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
                 owner: str, out_dtype: torch.dtype = torch.float32, stats=None) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
-        if self.merge_batches and tower == "image" and not texts:
+        if tower == "image" and not texts:
             call = _Call(tensors, owner, out_dtype, stats, grad_inputs=grad_inputs)
-            return self.device.submit(owner, Work(group="image-forward", run_group=self._forward_images,
+            group = "image-forward" if self.merge_batches else call  # a group of its own: alone
+            return self.device.submit(owner, Work(group=group, run_group=self._forward_images,
                                                   payload=call, samples=_batch(tensors)))
         return self._on_device(owner, stats, self._forward, tower, tensors, texts, grad_inputs, owner,
                                out_dtype)
