@@ -73,8 +73,8 @@ class GradientOracle:
         if tower == "image" and not texts:
             call = _Call(tensors, owner, out_dtype, stats, grad_inputs=grad_inputs)
             group = "image-forward" if self.merge_batches else call  # a group of its own: alone
-            return self.device.submit(owner, Work(group=group, run_group=self._forward_images,
-                                                  payload=call, samples=_batch(tensors)))
+            return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,
+                                                  samples=validation.batch_size(tensors)))
         return self._on_device(owner, stats, self._forward, tower, tensors, texts, grad_inputs, owner,
                                out_dtype)
 
@@ -195,11 +195,6 @@ class _Call:
     stats: object
     grad_inputs: Sequence[str] = ()
     handle: str = ""
-
-
-def _batch(tensors: Tensors) -> int:
-    pixels = tensors.get("pixels")
-    return int(pixels.shape[0]) if pixels is not None and pixels.dim() else 0
 
 
 def _gradient_of_embeddings(tensors: Tensors) -> torch.Tensor:

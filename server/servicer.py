@@ -17,7 +17,7 @@ from graytune.server.metrics import ServerMetrics
 from graytune.server.oracle import GradientOracle
 from graytune.server.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
 from graytune.server.usage import Budgets, RateLimiter
-from graytune.server.validation import TOWER_INPUTS, check_names
+from graytune.server.validation import TOWER_INPUTS, batch_size, check_names
 from graytune.tensor_codec import TensorAssembler, TensorFormatError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
@@ -63,14 +63,6 @@ def read_stream(messages: Iterable, max_tensor_bytes: int) -> Tuple[object, Dict
     if header is None:
         raise InputError("header: missing")
     return header, assembler.finish()
-
-
-def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
-    """Samples in a request, before validation: the first dimension of its batched input."""
-    for name in ("pixels", "token_ids"):
-        if name in tensors and tensors[name].dim() > 0:
-            return int(tensors[name].shape[0])
-    return 0
 
 
 def output_dtype(wire_dtype: int) -> torch.dtype:

@@ -26,6 +26,14 @@ class Limits:
     max_extra_tokens: int = 16
 
 
+def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
+    """Samples in a request, before validation: the first dimension of its batched input."""
+    for name in ("pixels", "token_ids"):
+        if name in tensors and tensors[name].dim() > 0:
+            return int(tensors[name].shape[0])
+    return 0
+
+
 def check_names(tensors: Dict[str, torch.Tensor], allowed: Iterable[str], what: str) -> None:
     unexpected = sorted(set(tensors) - set(allowed))
     if unexpected:
