@@ -54,7 +54,9 @@ def saved_bytes_counter(exclude_storages: Set[int]) -> Iterator[list]:
         if key not in seen and key not in exclude_storages:
             seen.add(key)
             total[0] += storage.nbytes()
-        return t
+        # Detached: a saved output returned as itself would hold its own grad_fn, a reference
+        # cycle autograd cannot free (every graph leaked). Backward needs only the values.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total
