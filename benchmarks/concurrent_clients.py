@@ -3,8 +3,11 @@ sending batches of --batch, against one client sending the same total work in ba
 clients x --batch. Each client is its own process, doing the server half of a gray-box step:
 image Forward, then Backward of dL/dE (pixel gradients come back).
 
-    python benchmarks/concurrent_clients.py [--batch 8] [--steps 6] [--model graytune-small-224]
+    python benchmarks/concurrent_clients.py [--batch 8] [--steps 8] [--repeats 3] [--model graytune-small-224]
 
+Each measurement pairs a round of concurrent clients with a round of the one larger client,
+back to back on the same server, --repeats times; it prints median samples/s and the median
+(min-max) of the paired ratios, since a 2-core machine's run-to-run noise is several percent.
 Runs once with the server merging concurrent image calls into one batch (its default) and
 once with --no-merge-batches, so the effect of merging is measured in the same run.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -63,26 +67,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="graytune-small-224")
     p.add_argument("--batch", type=int, default=8, help="per client")
-    p.add_argument("--steps", type=int, default=6, help="per client")
+    p.add_argument("--steps", type=int, default=8, help="per client and round")
+    p.add_argument("--repeats", type=int, default=3, help="paired rounds per measurement")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.client:
         return run_client(args)
     from graytune.client.local_server import LocalServer
-    print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client")
+    print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client, "
+          f"medians of {args.repeats} paired rounds")
     for merge in (True, False):
         flags = [] if merge else ["--no-merge-batches"]
         with LocalServer(["--dev", "--plaintext", "--model", args.model, "--log-level", "WARNING",
                           *flags]) as server:
             print(f"\nconcurrent image calls {'merged into one batch' if merge else 'run one by one'}")
             print(f"{'clients':>8}{'batch each':>12}{'samples/s':>11}{'one client, batch':>19}"
-                  f"{'samples/s':>11}{'ratio':>8}")
+                  f"{'samples/s':>11}{'ratio (min-max)':>22}")
             for clients in CLIENT_COUNTS:
-                together = run_round(server.endpoint, clients, args.batch, args.steps)
-                alone = run_round(server.endpoint, 1, clients * args.batch, args.steps)
-                print(f"{clients:>8}{args.batch:>12}{together:>11.1f}{clients * args.batch:>19}"
-                      f"{alone:>11.1f}{together / alone:>8.3f}")
+                pairs = [(run_round(server.endpoint, clients, args.batch, args.steps),
+                          run_round(server.endpoint, 1, clients * args.batch, args.steps))
+                         for _ in range(args.repeats)]
+                ratios = [together / alone for together, alone in pairs]
+                print(f"{clients:>8}{args.batch:>12}{statistics.median(t for t, _ in pairs):>11.1f}"
+                      f"{clients * args.batch:>19}{statistics.median(a for _, a in pairs):>11.1f}"
+                      f"{statistics.median(ratios):>9.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
 
 
 if __name__ == "__main__":

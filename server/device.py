@@ -9,12 +9,16 @@ Work that names a `group` runs together with every pending work of the same grou
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Hashable, List, Optional
+from typing import Any, Callable, Deque, Dict, Hashable, List, Optional
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -29,10 +33,14 @@ class Work:
 
 
 class DeviceQueue:
-    def __init__(self, max_samples: int = 256, linger: float = 0.02):
+    def __init__(self, max_samples: int = 256, linger: float = 0.02, arrival_wait: float = 0.2):
+        """A batch waits `linger` s for the members it `expected`, and up to `arrival_wait` s for
+        members still being received (see `arriving`)."""
         self.max_samples = max_samples
         self.linger = linger
+        self.arrival_wait = arrival_wait
         self._pending: "OrderedDict[str, Deque[Work]]" = OrderedDict()
+        self._arriving: Dict[int, Hashable] = {}  # receiving thread -> group of its coming work
         self._ready = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="device", daemon=True)
@@ -42,10 +50,25 @@ class DeviceQueue:
         """Runs fn(*args) on the device thread, in `caller`'s turn; returns or raises its result."""
         return self.submit(caller, Work(run=lambda: fn(*args)))
 
+    @contextlib.contextmanager
+    def arriving(self, group: Hashable):
+        """Announces that this thread is receiving a work of `group`. Until it submits the work
+        (or leaves this block), a batch of that group waits for it, up to `arrival_wait` s."""
+        me = threading.get_ident()
+        with self._ready:
+            self._arriving[me] = group
+        try:
+            yield
+        finally:
+            with self._ready:
+                if self._arriving.pop(me, None) is not None:
+                    self._ready.notify_all()
+
     def submit(self, caller: str, work: Work):
         with self._ready:
             if self._closed:
                 raise RuntimeError("the device queue is closed")
+            self._arriving.pop(threading.get_ident(), None)
             self._pending.setdefault(caller, deque()).append(work)
             self._ready.notify_all()
         return work.future.result()
@@ -80,14 +103,16 @@ class DeviceQueue:
                 del self._pending[caller]
 
     def _gather(self, first: Work) -> List[Work]:
-        members = [first]
-        deadline = time.monotonic() + self.linger
+        members, start = [first], time.monotonic()
         while True:
             self._take_group(first, members)
-            left = deadline - time.monotonic()
-            if len(members) >= first.expected or left <= 0 or self._closed:
+            waited = time.monotonic() - start
+            wait_expected = len(members) < first.expected and waited < self.linger
+            wait_arriving = first.group in self._arriving.values() and waited < self.arrival_wait
+            full = sum(m.samples for m in members) >= self.max_samples
+            if self._closed or full or not (wait_expected or wait_arriving):
                 return members
-            self._ready.wait(left)
+            self._ready.wait((self.linger if wait_expected else self.arrival_wait) - waited)
 
     def _loop(self) -> None:
         while True:
@@ -103,10 +128,14 @@ class DeviceQueue:
     @staticmethod
     def _execute(first: Work, members: List[Work]) -> None:
         members = [m for m in members if m.future.set_running_or_notify_cancel()]
+        start = time.perf_counter()
         try:
             results = [first.run()] if first.group is None else first.run_group(members)
         except BaseException as e:  # handed to the callers' threads, which raise it
             results = [e] * len(members)
+        if first.group is not None:
+            log.debug("batch of %d works, %d samples: %.1f ms", len(members),
+                      sum(m.samples for m in members), (time.perf_counter() - start) * 1e3)
         for member, result in zip(members, results):
             if isinstance(result, BaseException):
                 member.future.set_exception(result)

@@ -9,6 +9,7 @@ only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -23,6 +24,7 @@ from graytune.server.graph_store import GraphGroup, GraphStore, HeldGraph, saved
 from graytune.server.validation import Limits
 
 Tensors = Dict[str, torch.Tensor]
+IMAGE_FORWARD = "image-forward"  # the device-queue group of mergeable image Forward calls
 
 
 class GradientOracle:
@@ -34,6 +36,9 @@ class GradientOracle:
         self.merge_batches = merge_batches
         self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds)
         self.device = DeviceQueue(max_samples=limits.max_batch)
+        # Calls in the last merged image Forward batch: the next batch waits briefly for as
+        # many, so concurrent trainers stay in step rather than alternate small batches.
+        self._forward_calls = 1
 
     def check_inputs(self, tower: str, tensors: Tensors, texts: Sequence[str]) -> None:
         b, limits = self.backbone, self.limits
@@ -61,6 +66,12 @@ class GradientOracle:
             b.text.check_room(ids, num_extra)
         return lambda x: b.encode_text(ids, x.get("shift"), x.get("extra_tokens"))
 
+    def receiving(self, tower: str):
+        """Context for receiving a Forward call's tensors: a merged image batch waits for them."""
+        if tower == "image" and self.merge_batches:
+            return self.device.arriving(IMAGE_FORWARD)
+        return contextlib.nullcontext()
+
     # `stats`, when given, receives `device_seconds`: the call's time on the device thread.
     def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = (), owner: str = "",
               out_dtype: torch.dtype = torch.float32, stats=None) -> torch.Tensor:
@@ -72,9 +83,10 @@ class GradientOracle:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
         if tower == "image" and not texts:
             call = _Call(tensors, owner, out_dtype, stats, grad_inputs=grad_inputs)
-            group = "image-forward" if self.merge_batches else call  # a group of its own: alone
+            group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
             return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,
-                                                  samples=validation.batch_size(tensors)))
+                                                  samples=validation.batch_size(tensors),
+                                                  expected=self._forward_calls))
         return self._on_device(owner, stats, self._forward, tower, tensors, texts, grad_inputs, owner,
                                out_dtype)
 
@@ -111,6 +123,7 @@ class GradientOracle:
                 valid.append(work)
             except InputError as e:
                 results[work] = e
+        self._forward_calls = len(works)
         if valid:
             leaves = [w.payload.tensors["pixels"].float().requires_grad_() for w in valid]
             with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Dict, Iterable, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import grpc
 import torch
@@ -45,7 +45,8 @@ def status_on_error() -> Iterator[None]:
         raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
 
-def read_stream(messages: Iterable, max_tensor_bytes: int) -> Tuple[object, Dict[str, torch.Tensor]]:
+def read_stream(messages: Iterable, max_tensor_bytes: int,
+                on_header: Callable[[object], None] = lambda header: None) -> Tuple[object, Dict[str, torch.Tensor]]:
     """A header message, then tensor chunks -> (header, {name: tensor})."""
     header, assembler = None, TensorAssembler(max_tensor_bytes)
     for message in messages:
@@ -54,6 +55,7 @@ def read_stream(messages: Iterable, max_tensor_bytes: int) -> Tuple[object, Dict
             if header is not None:
                 raise InputError("header: sent twice")
             header = message.header
+            on_header(header)
         elif kind == "chunk":
             if header is None:
                 raise InputError("header: must be the first message of the stream")
@@ -126,9 +128,12 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call)
 
     def Forward(self, request_iterator, context):
-        with self._call("Forward", context) as call:
+        with self._call("Forward", context) as call, contextlib.ExitStack() as receiving:
             self._require_gradients(call)
-            tower, header, tensors = self._read_inputs(request_iterator, call)
+            # From its header on, a call on its way can join the device's next merged batch.
+            tower, header, tensors = self._read_inputs(
+                request_iterator, call, on_header=lambda header: receiving.enter_context(
+                    self.oracle.receiving(TOWERS.get(header.tower))))
             dtype = output_dtype(header.output_dtype)
             handle, embeddings = self.oracle.forward(tower, tensors, header.texts,
                                                      header.grad_inputs, call.caller.id, dtype, stats=call)
@@ -151,13 +156,13 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                              f"tier '{call.caller.tier}' receives no gradients; use Embed")
 
-    def _read(self, request_iterator, call):
-        header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes)
+    def _read(self, request_iterator, call, **kwargs):
+        header, tensors = read_stream(request_iterator, self.oracle.limits.max_tensor_bytes, **kwargs)
         call.bytes_in = sum(t.nbytes for t in tensors.values())
         return header, tensors
 
-    def _read_inputs(self, request_iterator, call):
-        header, tensors = self._read(request_iterator, call)
+    def _read_inputs(self, request_iterator, call, **kwargs):
+        header, tensors = self._read(request_iterator, call, **kwargs)
         tower = TOWERS.get(header.tower)
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")

@@ -93,3 +93,50 @@ def test_a_group_waits_briefly_for_expected_members(device):
     device.submit("b", Work(group="g", run_group=run_group))
     first.join(10)
     assert batches == [2]
+
+
+def test_a_group_waits_for_a_member_still_arriving(device):
+    from graytune.server.device import Work
+
+    batches = []
+    run_group = lambda works: batches.append(len(works)) or [None] * len(works)
+
+    def arrive_late():
+        with device.arriving("g"):
+            time.sleep(0.1)  # receiving its tensors: beyond the linger, within arrival_wait
+            device.submit("b", Work(group="g", run_group=run_group))
+
+    late = threading.Thread(target=arrive_late)
+    late.start()
+    time.sleep(0.01)  # "b" has announced itself
+    device.submit("a", Work(group="g", run_group=run_group))
+    late.join(10)
+    assert batches == [2]
+
+
+def test_an_arrival_that_never_comes_delays_a_group_at_most_arrival_wait():
+    from graytune.server.device import Work
+
+    queue, announced, leave = DeviceQueue(arrival_wait=0.1), threading.Event(), threading.Event()
+
+    def announce_and_stall():
+        with queue.arriving("g"):  # announced, never submitted
+            announced.set()
+            leave.wait(10)
+
+    stalled = threading.Thread(target=announce_and_stall)
+    stalled.start()
+    try:
+        announced.wait(10)
+        run_group = lambda works: [None] * len(works)
+        start = time.monotonic()
+        queue.submit("a", Work(group="g", run_group=run_group))
+        assert 0.1 <= time.monotonic() - start < 5
+        leave.set()
+        stalled.join(10)
+        start = time.monotonic()
+        queue.submit("a", Work(group="g", run_group=run_group))
+        assert time.monotonic() - start < 0.1  # the arrival ended with its block
+    finally:
+        leave.set()
+        queue.close()
