@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--extra-tokens", type=int, default=1, help="extra prompt tokens (0: none)")
     train.add_argument("--pixel-layers", type=int, default=2)
     train.add_argument("--pixel-channels", type=int, default=8)
+    train.add_argument("--deep-prompt-depth", type=int, default=0,
+                       help="deep prompts at the first N blocks of each tower (tier graybox-plus; 0: none)")
+    train.add_argument("--deep-prompt-tokens", type=int, default=4, help="deep prompt tokens per block")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.add_argument("--no-progress", action="store_true")
 
@@ -119,7 +122,8 @@ def train_config(args):
         csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
         csv_separator=args.csv_separator,
         adapters={"extra_tokens": args.extra_tokens, "pixel_layers": args.pixel_layers,
-                  "pixel_channels": args.pixel_channels})
+                  "pixel_channels": args.pixel_channels, "deep_prompt_depth": args.deep_prompt_depth,
+                  "deep_prompt_tokens": args.deep_prompt_tokens})
 
 
 def cmd_train(args) -> None:

@@ -1,7 +1,9 @@
-"""GrayboxCLIP: the customer's adapters wrapped around the remote backbone (DGA, `graybox` tier).
+"""GrayboxCLIP: the customer's adapters wrapped around the remote backbone (DGA, `graybox`
+tier; with deep prompts, LGA, `graybox-plus` tier).
 
-    pixels -> PixelAdapter -> [oracle image tower] -> OutputAdapter -> L2 norm
-    captions + TextPrompt(shift, extra tokens) -> [oracle text tower] -> OutputAdapter -> L2 norm
+    pixels -> PixelAdapter -> [oracle image tower (+ DeepPrompts)] -> OutputAdapter -> L2 norm
+    captions + TextPrompt(shift, extra tokens) -> [oracle text tower (+ DeepPrompts)]
+        -> OutputAdapter -> L2 norm
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graytune
-from graytune.client.modules import LogitScale, OutputAdapter, PixelAdapter, TextPrompt
+from graytune.client.modules import DeepPrompts, LogitScale, OutputAdapter, PixelAdapter, TextPrompt
 from graytune.client.oracle_client import OracleClient
 from graytune.client.remote import RemoteImageTower, RemoteTextTower
 
@@ -35,13 +37,23 @@ class AdapterConfig:
     pixel_channels: int = 8
     pixel_kernel_size: int = 3
     extra_tokens: int = 1
+    deep_prompt_depth: int = 0  # blocks of each tower that get prompts; 0: none (DGA)
+    deep_prompt_tokens: int = 4  # per block
+    image_token_width: int = 0  # width of the image tower's tokens, for its deep prompts
     protocol_version: str = graytune.PROTOCOL_VERSION
 
     @classmethod
     def for_oracle(cls, oracle: OracleClient, **sizes) -> "AdapterConfig":
         info = oracle.describe()
+        depth = sizes.get("deep_prompt_depth", 0)
+        offered = min(info.image.deep_prompt_layers, info.text.deep_prompt_layers)
+        if depth > offered:
+            raise ValueError(f"deep_prompt_depth {depth}: {oracle.endpoint} offers deep prompts at "
+                             f"{offered} layers to this key (tier '{info.tier}')")
         return cls(embed_dim=info.embed_dim, token_width=info.text.token_width,
-                   backbone_name=info.backbone.name, backbone_sha256=info.backbone.sha256, **sizes)
+                   image_token_width=info.image.token_width, backbone_name=info.backbone.name,
+                   backbone_sha256=info.backbone.sha256,
+                   method="graybox-lga" if depth else "graybox-dga", **sizes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,6 +82,9 @@ class GrayboxCLIP(nn.Module):
         self.pixel_adapter = PixelAdapter(config.pixel_layers, config.pixel_channels,
                                           config.pixel_kernel_size)
         self.text_prompt = TextPrompt(config.token_width, config.extra_tokens)
+        depth, tokens = config.deep_prompt_depth, config.deep_prompt_tokens
+        self.image_prompts = DeepPrompts(depth, tokens, config.image_token_width) if depth else None
+        self.text_prompts = DeepPrompts(depth, tokens, config.token_width) if depth else None
         self.image_head = OutputAdapter(config.embed_dim)
         self.text_head = OutputAdapter(config.embed_dim)
         self.logit_scale = LogitScale()
@@ -78,8 +93,10 @@ class GrayboxCLIP(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
-        return F.normalize(self.image_head(self.image_tower(self.pixel_adapter(pixels))), dim=-1)
+        prompts = self.image_prompts() if self.image_prompts is not None else {}
+        return F.normalize(self.image_head(self.image_tower(self.pixel_adapter(pixels), **prompts)), dim=-1)
 
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         """N captions -> (N, E) unit vectors."""
-        return F.normalize(self.text_head(self.text_tower(captions, **self.text_prompt())), dim=-1)
+        prompts = self.text_prompts() if self.text_prompts is not None else {}
+        return F.normalize(self.text_head(self.text_tower(captions, **self.text_prompt(), **prompts)), dim=-1)

@@ -3,7 +3,7 @@
 Each starts as the identity, so step 0 reproduces zero-shot: the pixel adapter with Dirac
 kernels, the shift at zero, the output adapters as identity matrices. The one exception is an
 extra token: it adds a position the backbone attends to, so any extra token moves the text
-embeddings (use `extra_tokens=0` for an exact zero-shot start).
+embeddings (use `extra_tokens=0` for an exact zero-shot start), and so do deep prompts.
 """
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ class TextPrompt(nn.Module):
         if self.extra_tokens.shape[0]:
             inputs["extra_tokens"] = self.extra_tokens
         return inputs
+
+
+class DeepPrompts(nn.Module):
+    """The `graybox-plus` input module: K tokens for each of the backbone's first `depth`
+    transformer blocks of one tower, sent as its "deep_prompts" input (VPT-deep, LGA)."""
+
+    def __init__(self, depth: int, tokens: int, token_width: int, init_std: float = 0.02):
+        super().__init__()
+        self.prompts = nn.Parameter(torch.randn(depth, tokens, token_width) * init_std)  # (depth, K, W)
+
+    def forward(self) -> Dict[str, torch.Tensor]:
+        return {"deep_prompts": self.prompts}
 
 
 class OutputAdapter(nn.Module):

@@ -115,12 +115,13 @@ class OracleClient:
             self._info = info
         return self._info
 
-    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels -> (B, E) embeddings."""
-        return self._inputs_call("Embed", pb.IMAGE, {"pixels": pixels})[1]
+    def embed_images(self, pixels: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels [+ deep_prompts=(depth, K, W)] -> (B, E) embeddings."""
+        return self._inputs_call("Embed", pb.IMAGE, {"pixels": pixels, **tensors})[1]
 
     def embed_texts(self, texts: Sequence[str] = (), **tensors: torch.Tensor) -> torch.Tensor:
-        """Captions (or token_ids=(B, L)) [+ shift=(D,), extra_tokens=(K, D)] -> (B, E)."""
+        """Captions (or token_ids=(B, L)) [+ shift=(D,), extra_tokens=(K, D),
+        deep_prompts=(depth, K', D)] -> (B, E)."""
         return self._inputs_call("Embed", pb.TEXT, tensors, texts)[1]
 
     def forward(self, tower: int, tensors: Tensors, texts: Sequence[str] = (),

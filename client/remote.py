@@ -49,28 +49,32 @@ def remote_encode(oracle: OracleClient, tower: int, texts: Sequence[str] = (),
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs.values()):
         return _RemoteEncode.apply(oracle, tower, tuple(texts), tuple(inputs), *inputs.values())
     if tower == pb.IMAGE:
-        return oracle.embed_images(inputs["pixels"])
+        return oracle.embed_images(**inputs)
     return oracle.embed_texts(texts, **inputs)
 
 
 class RemoteImageTower(torch.nn.Module):
-    """(B, 3, H, W) normalised pixels -> (B, E) embeddings, computed by the oracle."""
+    """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
+    computed by the oracle."""
 
     def __init__(self, oracle: OracleClient):
         super().__init__()
         self.oracle = oracle
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return remote_encode(self.oracle, pb.IMAGE, pixels=pixels)
+    def forward(self, pixels: torch.Tensor, deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return remote_encode(self.oracle, pb.IMAGE, pixels=pixels, deep_prompts=deep_prompts)
 
 
 class RemoteTextTower(torch.nn.Module):
-    """Captions [+ (D,) shift, (K, D) extra tokens] -> (B, E) embeddings, computed by the oracle."""
+    """Captions [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts] -> (B, E)
+    embeddings, computed by the oracle."""
 
     def __init__(self, oracle: OracleClient):
         super().__init__()
         self.oracle = oracle
 
     def forward(self, texts: Sequence[str], shift: Optional[torch.Tensor] = None,
-                extra_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return remote_encode(self.oracle, pb.TEXT, texts, shift=shift, extra_tokens=extra_tokens)
+                extra_tokens: Optional[torch.Tensor] = None,
+                deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return remote_encode(self.oracle, pb.TEXT, texts, shift=shift, extra_tokens=extra_tokens,
+                             deep_prompts=deep_prompts)

@@ -19,6 +19,7 @@ import open_clip
 import torch
 
 from graytune.server import pretrained as builtin
+from graytune.server.image_tower import ImageTower
 from graytune.server.text_tower import TextTower
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Backbone:
         self.name = name
         self.device = device
         self.autocast_dtype = autocast_dtype  # None: full precision
+        self.image = ImageTower(model)
         self.text = TextTower(model, tokenizer)
         self.sha256 = weights_sha256(model)
         with torch.inference_mode():
@@ -82,17 +84,22 @@ class Backbone:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels -> (B, E) embeddings, not normalised."""
+    def encode_image(self, pixels: torch.Tensor, deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
+        not normalised."""
         with self.autocast():
-            return self.model.encode_image(pixels.to(self.device)).float()
+            return self.image(*map(self._to_device, (pixels, deep_prompts))).float()
 
     def encode_text(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
-                    extra_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, L) token ids [+ (D,) shift, (K, D) extra tokens] -> (B, E) embeddings."""
-        to_device = lambda t: None if t is None else t.to(self.device)
+                    extra_tokens: Optional[torch.Tensor] = None,
+                    deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L) token ids [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts]
+        -> (B, E) embeddings."""
         with self.autocast():
-            return self.text(to_device(token_ids), to_device(shift), to_device(extra_tokens)).float()
+            return self.text(*map(self._to_device, (token_ids, shift, extra_tokens, deep_prompts))).float()
+
+    def _to_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.to(self.device)
 
 
 def load_backbone(source: BackboneSource, device: Optional[str] = None,

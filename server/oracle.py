@@ -51,12 +51,14 @@ class GradientOracle:
                                   b.text.vocab_size, limits)
         else:
             raise InputError(f"tower: must be IMAGE or TEXT, got {tower!r}")
+        spec = b.image if tower == "image" else b.text
+        validation.check_deep_prompts(tensors, tower, spec.prompt_depth, spec.token_width, limits)
 
     def _encoder(self, tower: str, tensors: Tensors, texts: Sequence[str]) -> Callable[[Tensors], torch.Tensor]:
         """The tower's forward as a function of the float inputs, with discrete inputs bound."""
         b = self.backbone
         if tower == "image":
-            return lambda x: b.encode_image(x["pixels"])
+            return lambda x: b.encode_image(x["pixels"], x.get("deep_prompts"))
         extra = tensors.get("extra_tokens")
         num_extra = 0 if extra is None else extra.shape[0]
         if texts:
@@ -64,7 +66,7 @@ class GradientOracle:
         else:
             ids = tensors["token_ids"]
             b.text.check_room(ids, num_extra)
-        return lambda x: b.encode_text(ids, x.get("shift"), x.get("extra_tokens"))
+        return lambda x: b.encode_text(ids, x.get("shift"), x.get("extra_tokens"), x.get("deep_prompts"))
 
     def receiving(self, tower: str):
         """Context for receiving a Forward call's tensors: a merged image batch waits for them."""
@@ -81,7 +83,7 @@ class GradientOracle:
     def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
                 owner: str, out_dtype: torch.dtype = torch.float32, stats=None) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
-        if tower == "image" and not texts:
+        if tower == "image" and not texts and "deep_prompts" not in tensors:  # callers' prompts differ
             call = _Call(tensors, owner, out_dtype, stats, grad_inputs=grad_inputs)
             group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
             return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,

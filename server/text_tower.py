@@ -1,8 +1,11 @@
-"""The text tower's forward with the gray-box entry points: shift vector and extra tokens.
+"""The text tower's forward with the gray-box entry points: shift vector, extra tokens and
+deep prompts.
 
 CLIP's text transformer is causal and pools at the end-of-text token, so a token placed after
 it changes nothing. Extra tokens therefore go right after start-of-text, the caption moves K
 positions right (dropping K padding positions at the end), and the pooling index moves with it.
+Deep prompts (see `deep_prompts.py`) go right after start-of-text too, before the extra tokens,
+into a sequence K' longer with its causal mask to match; the pooling index moves by K' more.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import List, Optional
 import torch
 from open_clip.model import CLIP
 
+from graytune.server import deep_prompts
 from graytune.server.errors import InputError
 
 
@@ -30,6 +34,7 @@ class TextTower:
         self.context_length = int(text.positional_embedding.shape[0])
         self.token_width = int(text.token_embedding.weight.shape[1])
         self.vocab_size = int(text.token_embedding.weight.shape[0])
+        self.prompt_depth = deep_prompts.prompt_depth(text.transformer)
 
     def pool_index(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B,) position whose output is the caption's embedding."""
@@ -58,8 +63,10 @@ class TextTower:
                 f"context length {self.context_length}")
 
     def __call__(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
-                 extra_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, L) ids [+ (D,) shift] [+ (K, D) extra tokens] -> (B, E) embeddings."""
+                 extra_tokens: Optional[torch.Tensor] = None,
+                 prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L) ids [+ (D,) shift] [+ (K, D) extra tokens] [+ (depth, K', D) deep prompts]
+        -> (B, E) embeddings."""
         text = self.module
         cast_dtype = text.transformer.get_cast_dtype()
         x = text.token_embedding(token_ids).to(cast_dtype)  # (B, L, D)
@@ -72,7 +79,13 @@ class TextTower:
             x = torch.cat([x[:, :1], extra, x[:, 1:-k]], dim=1)  # (B, L, D)
             pool = pool + k
         x = x + text.positional_embedding.to(cast_dtype)
-        x = text.transformer(x, attn_mask=text.attn_mask)
+        if prompts is None:
+            x = text.transformer(x, attn_mask=text.attn_mask)
+        else:
+            size = x.shape[1] + prompts.shape[1]
+            mask = None if text.attn_mask is None else deep_prompts.causal_mask(size, text.attn_mask)
+            x = deep_prompts.run_with_prompts(text.transformer, x, prompts, at=1, attn_mask=mask)
+            pool = pool + prompts.shape[1]
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool]  # (B, D)
         projection = text.text_projection

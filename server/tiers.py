@@ -9,7 +9,7 @@ ENTRY_POINTS: Dict[str, Tuple[str, ...]] = {
     "blackbox": ("image.pixels", "text.texts", "text.token_ids"),
     "graybox": ("image.pixels", "text.texts", "text.token_ids", "text.shift", "text.extra_tokens"),
     "graybox-plus": ("image.pixels", "text.texts", "text.token_ids", "text.shift",
-                     "text.extra_tokens"),
+                     "text.extra_tokens", "image.deep_prompts", "text.deep_prompts"),
 }
 GRADIENT_TIERS = ("graybox", "graybox-plus")
 TIERS = tuple(ENTRY_POINTS)

@@ -12,7 +12,8 @@ import torch
 from graytune.server.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-TOWER_INPUTS = {"image": ("pixels",), "text": ("token_ids", "shift", "extra_tokens")}
+TOWER_INPUTS = {"image": ("pixels", "deep_prompts"),
+                "text": ("token_ids", "shift", "extra_tokens", "deep_prompts")}
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Limits:
     max_graph_bytes: int = 4 << 30
     handle_ttl_seconds: float = 120.0
     max_extra_tokens: int = 16
+    max_deep_prompt_tokens: int = 16  # per layer
 
 
 def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
@@ -93,6 +95,23 @@ def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_l
         if extra.shape[0] > limits.max_extra_tokens:
             raise InputError(f"extra_tokens: {extra.shape[0]} tokens exceed the limit of "
                              f"{limits.max_extra_tokens}")
+
+
+def check_deep_prompts(tensors: Dict[str, torch.Tensor], tower: str, depth: int, width: int,
+                       limits: Limits) -> None:
+    """(D, K, W) prompts for the first D of the tower's `depth` blocks, K per block."""
+    if "deep_prompts" not in tensors:
+        return
+    if depth == 0:
+        raise InputError(f"deep_prompts: this backbone's {tower} tower takes no deep prompts")
+    prompts = tensors["deep_prompts"]
+    check_float("deep_prompts", prompts, (None, None, width))
+    layers, tokens = prompts.shape[:2]
+    if not 1 <= layers <= depth:
+        raise InputError(f"deep_prompts: {layers} layers; the {tower} tower takes 1 to {depth}")
+    if not 1 <= tokens <= limits.max_deep_prompt_tokens:
+        raise InputError(f"deep_prompts: {tokens} tokens per layer; the limit is 1 to "
+                         f"{limits.max_deep_prompt_tokens}")
 
 
 def check_grad_inputs(grad_inputs: Sequence[str], tensors: Dict[str, torch.Tensor]) -> list:

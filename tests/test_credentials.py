@@ -27,6 +27,7 @@ def keys(tmp_path_factory):
     secrets = {
         "blackbox": create_key(key_file, "--tier", "blackbox"),
         "graybox": create_key(key_file, "--tier", "graybox"),
+        "plus": create_key(key_file, "--tier", "graybox-plus"),
         "other": create_key(key_file, "--tier", "graybox"),
         "budget": create_key(key_file, "--tier", "graybox", "--budget", "10"),
         "rate": create_key(key_file, "--tier", "graybox", "--rate", "0.5"),
@@ -102,6 +103,23 @@ def test_graybox_trains_through_its_key(keyed_server, keys):
         pixels = torch.randn(2, 3, 32, 32, requires_grad=True)
         RemoteImageTower(oracle)(pixels).sum().backward()
         assert pixels.grad.abs().sum() > 0
+
+
+def test_deep_prompts_need_graybox_plus(keyed_server, keys):
+    pixels = torch.randn(2, 3, 32, 32)
+    with client(keyed_server, keys[1]["plus"]) as plus:
+        info = plus.describe()
+        assert info.tier == "graybox-plus" and info.image.deep_prompt_layers == 2
+        prompts = torch.randn(2, 3, info.image.token_width, requires_grad=True)
+        RemoteImageTower(plus)(pixels, prompts).sum().backward()
+        assert prompts.grad.abs().sum() > 0
+    for tier in ("graybox", "blackbox"):
+        with client(keyed_server, keys[1][tier]) as oracle:
+            code, details = code_of(lambda: oracle.embed_images(pixels, deep_prompts=prompts.detach()))
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+            assert f"image.deep_prompts: not an entry point of tier '{tier}'" in details
+            code, details = code_of(lambda: oracle.embed_texts(["a"], deep_prompts=torch.zeros(1, 1, 128)))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "text.deep_prompts" in details
 
 
 def test_a_handle_never_crosses_between_keys(keyed_server, keys):

@@ -110,48 +110,56 @@ class Backbone(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
-    __slots__ = ("height", "width", "mean", "std", "interpolation", "resize_mode")
+    __slots__ = ("height", "width", "mean", "std", "interpolation", "resize_mode", "token_width", "deep_prompt_layers")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     INTERPOLATION_FIELD_NUMBER: _ClassVar[int]
     RESIZE_MODE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    DEEP_PROMPT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
     interpolation: str
     resize_mode: str
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ...) -> None: ...
+    token_width: int
+    deep_prompt_layers: int
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ..., token_width: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
 
 class TextSpec(_message.Message):
-    __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens")
+    __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens", "deep_prompt_layers")
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     TOKEN_WIDTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_EXTRA_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEEP_PROMPT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     context_length: int
     token_width: int
     vocab_size: int
     max_extra_tokens: int
-    def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ...) -> None: ...
+    deep_prompt_layers: int
+    def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds")
+    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAPH_BYTES_FIELD_NUMBER: _ClassVar[int]
     HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEEP_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_batch: int
     max_tensor_bytes: int
     max_message_bytes: int
     chunk_bytes: int
     max_graph_bytes: int
     handle_ttl_seconds: float
-    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ...) -> None: ...
+    max_deep_prompt_tokens: int
+    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
     __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second")
