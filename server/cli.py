@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="memory held for pending Backward calls, all callers")
     limits.add_argument("--handle-ttl", type=float, default=d.handle_ttl_seconds,
                         help="seconds a graph waits for its Backward")
+    limits.add_argument("--max-call-seconds", type=float, default=d.max_call_seconds,
+                        help="a call still running this long is ended (DEADLINE_EXCEEDED or cancelled)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -174,7 +176,8 @@ def main(argv=None) -> None:
     except (FileNotFoundError, ValueError, RuntimeError, ModuleNotFoundError) as e:
         fail(str(e))
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
-                    max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl)
+                    max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl,
+                    max_call_seconds=args.max_call_seconds)
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
     if args.dev:

@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Hashable, List, Optional
+
+from graytune.server.errors import DeadlineExceeded
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ class DeviceQueue:
         self._thread = threading.Thread(target=self._loop, name="device", daemon=True)
         self._thread.start()
 
-    def run(self, caller: str, fn: Callable, *args):
+    def run(self, caller: str, fn: Callable, *args, deadline: Optional[float] = None):
         """Runs fn(*args) on the device thread, in `caller`'s turn; returns or raises its result."""
-        return self.submit(caller, Work(run=lambda: fn(*args)))
+        return self.submit(caller, Work(run=lambda: fn(*args)), deadline)
 
     @contextlib.contextmanager
     def arriving(self, group: Hashable):
@@ -64,14 +66,23 @@ class DeviceQueue:
                 if self._arriving.pop(me, None) is not None:
                     self._ready.notify_all()
 
-    def submit(self, caller: str, work: Work):
+    def submit(self, caller: str, work: Work, deadline: Optional[float] = None):
+        """Queues the work and waits for its result. Work not yet started when `deadline`
+        (time.monotonic) passes is dropped: DeadlineExceeded. Started work runs to its end."""
         with self._ready:
             if self._closed:
                 raise RuntimeError("the device queue is closed")
             self._arriving.pop(threading.get_ident(), None)
             self._pending.setdefault(caller, deque()).append(work)
             self._ready.notify_all()
-        return work.future.result()
+        queued = time.monotonic()
+        try:
+            return work.future.result(None if deadline is None else max(0.0, deadline - queued))
+        except FutureTimeout:
+            if not work.future.cancel():  # already running: its result is on the way
+                return work.future.result()
+            raise DeadlineExceeded(f"the call's deadline passed after {time.monotonic() - queued:.1f} s "
+                                   f"waiting for the device; its work was dropped unstarted") from None
 
     def close(self) -> None:
         with self._ready:
@@ -127,7 +138,9 @@ class DeviceQueue:
 
     @staticmethod
     def _execute(first: Work, members: List[Work]) -> None:
-        members = [m for m in members if m.future.set_running_or_notify_cancel()]
+        members = [m for m in members if m.future.set_running_or_notify_cancel()]  # callers gone: dropped
+        if not members:
+            return
         start = time.perf_counter()
         try:
             results = [first.run()] if first.group is None else first.run_group(members)

@@ -11,3 +11,7 @@ class HandleExpired(LookupError):
 
 class OverLimit(RuntimeError):
     """A request within the contract that a configured limit refuses (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The call's deadline passed before the device took up its work (DEADLINE_EXCEEDED)."""

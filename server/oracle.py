@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -74,45 +74,47 @@ class GradientOracle:
             return self.device.arriving(IMAGE_FORWARD)
         return contextlib.nullcontext()
 
-    # `stats`, when given, receives `device_seconds`: the call's time on the device thread.
+    # `record`, when given, is the servicer's record of the call: its `deadline` (time.monotonic
+    # or None) bounds the wait for the device; it receives `device_seconds`, the call's time on
+    # the device thread.
     def embed(self, tower: str, tensors: Tensors, texts: Sequence[str] = (), owner: str = "",
-              out_dtype: torch.dtype = torch.float32, stats=None) -> torch.Tensor:
+              out_dtype: torch.dtype = torch.float32, record=None) -> torch.Tensor:
         """-> (B, E) embeddings."""
-        return self._on_device(owner, stats, self._embed, tower, tensors, texts, out_dtype)
+        return self._on_device(owner, record, self._embed, tower, tensors, texts, out_dtype)
 
     def forward(self, tower: str, tensors: Tensors, texts: Sequence[str], grad_inputs: Sequence[str],
-                owner: str, out_dtype: torch.dtype = torch.float32, stats=None) -> Tuple[str, torch.Tensor]:
+                owner: str, out_dtype: torch.dtype = torch.float32, record=None) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
         if tower == "image" and not texts and "deep_prompts" not in tensors:  # callers' prompts differ
-            call = _Call(tensors, owner, out_dtype, stats, grad_inputs=grad_inputs)
+            call = _Call(tensors, owner, out_dtype, record, grad_inputs=grad_inputs)
             group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
             return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,
                                                   samples=validation.batch_size(tensors),
-                                                  expected=self._forward_calls))
-        return self._on_device(owner, stats, self._forward, tower, tensors, texts, grad_inputs, owner,
+                                                  expected=self._forward_calls), _deadline(record))
+        return self._on_device(owner, record, self._forward, tower, tensors, texts, grad_inputs, owner,
                                out_dtype)
 
     def backward(self, handle: str, tensors: Tensors, owner: str,
-                 out_dtype: torch.dtype = torch.float32, stats=None) -> Tensors:
+                 out_dtype: torch.dtype = torch.float32, record=None) -> Tensors:
         """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
         graph = self.store.peek(handle, owner)
         if graph is not None and graph.group is not None:  # one backward for the merged batch
-            call = _Call(tensors, owner, out_dtype, stats, handle=handle)
+            call = _Call(tensors, owner, out_dtype, record, handle=handle)
             return self.device.submit(owner, Work(
                 group=id(graph.group), run_group=self._backward_group, payload=call, samples=0,
-                expected=self.store.held(graph.group.handles)))
-        return self._on_device(owner, stats, self._backward, handle, tensors, owner, out_dtype)
+                expected=self.store.held(graph.group.handles)), _deadline(record))
+        return self._on_device(owner, record, self._backward, handle, tensors, owner, out_dtype)
 
-    def _on_device(self, owner: str, stats, fn, *args):
+    def _on_device(self, owner: str, record, fn, *args):
         """Runs fn on the device thread in the caller's turn (see DeviceQueue)."""
         def timed():
             start = time.perf_counter()
             try:
                 return fn(*args)
             finally:
-                if stats is not None:
-                    stats.device_seconds = time.perf_counter() - start
-        return self.device.run(owner, timed)
+                if record is not None:
+                    record.device_seconds = time.perf_counter() - start
+        return self.device.run(owner, timed, deadline=_deadline(record))
 
     def _forward_images(self, works: List[Work]) -> list:
         """Image Forward calls of several callers as one batch; a graph slice (handle) each."""
@@ -207,9 +209,13 @@ class _Call:
     tensors: Tensors
     owner: str
     out_dtype: torch.dtype
-    stats: object
+    record: object
     grad_inputs: Sequence[str] = ()
     handle: str = ""
+
+
+def _deadline(record) -> Optional[float]:
+    return None if record is None else record.deadline
 
 
 def _gradient_of_embeddings(tensors: Tensors) -> torch.Tensor:
@@ -223,5 +229,5 @@ def _record_time(works: List[Work], start: float) -> None:
     """Every caller of a merged batch is told the batch's device time."""
     seconds = time.perf_counter() - start
     for work in works:
-        if work.payload.stats is not None:
-            work.payload.stats.device_seconds = seconds
+        if work.payload.record is not None:
+            work.payload.record.device_seconds = seconds

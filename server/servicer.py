@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
@@ -12,12 +13,13 @@ import torch
 import graytune
 from graytune import tensor_codec
 from graytune.server.auth import CURRENT_CALLER, Caller
-from graytune.server.errors import HandleExpired, InputError, OverLimit
+from graytune.server.errors import DeadlineExceeded, HandleExpired, InputError, OverLimit
 from graytune.server.metrics import ServerMetrics
 from graytune.server.oracle import GradientOracle
 from graytune.server.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
 from graytune.server.usage import Budgets, RateLimiter
 from graytune.server.validation import TOWER_INPUTS, batch_size, check_names
+from graytune.server.watchdog import Watchdog
 from graytune.tensor_codec import TensorAssembler, TensorFormatError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
@@ -41,6 +43,8 @@ def status_on_error() -> Iterator[None]:
         raise CallFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
     except HandleExpired as e:
         raise CallFailed(grpc.StatusCode.ABORTED, str(e)) from None
+    except DeadlineExceeded as e:
+        raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
     except OverLimit as e:
         raise CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
@@ -85,6 +89,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         self.budgets = budgets
         self.metrics = metrics
         self.rate_limiter = rate_limiter or RateLimiter()
+        self.watchdog = Watchdog()
 
     # -- the four calls ------------------------------------------------------------------
     def Describe(self, request, context):
@@ -124,14 +129,15 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
                              chunk_bytes=limits.chunk_bytes,
                              max_graph_bytes=limits.max_graph_bytes,
                              handle_ttl_seconds=limits.handle_ttl_seconds,
-                             max_deep_prompt_tokens=limits.max_deep_prompt_tokens),
+                             max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
+                             max_call_seconds=limits.max_call_seconds),
             caller_id=caller.id, **budget, **rate)
 
     def Embed(self, request_iterator, context):
         with self._call("Embed", context) as call:
             tower, header, tensors = self._read_inputs(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
-            embeddings = self.oracle.embed(tower, tensors, header.texts, call.caller.id, dtype, stats=call)
+            embeddings = self.oracle.embed(tower, tensors, header.texts, call.caller.id, dtype, record=call)
             call.samples = embeddings.shape[0]
         yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call)
 
@@ -144,7 +150,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
                     self.oracle.receiving(TOWERS.get(header.tower))))
             dtype = output_dtype(header.output_dtype)
             handle, embeddings = self.oracle.forward(tower, tensors, header.texts,
-                                                     header.grad_inputs, call.caller.id, dtype, stats=call)
+                                                     header.grad_inputs, call.caller.id, dtype, record=call)
             call.samples = embeddings.shape[0]
         out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
         yield from self._respond(out_header, {"embeddings": embeddings}, call)
@@ -154,7 +160,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             self._require_gradients(call)
             header, tensors = self._read(request_iterator, call)
             dtype = output_dtype(header.output_dtype)
-            grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype, stats=call)
+            grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype, record=call)
             call.samples = tensors["embeddings"].shape[0]
         yield from self._respond(pb.OutputHeader(), grads, call)
 
@@ -198,7 +204,12 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
 
     @contextlib.contextmanager
     def _call(self, method: str, context):
-        call = CallRecord(method, CURRENT_CALLER.get(), self.metrics)
+        limit = self.oracle.limits.max_call_seconds
+        client_limit = context.time_remaining()  # None without a client deadline
+        call = CallRecord(method, CURRENT_CALLER.get(), self.metrics,
+                          deadline=time.monotonic() + min(limit, client_limit or limit))
+        watch = self.watchdog.watch(call.deadline, lambda: self._expire(call, context, limit))
+        context.add_callback(lambda: self.watchdog.done(watch))  # when the call ends, any way
         try:
             with status_on_error():
                 if call.caller.key is not None:
@@ -209,18 +220,34 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
                 self.budgets.charge(call.caller.key, -call.charged)
             call.log(failure.code.name, str(failure))
             context.abort(failure.code, str(failure))
+        except grpc.RpcError:  # the stream broke: the client left, or the watchdog cancelled
+            context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
+
+    @staticmethod
+    def _expire(call: "CallRecord", context, limit: float) -> None:
+        """The watchdog's verdict on a call past its deadline: logged, then cancelled."""
+        if context.is_active():
+            call.log("DEADLINE_EXCEEDED", f"call still running after its deadline (the server's "
+                                          f"limit is {limit:g} s, --max-call-seconds); cancelled")
+            context.cancel()
 
 
 class CallRecord:
     """What one call did, for its log line and the metrics."""
 
-    def __init__(self, method: str, caller: Caller, metrics: Optional[ServerMetrics] = None):
+    def __init__(self, method: str, caller: Caller, metrics: Optional[ServerMetrics] = None,
+                 deadline: Optional[float] = None):
         self.method, self.caller, self.metrics = method, caller, metrics
+        self.deadline = deadline  # time.monotonic by which the call must be done
         self.samples = self.bytes_in = self.bytes_out = self.charged = 0
         self.device_seconds = 0.0
         self.start = time.perf_counter()
+        self._logged = threading.Lock()
 
     def log(self, status: str, detail: str = "") -> None:
+        """The call's one log line and metrics; later calls (a call expired, then failing) are no-ops."""
+        if not self._logged.acquire(blocking=False):
+            return
         seconds = time.perf_counter() - self.start
         if self.metrics is not None:
             self.metrics.observe(self.method, self.caller.tier, status, self.samples, self.bytes_in,

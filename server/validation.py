@@ -26,6 +26,7 @@ class Limits:
     handle_ttl_seconds: float = 120.0
     max_extra_tokens: int = 16
     max_deep_prompt_tokens: int = 16  # per layer
+    max_call_seconds: float = 300.0  # any call, from its first message to its last
 
 
 def batch_size(tensors: Dict[str, torch.Tensor]) -> int:

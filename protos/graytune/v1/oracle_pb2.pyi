@@ -144,7 +144,7 @@ class TextSpec(_message.Message):
     def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens")
+    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens", "max_call_seconds")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class Limits(_message.Message):
     MAX_GRAPH_BYTES_FIELD_NUMBER: _ClassVar[int]
     HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_DEEP_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     max_batch: int
     max_tensor_bytes: int
     max_message_bytes: int
@@ -159,7 +160,8 @@ class Limits(_message.Message):
     max_graph_bytes: int
     handle_ttl_seconds: float
     max_deep_prompt_tokens: int
-    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ...) -> None: ...
+    max_call_seconds: float
+    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
     __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second")
