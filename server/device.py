@@ -6,6 +6,8 @@ the same cores) and calls that queue rather than compete. Pending work is kept p
 taken round-robin, so a caller with a backlog of calls cannot starve one with a single call.
 Work that names a `group` runs together with every pending work of the same group (up to
 `max_samples`), through the group's `run_group`: small concurrent requests become one batch.
+A batch waits briefly for members it expects or that are still being received (`arriving`).
+Work whose deadline passes before it starts is dropped: an abandoned call costs no compute.
 """
 from __future__ import annotations
 
