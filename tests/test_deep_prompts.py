@@ -162,3 +162,16 @@ def test_graybox_clip_with_deep_prompts_sends_and_learns_them(plus):
 def test_deep_prompts_beyond_the_offer_are_refused_at_config(oracle):
     with pytest.raises(ValueError, match="offers deep prompts at 0 layers"):
         AdapterConfig.for_oracle(oracle, deep_prompt_depth=1)  # tier graybox
+
+
+def test_deep_prompt_adapters_round_trip(plus, tmp_path):
+    from graytune.client import checkpoint
+    model = GrayboxCLIP(AdapterConfig.for_oracle(plus, deep_prompt_depth=1, deep_prompt_tokens=2), plus)
+    checkpoint.save_adapters(tmp_path / "adapter", model)
+    loaded = checkpoint.load_adapters(tmp_path / "adapter", plus)
+    assert loaded.config == model.config and loaded.image_prompts is not None
+    torch.testing.assert_close(loaded.image_prompts.prompts, model.image_prompts.prompts)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(pixels), model.encode_image(pixels))
+        torch.testing.assert_close(loaded.encode_text(["a seven."]), model.encode_text(["a seven."]))
