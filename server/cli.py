@@ -180,6 +180,7 @@ def main(argv=None) -> None:
                     max_call_seconds=args.max_call_seconds)
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
+    oracle.on_merged_batch = metrics.observe_merged_batch
     if args.dev:
         log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)
         auth, budgets = AuthInterceptor(None, args.tier, metrics), None

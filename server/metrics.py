@@ -8,6 +8,7 @@
     graytune_device_seconds{method}                  time on the device thread
     graytune_graphs_held, graytune_graph_bytes_held  graphs waiting for Backward
     graytune_device_memory_bytes                     CUDA memory allocated, or the process RSS on CPU
+    graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class ServerMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.device_time = Histogram("graytune_device_seconds", "Time on the device thread",
                                      ["method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.merged = Histogram("graytune_merged_calls", "Calls per merged image batch", ["method"],
+                                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
         Gauge("graytune_graphs_held", "Graphs waiting for Backward", registry=r).set_function(
             lambda: len(store))
         Gauge("graytune_graph_bytes_held", "Activation bytes held for Backward", registry=r).set_function(
@@ -59,6 +62,9 @@ class ServerMetrics:
         self.received.labels(method).inc(bytes_in)
         self.sent.labels(method).inc(bytes_out)
         self.latency.labels(method).observe(seconds)
+
+    def observe_merged_batch(self, method: str, calls: int) -> None:
+        self.merged.labels(method).observe(calls)
 
     def serve(self, host: str, port: int) -> Tuple[str, int]:
         server, _ = start_http_server(port, host, registry=self.registry)

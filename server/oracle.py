@@ -39,6 +39,8 @@ class GradientOracle:
         # Calls in the last merged image Forward batch: the next batch waits briefly for as
         # many, so concurrent trainers stay in step rather than alternate small batches.
         self._forward_calls = 1
+        # Told (method, calls) for every merged image batch: the metrics' view of merging.
+        self.on_merged_batch: Callable[[str, int], None] = lambda method, calls: None
 
     def check_inputs(self, tower: str, tensors: Tensors, texts: Sequence[str]) -> None:
         b, limits = self.backbone, self.limits
@@ -128,6 +130,7 @@ class GradientOracle:
             except InputError as e:
                 results[work] = e
         self._forward_calls = len(works)
+        self.on_merged_batch("Forward", len(works))
         if valid:
             leaves = [w.payload.tensors["pixels"].float().requires_grad_() for w in valid]
             with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
@@ -151,6 +154,7 @@ class GradientOracle:
     def _backward_group(self, works: List[Work]) -> list:
         """Backward calls on one merged batch: a single backward pass, each caller's rows."""
         start, results, taken = time.perf_counter(), {}, []
+        self.on_merged_batch("Backward", len(works))
         for work in works:
             call = work.payload
             try:

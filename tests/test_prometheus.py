@@ -28,6 +28,8 @@ def test_metrics_count_calls_samples_bytes_and_held_graphs():
             oracle.embed_images(torch.randn(3, 3, 32, 32))
             with pytest.raises(OracleError):
                 oracle.embed_images(torch.randn(3, 3, 31, 32))
+            handle, embeddings = oracle.forward(pb.IMAGE, {"pixels": torch.randn(2, 3, 32, 32)})
+            oracle.backward(handle, torch.ones_like(embeddings))
             oracle.forward(pb.IMAGE, {"pixels": torch.randn(2, 3, 32, 32)})  # no Backward: held
         m = scrape(port)
     ok = frozenset({"method": "Embed", "tier": "graybox", "status": "OK"}.items())
@@ -42,3 +44,6 @@ def test_metrics_count_calls_samples_bytes_and_held_graphs():
     assert m[("graytune_graphs_held", frozenset())] == 1
     assert m[("graytune_graph_bytes_held", frozenset())] > 0
     assert m[("graytune_device_memory_bytes", frozenset())] > 0
+    for method, batches in (("Forward", 2), ("Backward", 1)):  # one call per batch, alone here
+        labels = frozenset({"method": method}.items())
+        assert m[("graytune_merged_calls_count", labels)] == m[("graytune_merged_calls_sum", labels)] == batches
