@@ -175,3 +175,23 @@ def test_deep_prompt_adapters_round_trip(plus, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(pixels), model.encode_image(pixels))
         torch.testing.assert_close(loaded.encode_text(["a seven."]), model.encode_text(["a seven."]))
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "graytune.client.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_deep_prompts_on_graybox_plus_only(plus_server, server, digits, tmp_path):
+    import json
+    common = ["train", "--train-data", digits["train"], "--steps", "3", "--batch-size", "8",
+              "--deep-prompt-depth", "2", "--deep-prompt-tokens", "2", "--no-progress"]
+    done = run_cli(*common, "--endpoint", plus_server.endpoint, "--output-dir", str(tmp_path / "plus"))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "plus" / "adapter" / "adapter_config.json").read_text())
+    assert (config["method"], config["deep_prompt_depth"], config["deep_prompt_tokens"]) == ("graybox-lga", 2, 2)
+    refused = run_cli(*common, "--endpoint", server.endpoint, "--output-dir", str(tmp_path / "graybox"))
+    assert refused.returncode != 0
+    assert "offers deep prompts at 0 layers" in refused.stderr and "Traceback" not in refused.stderr
