@@ -55,13 +55,21 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Calls write(tmp_file) (same suffix as `path`), syncs it, then renames it to `path`."""
+    path = Path(path)
+    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _write_adapter_files(directory: Path, model: GrayboxCLIP) -> None:

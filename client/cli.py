@@ -5,6 +5,7 @@
     graytune train --endpoint HOST:PORT --train-data data/digits/train.csv \\
                    --val-data data/digits/val.csv --output-dir runs/digits [--resume]
     graytune eval  --endpoint HOST:PORT --adapter runs/digits/adapter --val-data data/digits/val.csv
+    graytune plot  runs/digits     # runs/digits/metrics.png: loss, learning rate, recall curves
     graytune demo  # local server + digits + a short fine-tune, before/after metrics
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -85,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="adapter directory; omit for zero-shot")
     ev.add_argument("--batch-size", type=int, default=64)
 
+    plot = sub.add_parser("plot", help="loss, learning rate and recall curves of runs, as an image")
+    plot.add_argument("run_dirs", nargs="+", type=Path, help="`graytune train` output directories")
+    plot.add_argument("--out", type=Path, help="image file (default: RUN_DIR/metrics.png for one run)")
+
     demo = sub.add_parser("demo", help="local server + digits + a short gray-box fine-tune")
     demo.add_argument("--steps", type=int, default=100)
     demo.add_argument("--workdir", default="graytune-demo")
@@ -147,9 +153,17 @@ def cmd_eval(args) -> None:
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+def cmd_plot(args) -> None:
+    from graytune.client.plot import plot_runs
+    if args.out is None and len(args.run_dirs) > 1:
+        raise ValueError("--out: needed when plotting several runs")
+    print(plot_runs(args.run_dirs, args.out or args.run_dirs[0] / "metrics.png"))
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    commands = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval}
+    commands = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
+                "plot": cmd_plot}
     if args.command == "demo":
         from graytune.client.demo import run_demo
         run_demo(args.workdir, args.steps, WIRE_DTYPES[args.wire_dtype])
@@ -158,7 +172,7 @@ def main(argv=None) -> None:
     from graytune.client.oracle_client import OracleError
     try:
         commands[args.command](args)
-    except (OracleError, BackboneMismatch, FileNotFoundError, ValueError) as e:
+    except (OracleError, BackboneMismatch, FileNotFoundError, ValueError, ModuleNotFoundError) as e:
         print(f"graytune {args.command}: error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -39,4 +39,9 @@ def run_demo(workdir: str, steps: int, wire_dtype: torch.dtype) -> dict:
     for key in SHOWN:
         print(f"{key:<26}{before[key]:>12.3f}{after[key]:>12.3f}")
     print(f"\nadapter: {run_dir / 'adapter'}   metrics: {run_dir / 'metrics.jsonl'}")
+    try:
+        from graytune.client.plot import plot_runs
+        print(f"plot:    {plot_runs([run_dir], run_dir / 'metrics.png')}")
+    except ModuleNotFoundError:  # matplotlib is an extra
+        print("plot:    pip install 'graytune[plot]', then `graytune plot` the run directory")
     return {"before": before, "after": after}

@@ -28,3 +28,4 @@ def test_demo_prints_zero_shot_and_fine_tuned_metrics(pretrained_server, cache_d
     assert set(rows) >= {"image_to_text_R@1", "text_to_image_R@5"}
     assert all(len(v) == 2 and all(0 <= float(x) for x in v) for v in rows.values())
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert f"plot:    {tmp_path / 'run' / 'metrics.png'}" in result.stdout
