@@ -94,7 +94,8 @@ def keys_main(argv) -> None:
     create.add_argument("--tier", choices=TIERS, required=True)
     create.add_argument("--budget", type=int, help="samples of Embed/Forward over the key's life")
     create.add_argument("--rate", type=float, help="calls per second")
-    sub.add_parser("list", help="key ids, tiers and limits (never secrets)")
+    listing = sub.add_parser("list", help="key ids, tiers, limits and budget used (never secrets)")
+    listing.add_argument("--usage-db", type=Path, help="the server's --usage-db, if not the default")
     revoke = sub.add_parser("revoke", help="remove a key")
     revoke.add_argument("key_id")
     args = p.parse_args(argv)
@@ -105,10 +106,19 @@ def keys_main(argv) -> None:
         print(f"key {secret.split('_')[1]} ({args.tier}) added to {args.file}; the secret above is "
               "not stored anywhere", file=sys.stderr)
     elif args.action == "list":
+        from graytune.server.usage import Budgets
+        db = args.usage_db or default_usage_db(args.file)
+        budgets = Budgets(db) if db.exists() else None  # no calls charged yet: nothing used
         for key in keys.list():
-            print(f"{key.id}\t{key.tier}\tbudget={key.budget_samples}\trate={key.rate_per_second}")
+            used = budgets.used(key.id) if budgets is not None else 0
+            budget = "none" if key.budget_samples is None else f"{key.budget_samples} used={used}"
+            print(f"{key.id}\t{key.tier}\tbudget={budget}\trate={key.rate_per_second}")
     else:
         keys.revoke(args.key_id)
+
+
+def default_usage_db(key_file: Path) -> Path:
+    return key_file.with_suffix(".usage.sqlite")
 
 
 def health_main(argv) -> None:
@@ -187,7 +197,7 @@ def main(argv=None) -> None:
     else:
         keys = KeyFile(args.keys)
         auth = AuthInterceptor(keys, metrics=metrics)
-        budgets = Budgets(args.usage_db or args.keys.with_suffix(".usage.sqlite"))
+        budgets = Budgets(args.usage_db or default_usage_db(args.keys))
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:
         log.warning("serving plaintext: no transport security")

@@ -156,6 +156,10 @@ def test_budget_runs_out_and_stays_out_after_a_restart(keys):
             assert (info.budget_samples, info.budget_remaining) == (10, 4)
             oracle.embed_images(pixels(4))
             assert code_of(lambda: oracle.embed_images(pixels(1)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    listing = subprocess.run(server_command() + ["keys", "--file", str(key_file), "list"],
+                             capture_output=True, text=True, check=True).stdout
+    budget_id = secrets["budget"].split("_")[1]
+    assert f"{budget_id}\tgraybox\tbudget=10 used=10\t" in listing
 
 
 def test_audit_log_names_the_key_never_the_secret(keyed_server, keys):
