@@ -91,6 +91,17 @@ class GrayboxCLIP(nn.Module):
         self.image_tower = RemoteImageTower(oracle)
         self.text_tower = RemoteTextTower(oracle)
 
+    def save_pretrained(self, directory) -> None:
+        """PEFT's name for `checkpoint.save_adapters`: config JSON + safetensors, atomically."""
+        from graytune.client.checkpoint import save_adapters  # it imports this module
+        save_adapters(directory, self)
+
+    @classmethod
+    def from_pretrained(cls, directory, oracle: OracleClient) -> "GrayboxCLIP":
+        """PEFT's name for `checkpoint.load_adapters`; refuses another backbone."""
+        from graytune.client.checkpoint import load_adapters
+        return load_adapters(directory, oracle)
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
         prompts = self.image_prompts() if self.image_prompts is not None else {}
