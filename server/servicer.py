@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 import time
 from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import grpc
 import torch
 
-import graytune
 from graytune import tensor_codec
-from graytune.server.auth import CURRENT_CALLER, Caller
+from graytune.server.auth import CURRENT_CALLER
+from graytune.server.call_record import CallRecord
+from graytune.server.describe import describe
 from graytune.server.errors import DeadlineExceeded, HandleExpired, InputError, OverLimit
 from graytune.server.metrics import ServerMetrics
 from graytune.server.oracle import GradientOracle
@@ -24,7 +23,6 @@ from graytune.tensor_codec import TensorAssembler, TensorFormatError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
-log = logging.getLogger("graytune.server")
 TOWERS = {pb.IMAGE: "image", pb.TEXT: "text"}
 
 
@@ -94,44 +92,9 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     # -- the four calls ------------------------------------------------------------------
     def Describe(self, request, context):
         with self._call("Describe", context) as call:
-            response = self._describe(call.caller)
+            response = describe(self.oracle.backbone, self.oracle.limits, call.caller, self.budgets)
         call.log("OK")
         return response
-
-    def _describe(self, caller: Caller) -> pb.DescribeResponse:
-        b, limits = self.oracle.backbone, self.oracle.limits
-        key = caller.key
-        budget = {} if key is None or key.budget_samples is None else {
-            "budget_samples": key.budget_samples, "budget_remaining": self.budgets.remaining(key)}
-        rate = {} if key is None or key.rate_per_second is None else {"rate_per_second": key.rate_per_second}
-        # The towers' depth is told only to callers who may send deep prompts.
-        entry_points = ENTRY_POINTS[caller.tier]
-        deep = {tower: getattr(b, tower).prompt_depth if f"{tower}.deep_prompts" in entry_points else 0
-                for tower in ("image", "text")}
-        return pb.DescribeResponse(
-            protocol_version=graytune.PROTOCOL_VERSION,
-            server_version=graytune.__version__,
-            backbone=pb.Backbone(name=b.name, sha256=b.sha256),
-            embed_dim=b.embed_dim,
-            image=pb.ImageSpec(height=b.image_size[0], width=b.image_size[1], mean=b.image_mean,
-                               std=b.image_std, interpolation=b.interpolation,
-                               resize_mode=b.resize_mode,
-                               token_width=b.image.token_width if deep["image"] else 0,
-                               deep_prompt_layers=deep["image"]),
-            text=pb.TextSpec(context_length=b.text.context_length,
-                             token_width=b.text.token_width, vocab_size=b.text.vocab_size,
-                             max_extra_tokens=limits.max_extra_tokens,
-                             deep_prompt_layers=deep["text"]),
-            tier=caller.tier,
-            entry_points=entry_points,
-            limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
-                             max_message_bytes=limits.max_message_bytes,
-                             chunk_bytes=limits.chunk_bytes,
-                             max_graph_bytes=limits.max_graph_bytes,
-                             handle_ttl_seconds=limits.handle_ttl_seconds,
-                             max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
-                             max_call_seconds=limits.max_call_seconds),
-            caller_id=caller.id, **budget, **rate)
 
     def Embed(self, request_iterator, context):
         with self._call("Embed", context) as call:
@@ -224,38 +187,9 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
 
     @staticmethod
-    def _expire(call: "CallRecord", context, limit: float) -> None:
+    def _expire(call: CallRecord, context, limit: float) -> None:
         """The watchdog's verdict on a call past its deadline: logged, then cancelled."""
         if context.is_active():
             call.log("DEADLINE_EXCEEDED", f"call still running after its deadline (the server's "
                                           f"limit is {limit:g} s, --max-call-seconds); cancelled")
             context.cancel()
-
-
-class CallRecord:
-    """What one call did, for its log line and the metrics."""
-
-    def __init__(self, method: str, caller: Caller, metrics: Optional[ServerMetrics] = None,
-                 deadline: Optional[float] = None):
-        self.method, self.caller, self.metrics = method, caller, metrics
-        self.deadline = deadline  # time.monotonic by which the call must be done
-        self.samples = self.bytes_in = self.bytes_out = self.charged = 0
-        self.device_seconds = 0.0
-        self.start = time.perf_counter()
-        self._logged = threading.Lock()
-
-    def log(self, status: str, detail: str = "") -> None:
-        """The call's one log line and metrics; later calls (a call expired, then failing) are no-ops."""
-        if not self._logged.acquire(blocking=False):
-            return
-        seconds = time.perf_counter() - self.start
-        if self.metrics is not None:
-            self.metrics.observe(self.method, self.caller.tier, status, self.samples, self.bytes_in,
-                                 self.bytes_out, seconds, self.device_seconds)
-        ms = seconds * 1e3
-        level = logging.INFO if status == "OK" else logging.WARNING
-        log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
-                "status=%s latency_ms=%.1f device_ms=%.1f%s", self.method, self.caller.id,
-                self.caller.tier, self.samples, self.bytes_in, self.bytes_out, status, ms,
-                self.device_seconds * 1e3,
-                f" detail={detail!r}" if detail else "")
