@@ -5,6 +5,7 @@
 owner's side and `graytune.client` the customer's.
 """
 
-__version__ = "0.1.0"
-# Bumped when the meaning of a message changes; clients refuse a server with another major.
-PROTOCOL_VERSION = "1.0"
+__version__ = "0.2.0"
+# Major: bumped when the meaning of a message changes; clients refuse a server with another.
+# Minor: fields or inputs added (1.1: deep prompts, the call-time limit).
+PROTOCOL_VERSION = "1.1"
