@@ -6,7 +6,8 @@ the same cores) and calls that queue rather than compete. Pending work is kept p
 taken round-robin, so a caller with a backlog of calls cannot starve one with a single call.
 Work that names a `group` runs together with every pending work of the same group (up to
 `max_samples`), through the group's `run_group`: small concurrent requests become one batch.
-A batch waits briefly for members it expects or that are still being received (`arriving`).
+A batch waits briefly for members it expects or that are still being received (`arriving`),
+but only while the device has nothing else to do, unless splitting it would cost more.
 Work whose deadline passes before it starts is dropped: an abandoned call costs no compute.
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Work:
     payload: Any = None  # what run_group needs of this work
     samples: int = 1
     expected: int = 1  # group members worth waiting `linger` seconds for
+    # Wait for expected members even while other work is pending: a split batch would cost
+    # more than the wait (a backward pass over a merged graph runs whole, for any members).
+    hold_device: bool = False
     future: Future = field(default_factory=Future)
 
 
@@ -120,8 +124,10 @@ class DeviceQueue:
         while True:
             self._take_group(first, members)
             waited = time.monotonic() - start
-            wait_expected = len(members) < first.expected and waited < self.linger
-            wait_arriving = first.group in self._arriving.values() and waited < self.arrival_wait
+            busy = bool(self._pending)  # other work waits: idling would delay it
+            wait_expected = (len(members) < first.expected and waited < self.linger
+                             and (first.hold_device or not busy))
+            wait_arriving = first.group in self._arriving.values() and waited < self.arrival_wait and not busy
             full = sum(m.samples for m in members) >= self.max_samples
             if self._closed or full or not (wait_expected or wait_arriving):
                 return members

@@ -104,7 +104,7 @@ class GradientOracle:
             call = _Call(tensors, owner, out_dtype, record, handle=handle)
             return self.device.submit(owner, Work(
                 group=id(graph.group), run_group=self._backward_group, payload=call, samples=0,
-                expected=self.store.held(graph.group.handles)), _deadline(record))
+                expected=self.store.held(graph.group.handles), hold_device=True), _deadline(record))
         return self._on_device(owner, record, self._backward, handle, tensors, owner, out_dtype)
 
     def _on_device(self, owner: str, record, fn, *args):

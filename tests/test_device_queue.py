@@ -146,3 +146,41 @@ def test_an_arrival_that_never_comes_delays_a_group_at_most_arrival_wait():
     finally:
         leave.set()
         queue.close()
+
+
+def test_a_group_does_not_idle_for_arrivals_while_other_work_waits():
+    from graytune.server.device import Work
+
+    queue, gate, announced, leave = DeviceQueue(arrival_wait=2.0), *(threading.Event() for _ in range(3))
+
+    def announce_and_stall():
+        with queue.arriving("g"):
+            announced.set()
+            leave.wait(10)
+
+    threads = [threading.Thread(target=announce_and_stall),
+               threading.Thread(target=queue.run, args=("busy", gate.wait, 10))]
+    try:
+        for t in threads:
+            t.start()
+        announced.wait(10)
+        time.sleep(0.05)  # "busy" holds the device
+        done = {}
+        group_call = threading.Thread(target=lambda: done.setdefault("a", queue.submit(
+            "a", Work(group="g", run_group=lambda works: [time.monotonic()] * len(works)))))
+        group_call.start()
+        time.sleep(0.05)
+        other = threading.Thread(target=lambda: done.setdefault("c", queue.run("c", time.monotonic)))
+        other.start()
+        time.sleep(0.05)  # both pending behind "busy"
+        released = time.monotonic()
+        gate.set()
+        group_call.join(10)
+        other.join(10)
+        assert done["a"] - released < 1.0  # ran at once: "c" was waiting, no idling for the arrival
+    finally:
+        gate.set()
+        leave.set()
+        for t in threads:
+            t.join(10)
+        queue.close()
