@@ -167,17 +167,12 @@ def main(argv=None) -> None:
     from graytune.server.usage import Budgets
 
     if args.dev == (args.keys is not None):
-        print("graytune-server: error: give --keys FILE, or --dev for development without "
-              "credentials", file=sys.stderr)
-        sys.exit(2)
+        fail("give --keys FILE, or --dev for development without credentials")
     if args.plaintext == bool(args.tls_cert and args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
         fail("give --tls-cert and --tls-key, or --plaintext to serve without TLS")
     for path in (args.keys, args.tls_cert, args.tls_key, args.tls_client_ca):
         if path is not None and not path.is_file():
             fail(f"file not found: {path}")
-    if args.keys is not None and not args.keys.is_file():
-        print(f"graytune-server: error: key file not found: {args.keys}", file=sys.stderr)
-        sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
     source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
