@@ -169,8 +169,8 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     def _call(self, method: str, context):
         limit = self.oracle.limits.max_call_seconds
         client_limit = context.time_remaining()  # None without a client deadline
-        call = CallRecord(method, CURRENT_CALLER.get(), self.metrics,
-                          deadline=time.monotonic() + min(limit, client_limit or limit))
+        seconds = limit if client_limit is None else min(limit, client_limit)
+        call = CallRecord(method, CURRENT_CALLER.get(), self.metrics, deadline=time.monotonic() + seconds)
         watch = self.watchdog.watch(call.deadline, lambda: self._expire(call, context, limit))
         context.add_callback(lambda: self.watchdog.done(watch))  # when the call ends, any way
         try:
