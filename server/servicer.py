@@ -143,6 +143,8 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         tower = TOWERS.get(header.tower)
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")
+        # Unknown inputs are bad input (INVALID_ARGUMENT), to be told apart from known ones the
+        # tier does not allow (PERMISSION_DENIED); the oracle checks names again with shapes.
         check_names(tensors, TOWER_INPUTS[tower], f"the {tower} tower")
         allowed = ENTRY_POINTS[call.caller.tier]
         for point in input_entry_points(tower, tensors, bool(header.texts)):
