@@ -6,9 +6,10 @@
         handle, emb = oracle.forward_images(pixels)              # graph held on the server
         grads = oracle.backward(handle, d_loss_d_emb)            # {"pixels": (B, 3, H, W)}
 
-Every call has a deadline, is retried with backoff while the server is UNAVAILABLE, and fails
-with `OracleError` (one type for every transport or server error). Tensors travel as chunk
-streams, in float32 or, per client, in bfloat16/float16 to halve the bytes.
+Every call has a deadline, is retried with backoff while the server is UNAVAILABLE (or cancels
+the call: see RETRIED), and fails with `OracleError` (one type for every transport or server
+error). Tensors travel as chunk streams, in float32 or, per client, in bfloat16/float16 to
+halve the bytes.
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
 Tensors = Dict[str, torch.Tensor]
 MESSAGE_LIMIT = 64 << 20  # far above the chunk size; set on purpose, not gRPC's 4 MB default
+# This client never cancels its own calls, so CANCELLED comes from the server's side: a server
+# shutting down cancels calls it had accepted but not started (seen on SIGTERM). Like
+# UNAVAILABLE, that is worth a retry: the next attempt finds a restarted server or a replica.
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def tls_channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None,
@@ -173,7 +178,7 @@ class OracleClient:
             try:
                 return call()
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if e.code() not in RETRIED or attempt == self.retries:
                     raise OracleError(method, e.code(), e.details()) from None
             except tensor_codec.TensorFormatError as e:
                 raise OracleError(method, None, f"malformed reply: {e}") from None
