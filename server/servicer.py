@@ -186,6 +186,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             call.log(failure.code.name, str(failure))
             context.abort(failure.code, str(failure))
         except grpc.RpcError:  # the stream broke: the client left, or the watchdog cancelled
+            call.log("CANCELLED", "the request stream ended early")  # no-op after the watchdog's line
             context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
 
     @staticmethod
