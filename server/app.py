@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection
 from graytune.server.auth import AuthInterceptor
 from graytune.server.metrics import ServerMetrics
 from graytune.server.oracle import GradientOracle
-from graytune.server.servicer import OracleServicer
+from graytune.server.servicer import OracleServicer, add_to_server
 from graytune.server.usage import Budgets
-from graytune.v1 import oracle_pb2, oracle_pb2_grpc
+from graytune.v1 import oracle_pb2
 
 log = logging.getLogger("graytune.server")
 SERVICE_NAME = oracle_pb2.DESCRIPTOR.services_by_name["GradientOracle"].full_name
@@ -44,20 +44,27 @@ class OracleServer:
             # Chunks stay far below these; they only bound what one message may cost.
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
+            # gRPC's default SO_REUSEPORT lets a second server bind a port in use and split the
+            # connections with the first: a Backward would land where its Forward never was.
+            ("grpc.so_reuseport", 0),
         ]
         self.oracle = oracle
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                                   interceptors=[auth], maximum_concurrent_rpcs=max_concurrent_calls)
-        oracle_pb2_grpc.add_GradientOracleServicer_to_server(
-            OracleServicer(oracle, budgets, metrics=metrics), self.server)
+        self.servicer = OracleServicer(oracle, budgets, metrics=metrics)
+        add_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = (self.server.add_secure_port(address, tls) if tls is not None
-                     else self.server.add_insecure_port(address))
+        try:
+            self.port = (self.server.add_secure_port(address, tls) if tls is not None
+                         else self.server.add_insecure_port(address))
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address}: the port is in use or the address is not "
+                          f"this host's")
         self._stop_sweeper = threading.Event()
 
     def start(self) -> None:
@@ -67,8 +74,10 @@ class OracleServer:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_seconds: float) -> None:
-        """Stops accepting calls, lets in-flight ones finish within the grace period."""
+        """Stops accepting calls, lets in-flight ones finish within the grace period; calls
+        still queued for the device then end UNAVAILABLE (refunded, with their audit lines)."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_seconds).wait()
         self._stop_sweeper.set()
         self.oracle.device.close()
+        self.servicer.wait_idle(timeout=5.0)

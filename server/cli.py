@@ -93,7 +93,13 @@ def keys_main(argv) -> None:
     create = sub.add_parser("create", help="add a key and print its secret, once")
     create.add_argument("--tier", choices=TIERS, required=True)
     create.add_argument("--budget", type=int, help="samples of Embed/Forward over the key's life")
+    create.add_argument("--gradient-budget", type=int,
+                        help="samples of Backward (gradients) over the key's life")
     create.add_argument("--rate", type=float, help="calls per second")
+    create.add_argument("--gradient-clip", type=float,
+                        help="rescale each returned gradient (per sample and input) to at most this L2 norm")
+    create.add_argument("--gradient-noise", type=float,
+                        help="add Gaussian noise of this standard deviation to returned gradients")
     listing = sub.add_parser("list", help="key ids, tiers, limits and budget used (never secrets)")
     listing.add_argument("--usage-db", type=Path, help="the server's --usage-db, if not the default")
     revoke = sub.add_parser("revoke", help="remove a key")
@@ -101,18 +107,23 @@ def keys_main(argv) -> None:
     args = p.parse_args(argv)
     keys = KeyFile(args.file)
     if args.action == "create":
-        secret = keys.create(args.tier, args.budget, args.rate)
+        secret = keys.create(args.tier, args.budget, args.rate, gradient_budget_samples=args.gradient_budget,
+                             gradient_clip_norm=args.gradient_clip, gradient_noise_std=args.gradient_noise)
         print(secret)
         print(f"key {secret.split('_')[1]} ({args.tier}) added to {args.file}; the secret above is "
               "not stored anywhere", file=sys.stderr)
     elif args.action == "list":
-        from graytune.server.usage import Budgets
+        from graytune.server.usage import GRADIENTS, SAMPLES, Budgets
         db = args.usage_db or default_usage_db(args.file)
         budgets = Budgets(db) if db.exists() else None  # no calls charged yet: nothing used
+        def budget(key, total, kind):
+            used = budgets.used(key.id, kind) if budgets is not None else 0
+            return "none" if total is None else f"{total} used={used}"
         for key in keys.list():
-            used = budgets.used(key.id) if budgets is not None else 0
-            budget = "none" if key.budget_samples is None else f"{key.budget_samples} used={used}"
-            print(f"{key.id}\t{key.tier}\tbudget={budget}\trate={key.rate_per_second}")
+            print(f"{key.id}\t{key.tier}\tbudget={budget(key, key.budget_samples, SAMPLES)}\t"
+                  f"rate={key.rate_per_second}\t"
+                  f"gradient_budget={budget(key, key.gradient_budget_samples, GRADIENTS)}\t"
+                  f"gradient_clip={key.gradient_clip_norm}\tgradient_noise={key.gradient_noise_std}")
     else:
         keys.revoke(args.key_id)
 
@@ -152,6 +163,9 @@ def main(argv=None) -> None:
         return keys_main(argv[1:])
     if argv[:1] == ["health"]:
         return health_main(argv[1:])
+    if argv[:1] == ["audit"]:
+        from graytune.server.audit import main as audit_main
+        return audit_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -197,8 +211,11 @@ def main(argv=None) -> None:
     if args.plaintext:
         log.warning("serving plaintext: no transport security")
     tls = None if args.plaintext else tls_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
-    server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls,
-                          args.max_concurrent_calls)
+    try:
+        server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls,
+                              args.max_concurrent_calls)
+    except OSError as e:
+        fail(str(e))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -27,6 +27,11 @@ class ApiKey:
     tier: str
     budget_samples: Optional[int] = None  # samples of Embed/Forward over the key's life
     rate_per_second: Optional[float] = None  # calls per second, bursts up to one second's worth
+    gradient_budget_samples: Optional[int] = None  # samples of Backward over the key's life
+    # What Backward returns to this key, per sample and input: rescaled to at most this L2
+    # norm, then Gaussian noise of this standard deviation added (extraction defences).
+    gradient_clip_norm: Optional[float] = None
+    gradient_noise_std: Optional[float] = None
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -54,11 +59,13 @@ class KeyFile:
         return key
 
     def create(self, tier: str, budget_samples: Optional[int] = None,
-               rate_per_second: Optional[float] = None) -> str:
-        """Adds a key and returns its secret, which is stored nowhere."""
+               rate_per_second: Optional[float] = None, **limits) -> str:
+        """Adds a key and returns its secret, which is stored nowhere. `limits`: the other
+        optional fields of ApiKey (gradient budget, clipping, noise)."""
         key_id = "k" + secrets.token_hex(4)
         secret = f"gt_{key_id}_{secrets.token_urlsafe(24).replace('_', '-')}"
-        self.keys[key_id] = ApiKey(key_id, hash_secret(secret), tier, budget_samples, rate_per_second)
+        self.keys[key_id] = ApiKey(key_id, hash_secret(secret), tier, budget_samples, rate_per_second,
+                                   **limits)
         self.save()
         return secret
 

@@ -7,7 +7,7 @@ import graytune
 from graytune.server.auth import Caller
 from graytune.server.backbone import Backbone
 from graytune.server.tiers import ENTRY_POINTS
-from graytune.server.usage import Budgets
+from graytune.server.usage import GRADIENTS, Budgets
 from graytune.server.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
 
@@ -17,6 +17,12 @@ def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budg
     budget = {} if key is None or key.budget_samples is None else {
         "budget_samples": key.budget_samples, "budget_remaining": budgets.remaining(key)}
     rate = {} if key is None or key.rate_per_second is None else {"rate_per_second": key.rate_per_second}
+    gradients = {} if key is None or key.gradient_budget_samples is None else {
+        "gradient_budget_samples": key.gradient_budget_samples,
+        "gradient_budget_remaining": budgets.remaining(key, GRADIENTS)}
+    protection = {} if key is None else {name: getattr(key, name) for name in
+                                         ("gradient_clip_norm", "gradient_noise_std")
+                                         if getattr(key, name) is not None}
     # The towers' depth is told only to callers who may send deep prompts.
     entry_points = ENTRY_POINTS[caller.tier]
     deep = {tower: getattr(b, tower).prompt_depth if f"{tower}.deep_prompts" in entry_points else 0
@@ -43,5 +49,6 @@ def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budg
                          max_graph_bytes=limits.max_graph_bytes,
                          handle_ttl_seconds=limits.handle_ttl_seconds,
                          max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
-                         max_call_seconds=limits.max_call_seconds),
-        caller_id=caller.id, **budget, **rate)
+                         max_call_seconds=limits.max_call_seconds,
+                         max_caption_bytes=limits.max_caption_bytes),
+        caller_id=caller.id, **budget, **rate, **gradients, **protection)

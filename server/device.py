@@ -8,7 +8,8 @@ Work that names a `group` runs together with every pending work of the same grou
 `max_samples`), through the group's `run_group`: small concurrent requests become one batch.
 A batch waits briefly for members it expects or that are still being received (`arriving`),
 but only while the device has nothing else to do, unless splitting it would cost more.
-Work whose deadline passes before it starts is dropped: an abandoned call costs no compute.
+Work whose deadline passes before it starts, or whose caller is gone (its `CancelScope`
+cancelled), is dropped: an abandoned call costs no compute.
 """
 from __future__ import annotations
 
@@ -17,13 +18,35 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import CancelledError, Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Hashable, List, Optional
 
-from graytune.server.errors import DeadlineExceeded
+from graytune.server.errors import CallerGone, DeadlineExceeded, ShuttingDown
 
 log = logging.getLogger(__name__)
+
+
+class CancelScope:
+    """The work of one call, cancelled together when its caller is gone (work already
+    running finishes; work still queued is dropped)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._futures: List[Future] = []
+        self.cancelled = False
+
+    def add(self, future: Future) -> None:
+        with self._lock:
+            self._futures.append(future)
+            if self.cancelled:
+                future.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for future in self._futures:
+                future.cancel()
 
 
 @dataclass(eq=False)
@@ -72,15 +95,20 @@ class DeviceQueue:
                 if self._arriving.pop(me, None) is not None:
                     self._ready.notify_all()
 
-    def submit(self, caller: str, work: Work, deadline: Optional[float] = None):
+    def submit(self, caller: str, work: Work, deadline: Optional[float] = None,
+               scope: Optional[CancelScope] = None):
         """Queues the work and waits for its result. Work not yet started when `deadline`
-        (time.monotonic) passes is dropped: DeadlineExceeded. Started work runs to its end."""
+        (time.monotonic) passes is dropped: DeadlineExceeded; when `scope` is cancelled (the
+        caller left): CallerGone; when the queue closes: ShuttingDown. Started work runs to
+        its end."""
         with self._ready:
             if self._closed:
-                raise RuntimeError("the device queue is closed")
+                raise ShuttingDown("the server is shutting down; retry against a restarted server")
             self._arriving.pop(threading.get_ident(), None)
             self._pending.setdefault(caller, deque()).append(work)
             self._ready.notify_all()
+        if scope is not None:
+            scope.add(work.future)
         queued = time.monotonic()
         try:
             return work.future.result(None if deadline is None else max(0.0, deadline - queued))
@@ -89,10 +117,26 @@ class DeviceQueue:
                 return work.future.result()
             raise DeadlineExceeded(f"the call's deadline passed after {time.monotonic() - queued:.1f} s "
                                    f"waiting for the device; its work was dropped unstarted") from None
+        except CancelledError:
+            if self._closed:
+                raise ShuttingDown("the server shut down before the device took up this call; "
+                                   "retry against a restarted server") from None
+            raise CallerGone("the caller left before the device took up its work") from None
+
+    def pending(self) -> int:
+        """Works queued and not yet started, all callers."""
+        with self._ready:
+            return sum(len(works) for works in self._pending.values())
 
     def close(self) -> None:
+        """Lets running work finish and drops what is still queued: its callers are told the
+        server is shutting down (ShuttingDown), so each call ends with a status and a refund."""
         with self._ready:
             self._closed = True
+            for works in self._pending.values():
+                for work in works:
+                    work.future.cancel()
+            self._pending.clear()
             self._ready.notify_all()
         self._thread.join()
 

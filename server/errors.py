@@ -15,3 +15,11 @@ class OverLimit(RuntimeError):
 
 class DeadlineExceeded(TimeoutError):
     """The call's deadline passed before the device took up its work (DEADLINE_EXCEEDED)."""
+
+
+class CallerGone(Exception):
+    """The caller left (cancelled, disconnected) before its work started (CANCELLED)."""
+
+
+class ShuttingDown(Exception):
+    """The server stopped before the call's work started (UNAVAILABLE: retry elsewhere)."""

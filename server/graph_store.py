@@ -5,10 +5,17 @@ room) and a time-to-live (a caller that never comes back for its gradient, or is
 its graphs after `ttl_seconds`; a sweeper thread enforces it even when no call arrives).
 A handle the store no longer holds gets `HandleExpired`, which the client answers by running
 Forward again: the backbone is deterministic, so the recomputed gradient is the same.
+
+A handle carries a MAC of its sequence number and its owner under this instance's secret, so
+the store can tell a caller's own consumed handle (ABORTED: recompute) from one it was never
+given, without remembering consumed handles; and a handle that is not the caller's gets one
+answer whether it was never issued, is held for another caller, or was consumed by one.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import re
 import secrets
 import threading
@@ -20,8 +27,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
 import torch
 
 from graytune.server.errors import HandleExpired, InputError, OverLimit
+from graytune.tensor_codec import shown
 
-HANDLE = re.compile(r"(?P<instance>[0-9a-f]{8})\.(?P<seq>[0-9]{1,18})\.[0-9a-f]{16}", re.ASCII)
+HANDLE = re.compile(r"(?P<instance>[0-9a-f]{8})\.(?P<seq>[0-9]{1,18})\.(?P<mac>[0-9a-f]{16})", re.ASCII)
 
 
 @dataclass(eq=False)
@@ -69,6 +77,7 @@ class GraphStore:
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self.instance = secrets.token_hex(4)  # handles from another instance predate a restart
+        self._secret = secrets.token_bytes(32)  # signs (sequence number, owner) into each handle
         self._graphs: "OrderedDict[str, HeldGraph]" = OrderedDict()  # oldest first
         self._issued = 0
         self._bytes = 0
@@ -91,35 +100,36 @@ class GraphStore:
             while self._bytes + graph.nbytes > self.max_bytes:
                 self._drop(next(iter(self._graphs)))
             self._issued += 1
-            handle = f"{self.instance}.{self._issued}.{secrets.token_hex(8)}"
+            handle = f"{self.instance}.{self._issued}.{self._mac(self._issued, graph.owner)}"
             graph.expires = self.clock() + self.ttl_seconds
             self._graphs[handle] = graph
             self._bytes += graph.nbytes
             return handle
 
-    def take(self, handle: str, owner: str,
-             check: Callable[[HeldGraph], None] = lambda graph: None) -> HeldGraph:
-        """Removes and returns the graph: one Backward per Forward. `check` may refuse the
-        request first, leaving the graph in place for a corrected call."""
+    def take(self, handle: str, owner: str) -> HeldGraph:
+        """Removes and returns the owner's graph: one Backward per Forward."""
         with self._lock:
             self._drop_expired()
             graph = self._graphs.get(handle)
             if graph is not None and graph.owner == owner:
-                check(graph)
                 self._drop(handle)
                 return graph
             parts = HANDLE.fullmatch(handle)
             if parts is None:
-                raise InputError(f"handle: malformed handle '{handle[:64]}'")
+                raise InputError(f"handle: malformed handle {shown(handle)}")
             if parts["instance"] != self.instance:
                 raise HandleExpired(
                     "handle: issued by another server instance (the server restarted, or another "
                     "replica answered); run Forward again")
-            if graph is not None or not 0 < int(parts["seq"]) <= self._issued:
-                raise InputError(f"handle: unknown handle '{handle[:64]}'")
+            seq = int(parts["seq"])
+            if not (0 < seq <= self._issued and hmac.compare_digest(parts["mac"], self._mac(seq, owner))):
+                raise InputError(f"handle: unknown handle {shown(handle)}")
             raise HandleExpired(
                 f"handle: no longer held (used already, older than {self.ttl_seconds:g} s, or "
                 f"evicted to stay under {self.max_bytes} bytes); run Forward again")
+
+    def _mac(self, seq: int, owner: str) -> str:
+        return hmac.new(self._secret, f"{seq}/{owner}".encode(), hashlib.sha256).hexdigest()[:16]
 
     def peek(self, handle: str, owner: str) -> Optional[HeldGraph]:
         """The graph, if held for this owner; never raises, removes nothing."""

@@ -1,57 +1,116 @@
 """Per-key query budgets (persisted, so a restart does not refill them) and rate limits.
 
-Budgets count samples of Embed and Forward calls (Backward is the second half of a Forward
-and costs nothing more). They live in SQLite: each charge is one durable transaction, and
-several server processes may share the file.
+Two budgets per key, each optional: samples embedded (Embed and Forward) and gradient samples
+(Backward: what model extraction needs most). They live in SQLite: each charge is one durable
+transaction, and several server processes may share the file.
+
+A charge is made once per logical call: the client sends the same call id on every retry of a
+call, and a call id already charged (by a server that died before answering, say) is not
+charged again. A call that fails is refunded, so a caller pays for what it received.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 from graytune.server.credentials import ApiKey
 from graytune.server.errors import OverLimit
 
+SAMPLES, GRADIENTS = "samples", "gradient samples"
+CALL_ID_SECONDS = 24 * 3600  # how long a charged call id is remembered (clients retry for minutes)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gradient_usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS charges (key_id TEXT NOT NULL, call_id TEXT NOT NULL, kind TEXT NOT NULL,
+                                    samples INTEGER NOT NULL, at REAL NOT NULL,
+                                    PRIMARY KEY (key_id, call_id, kind));
+CREATE INDEX IF NOT EXISTS charges_at ON charges (at);
+"""
+TABLES = {SAMPLES: "usage", GRADIENTS: "gradient_usage"}
+
 
 class Budgets:
-    def __init__(self, path: Path):
+    def __init__(self, path, clock=time.time):
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL)")
+        self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self.clock = clock
+        self._pruned = 0.0
 
-    def used(self, key_id: str) -> int:
+    def used(self, key_id: str, kind: str = SAMPLES) -> int:
         with self._lock:
-            row = self._db.execute("SELECT samples FROM usage WHERE key_id = ?", (key_id,)).fetchone()
+            return self._used(key_id, kind)
+
+    def remaining(self, key: ApiKey, kind: str = SAMPLES) -> Optional[int]:
+        budget = _budget(key, kind)
+        return None if budget is None else max(0, budget - self.used(key.id, kind))
+
+    def charge(self, key: ApiKey, samples: int, call_id: str = "", kind: str = SAMPLES) -> int:
+        """Counts `samples` against the key's budget of `kind`, or refuses the call whole.
+        Returns the samples now owed by this call: its earlier charge when `call_id` was
+        charged before (a retry), never a second one."""
+        budget = _budget(key, kind)
+        if budget is None:
+            return 0
+        with self._lock, self._transaction():
+            if call_id:
+                row = self._db.execute("SELECT samples FROM charges WHERE key_id = ? AND call_id = ? "
+                                       "AND kind = ?", (key.id, call_id, kind)).fetchone()
+                if row is not None:
+                    return row[0]
+            used = self._used(key.id, kind)
+            if used + samples > budget:
+                raise OverLimit(
+                    f"budget: key {key.id} has {budget - used} of {budget} {kind} left and this "
+                    f"call needs {samples}; budgets do not refill, ask the model owner for more")
+            self._add(key.id, kind, samples)
+            if call_id:
+                self._db.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?)",
+                                 (key.id, call_id, kind, samples, self.clock()))
+            self._prune()
+        return samples
+
+    def refund(self, key: ApiKey, samples: int, call_id: str = "", kind: str = SAMPLES) -> None:
+        """Gives back a failed call's charge; its call id may be charged again."""
+        with self._lock, self._transaction():
+            self._add(key.id, kind, -samples)
+            if call_id:
+                self._db.execute("DELETE FROM charges WHERE key_id = ? AND call_id = ? AND kind = ?",
+                                 (key.id, call_id, kind))
+
+    def _used(self, key_id: str, kind: str) -> int:
+        row = self._db.execute(f"SELECT samples FROM {TABLES[kind]} WHERE key_id = ?", (key_id,)).fetchone()
         return row[0] if row else 0
 
-    def remaining(self, key: ApiKey) -> Optional[int]:
-        return None if key.budget_samples is None else max(0, key.budget_samples - self.used(key.id))
+    def _add(self, key_id: str, kind: str, samples: int) -> None:
+        self._db.execute(f"INSERT INTO {TABLES[kind]} VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE "
+                         "SET samples = samples + excluded.samples", (key_id, samples))
 
-    def charge(self, key: ApiKey, samples: int) -> None:
-        """Counts `samples` against the key's budget, or refuses the call whole."""
-        if key.budget_samples is None:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT samples FROM usage WHERE key_id = ?", (key.id,)).fetchone()
-                used = row[0] if row else 0
-                if used + samples > key.budget_samples:
-                    raise OverLimit(
-                        f"budget: key {key.id} has {key.budget_samples - used} of "
-                        f"{key.budget_samples} samples left and this call needs {samples}; "
-                        f"budgets do not refill, ask the model owner for more")
-                self._db.execute("INSERT INTO usage VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE "
-                                 "SET samples = samples + excluded.samples", (key.id, samples))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def _prune(self) -> None:
+        """Forgets call ids older than CALL_ID_SECONDS, at most once a minute."""
+        now = self.clock()
+        if now - self._pruned > 60:
+            self._db.execute("DELETE FROM charges WHERE at < ?", (now - CALL_ID_SECONDS,))
+            self._pruned = now
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _budget(key: ApiKey, kind: str) -> Optional[int]:
+    return key.budget_samples if kind == SAMPLES else key.gradient_budget_samples
 
 
 class RateLimiter:

@@ -10,6 +10,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import torch
 
 from graytune.server.errors import InputError
+from graytune.tensor_codec import MAX_NAME_CHARS, shown
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TOWER_INPUTS = {"image": ("pixels", "deep_prompts"),
@@ -27,6 +28,9 @@ class Limits:
     max_extra_tokens: int = 16
     max_deep_prompt_tokens: int = 16  # per layer
     max_call_seconds: float = 300.0  # any call, from its first message to its last
+    # UTF-8 bytes per caption, checked before tokenising: a caption that fits the context
+    # (77 tokens for CLIP) is a few hundred bytes; tokenising megabytes would stall a thread.
+    max_caption_bytes: int = 4096
 
 
 def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
@@ -37,10 +41,27 @@ def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
     return 0
 
 
+def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limits) -> None:
+    """What a stream's header alone shows to be wrong, refused before any tensor is received."""
+    if len(texts) > limits.max_batch:
+        raise InputError(f"texts: batch of {len(texts)} exceeds the limit of {limits.max_batch}")
+    for i, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
+        if size > limits.max_caption_bytes:
+            raise InputError(f"texts[{i}]: {size} bytes exceed the limit of {limits.max_caption_bytes} "
+                             f"bytes per caption")
+    if len(grad_inputs) > len(TOWER_INPUTS["text"]):
+        raise InputError(f"grad_inputs: {len(grad_inputs)} names; no call has more than "
+                         f"{len(TOWER_INPUTS['text'])} inputs")
+    for name in grad_inputs:
+        if len(name) > MAX_NAME_CHARS:
+            raise InputError(f"grad_inputs: {shown(name)} is longer than {MAX_NAME_CHARS} characters")
+
+
 def check_names(tensors: Dict[str, torch.Tensor], allowed: Iterable[str], what: str) -> None:
     unexpected = sorted(set(tensors) - set(allowed))
     if unexpected:
-        raise InputError(f"{unexpected[0]}: not an input of {what}; expected {sorted(allowed)}")
+        raise InputError(f"{shown(unexpected[0])}: not an input of {what}; expected {sorted(allowed)}")
 
 
 def check_float(name: str, t: torch.Tensor, shape: Sequence[Optional[int]]) -> None:
@@ -81,21 +102,21 @@ def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_l
     ids = tensors.get("token_ids")
     if (ids is None) == (len(texts) == 0):
         raise InputError("texts, token_ids: send exactly one of them")
+    check_batch("texts" if ids is None else "token_ids", len(texts) if ids is None else ids.shape[0], limits)
     if ids is not None:
         if ids.dtype != torch.int64:
             raise InputError(f"token_ids: dtype {str(ids.dtype)[6:]} not allowed; expected int64")
         check_shape("token_ids", ids, (None, context_length))
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
             raise InputError(f"token_ids: ids must lie in [0, {vocab_size})")
-    check_batch("texts" if ids is None else "token_ids", len(texts) if ids is None else ids.shape[0], limits)
     if "shift" in tensors:
         check_float("shift", tensors["shift"], (token_width,))
     if "extra_tokens" in tensors:
         extra = tensors["extra_tokens"]
         check_float("extra_tokens", extra, (None, token_width))
-        if extra.shape[0] > limits.max_extra_tokens:
-            raise InputError(f"extra_tokens: {extra.shape[0]} tokens exceed the limit of "
-                             f"{limits.max_extra_tokens}")
+        if not 1 <= extra.shape[0] <= limits.max_extra_tokens:  # none: omit the input
+            raise InputError(f"extra_tokens: {extra.shape[0]} tokens; the limit is 1 to "
+                             f"{limits.max_extra_tokens} (omit extra_tokens for none)")
 
 
 def check_deep_prompts(tensors: Dict[str, torch.Tensor], tower: str, depth: int, width: int,
@@ -120,7 +141,7 @@ def check_grad_inputs(grad_inputs: Sequence[str], tensors: Dict[str, torch.Tenso
     floats = [n for n, t in tensors.items() if t.dtype in FLOAT_DTYPES]
     for name in grad_inputs:
         if name not in floats:
-            raise InputError(f"grad_inputs: '{name}' is not a floating-point input of this call; "
+            raise InputError(f"grad_inputs: {shown(name)} is not a floating-point input of this call; "
                              f"have {floats}")
     chosen = list(grad_inputs) or floats
     if not chosen:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the test process mostly waits on servers
@@ -57,6 +58,15 @@ def digits(tmp_path_factory):
     """scikit-learn's digits as an image-caption data set: {'train': csv, 'val': csv}."""
     from graytune.client.digits import write_digits
     return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    """Polls `condition` until true; a generous deadline, never a guess at how long work takes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true after {timeout} s")
+        time.sleep(0.005)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -338,7 +338,7 @@ def _text_cases():
         ("shift_int64", T, {"shift": lambda i: torch.zeros(D(i), dtype=torch.int64)},
          ("shift", "dtype int64")),
         ("extra_too_many", T, {"extra_tokens": lambda i: torch.zeros(K(i) + 1, D(i))},
-         ("extra_tokens", "{K1} tokens", "limit of {K}")),
+         ("extra_tokens", "{K1} tokens", "1 to {K}")),
         ("extra_wrong_width", T, {"extra_tokens": lambda i: torch.zeros(2, D(i) + 1)},
          ("extra_tokens", "(*, {D})")),
         ("extra_1d", T, {"extra_tokens": lambda i: torch.zeros(D(i))}, ("extra_tokens", "(*, {D})")),

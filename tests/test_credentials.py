@@ -11,6 +11,7 @@ from graytune.client.local_server import LocalServer, server_command
 from graytune.client.oracle_client import OracleClient, OracleError
 from graytune.client.remote import RemoteImageTower
 from graytune.v1 import oracle_pb2 as pb
+from conftest import wait_until
 
 KEYED_ARGS = ("--plaintext", "--threads", "1", "--log-level", "INFO")
 
@@ -166,8 +167,10 @@ def test_audit_log_names_the_key_never_the_secret(keyed_server, keys):
     secret = keys[1]["graybox"]
     with client(keyed_server, secret) as oracle:
         oracle.embed_images(torch.randn(3, 3, 32, 32))
-    lines = [l for l in keyed_server.output if "method=Embed" in l and f"caller={secret.split('_')[1]}" in l]
-    assert lines and "samples=3" in lines[-1] and "status=OK" in lines[-1]
+    lines = lambda: [l for l in keyed_server.output
+                     if "method=Embed" in l and f"caller={secret.split('_')[1]}" in l and "samples=3" in l]
+    wait_until(lines, 60, "the call's audit line")  # the reply may arrive before the log line
+    assert "status=OK" in lines()[-1]
     assert not any(secret in line for line in keyed_server.output)
 
 

@@ -14,15 +14,15 @@ from graytune.server.device import DeviceQueue
 from graytune.server.errors import DeadlineExceeded
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
-from conftest import SERVER_ARGS
+from conftest import SERVER_ARGS, wait_until
 
 
 def test_work_still_queued_at_its_deadline_is_dropped_unstarted():
-    device, gate, ran = DeviceQueue(), threading.Event(), []
-    busy = threading.Thread(target=device.run, args=("a", gate.wait, 10))
+    device, gate, holding, ran = DeviceQueue(), threading.Event(), threading.Event(), []
+    busy = threading.Thread(target=device.run, args=("a", lambda: holding.set() or gate.wait(10)))
     busy.start()
     try:
-        time.sleep(0.05)  # "a" holds the device
+        assert holding.wait(10)  # "a" holds the device
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="waiting for the device"):
             device.run("b", lambda: ran.append("b"), deadline=time.monotonic() + 0.2)
@@ -38,7 +38,9 @@ def test_work_still_queued_at_its_deadline_is_dropped_unstarted():
 def test_work_started_before_its_deadline_finishes():
     device = DeviceQueue()
     try:
-        assert device.run("a", lambda: time.sleep(0.3) or "done", deadline=time.monotonic() + 0.1) == "done"
+        deadline = time.monotonic() + 2.0  # ample time to start; the work runs on past it
+        outlive = lambda: wait_until(lambda: time.monotonic() > deadline + 0.1) or "done"
+        assert device.run("a", outlive, deadline=deadline) == "done"
     finally:
         device.close()
 
@@ -68,7 +70,8 @@ def test_a_stalled_stream_is_ended_at_the_servers_call_limit(short_calls):
         release.set()
     assert failure.value.code() == grpc.StatusCode.CANCELLED
     assert 1.0 <= time.monotonic() - started < 10
-    lines = [line for line in short_calls.output if "method=Embed" in line and "DEADLINE_EXCEEDED" in line]
-    assert lines and "--max-call-seconds" in lines[-1]
+    lines = lambda: [line for line in short_calls.output if "method=Embed" in line and "DEADLINE_EXCEEDED" in line]
+    wait_until(lines, 60, "the expired call's audit line")
+    assert "--max-call-seconds" in lines()[-1]
     with OracleClient(short_calls.endpoint) as oracle:  # still serving
         assert oracle.embed_images(torch.randn(1, 3, 32, 32)).shape[0] == 1

@@ -21,11 +21,12 @@ def test_backward_frees_the_graph(backbone, tower, merge_batches):
         else:
             inputs = {"token_ids": backbone.text.tokenize(["a", "b c", "d"], 0),
                       "shift": torch.zeros(backbone.text.token_width)}
-        handle, embeddings = oracle.forward(tower, inputs, (), (), "caller")
+        request = oracle.prepare(tower, inputs, grad_inputs=())
+        handle, embeddings = oracle.forward(request, "caller")
         held = oracle.store.peek(handle, "caller")
         output = weakref.ref(held.group.output if held.group is not None else held.output)
         leaves = [weakref.ref(t) for t in held.inputs.values()]
-        del held, inputs  # the leaves may be the very tensors sent
+        del held, inputs, request  # the leaves may be the very tensors sent
         oracle.backward(handle, {"embeddings": torch.ones_like(embeddings)}, "caller")
         gc.collect()
         assert output() is None, "the graph's output outlived its Backward"

@@ -202,3 +202,29 @@ def test_max_tensor_bytes_boundary(limit, ok):
 def test_missing_name():
     with pytest.raises(TensorFormatError, match="without a name"):
         chunks_to_tensors([header("", shape=[1], data=bytes(4))])
+
+
+# --- hostile headers: overflowing shapes, long names, bytes that never come ----------------------
+@pytest.mark.parametrize("shape,dtype", [([0, 2 ** 62, 2 ** 62], pb.FLOAT32), ([2 ** 32, 2 ** 32, 0], pb.BFLOAT16),
+                                         ([1] * 9, pb.UINT8)])
+def test_a_shape_no_tensor_can_have_is_refused_before_allocating(shape, dtype):
+    assembler = TensorAssembler(max_tensor_bytes=1 << 30)
+    with pytest.raises(TensorFormatError, match="'x'"):
+        assembler.add(pb.TensorChunk(name="x", dtype=dtype, shape=shape))
+
+
+def test_a_long_name_is_refused_and_shown_capped():
+    with pytest.raises(TensorFormatError, match="longer than 64 characters") as e:
+        TensorAssembler().add(pb.TensorChunk(name="n" * 20_000, dtype=pb.FLOAT32, shape=[1]))
+    assert len(str(e.value)) < 200
+
+
+def test_nothing_is_allocated_for_a_declared_size_before_its_bytes_arrive(monkeypatch):
+    allocated = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: allocated.append(a) or real_empty(*a, **kw))
+    assembler = TensorAssembler(max_tensor_bytes=1 << 30)
+    assembler.add(pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1 << 28], data=b"\0" * 4))
+    assert allocated == []  # 1 GiB declared, 4 bytes sent: only the 4 bytes are held
+    with pytest.raises(TensorFormatError, match="stream ended after 4 of"):
+        assembler.finish()

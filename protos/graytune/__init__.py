@@ -7,5 +7,6 @@ owner's side and `graytune.client` the customer's.
 
 __version__ = "0.2.0"
 # Major: bumped when the meaning of a message changes; clients refuse a server with another.
-# Minor: fields or inputs added (1.1: deep prompts, the call-time limit).
-PROTOCOL_VERSION = "1.1"
+# Minor: fields or inputs added (1.1: deep prompts, the call-time limit; 1.2: the caption
+# limit, gradient budgets and gradient protection in Describe, the call-id header).
+PROTOCOL_VERSION = "1.2"

@@ -1,14 +1,16 @@
 """Tensors on the wire: dtype + shape + raw little-endian bytes, split into chunks.
 
 The one piece of code both sides share besides the generated stubs. Encoding copies each
-tensor's bytes once (into the chunk messages); decoding copies each chunk once, straight into a
-preallocated tensor, so a tensor of any size never exists as one big `bytes` object.
+tensor's bytes once (into the chunk messages); decoding keeps the chunks as they arrive and
+copies each once into the finished tensor, so a tensor never exists as one big `bytes` object
+and nothing is allocated for a declared size before its bytes have arrived (a hostile peer
+that declares 256 MB and sends 4 bytes costs 4 bytes).
 """
 from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +30,15 @@ TORCH_DTYPES = {
 WIRE_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
 FLOAT_WIRE_DTYPES = (pb.FLOAT32, pb.FLOAT16, pb.BFLOAT16)
 DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB: streams of 1–4 MB chunks measured fastest here
+MAX_NAME_CHARS = 64  # tensor names are short identifiers; longer ones are refused unread
+MAX_DIMS = 8
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A caller-supplied string as it may appear in a message or a log: quoted, capped."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
 class TensorFormatError(ValueError):
@@ -68,67 +79,90 @@ def tensors_to_chunks(tensors: Dict[str, torch.Tensor], chunk_bytes: int = DEFAU
 
 
 class TensorAssembler:
-    """Reassembles tensors from chunks, checking each against `max_tensor_bytes` up front."""
+    """Reassembles tensors from chunks, checking each header against `max_tensor_bytes` up
+    front and every chunk against the declared size as it arrives."""
 
     def __init__(self, max_tensor_bytes: int = 1 << 62):
         self.max_tensor_bytes = max_tensor_bytes
         self.tensors: Dict[str, torch.Tensor] = {}
-        self._open: Optional[str] = None  # name of the tensor still receiving bytes
-        self._raw: Optional[np.ndarray] = None  # (nbytes,) uint8 view of the open tensor
-        self._filled = 0
+        self._open: Optional[pb.TensorChunk] = None  # first chunk of the tensor still receiving bytes
+        self._parts: List[bytes] = []  # its payloads so far
+        self._nbytes = self._filled = 0  # declared and received bytes of the open tensor
 
     def add(self, chunk: pb.TensorChunk) -> None:
-        if self._open is not None and chunk.name == self._open and not chunk.shape:
+        if self._open is not None and chunk.name == self._open.name and not chunk.shape:
             self._append(chunk.data)
             return
         if self._open is not None:
             raise TensorFormatError(
-                f"tensor '{self._open}': got {self._filled} of {self._raw.size} bytes before "
-                f"chunk of '{chunk.name}'")
+                f"tensor {shown(self._open.name)}: got {self._filled} of {self._nbytes} bytes "
+                f"before a chunk of {shown(chunk.name)}")
         self._start(chunk)
 
     def _start(self, chunk: pb.TensorChunk) -> None:
         name = chunk.name
         if not name:
             raise TensorFormatError("tensor chunk without a name")
+        if len(name) > MAX_NAME_CHARS:
+            raise TensorFormatError(f"tensor {shown(name)}: name longer than {MAX_NAME_CHARS} characters")
         if name in self.tensors:
-            raise TensorFormatError(f"tensor '{name}': sent twice")
+            raise TensorFormatError(f"tensor {shown(name)}: sent twice")
         if chunk.dtype not in TORCH_DTYPES:
             raise TensorFormatError(
-                f"tensor '{name}': dtype {chunk.dtype} unsupported; expected one of "
+                f"tensor {shown(name)}: dtype {chunk.dtype} unsupported; expected one of "
                 f"{[dtype_name(d) for d in TORCH_DTYPES]}")
-        shape = tuple(chunk.shape)
-        if any(d < 0 for d in shape):
-            raise TensorFormatError(f"tensor '{name}': negative dimension in shape {list(shape)}")
-        dtype = TORCH_DTYPES[chunk.dtype]
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > self.max_tensor_bytes:
-            raise TensorFormatError(
-                f"tensor '{name}': {nbytes} bytes exceeds the limit of {self.max_tensor_bytes} "
-                f"bytes per tensor")
-        tensor = torch.empty(shape, dtype=dtype)
-        self.tensors[name] = tensor
-        self._open, self._raw, self._filled = name, tensor.view(-1).view(torch.uint8).numpy(), 0
+        self._nbytes = declared_bytes(name, tuple(chunk.shape), TORCH_DTYPES[chunk.dtype],
+                                      self.max_tensor_bytes)
+        self._open, self._parts, self._filled = chunk, [], 0
         self._append(chunk.data)
 
     def _append(self, data: bytes) -> None:
         end = self._filled + len(data)
-        if end > self._raw.size:
+        if end > self._nbytes:
             raise TensorFormatError(
-                f"tensor '{self._open}': more bytes than its shape and dtype hold "
-                f"({end} > {self._raw.size})")
-        self._raw[self._filled:end] = np.frombuffer(data, dtype=np.uint8)
+                f"tensor {shown(self._open.name)}: more bytes than its shape and dtype hold "
+                f"({end} > {self._nbytes})")
+        self._parts.append(data)
         self._filled = end
-        if end == self._raw.size:
-            self._open, self._raw = None, None
+        if end == self._nbytes:
+            self._close()
+
+    def _close(self) -> None:
+        """All bytes are here: one tensor, each chunk copied into it once."""
+        first = self._open
+        tensor = torch.empty(tuple(first.shape), dtype=TORCH_DTYPES[first.dtype])
+        raw = tensor.view(-1).view(torch.uint8).numpy()  # (nbytes,) a view of the tensor
+        at = 0
+        for part in self._parts:
+            raw[at:at + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            at += len(part)
+        self.tensors[first.name] = tensor
+        self._open, self._parts = None, []
 
     def finish(self) -> Dict[str, torch.Tensor]:
         """The complete tensors; raises if one is still missing bytes."""
         if self._open is not None:
             raise TensorFormatError(
-                f"tensor '{self._open}': stream ended after {self._filled} of "
-                f"{self._raw.size} bytes")
+                f"tensor {shown(self._open.name)}: stream ended after {self._filled} of "
+                f"{self._nbytes} bytes")
         return self.tensors
+
+
+def declared_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, max_bytes: int) -> int:
+    """Bytes of a declared tensor, refusing shapes no tensor of `max_bytes` can have. Python's
+    integers do not overflow; the product of the non-zero dimensions is checked too, since
+    [0, 2^62, 2^62] holds 0 bytes but no allocator can lay out its strides."""
+    if len(shape) > MAX_DIMS:
+        raise TensorFormatError(f"tensor {shown(name)}: {len(shape)} dimensions; the limit is {MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise TensorFormatError(f"tensor {shown(name)}: negative dimension in shape {list(shape)}")
+    extent = math.prod(max(d, 1) for d in shape) * dtype.itemsize
+    if extent > max_bytes:
+        zeros = " (zero dimensions counted as 1)" if 0 in shape else ""
+        raise TensorFormatError(
+            f"tensor {shown(name)}: shape {list(shape)}: {extent} bytes{zeros} exceeds the limit "
+            f"of {max_bytes} bytes per tensor")
+    return math.prod(shape) * dtype.itemsize
 
 
 def chunks_to_tensors(chunks: Iterable[pb.TensorChunk],
