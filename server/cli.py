@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="memory held for pending Backward calls, all callers")
     limits.add_argument("--handle-ttl", type=float, default=d.handle_ttl_seconds,
                         help="seconds a graph waits for its Backward")
+    limits.add_argument("--max-caption-bytes", type=int, default=d.max_caption_bytes,
+                        help="UTF-8 bytes per caption, checked before tokenising (default: %(default)s)")
     limits.add_argument("--max-call-seconds", type=float, default=d.max_call_seconds,
                         help="a call still running this long is ended (DEADLINE_EXCEEDED or cancelled)")
     p.add_argument("--log-level", default="INFO")
@@ -196,7 +198,7 @@ def main(argv=None) -> None:
         fail(str(e))
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl,
-                    max_call_seconds=args.max_call_seconds)
+                    max_call_seconds=args.max_call_seconds, max_caption_bytes=args.max_caption_bytes)
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
     oracle.on_merged_batch = metrics.observe_merged_batch
