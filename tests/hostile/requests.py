@@ -1,0 +1,152 @@
+"""Hypothesis strategies of VALID requests, one per RPC, sized from the server's Describe reply
+to a graybox-plus caller (who sees every entry point): small batches, any float wire dtype, any
+chunk size, each optional input present or not. Mutations start from these, so every case
+reaches the code behind a valid header.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from hypothesis import strategies as st
+
+from graytune.v1 import oracle_pb2 as pb
+from hostile.wire import FLOATS, HANDLE, Case, Tensor, raw_bytes, values
+
+RPCS = ("Describe", "Embed", "Forward", "Backward")
+STREAMS = ("Embed", "Forward", "Backward")  # the RPCs whose requests are streams of tensors
+INPUTS = ("Embed", "Forward")  # the RPCs whose requests are a tower's inputs
+float_dtypes = st.sampled_from(FLOATS)
+output_dtypes = st.sampled_from((pb.DATA_TYPE_UNSPECIFIED,) + FLOATS)
+seeds = st.integers(0, 1 << 16)
+chunk_sizes = st.one_of(st.integers(16, 8192), st.just(1 << 20))  # (1 << 20: the client's)
+WORDS = ("a", "photo", "of", "the", "cat", "dog", "digit", "seven", "red", "small")
+captions = st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join)
+MAX_VALID_TOKENS = 4  # extra and deep prompt tokens in valid requests: room left in the context
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What Describe tells a graybox-plus caller, under short names."""
+    height: int
+    width: int
+    context_length: int
+    token_width: int  # text
+    vocab_size: int
+    embed_dim: int
+    max_batch: int
+    max_extra_tokens: int
+    max_prompt_tokens: int  # deep prompt tokens per block
+    depth: dict  # tower -> deep prompt layers
+    width_of: dict  # tower -> token width of its deep prompts
+
+    @classmethod
+    def of(cls, info: pb.DescribeResponse) -> "Spec":
+        return cls(info.image.height, info.image.width, info.text.context_length, info.text.token_width,
+                   info.text.vocab_size, info.embed_dim, info.limits.max_batch,
+                   info.text.max_extra_tokens, info.limits.max_deep_prompt_tokens,
+                   {pb.IMAGE: info.image.deep_prompt_layers, pb.TEXT: info.text.deep_prompt_layers},
+                   {pb.IMAGE: info.image.token_width, pb.TEXT: info.text.token_width})
+
+
+def float_tensor(draw, name, shape, expected, limits) -> Tensor:
+    dtype = draw(float_dtypes)
+    return Tensor(name, dtype, shape, values(dtype, shape, draw(seeds)), expected, limits)
+
+
+def pixels(draw, spec: Spec, batch: int) -> Tensor:
+    return float_tensor(draw, "pixels", (batch, 3, spec.height, spec.width),
+                        (None, 3, spec.height, spec.width), (spec.max_batch + 1, None, None, None))
+
+
+def deep_prompts(draw, spec: Spec, tower: int) -> Tensor:
+    """(D, K, width): K tokens at each of the tower's first D blocks."""
+    depth, width = spec.depth[tower], spec.width_of[tower]
+    shape = (draw(st.integers(1, depth)), draw(st.integers(1, MAX_VALID_TOKENS)), width)
+    return float_tensor(draw, "deep_prompts", shape, (None, None, width),
+                        (depth + 1, spec.max_prompt_tokens + 1, None))
+
+
+def token_ids(draw, spec: Spec, batch: int) -> Tensor:
+    """(B, L): start of text, a few words, end of text (the highest id), zeros; room left for
+    MAX_VALID_TOKENS extra tokens."""
+    L, V = spec.context_length, spec.vocab_size
+    words = draw(st.integers(0, min(5, L - 3 - MAX_VALID_TOKENS)))
+    ids = torch.zeros(batch, L, dtype=torch.int64)
+    ids[:, 0], ids[:, words + 1] = V - 2, V - 1
+    generator = torch.Generator().manual_seed(draw(seeds))
+    ids[:, 1:words + 1] = torch.randint(0, V - 2, (batch, words), generator=generator)
+    return Tensor("token_ids", pb.INT64, (batch, L), raw_bytes(ids), (None, L), (spec.max_batch + 1, None))
+
+
+def shift(draw, spec: Spec) -> Tensor:
+    return float_tensor(draw, "shift", (spec.token_width,), (spec.token_width,), (None,))
+
+
+def extra_tokens(draw, spec: Spec) -> Tensor:
+    return float_tensor(draw, "extra_tokens", (draw(st.integers(1, MAX_VALID_TOKENS)), spec.token_width),
+                        (None, spec.token_width), (spec.max_extra_tokens + 1, None))
+
+
+@st.composite
+def inputs(draw, spec: Spec, rpc: str) -> Case:
+    """A valid Embed or Forward of either tower; a Forward has something to differentiate."""
+    tower, batch = draw(st.sampled_from((pb.IMAGE, pb.TEXT))), draw(st.integers(1, 3))
+    texts = []
+    if tower == pb.IMAGE:
+        tensors = [pixels(draw, spec, batch)]
+    elif draw(st.booleans()):
+        texts, tensors = draw(st.lists(captions, min_size=batch, max_size=batch)), []
+    else:
+        tensors = [token_ids(draw, spec, batch)]
+    optional = (("shift", "extra_tokens") if tower == pb.TEXT else ()) + ("deep_prompts",)
+    for name in draw(st.lists(st.sampled_from(optional), unique=True)):
+        tensors.append(deep_prompts(draw, spec, tower) if name == "deep_prompts" else
+                       shift(draw, spec) if name == "shift" else extra_tokens(draw, spec))
+    floats = [t.name for t in tensors if t.dtype in FLOATS]
+    if rpc == "Forward" and not floats:
+        tensors.append(shift(draw, spec))
+        floats = ["shift"]
+    grad_inputs = draw(st.lists(st.sampled_from(floats), unique=True)) if rpc == "Forward" else []
+    header = pb.InputHeader(tower=tower, texts=texts, output_dtype=draw(output_dtypes),
+                            grad_inputs=grad_inputs)
+    case = Case(rpc, header, tuple(tensors), chunk_bytes=draw(chunk_sizes))
+    return replace(case, what=summary(case))
+
+
+@st.composite
+def backward(draw, spec: Spec) -> Case:
+    """A valid Forward, then its Backward: dLoss/dEmbeddings (B, E) under the Forward's handle."""
+    forward = draw(inputs(spec, "Forward"))
+    shape = (batch_of(forward), spec.embed_dim)
+    grad = float_tensor(draw, "embeddings", shape, shape, (None, None))
+    header = pb.BackwardHeader(handle=HANDLE, output_dtype=draw(output_dtypes))
+    case = Case("Backward", header, (grad,), chunk_bytes=draw(chunk_sizes), forward=forward)
+    return replace(case, what=f"{summary(case)} after [{forward.what}]")
+
+
+def describe() -> st.SearchStrategy:
+    return st.just(Case("Describe", pb.DescribeRequest(), what="Describe"))
+
+
+def valid(spec: Spec, rpc: str) -> st.SearchStrategy:
+    return {"Describe": describe, "Embed": lambda: inputs(spec, "Embed"),
+            "Forward": lambda: inputs(spec, "Forward"), "Backward": lambda: backward(spec)}[rpc]()
+
+
+def batch_of(case: Case) -> int:
+    batched = case.tensor("pixels") or case.tensor("token_ids")
+    return batched.shape[0] if batched is not None else len(case.header.texts)
+
+
+def summary(case: Case) -> str:
+    """E.g. `Forward TEXT texts×2 shift(128,)FLOAT16 grad_inputs=['shift'] out=FLOAT32 chunk=512`."""
+    h = case.header
+    parts = [case.rpc]
+    if case.rpc != "Backward":
+        parts += [pb.Tower.Name(h.tower)] + ([f"texts×{len(h.texts)}"] if h.texts else [])
+    parts += [f"{t.name}{t.shape}{pb.DataType.Name(t.dtype)}" for t in case.tensors]
+    if case.rpc == "Forward":
+        parts.append(f"grad_inputs={list(h.grad_inputs)}")
+    parts += [f"out={pb.DataType.Name(h.output_dtype)}", f"chunk={case.chunk_bytes}"]
+    return " ".join(parts)
