@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -31,6 +32,9 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
                    help="the oracle's host:port (default: $GRAYTUNE_ENDPOINT or %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
+    p.add_argument("--reconnect-timeout", type=float, default=300.0,
+                   help="seconds a call waits for an unavailable server to come back, e.g. from a "
+                        "restart (default: %(default)g)")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
                    help="precision of tensors on the wire; half precision halves the bytes")
     p.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
@@ -103,8 +107,8 @@ def _client(args):
     from graytune.client.oracle_client import OracleClient, tls_channel_credentials
     tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
     credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
-    return OracleClient(args.endpoint, timeout=args.timeout, wire_dtype=WIRE_DTYPES[args.wire_dtype],
-                        credentials=credentials)
+    return OracleClient(args.endpoint, timeout=args.timeout, reconnect_timeout=args.reconnect_timeout,
+                        wire_dtype=WIRE_DTYPES[args.wire_dtype], credentials=credentials)
 
 
 def cmd_info(args) -> None:
@@ -162,6 +166,7 @@ def cmd_plot(args) -> None:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")  # the client's waits for a server
     commands = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
                 "plot": cmd_plot}
     if args.command == "demo":

@@ -4,7 +4,7 @@
         with OracleClient(server.endpoint) as oracle: ...
 
 Readiness is the standard gRPC health check, never a fixed sleep; the process is ended by its
-id with SIGTERM (the server drains its calls), then SIGKILL if it does not stop.
+id with SIGTERM (the server drains its calls), then SIGKILL if it does not stop (`kill()`: at once).
 """
 from __future__ import annotations
 
@@ -79,5 +79,9 @@ class LocalServer:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            return self.kill()
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash would end it: no draining; returns the exit code."""
+        self.process.kill()
+        return self.process.wait()

@@ -6,13 +6,16 @@
         handle, emb = oracle.forward_images(pixels)              # graph held on the server
         grads = oracle.backward(handle, d_loss_d_emb)            # {"pixels": (B, 3, H, W)}
 
-Every call has a deadline, is retried with backoff while the server is UNAVAILABLE (or cancels
-the call: see RETRIED), and fails with `OracleError` (one type for every transport or server
-error). Tensors travel as chunk streams, in float32 or, per client, in bfloat16/float16 to
-halve the bytes.
+Every call has a deadline and fails with `OracleError` (one type for every transport or server
+error). While the server is UNAVAILABLE (or cancels the call: see RETRIED) the call waits for it,
+up to `reconnect_timeout` (a restart, a replica taking over), and is sent again with the same
+call id (CALL_ID). Tensors travel as chunk streams, in float32 or, per client, in
+bfloat16/float16 to halve the bytes.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import time
 import uuid
@@ -33,6 +36,15 @@ MESSAGE_LIMIT = 64 << 20  # far above the chunk size; set on purpose, not gRPC's
 # shutting down cancels calls it had accepted but not started (seen on SIGTERM). Like
 # UNAVAILABLE, that is worth a retry: the next attempt finds a restarted server or a replica.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+# One id per logical call, the same on every attempt: the server charges a call once, however
+# often a lost connection made the client send it.
+CALL_ID = "x-graytune-call-id"
+# gRPC reconnects a lost channel by itself, with backoff; by default that backoff grows to
+# 120 s, so a server back from a restart could wait minutes to be noticed. Capped at 5 s here.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 5000)]
+FIRST_BACKOFF, MAX_BACKOFF = 0.2, 5.0  # between attempts on a connected channel (a proxy's 503)
+
+log = logging.getLogger("graytune.client")
 
 
 def tls_channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None,
@@ -54,23 +66,26 @@ class OracleError(Exception):
 
 
 class OracleClient:
-    def __init__(self, endpoint: str, timeout: float = 120.0, retries: int = 5,
-                 wire_dtype: torch.dtype = torch.float32,
+    def __init__(self, endpoint: str, timeout: float = 120.0, reconnect_timeout: float = 300.0,
+                 retries: Optional[int] = None, wire_dtype: torch.dtype = torch.float32,
                  chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  api_key: Optional[str] = None, affinity: Optional[str] = None):
-        """`api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel.
+        """`timeout`: seconds per attempt of a call. `reconnect_timeout`: seconds one call waits
+        for an unavailable server to come back; `retries` caps its attempts after the first
+        (None: as many as that wait allows; 0: fail on the first error).
+        `api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel.
         `affinity` (default: random per client) is sent with every call, so a load balancer that
         hashes it sends a Forward and its Backward to the same replica."""
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
         options = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                   ("grpc.max_send_message_length", MESSAGE_LIMIT)]
+                   ("grpc.max_send_message_length", MESSAGE_LIMIT), *RECONNECT_OPTIONS]
         self.endpoint = endpoint
         self.channel = (grpc.secure_channel(endpoint, credentials, options) if credentials
                         else grpc.insecure_channel(endpoint, options))
         self.stub = pb_grpc.GradientOracleStub(self.channel)
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.reconnect_timeout, self.retries = timeout, reconnect_timeout, retries
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
         api_key = api_key or os.environ.get("GRAYTUNE_API_KEY")
@@ -111,8 +126,8 @@ class OracleClient:
 
     def describe(self, refresh: bool = False) -> pb.DescribeResponse:
         if self._info is None or refresh:
-            info = self._with_retries("Describe", lambda: self.stub.Describe(
-                pb.DescribeRequest(), timeout=self.timeout, metadata=self._metadata))
+            info = self._with_retries("Describe", lambda metadata: self.stub.Describe(
+                pb.DescribeRequest(), timeout=self.timeout, metadata=metadata))
             major = graytune.PROTOCOL_VERSION.split(".")[0]
             if info.protocol_version.split(".")[0] != major:
                 raise OracleError("Describe", None, f"server speaks protocol {info.protocol_version}, "
@@ -161,9 +176,9 @@ class OracleClient:
         return out_header.handle, out["embeddings"]
 
     def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
-        def call():
+        def call(metadata):
             start = time.perf_counter()
-            replies = rpc(messages(), timeout=self.timeout, metadata=self._metadata)
+            replies = rpc(messages(), timeout=self.timeout, metadata=metadata)
             header = next(replies).header
             tensors = tensor_codec.chunks_to_tensors(reply.chunk for reply in replies)
             self.bytes_received += sum(t.nbytes for t in tensors.values())
@@ -173,17 +188,63 @@ class OracleClient:
         return self._with_retries(method, call)
 
     def _with_retries(self, method: str, call):
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                return call()
-            except grpc.RpcError as e:
-                if e.code() not in RETRIED or attempt == self.retries:
-                    raise OracleError(method, e.code(), e.details()) from None
-            except tensor_codec.TensorFormatError as e:
-                raise OracleError(method, None, f"malformed reply: {e}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        """call(metadata) until the server answers it; after a RETRIED status, waits for the
+        server and sends the call again, with the same call id."""
+        metadata = self._metadata + ((CALL_ID, uuid.uuid4().hex),)
+        with _ServerWait(method, self.endpoint, self.channel, self.reconnect_timeout) as wait:
+            for attempt in itertools.count():
+                try:
+                    return call(metadata)
+                except grpc.RpcError as e:
+                    if e.code() not in RETRIED or attempt == self.retries:
+                        raise OracleError(method, e.code(), e.details()) from None
+                    wait.for_server(e.details())
+                except tensor_codec.TensorFormatError as e:
+                    raise OracleError(method, None, f"malformed reply: {e}") from None
+
+
+class _ServerWait:
+    """One call's wait for a server that stopped answering: a backoff sleep, then gRPC's own
+    reconnection until the channel is READY, again after each failed attempt, `timeout`
+    seconds in all. Logs one line when the wait begins and one when the server answers."""
+
+    def __init__(self, method: str, endpoint: str, channel: grpc.Channel, timeout: float):
+        self.method, self.endpoint, self.channel, self.timeout = method, endpoint, channel, timeout
+        self.began: Optional[float] = None
+        self.backoff = FIRST_BACKOFF
+
+    def __enter__(self) -> "_ServerWait":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        answered = error is None or (isinstance(error, OracleError) and error.code not in RETRIED)
+        if self.began is not None and answered:
+            log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint,
+                        time.monotonic() - self.began)
+
+    def for_server(self, details: str) -> None:
+        """Returns when the next attempt may go; OracleError(UNAVAILABLE) once time is up."""
+        if self.began is None:
+            self.began = time.monotonic()
+            log.warning("%s: server %s unavailable (%s); waiting up to %g s for it to come back",
+                        self.method, self.endpoint, details, self.timeout)
+        deadline = self.began + self.timeout
+        time.sleep(max(0.0, min(self.backoff, deadline - time.monotonic())))
+        self.backoff = min(2 * self.backoff, MAX_BACKOFF)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._gave_up(details)
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=remaining)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            raise self._gave_up(details) from None
+
+    def _gave_up(self, details: str) -> OracleError:
+        return OracleError(self.method, grpc.StatusCode.UNAVAILABLE,
+                           f"server {self.endpoint} did not come back within {self.timeout:g} s "
+                           f"(last error: {details})")
 
 
 def _stream(message_type, header, chunks: Iterator[pb.TensorChunk]):

@@ -33,7 +33,7 @@ def test_client_retries_until_the_server_is_up():
     starter = threading.Timer(0.5, server.start)
     starter.start()
     try:
-        with OracleClient(f"127.0.0.1:{port}", retries=10, timeout=30) as oracle:
+        with OracleClient(f"127.0.0.1:{port}", reconnect_timeout=120, timeout=30) as oracle:
             started = time.monotonic()
             assert oracle.describe().backbone.name == "graytune-tiny"
             assert time.monotonic() - started > 0.5  # it did have to wait

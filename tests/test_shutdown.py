@@ -1,14 +1,13 @@
-"""SIGTERM during training: the server drains and exits 0, the trainer stops with a clear error
-and a loadable checkpoint."""
+"""SIGTERM during training: the server drains and exits 0, the trainer waits its
+--reconnect-timeout for the server, then stops with a clear error and a loadable checkpoint."""
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from graytune.client import checkpoint
 from graytune.client.local_server import LocalServer
-from conftest import SERVER_ARGS
+from conftest import SERVER_ARGS, wait_until
 
 
 def test_sigterm_during_training_ends_cleanly(digits, tmp_path):
@@ -16,19 +15,19 @@ def test_sigterm_during_training_ends_cleanly(digits, tmp_path):
     trainer = subprocess.Popen(
         [sys.executable, "-m", "graytune.client.cli", "train", "--endpoint", server.endpoint,
          "--train-data", digits["train"], "--output-dir", str(tmp_path), "--steps", "100000",
-         "--save-every", "2", "--batch-size", "16", "--no-progress"],
+         "--save-every", "2", "--batch-size", "16", "--no-progress", "--reconnect-timeout", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while checkpoint.latest_checkpoint(tmp_path) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert checkpoint.latest_checkpoint(tmp_path) is not None, "training never checkpointed"
+        wait_until(lambda: checkpoint.latest_checkpoint(tmp_path) is not None, 120,
+                   "the trainer's first checkpoint")
         assert server.stop() == 0  # SIGTERM: in-flight calls finish, then a clean exit
         _, stderr = trainer.communicate(timeout=120)
     finally:
         trainer.kill()
         server.stop()
     assert trainer.returncode == 1
-    assert "UNAVAILABLE" in stderr and "Traceback" not in stderr
+    assert "waiting up to 2 s for it to come back" in stderr
+    assert "UNAVAILABLE" in stderr and "did not come back within 2 s" in stderr
+    assert "Traceback" not in stderr
     state = checkpoint.load_training_state(checkpoint.latest_checkpoint(tmp_path))
     assert state["step"] >= 2
