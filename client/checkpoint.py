@@ -39,8 +39,9 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     """Calls write(tmp_dir), syncs it, then renames it to `final` (replacing an older one)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # a writer killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write(tmp)
     for f in tmp.iterdir():
