@@ -34,8 +34,11 @@ def server_command() -> List[str]:
 
 class LocalServer:
     def __init__(self, args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
-                 startup_timeout: float = 120.0, credentials: Optional[grpc.ChannelCredentials] = None):
-        """`credentials`: what the readiness check connects with when the server serves TLS."""
+                 startup_timeout: float = 900.0, credentials: Optional[grpc.ChannelCredentials] = None):
+        """`credentials`: what the readiness check connects with when the server serves TLS.
+        `startup_timeout` is generous: building the demo model the first time took 100 s on a
+        busy 2-core machine and over 120 s on a busier one, and a server that dies is noticed at
+        once (its output ends), so only a hung start waits this long."""
         self.args = ["--host", "127.0.0.1", "--port", "0", *args]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.startup_timeout = startup_timeout
