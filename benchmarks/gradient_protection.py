@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -95,9 +94,8 @@ def pixel_gradient_scale(oracle: OracleClient, cfg: TrainConfig, batches: int = 
 
 def run(endpoint: str, secret: str, cfg: TrainConfig) -> dict:
     """Trains with one key; -> {"zero_shot": metrics, "fine_tuned": metrics}."""
-    shutil.rmtree(cfg.output_dir, ignore_errors=True)  # metrics.jsonl is appended to
     with OracleClient(endpoint, api_key=secret) as oracle:
-        fine_tuned = train(oracle, cfg, progress=False)
+        fine_tuned = train(oracle, cfg, overwrite=True, progress=False)
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     return {"zero_shot": next(r for r in records if r["kind"] == "zero_shot"), "fine_tuned": fine_tuned}
 

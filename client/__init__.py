@@ -1,6 +1,7 @@
 """The customer's side: adapters trained against a remote gradient oracle.
 
     from graytune.client import OracleClient, GrayboxCLIP, AdapterConfig, train, TrainConfig
+    from graytune.client import preprocess_for   # PIL image -> (3, H, W) as the backbone expects
 
 Names load lazily so that `graytune.client.cli` can configure OpenMP before torch is imported.
 """
@@ -11,7 +12,8 @@ _EXPORTS = {
     "GrayboxCLIP": "graybox", "AdapterConfig": "graybox", "BackboneMismatch": "graybox",
     "RemoteImageTower": "remote", "RemoteTextTower": "remote",
     "save_adapters": "checkpoint", "load_adapters": "checkpoint",
-    "train": "train", "evaluate": "train", "TrainConfig": "train",
+    "train": "train", "evaluate": "train", "TrainConfig": "train", "preprocess_for": "train",
+    "ZeroShotCLIP": "graybox", "AccessDenied": "access", "DataError": "data",
     "LocalServer": "local_server",
 }
 __all__ = sorted(_EXPORTS)

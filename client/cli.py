@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,79 +27,105 @@ import torch  # noqa: E402
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_ENDPOINT = os.environ.get("GRAYTUNE_ENDPOINT", "127.0.0.1:50051")
+INTERRUPTED, BROKEN_PIPE = 128 + signal.SIGINT, 128 + signal.SIGPIPE  # as a shell reports them
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
-                   help="the oracle's host:port (default: $GRAYTUNE_ENDPOINT or %(default)s)")
+                   help="the oracle's host:port (default: $GRAYTUNE_ENDPOINT or %(default)s); "
+                        "the API key is read from $GRAYTUNE_API_KEY")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
     p.add_argument("--reconnect-timeout", type=float, default=300.0,
-                   help="seconds a call waits for an unavailable server to come back, e.g. from a "
-                        "restart (default: %(default)g)")
+                   help="seconds a call waits for an unavailable server to come back, e.g. from a restart")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
                    help="precision of tensors on the wire; half precision halves the bytes")
     p.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
     p.add_argument("--tls-ca", help="CA certificate that signed the server's (default: system roots)")
-    p.add_argument("--tls-cert", help="this client's certificate, for mutual TLS")
-    p.add_argument("--tls-key", help="this client's private key, for mutual TLS")
+    p.add_argument("--tls-cert", help="this client's certificate, for mutual TLS (default: none, no client certificate)")
+    p.add_argument("--tls-key", help="this client's private key, for mutual TLS (default: none)")
+    p.add_argument("--tls-server-name",
+                   help="verify the server certificate against this host name, when --endpoint is "
+                        "an address the certificate does not name (default: the endpoint's host)")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--csv-img-key", default="filepath")
-    p.add_argument("--csv-caption-key", default="title")
-    p.add_argument("--csv-separator", default="\t")
+    p.add_argument("--csv-img-key", default="filepath", help="column (or JSONL key) of image paths")
+    p.add_argument("--csv-caption-key", default="title", help="column (or JSONL key) of captions")
+    p.add_argument("--csv-separator", default="\t",
+                   help="column separator of .csv/.tsv files (default: a tab, as OpenCLIP)")
+
+
+def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graytune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="graytune", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="what the oracle serves and what this caller may do")
+    info = _parser(sub, "info", "what the oracle serves and what this caller may do")
     _connection_args(info)
 
-    data = sub.add_parser("data", help="build a demo data set")
-    data.add_argument("name", choices=["digits"])
-    data.add_argument("--out", default="data/digits")
+    data = _parser(sub, "data", "build a demo data set")
+    data.add_argument("name", choices=["digits"], help="which data set")
+    data.add_argument("--out", default="data/digits", help="folder to write it to")
 
-    train = sub.add_parser("train", help="train gray-box adapters for text-image retrieval")
+    train = _parser(sub, "train", "train gray-box adapters for text-image retrieval")
     _connection_args(train)
     _data_args(train)
     train.add_argument("--train-data", required=True, help="CSV/TSV/JSONL of image path + caption")
-    train.add_argument("--val-data", help="evaluated every --eval-every steps")
-    train.add_argument("--output-dir", required=True, help="run directory: checkpoints, adapter, metrics")
-    train.add_argument("--steps", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--wd", type=float, default=0.0, help="weight decay")
-    train.add_argument("--warmup", type=int, default=10)
-    train.add_argument("--eval-every", type=int, default=50)
-    train.add_argument("--save-every", type=int, default=50)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--extra-tokens", type=int, default=1, help="extra prompt tokens (0: none)")
-    train.add_argument("--pixel-layers", type=int, default=2)
-    train.add_argument("--pixel-channels", type=int, default=8)
+    train.add_argument("--val-data", help="evaluated at step 0 (zero-shot) and every --eval-every steps (default: none, no evaluation)")
+    train.add_argument("--output-dir", required=True,
+                       help="run directory: metrics.jsonl, config.json, checkpoints/, adapter/")
+    train.add_argument("--steps", type=int, default=100, help="optimiser steps in all")
+    train.add_argument("--batch-size", type=int, default=32, help="image-caption pairs per step")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    train.add_argument("--wd", type=float, default=0.0, help="weight decay of AdamW")
+    train.add_argument("--warmup", type=int, default=10,
+                       help="steps of linear warm-up before the cosine decay")
+    train.add_argument("--eval-every", type=int, default=50, help="steps between evaluations on --val-data")
+    train.add_argument("--save-every", type=int, default=50, help="steps between checkpoints")
+    train.add_argument("--seed", type=int, default=0, help="seeds the data order and the prompt init")
+    train.add_argument("--extra-tokens", type=int, default=1, help="learnable prompt tokens after start-of-text (0: none)")
+    train.add_argument("--pixel-layers", type=int, default=2, help="convolutions of the pixel adapter")
+    train.add_argument("--pixel-channels", type=int, default=8, help="channels between the pixel adapter's convolutions")
     train.add_argument("--deep-prompt-depth", type=int, default=0,
                        help="deep prompts at the first N blocks of each tower (tier graybox-plus; 0: none)")
     train.add_argument("--deep-prompt-tokens", type=int, default=4, help="deep prompt tokens per block")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    train.add_argument("--no-progress", action="store_true")
+    restart = train.add_mutually_exclusive_group()
+    restart.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    restart.add_argument("--overwrite", action="store_true",
+                         help="delete the run already in --output-dir and start over")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = sub.add_parser("eval", help="retrieval metrics of an adapter (or of the backbone alone)")
+    ev = _parser(sub, "eval", "retrieval metrics of an adapter (or of the backbone alone)")
     _connection_args(ev)
     _data_args(ev)
-    ev.add_argument("--val-data", required=True)
-    ev.add_argument("--adapter", help="adapter directory; omit for zero-shot")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--val-data", required=True, help="CSV/TSV/JSONL of image path + caption")
+    ev.add_argument("--adapter", help="adapter directory (default: none, zero-shot: the backbone alone)")
+    ev.add_argument("--batch-size", type=int, default=64, help="images or captions per call")
 
-    plot = sub.add_parser("plot", help="loss, learning rate and recall curves of runs, as an image")
+    plot = _parser(sub, "plot", "loss, learning rate and recall curves of runs, as an image")
     plot.add_argument("run_dirs", nargs="+", type=Path, help="`graytune train` output directories")
-    plot.add_argument("--out", type=Path, help="image file (default: RUN_DIR/metrics.png for one run)")
+    plot.add_argument("--out", type=Path, help="image file (default: RUN_DIR/metrics.png for one run; needed for several)")
 
-    demo = sub.add_parser("demo", help="local server + digits + a short gray-box fine-tune")
-    demo.add_argument("--steps", type=int, default=100)
-    demo.add_argument("--workdir", default="graytune-demo")
-    demo.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32")
+    demo = _parser(sub, "demo", "local server + digits + a short gray-box fine-tune")
+    demo.add_argument("--steps", type=int, default=100, help="training steps")
+    demo.add_argument("--workdir", default="graytune-demo", help="folder for the data and the run")
+    demo.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
+                      help="precision of tensors on the wire")
     return parser
 
 
@@ -108,7 +135,8 @@ def _client(args):
     tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
     credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
     return OracleClient(args.endpoint, timeout=args.timeout, reconnect_timeout=args.reconnect_timeout,
-                        wire_dtype=WIRE_DTYPES[args.wire_dtype], credentials=credentials)
+                        wire_dtype=WIRE_DTYPES[args.wire_dtype], credentials=credentials,
+                        tls_server_name=args.tls_server_name)
 
 
 def cmd_info(args) -> None:
@@ -139,21 +167,29 @@ def train_config(args):
 def cmd_train(args) -> None:
     from graytune.client.train import train
     with _client(args) as oracle:
-        result = train(oracle, train_config(args), resume=args.resume, progress=not args.no_progress)
+        result = train(oracle, train_config(args), resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress)
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
 def cmd_eval(args) -> None:
-    from graytune.client.checkpoint import load_adapters
-    from graytune.client.train import TrainConfig, evaluate, load_dataset, zero_shot
+    from graytune.client import access
+    from graytune.client.checkpoint import load_adapters, read_config
+    from graytune.client.graybox import ZeroShotCLIP
+    from graytune.client.train import TrainConfig, checked_dataset, evaluate
     cfg = TrainConfig(train_data="", output_dir="", csv_img_key=args.csv_img_key,
                       csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator)
     with _client(args) as oracle:
-        dataset = load_dataset(args.val_data, oracle, cfg)
+        info = oracle.describe()
         if args.adapter:
-            metrics = evaluate(load_adapters(args.adapter, oracle), dataset, args.batch_size)
+            config = read_config(args.adapter)
+            config.check_backbone(oracle)
+            access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
         else:
-            metrics = zero_shot(oracle, dataset, args.batch_size)
+            access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
+        dataset = checked_dataset(args.val_data, oracle, cfg)
+        model = load_adapters(args.adapter, oracle) if args.adapter else ZeroShotCLIP(oracle)
+        metrics = evaluate(model, dataset, args.batch_size)
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
@@ -164,20 +200,56 @@ def cmd_plot(args) -> None:
     print(plot_runs(args.run_dirs, args.out or args.run_dirs[0] / "metrics.png"))
 
 
+def cmd_demo(args) -> None:
+    from graytune.client.demo import run_demo
+    run_demo(args.workdir, args.steps, WIRE_DTYPES[args.wire_dtype])
+
+
+COMMANDS = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
+            "plot": cmd_plot, "demo": cmd_demo}
+
+
+def _where_the_run_stopped(args) -> str:
+    """For `train`: the last step done and how to continue; empty for other commands."""
+    if args.command != "train":
+        return ""
+    from graytune.client.run_dir import RunDir
+    run = RunDir(args.output_dir)
+    if not run.in_use():
+        return " before the first step"
+    return f" after step {run.last_step()}; {run.resume_hint()}"
+
+
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")  # the client's waits for a server
-    commands = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
-                "plot": cmd_plot}
-    if args.command == "demo":
-        from graytune.client.demo import run_demo
-        run_demo(args.workdir, args.steps, WIRE_DTYPES[args.wire_dtype])
-        return
+    try:
+        args = build_parser().parse_args(argv)
+        run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
+    except BrokenPipeError:  # `graytune eval ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(BROKEN_PIPE)
+
+
+def run(args) -> None:
+    """Runs one command; an expected failure ends in one line on stderr and exit code 1."""
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("graytune").setLevel(logging.INFO)  # data checks, run config, server waits
     from graytune.client.graybox import BackboneMismatch
     from graytune.client.oracle_client import OracleError
     try:
-        commands[args.command](args)
-    except (OracleError, BackboneMismatch, FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"graytune {args.command}: interrupted{_where_the_run_stopped(args)}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except OracleError as e:
+        print(f"graytune {args.command}: error: {e}", file=sys.stderr)
+        stopped = _where_the_run_stopped(args)
+        if stopped and stopped != " before the first step":
+            print(f"graytune {args.command}: the run stopped{stopped}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError, ModuleNotFoundError, BackboneMismatch) as e:  # bad input, refusals
         print(f"graytune {args.command}: error: {e}", file=sys.stderr)
         sys.exit(1)
 

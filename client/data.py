@@ -82,10 +82,21 @@ def _center_crop_or_pad(img: Image.Image, height: int, width: int) -> Image.Imag
     return canvas
 
 
+class DataError(ValueError):
+    """A data set file or one of its images cannot be used; the message names the file and line."""
+
+
 def read_pairs(
     path: str | os.PathLike, img_key: str = "filepath", caption_key: str = "title", separator: str = "\t"
 ) -> list[tuple[str, str]]:
     """(image path, caption) pairs from a .csv/.tsv file (header row, `separator`) or a .jsonl file."""
+    return [(image, caption) for _, image, caption in read_rows(path, img_key, caption_key, separator)]
+
+
+def read_rows(
+    path: str | os.PathLike, img_key: str = "filepath", caption_key: str = "title", separator: str = "\t"
+) -> list[tuple[int, str, str]]:
+    """(line number, image path, caption) of each row; image paths resolved against the file's folder."""
     path = os.fspath(path)
     extension = os.path.splitext(path)[1].lower()
     if extension in (".csv", ".tsv"):
@@ -93,16 +104,23 @@ def read_pairs(
     elif extension == ".jsonl":
         rows = _read_jsonl_rows(path)
     else:
-        raise ValueError(f"{path}: unsupported data set format {extension!r}; use .csv, .tsv or .jsonl")
+        raise DataError(f"{path}: unsupported data set format {extension!r}; use .csv, .tsv or .jsonl")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such data set file")
 
     folder = os.path.dirname(os.path.abspath(path))
-    pairs = []
-    for line, row in rows:
-        image, caption = (_field(row, key, path, line) for key in (img_key, caption_key))
-        pairs.append((os.path.join(folder, image), caption))
-    if not pairs:
-        raise ValueError(f"{path}: no image-caption pairs")
-    return pairs
+    found = []
+    try:
+        for line, row in rows:
+            image, caption = (_field(row, key, path, line) for key in (img_key, caption_key))
+            found.append((line, os.path.join(folder, image), caption))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file: {e}") from None
+    if not found:
+        raise DataError(f"{path}: no image-caption pairs")
+    return found
 
 
 def _read_csv_rows(path: str, separator: str):
@@ -122,9 +140,9 @@ def _read_jsonl_rows(path: str):
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line}: invalid JSON: {e}") from None
+                raise DataError(f"{path}, line {line}: invalid JSON: {e}") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {line}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(f"{path}, line {line}: expected a JSON object, got {type(row).__name__}")
             yield line, row
 
 
@@ -133,14 +151,15 @@ def _field(row: dict, key: str, path: str, line: int) -> str:
     if value is None:
         # csv.DictReader gives None for fields missing from a short row.
         columns = [k for k in row if k is not None]
-        raise ValueError(f"{path}, line {line}: missing key {key!r} (found: {columns})")
+        raise DataError(f"{path}, line {line}: missing key {key!r} (found: {columns})")
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{path}, line {line}: {key!r} must be a non-empty string, got {value!r}")
+        raise DataError(f"{path}, line {line}: {key!r} must be a non-empty string, got {value!r}")
     return value
 
 
 class ImageCaptionDataset(torch.utils.data.Dataset):
-    """Items are (pixels (3, H, W) float32, caption); images are loaded lazily."""
+    """Items are (pixels (3, H, W) float32, caption); images are loaded lazily, and one that
+    cannot be read fails with the data set file and line that named it."""
 
     def __init__(
         self,
@@ -150,20 +169,40 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         caption_key: str = "title",
         separator: str = "\t",
     ):
-        self.pairs = read_pairs(path, img_key, caption_key, separator)
+        self.path = os.fspath(path)
+        self.rows = read_rows(path, img_key, caption_key, separator)
         self.preprocess = preprocess
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        image_path, caption = self.pairs[index]
-        with Image.open(image_path) as img:
-            return self.preprocess(img), caption
+        line, image_path, caption = self.rows[index]
+        try:
+            with Image.open(image_path) as img:
+                return self.preprocess(img), caption
+        except (OSError, Image.DecompressionBombError) as e:  # missing, unreadable or not an image
+            raise DataError(f"{self.path}, line {line}: cannot read image {image_path}: "
+                            f"{e.strerror if isinstance(e, FileNotFoundError) else e}") from None
 
     @property
     def captions(self) -> list[str]:
-        return [caption for _, caption in self.pairs]
+        return [caption for _, _, caption in self.rows]
+
+    def check(self, decode: int = 16, seed: int = 0) -> str:
+        """Before any call is billed: every image exists and `decode` of them (the first and a
+        seeded sample) decode. -> a one-line summary; DataError naming file and line if not."""
+        missing = [(line, image) for line, image, _ in self.rows if not os.path.isfile(image)]
+        if missing:
+            line, image = missing[0]
+            more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
+            raise DataError(f"{self.path}, line {line}: no such image file {image}{more}")
+        others = 1 + torch.randperm(len(self) - 1, generator=torch.Generator().manual_seed(seed))
+        sample = [0] + sorted(others[:decode - 1].tolist())
+        for index in sample:
+            self[index]
+        return (f"{self.path}: {len(self):,} pairs, {len(set(self.captions)):,} distinct captions, "
+                f"every image found, {len(sample)} decoded")
 
 
 def collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:

@@ -1,12 +1,11 @@
 """The main job, end to end on one machine: an owner server on the built-in model, the digits
 data set with templated captions, a short gray-box fine-tune over gRPC, before/after metrics.
 
-    graytune demo [--steps 60] [--workdir graytune-demo]
+    graytune demo [--steps N] [--workdir graytune-demo]    (`graytune demo --help`: the defaults)
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,7 +23,6 @@ def run_demo(workdir: str, steps: int, wire_dtype: torch.dtype) -> dict:
     workdir = Path(workdir)
     data = write_digits(workdir / "data")
     run_dir = workdir / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a demo starts fresh
     with LocalServer(["--dev", "--plaintext", "--pretrained", "mnist"]) as server, OracleClient(server.endpoint, wire_dtype=wire_dtype) as oracle:
         info = oracle.describe()
         print(f"owner server at {server.endpoint}: {info.backbone.name} "
@@ -32,7 +30,7 @@ def run_demo(workdir: str, steps: int, wire_dtype: torch.dtype) -> dict:
         cfg = TrainConfig(train_data=str(data["train"]), val_data=str(data["val"]),
                           output_dir=str(run_dir), steps=steps, batch_size=32, lr=3e-3,
                           eval_every=steps, save_every=max(1, steps // 2))
-        after = train(oracle, cfg)
+        after = train(oracle, cfg, overwrite=True)  # a demo starts fresh
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     before = next(r for r in records if r["kind"] == "zero_shot")
     print(f"\n{'metric':<26}{'zero-shot':>12}{'fine-tuned':>12}")

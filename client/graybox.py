@@ -4,6 +4,8 @@ tier; with deep prompts, LGA, `graybox-plus` tier).
     pixels -> PixelAdapter -> [oracle image tower (+ DeepPrompts)] -> OutputAdapter -> L2 norm
     captions + TextPrompt(shift, extra tokens) -> [oracle text tower (+ DeepPrompts)]
         -> OutputAdapter -> L2 norm
+
+ZeroShotCLIP is the backbone alone, sending only pixels and captions, which every tier may.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graytune
+from graytune.client.access import BACKBONE_INPUTS, Need
 from graytune.client.modules import DeepPrompts, LogitScale, OutputAdapter, PixelAdapter, TextPrompt
 from graytune.client.oracle_client import OracleClient
 from graytune.client.remote import RemoteImageTower, RemoteTextTower
@@ -66,6 +69,13 @@ class AdapterConfig:
             raise ValueError(f"adapter_config.json: unknown keys {unknown}")
         return cls(**values)
 
+    def need(self, training: bool) -> Need:
+        """The oracle access these adapters use: the inputs they send, gradients to train."""
+        points = BACKBONE_INPUTS | {"text.shift"}
+        points |= {"text.extra_tokens"} if self.extra_tokens else set()
+        points |= {"image.deep_prompts", "text.deep_prompts"} if self.deep_prompt_depth else set()
+        return Need(frozenset(points), training)
+
     def check_backbone(self, oracle: OracleClient) -> None:
         backbone = oracle.describe().backbone
         if (backbone.name, backbone.sha256) != (self.backbone_name, self.backbone_sha256):
@@ -111,3 +121,19 @@ class GrayboxCLIP(nn.Module):
         """N captions -> (N, E) unit vectors."""
         prompts = self.text_prompts() if self.text_prompts is not None else {}
         return F.normalize(self.text_head(self.text_tower(captions, **self.text_prompt(), **prompts)), dim=-1)
+
+
+class ZeroShotCLIP(nn.Module):
+    """The backbone alone: normalised embeddings of pixels and captions, nothing else sent."""
+
+    def __init__(self, oracle: OracleClient):
+        super().__init__()
+        self.oracle = oracle
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
+        return F.normalize(self.oracle.embed_images(pixels), dim=-1)
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """N captions -> (N, E) unit vectors."""
+        return F.normalize(self.oracle.embed_texts(captions), dim=-1)

@@ -34,15 +34,19 @@ def server_command() -> List[str]:
 
 class LocalServer:
     def __init__(self, args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
-                 startup_timeout: float = 900.0, credentials: Optional[grpc.ChannelCredentials] = None):
-        """`credentials`: what the readiness check connects with when the server serves TLS.
+                 startup_timeout: float = 900.0, credentials: Optional[grpc.ChannelCredentials] = None,
+                 tls_server_name: Optional[str] = None, command: Optional[Sequence[str]] = None):
+        """`command`: the server executable (default: this environment's graytune-server).
+        `credentials` (and `tls_server_name`, the name its certificate holds): what the
+        readiness check connects with when the server serves TLS.
         `startup_timeout` is generous: building the demo model the first time took 100 s on a
         busy 2-core machine and over 120 s on a busier one, and a server that dies is noticed at
         once (its output ends), so only a hung start waits this long."""
+        self.command = list(command) if command else server_command()
         self.args = ["--host", "127.0.0.1", "--port", "0", *args]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.startup_timeout = startup_timeout
-        self.credentials = credentials
+        self.credentials, self.tls_server_name = credentials, tls_server_name
         self.process: Optional[subprocess.Popen] = None
         self.endpoint = ""
         self.output: deque = deque(maxlen=200)  # the server's last lines, for error messages
@@ -54,14 +58,15 @@ class LocalServer:
         self.stop()
 
     def start(self) -> "LocalServer":
-        self.process = subprocess.Popen(server_command() + self.args, env=self.env, text=True,
+        self.process = subprocess.Popen(self.command + self.args, env=self.env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         found = threading.Event()
         threading.Thread(target=self._read_output, args=(found,), daemon=True).start()
         if not found.wait(self.startup_timeout) or not self.endpoint:
             self.stop()
             raise RuntimeError("graytune-server did not start:\n" + "\n".join(self.output))
-        with OracleClient(self.endpoint, credentials=self.credentials) as oracle:
+        with OracleClient(self.endpoint, credentials=self.credentials,
+                          tls_server_name=self.tls_server_name) as oracle:
             oracle.wait_ready(self.startup_timeout)
         return self
 

@@ -70,17 +70,22 @@ class OracleClient:
                  retries: Optional[int] = None, wire_dtype: torch.dtype = torch.float32,
                  chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
                  credentials: Optional[grpc.ChannelCredentials] = None,
-                 api_key: Optional[str] = None, affinity: Optional[str] = None):
+                 api_key: Optional[str] = None, affinity: Optional[str] = None,
+                 tls_server_name: Optional[str] = None):
         """`timeout`: seconds per attempt of a call. `reconnect_timeout`: seconds one call waits
         for an unavailable server to come back; `retries` caps its attempts after the first
         (None: as many as that wait allows; 0: fail on the first error).
         `api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel.
         `affinity` (default: random per client) is sent with every call, so a load balancer that
-        hashes it sends a Forward and its Backward to the same replica."""
+        hashes it sends a Forward and its Backward to the same replica. `tls_server_name`: the
+        name the server certificate is verified against, when `endpoint` (an IP address, a
+        tunnel) is not a name the certificate holds."""
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
         options = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
                    ("grpc.max_send_message_length", MESSAGE_LIMIT), *RECONNECT_OPTIONS]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         self.endpoint = endpoint
         self.channel = (grpc.secure_channel(endpoint, credentials, options) if credentials
                         else grpc.insecure_channel(endpoint, options))
@@ -89,6 +94,7 @@ class OracleClient:
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
         api_key = api_key or os.environ.get("GRAYTUNE_API_KEY")
+        self._has_key = bool(api_key)
         self.affinity = affinity or uuid.uuid4().hex
         self._metadata = (("x-graytune-affinity", self.affinity),) + (
             (("authorization", f"Bearer {api_key}"),) if api_key else ())
@@ -197,10 +203,16 @@ class OracleClient:
                     return call(metadata)
                 except grpc.RpcError as e:
                     if e.code() not in RETRIED or attempt == self.retries:
-                        raise OracleError(method, e.code(), e.details()) from None
+                        raise OracleError(method, e.code(), self._explained(e)) from None
                     wait.for_server(e.details())
                 except tensor_codec.TensorFormatError as e:
                     raise OracleError(method, None, f"malformed reply: {e}") from None
+
+
+    def _explained(self, error: grpc.RpcError) -> str:
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED and not self._has_key:
+            return f"{error.details()}; no key was sent: $GRAYTUNE_API_KEY is not set"
+        return error.details()
 
 
 class _ServerWait:

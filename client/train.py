@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,12 +20,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from graytune.client import checkpoint
+from graytune.client import access, checkpoint
 from graytune.client.data import ImageCaptionDataset, Preprocess, collate
-from graytune.client.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.graybox import AdapterConfig, GrayboxCLIP, ZeroShotCLIP
 from graytune.client.loss import contrastive_loss
 from graytune.client.metrics import retrieval_metrics, unique_captions
 from graytune.client.oracle_client import OracleClient
+from graytune.client.run_dir import CONFIG, MetricsLog, RunDir
+from graytune.v1 import oracle_pb2 as pb
+
+log = logging.getLogger("graytune.client")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class TrainConfig:
 
 
 def preprocess_for(oracle: OracleClient) -> Preprocess:
+    """The image preprocessing the oracle's backbone expects (size, normalisation), from Describe."""
     image = oracle.describe().image
     return Preprocess(image.height, image.width, tuple(image.mean), tuple(image.std),
                       image.interpolation, image.resize_mode)
@@ -86,7 +93,7 @@ def contrastive_step_loss(model: GrayboxCLIP, pixels: torch.Tensor, captions: Se
 
 
 @torch.no_grad()
-def evaluate(model: GrayboxCLIP, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
+def evaluate(model: torch.nn.Module, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
     """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions."""
     images = [model.encode_image(collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0])
               for s in range(0, len(dataset), batch_size)]
@@ -97,32 +104,12 @@ def evaluate(model: GrayboxCLIP, dataset: ImageCaptionDataset, batch_size: int =
 
 
 def zero_shot(oracle: OracleClient, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
-    """The backbone alone: identity adapters and no extra token."""
-    config = AdapterConfig.for_oracle(oracle, extra_tokens=0)
-    return evaluate(GrayboxCLIP(config, oracle), dataset, batch_size)
+    """The backbone alone: only pixels and captions are sent, so every tier may run it."""
+    return evaluate(ZeroShotCLIP(oracle), dataset, batch_size)
 
 
-class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object per train step or evaluation."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "metrics.jsonl"
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def truncate_after(self, step: int) -> None:
-        """Drops records past a resumed checkpoint, so a resumed run logs each step once."""
-        if self.path.exists():
-            lines = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= step]
-            checkpoint.write_text_atomically(self.path, "".join(l + "\n" for l in lines))
-
-
-def _resume_state(cfg: TrainConfig, run_dir: Path, oracle: OracleClient) -> Tuple[Optional[GrayboxCLIP], dict]:
+def _resume_state(cfg: TrainConfig, run_dir: Path, oracle: OracleClient) -> Tuple[GrayboxCLIP, dict]:
     latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is None:
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoint written yet")
     state = checkpoint.load_training_state(latest)
     for key in TrainConfig.FIXED_ON_RESUME:
         if state["train_config"][key] != getattr(cfg, key):
@@ -131,30 +118,71 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, oracle: OracleClient) -> Tupl
     return checkpoint.load_adapters(latest, oracle), state
 
 
-def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False,
+def resolved_config(cfg: TrainConfig, adapters: AdapterConfig, info: pb.DescribeResponse,
+                    endpoint: str) -> dict:
+    """What a run was started with, as written to its config.json."""
+    return {"train": dataclasses.asdict(cfg), "adapters": adapters.to_dict(),
+            "oracle": {"endpoint": endpoint, "server_version": info.server_version,
+                       "protocol_version": info.protocol_version, "tier": info.tier,
+                       "backbone": info.backbone.name, "backbone_sha256": info.backbone.sha256}}
+
+
+def checked_dataset(path: str, oracle: OracleClient, cfg: TrainConfig) -> ImageCaptionDataset:
+    dataset = load_dataset(path, oracle, cfg)
+    log.info("%s", dataset.check(seed=cfg.seed))
+    return dataset
+
+
+def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> Dict[str, float]:
-    """Runs (or resumes) training; returns the last evaluation's metrics (or the last loss)."""
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_set = load_dataset(cfg.train_data, oracle, cfg)
-    val_set = load_dataset(cfg.val_data, oracle, cfg) if cfg.val_data else None
-    log = MetricsLog(run_dir)
+    """Runs (or resumes) training; returns the last evaluation's metrics (or the last loss).
+
+    A new run refuses a directory that holds another unless `overwrite`. Everything that can
+    be refused (the key's tier, the data, a changed config on resume) is refused before the
+    first call that is billed and before the run directory is touched."""
+    run = RunDir(cfg.output_dir)
+    if resume and run.is_complete(cfg.steps):
+        log.info("%s is complete (step %d of %d): nothing to resume; its final metrics follow",
+                 run.path, cfg.steps, cfg.steps)
+        return run.final_metrics()
+    run.check_start(resume, overwrite)
+    info = oracle.describe()
+    adapters = AdapterConfig.for_oracle(oracle, **cfg.adapters)
+    access.require(info, f"{adapters.method} training", adapters.need(training=True))
+    train_set = checked_dataset(cfg.train_data, oracle, cfg)
+    val_set = checked_dataset(cfg.val_data, oracle, cfg) if cfg.val_data else None
     if resume:
-        model, state = _resume_state(cfg, run_dir, oracle)
-        log.truncate_after(state["step"])
+        model, state = _resume_state(cfg, run.path, oracle)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the extra tokens' random init
-            model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, **cfg.adapters), oracle)
+            model = GrayboxCLIP(adapters, oracle)
         state = {"step": 0}
-        if val_set is not None:
-            log.write({"step": 0, "kind": "zero_shot", **zero_shot(oracle, val_set, cfg.batch_size)})
+    run.claim(overwrite)
+    config = resolved_config(cfg, adapters, info, oracle.endpoint)
+    run.write_config(config)
+    log.info("%s %s at step %d on %s (sha256 %s…), tier %s: %s (written to %s)",
+             "resuming" if resume else "starting", adapters.method, state["step"],
+             info.backbone.name, info.backbone.sha256[:12], info.tier,
+             " ".join(f"{k}={json.dumps(v)}" for k, v in config["train"].items()), run.path / CONFIG)
+    metrics_log = MetricsLog(run.path)
+    if resume:
+        metrics_log.truncate_after(state["step"])
+    elif val_set is not None:
+        metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot(oracle, val_set, cfg.batch_size)})
+    return _loop(model, state, cfg, train_set, val_set, run, metrics_log, progress)
+
+
+def _loop(model: GrayboxCLIP, state: dict, cfg: TrainConfig, train_set: ImageCaptionDataset,
+          val_set: Optional[ImageCaptionDataset], run: RunDir, metrics_log: MetricsLog,
+          progress: bool) -> Dict[str, float]:
+    """Steps from state["step"] to cfg.steps: the update, the metrics, evaluations, checkpoints."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, cfg.steps))
-    if resume:
+    if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-    result: Dict[str, float] = {}
+    result: Dict[str, float] = run.final_metrics()
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
                desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -167,18 +195,18 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False,
         schedule.step()
         done = step + 1
         result = {"train/loss": loss.item()}
-        log.write({"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0],
-                   "logit_scale": model.logit_scale().item()})
+        metrics_log.write({"step": done, "kind": "train", "loss": loss.item(),
+                           "lr": schedule.get_last_lr()[0], "logit_scale": model.logit_scale().item()})
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             result = evaluate(model, val_set, cfg.batch_size)
-            log.write({"step": done, "kind": "eval", **result})
+            metrics_log.write({"step": done, "kind": "eval", **result})
             bar.write(f"step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()
-                                                   if k.endswith(("R@1", "R@5"))))
+                                                   if k.endswith(("R@1", "R@5"))),
+                      file=sys.stderr)  # beside the bar; stdout carries only the result
         if done % cfg.save_every == 0 or done == cfg.steps:
-            checkpoint.save_checkpoint(run_dir, done, model, {
+            checkpoint.save_checkpoint(run.path, done, model, {
                 "step": done, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "train_config": dataclasses.asdict(cfg)})
-    if state["step"] < cfg.steps:
-        checkpoint.save_adapters(run_dir / "adapter", model)
+    checkpoint.save_adapters(run.path / "adapter", model)
     return result

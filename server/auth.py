@@ -54,7 +54,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if self.metrics is not None:
                 self.metrics.requests.labels(method, "-", "UNAUTHENTICATED").inc()
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED,
-                             "authorization: missing or unknown API key; send 'authorization: Bearer <key>'")
+                             "authorization: missing or unknown API key; send 'authorization: Bearer <key>' "
+                             "(the graytune CLI and OracleClient send $GRAYTUNE_API_KEY)")
         return _as_caller(handler, caller)
 
 

@@ -86,6 +86,19 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Start-up refuses a folder it will need to write, rather than failing at the first call."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError:  # permission denied, a read-only file system
+        writable = False
+    if not writable:
+        uid = os.getuid()
+        fail(f"{what}: cannot write to {folder} as uid {uid}; make it writable by that uid (in a "
+             f"container, the host folder mounted there: `sudo chown -R {uid}:{os.getgid()} HOST_FOLDER`)")
+
+
 def keys_main(argv) -> None:
     """graytune-server keys create|list|revoke: manage the API key file."""
     from graytune.server.credentials import KeyFile
@@ -144,16 +157,22 @@ def health_main(argv) -> None:
     p.add_argument("--tls-ca", default=env("GRAYTUNE_HEALTH_TLS_CA"), help="CA of the server certificate")
     p.add_argument("--tls-cert", default=env("GRAYTUNE_HEALTH_TLS_CERT"), help="client certificate (mTLS)")
     p.add_argument("--tls-key", default=env("GRAYTUNE_HEALTH_TLS_KEY"), help="client key (mTLS)")
+    p.add_argument("--tls-host", default=env("GRAYTUNE_HEALTH_HOST"),
+                   help="the host name the server certificate is verified against, when it does not "
+                        "name the address checked (default: $GRAYTUNE_HEALTH_HOST, else the address)")
     p.add_argument("--timeout", type=float, default=5.0)
     args = p.parse_args(argv)
     read = lambda path: open(path, "rb").read() if path else None
+    options = [("grpc.ssl_target_name_override", args.tls_host)] if args.tls_host else []
     channel = (grpc.secure_channel(args.address, grpc.ssl_channel_credentials(
-                   read(args.tls_ca), read(args.tls_key), read(args.tls_cert)))
+                   read(args.tls_ca), read(args.tls_key), read(args.tls_cert)), options)
                if args.tls_ca else grpc.insecure_channel(args.address))
     try:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
     except grpc.RpcError as e:
-        fail(f"{args.address}: {e.code().name}: {e.details()}")
+        hint = ("; if the server certificate names a host rather than this address, set "
+                "GRAYTUNE_HEALTH_HOST to that name") if args.tls_ca and not args.tls_host else ""
+        fail(f"{args.address}: {e.code().name}: {e.details()}{hint}")
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     sys.exit(0 if status == "SERVING" else 1)
@@ -176,6 +195,7 @@ def main(argv=None) -> None:
 
     from graytune.server.app import OracleServer, tls_credentials
     from graytune.server.auth import AuthInterceptor
+    from graytune.server import pretrained as builtin
     from graytune.server.backbone import BackboneSource, load_backbone
     from graytune.server.credentials import KeyFile
     from graytune.server.metrics import ServerMetrics
@@ -189,6 +209,10 @@ def main(argv=None) -> None:
     for path in (args.keys, args.tls_cert, args.tls_key, args.tls_client_ca):
         if path is not None and not path.is_file():
             fail(f"file not found: {path}")
+    if args.keys is not None:
+        check_writable((args.usage_db or default_usage_db(args.keys)).parent, "the usage database")
+    if args.pretrained and builtin.is_builtin(args.model, args.pretrained):
+        check_writable(builtin.cache_dir(), "the cache of built-in weights ($GRAYTUNE_CACHE)")
     if args.threads:
         torch.set_num_threads(args.threads)
     source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
@@ -228,7 +252,8 @@ def main(argv=None) -> None:
     log.info("backbone %s sha256=%s on %s, %d threads", backbone.name, backbone.sha256[:16],
              backbone.device, torch.get_num_threads())
     # Tests and scripts read this line to learn the port (with --port 0).
-    print(f"graytune-server listening on {args.host}:{server.port}", flush=True)
+    print(f"graytune-server listening on {args.host}:{server.port} "
+          f"(backbone {backbone.name}, weights sha256 {backbone.sha256})", flush=True)
     stop.wait()
     log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
     server.stop(args.grace)

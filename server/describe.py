@@ -6,7 +6,7 @@ from typing import Optional
 import graytune
 from graytune.server.auth import Caller
 from graytune.server.backbone import Backbone
-from graytune.server.tiers import ENTRY_POINTS
+from graytune.server.tiers import ENTRY_POINTS, may_differentiate
 from graytune.server.usage import GRADIENTS, Budgets
 from graytune.server.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
@@ -42,6 +42,7 @@ def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budg
                          max_extra_tokens=limits.max_extra_tokens,
                          deep_prompt_layers=deep["text"]),
         tier=caller.tier,
+        gradients=may_differentiate(caller.tier),
         entry_points=entry_points,
         limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
                          max_message_bytes=limits.max_message_bytes,

@@ -5,6 +5,7 @@ import os
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
+os.environ.pop("GRAYTUNE_API_KEY", None)  # a developer's own key must not reach the tests' servers
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the test process mostly waits on servers
 
 import pytest  # noqa: E402

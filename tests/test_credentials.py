@@ -69,7 +69,8 @@ def test_missing_or_unknown_key_is_unauthenticated(keyed_server, secret):
     with client(keyed_server, secret) as oracle:
         code, details = code_of(oracle.describe)
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    assert "authorization" in details
+    assert "'authorization: Bearer <key>'" in details and "$GRAYTUNE_API_KEY" in details
+    assert ("no key was sent: $GRAYTUNE_API_KEY is not set" in details) == (secret is None)
 
 
 def test_right_id_with_wrong_secret_is_unauthenticated(keyed_server, keys):

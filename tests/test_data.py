@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from graytune.client.data import ImageCaptionDataset, Preprocess, collate, read_pairs
+from graytune.client.data import DataError, ImageCaptionDataset, Preprocess, collate, read_pairs
 from graytune.client.digits import DIGIT_NAMES, TRAIN_TEMPLATES, VAL_TEMPLATE, write_digits
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -175,6 +175,57 @@ def test_dataset_and_collate(tmp_path):
     pixels, captions = next(iter(loader))
     assert pixels.shape == (2, 3, 6, 6) and pixels.dtype == torch.float32 and captions == ["red.", "black."]
     torch.testing.assert_close(pixels[1, :, 0, 0], normalised([0, 0, 0]))
+
+
+def small_set(tmp_path, rows: int = 5):
+    """pairs.csv with `rows` red images (line 2 names the first)."""
+    for i in range(rows):
+        Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / f"{i}.png")
+    lines = ["filepath\ttitle"] + [f"{i}.png\tred {i}." for i in range(rows)]
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "pairs.csv"
+
+
+def test_check_summarises_a_good_set(tmp_path):
+    dataset = ImageCaptionDataset(small_set(tmp_path), Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
+    assert dataset.check(decode=3).endswith("pairs.csv: 5 pairs, 5 distinct captions, every image found, 3 decoded")
+
+
+def test_check_names_the_line_of_a_missing_image(tmp_path):
+    path = small_set(tmp_path)
+    (tmp_path / "3.png").unlink()
+    (tmp_path / "4.png").unlink()
+    dataset = ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
+    with pytest.raises(DataError, match=r"pairs\.csv, line 5: no such image file .*3\.png \(and 1 more rows\)"):
+        dataset.check()
+
+
+def test_check_names_the_line_of_a_file_that_is_not_an_image(tmp_path):
+    path = small_set(tmp_path)
+    (tmp_path / "0.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"pairs\.csv, line 2: cannot read image .*0\.png: cannot identify image file"):
+        ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD)).check(decode=1)
+
+
+def test_an_image_that_fails_later_names_its_file_and_line(tmp_path):
+    path = small_set(tmp_path)
+    dataset = ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
+    dataset.check(decode=1)  # decodes row 0 only
+    (tmp_path / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "4.png").unlink()
+    with pytest.raises(DataError, match=r"pairs\.csv, line 4: cannot read image .*2\.png"):
+        dataset[2]
+    with pytest.raises(DataError, match=r"pairs\.csv, line 6: cannot read image .*4\.png: No such file or directory$"):
+        dataset[4]
+
+
+def test_a_file_that_is_not_text_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"filepath\ttitle\n\xff\xfe.png\tx\n")
+    with pytest.raises(DataError, match=r"pairs\.csv: not UTF-8 text"):
+        read_pairs(path)
+    with pytest.raises(DataError, match=r"nothing\.csv: no such data set file"):
+        read_pairs(tmp_path / "nothing.csv")
 
 
 # --- digits ---

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+import graytune
 
 from graytune.client.local_server import server_command
 from test_connection import free_port
@@ -66,3 +69,31 @@ def test_health_command_fails_without_a_server():
     result = subprocess.run(server_command() + ["health", "--address", f"127.0.0.1:{free_port()}",
                                                 "--timeout", "2"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "UNAVAILABLE" in result.stderr
+
+
+@pytest.mark.parametrize("args, env, what", [
+    (["--dev", "--pretrained", "mnist"], {"GRAYTUNE_CACHE": "/proc/1/graytune-cache"},
+     "the cache of built-in weights"),
+    (["--keys", "KEYS", "--usage-db", "/proc/1/state/usage.sqlite"], {}, "the usage database"),
+])
+def test_a_folder_the_server_cannot_write_is_a_start_up_error(tmp_path, args, env, what):
+    """As with a host folder mounted into the container that uid 1000 may not write."""
+    keys = tmp_path / "keys.json"
+    subprocess.run(server_command() + ["keys", "--file", str(keys), "create", "--tier", "graybox"],
+                   check=True, capture_output=True)
+    args = [str(keys) if a == "KEYS" else a for a in args]
+    result = subprocess.run(server_command() + [*args, "--plaintext", "--port", "0"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    assert result.returncode == 2
+    assert f"error: {what}" in result.stderr and "cannot write to /proc/1/" in result.stderr
+    assert "chown" in result.stderr
+
+
+def test_image_tags_carry_the_package_version():
+    config = json.loads(compose("--profile", "cpu", "--profile", "replicas", "config", "--format", "json").stdout)
+    tags = {name: service["image"].split(":")[1] for name, service in config["services"].items()}
+    assert tags.pop("graytune-server-cpu") == f"{graytune.__version__}-cpu"
+    assert tags.pop("graytune-lb") == graytune.__version__
+    assert set(tags.values()) == {f"{graytune.__version__}-cuda"}, tags
+    assert config["services"]["graytune-server"]["build"]["args"]["TORCH_INDEX"].endswith("/cu124")
+    assert config["services"]["graytune-server-cpu"]["build"]["args"]["TORCH_INDEX"].endswith("/cpu")

@@ -1,6 +1,7 @@
 """TLS and mutual TLS handshakes, with certificates this test makes with openssl."""
 from __future__ import annotations
 
+import os
 import subprocess
 
 import grpc
@@ -35,6 +36,7 @@ def pki(tmp_path_factory):
     make_ca(d, "ca")
     make_ca(d, "rogue-ca")
     make_cert(d, "ca", "server", "DNS:localhost,IP:127.0.0.1")
+    make_cert(d, "ca", "public", "DNS:oracle.example.com")  # names only the public host
     make_cert(d, "ca", "customer", "DNS:customer")
     make_cert(d, "rogue-ca", "intruder", "DNS:intruder")
     return lambda name: str(d / name)
@@ -92,3 +94,22 @@ def test_serving_needs_tls_or_an_explicit_plaintext():
                             timeout=120)
     assert result.returncode == 2
     assert "--tls-cert and --tls-key, or --plaintext" in result.stderr
+
+
+def test_a_certificate_for_another_host_name_is_verified_against_the_name_given(pki):
+    """The container's health check connects to 127.0.0.1; the certificate names only the
+    public host, which GRAYTUNE_HEALTH_HOST gives (a client: tls_server_name)."""
+    args = [*TLS_ARGS, "--tls-cert", pki("public.crt"), "--tls-key", pki("public.key")]
+    ca = tls_channel_credentials(pki("ca.crt"))
+    with LocalServer(args, credentials=ca, tls_server_name="oracle.example.com") as server:
+        health = server_command() + ["health", "--address", server.endpoint, "--tls-ca", pki("ca.crt")]
+        env = {k: v for k, v in os.environ.items() if k != "GRAYTUNE_HEALTH_HOST"}
+        unnamed = subprocess.run(health, capture_output=True, text=True, env=env, timeout=120)
+        named = subprocess.run(health, capture_output=True, text=True, timeout=120,
+                               env={**env, "GRAYTUNE_HEALTH_HOST": "oracle.example.com"})
+        with pytest.raises(OracleError):
+            describe(server.endpoint, ca)
+        with OracleClient(server.endpoint, credentials=ca, tls_server_name="oracle.example.com") as oracle:
+            assert oracle.describe().backbone.name
+    assert unnamed.returncode == 2 and "set GRAYTUNE_HEALTH_HOST" in unnamed.stderr
+    assert (named.returncode, named.stdout.strip()) == (0, "SERVING"), named.stderr

@@ -8,5 +8,6 @@ owner's side and `graytune.client` the customer's.
 __version__ = "0.2.0"
 # Major: bumped when the meaning of a message changes; clients refuse a server with another.
 # Minor: fields or inputs added (1.1: deep prompts, the call-time limit; 1.2: the caption
-# limit, gradient budgets and gradient protection in Describe, the call-id header).
-PROTOCOL_VERSION = "1.2"
+# limit, gradient budgets and gradient protection in Describe, the call-id header; 1.3: whether
+# the caller may differentiate, in Describe).
+PROTOCOL_VERSION = "1.3"

@@ -166,7 +166,7 @@ class Limits(_message.Message):
     def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., max_caption_bytes: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std")
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class DescribeResponse(_message.Message):
     GRADIENT_BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     server_version: str
     backbone: Backbone
@@ -201,4 +202,5 @@ class DescribeResponse(_message.Message):
     gradient_budget_remaining: int
     gradient_clip_norm: float
     gradient_noise_std: float
-    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ...) -> None: ...
+    gradients: bool
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ...) -> None: ...
