@@ -72,7 +72,10 @@ def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import graytune
     parser = argparse.ArgumentParser(prog="graytune", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"graytune {graytune.__version__} (protocol {graytune.PROTOCOL_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = _parser(sub, "info", "what the oracle serves and what this caller may do")

@@ -6,6 +6,7 @@ data set with templated captions, a short gray-box fine-tune over gRPC, before/a
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -23,14 +24,18 @@ def run_demo(workdir: str, steps: int, wire_dtype: torch.dtype) -> dict:
     workdir = Path(workdir)
     data = write_digits(workdir / "data")
     run_dir = workdir / "run"
+    started = time.monotonic()
     with LocalServer(["--dev", "--plaintext", "--pretrained", "mnist"]) as server, OracleClient(server.endpoint, wire_dtype=wire_dtype) as oracle:
         info = oracle.describe()
         print(f"owner server at {server.endpoint}: {info.backbone.name} "
-              f"(sha256 {info.backbone.sha256[:12]}…), tier {info.tier}")
+              f"(sha256 {info.backbone.sha256[:12]}…), tier {info.tier}, ready after "
+              f"{time.monotonic() - started:.0f} s (the first start builds the model)")
         cfg = TrainConfig(train_data=str(data["train"]), val_data=str(data["val"]),
                           output_dir=str(run_dir), steps=steps, batch_size=32, lr=3e-3,
                           eval_every=steps, save_every=max(1, steps // 2))
+        started = time.monotonic()
         after = train(oracle, cfg, overwrite=True)  # a demo starts fresh
+        print(f"fine-tune: {steps} steps and two evaluations in {time.monotonic() - started:.0f} s")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     before = next(r for r in records if r["kind"] == "zero_shot")
     print(f"\n{'metric':<26}{'zero-shot':>12}{'fine-tuned':>12}")

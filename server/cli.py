@@ -24,8 +24,11 @@ MB = 1 << 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    import graytune
     p = argparse.ArgumentParser(prog="graytune-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version",
+                   version=f"graytune-server {graytune.__version__} (protocol {graytune.PROTOCOL_VERSION})")
     model = p.add_argument_group("backbone")
     model.add_argument("--model", default=os.environ.get("GRAYTUNE_MODEL", "graytune-tiny"),
                        help="OpenCLIP architecture name (default: %(default)s)")

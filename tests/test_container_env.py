@@ -14,6 +14,7 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
 import torch
 
 from graytune.client.local_server import LocalServer
@@ -75,8 +76,15 @@ def build(dockerfile: Path, root: Path) -> tuple:
     return python, entrypoint
 
 
-def test_the_images_environment_serves_gradients_and_passes_its_health_check(tmp_path):
-    python, entrypoint = build(ROOT / "Dockerfile", tmp_path)
+@pytest.fixture
+def image_root(tmp_path):
+    """The staged image; removed at once, not kept with pytest's last runs (it holds 5 GB)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_images_environment_serves_gradients_and_passes_its_health_check(image_root):
+    python, entrypoint = build(ROOT / "Dockerfile", image_root)
     assert entrypoint[0] == "graytune-server"
     server_exe = str(python / "bin" / entrypoint[0])
     with LocalServer(["--dev", "--plaintext", "--threads", "1"], command=[server_exe]) as server:

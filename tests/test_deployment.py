@@ -1,6 +1,7 @@
 """The owner's deployment: compose file valid and as promised, container health check works."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -89,7 +90,12 @@ def test_a_folder_the_server_cannot_write_is_a_start_up_error(tmp_path, args, en
     assert "chown" in result.stderr
 
 
-def test_image_tags_carry_the_package_version():
+def test_one_version_everywhere():
+    """graytune.__version__ is written once; the package metadata, the server and the image
+    tags of the compose file carry it."""
+    assert importlib.metadata.version("graytune") == graytune.__version__
+    printed = subprocess.run(server_command() + ["--version"], capture_output=True, text=True).stdout
+    assert printed.startswith(f"graytune-server {graytune.__version__} ")
     config = json.loads(compose("--profile", "cpu", "--profile", "replicas", "config", "--format", "json").stdout)
     tags = {name: service["image"].split(":")[1] for name, service in config["services"].items()}
     assert tags.pop("graytune-server-cpu") == f"{graytune.__version__}-cpu"
