@@ -27,8 +27,8 @@ CLIENT_COUNTS = (1, 2, 4)
 
 
 def run_client(args) -> None:
-    from graytune.client.oracle_client import OracleClient
-    from graytune.client.remote import RemoteImageTower
+    from graytune.client.transport.oracle_client import OracleClient
+    from graytune.client.transport.remote import RemoteImageTower
     with OracleClient(args.endpoint) as oracle:
         size = oracle.describe().image.height
         tower = RemoteImageTower(oracle)
@@ -74,7 +74,7 @@ def main() -> None:
     args = p.parse_args()
     if args.client:
         return run_client(args)
-    from graytune.client.local_server import LocalServer
+    from graytune.client.transport.local_server import LocalServer
     print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client, "
           f"medians of {args.repeats} paired rounds")
     for merge in (True, False):

@@ -32,13 +32,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from graytune.client.data import collate  # noqa: E402
-from graytune.client.digits import write_digits  # noqa: E402
-from graytune.client.graybox import AdapterConfig, GrayboxCLIP  # noqa: E402
-from graytune.client.local_server import LocalServer, server_command  # noqa: E402
-from graytune.client.oracle_client import OracleClient  # noqa: E402
-from graytune.client.train import (TrainConfig, batch_indices, contrastive_step_loss,  # noqa: E402
-                                   load_dataset, train)
+from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP  # noqa: E402
+from graytune.client.data.digits import write_digits  # noqa: E402
+from graytune.client.tasks.retrieval.data import collate  # noqa: E402
+from graytune.client.tasks.retrieval.task import contrastive_step_loss, load_dataset  # noqa: E402
+from graytune.client.training.loop import TrainConfig, batch_indices, train  # noqa: E402
+from graytune.client.transport.local_server import LocalServer, server_command  # noqa: E402
+from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
 # The pixel gradient of the demo's first batches with no protection (the run prints both again):
 PIXEL_NORM = 0.03  # median per-sample L2 norm, over 3 x 32 x 32 values
@@ -80,7 +80,7 @@ def pixel_gradient_scale(oracle: OracleClient, cfg: TrainConfig, batches: int = 
 
     oracle.backward = recording_backward  # this instance only, for these batches
     try:
-        dataset = load_dataset(cfg.train_data, oracle, cfg)
+        dataset = load_dataset(cfg.train_data, oracle, **cfg.csv_format())
         torch.manual_seed(cfg.seed)
         model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
         for step in range(batches):

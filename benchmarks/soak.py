@@ -39,9 +39,9 @@ MIB = 2 ** 20
 
 # -- client ----------------------------------------------------------------------------------
 def run_client(args) -> None:
-    from graytune.client.graybox import AdapterConfig, GrayboxCLIP
-    from graytune.client.oracle_client import OracleClient
-    from graytune.client.train import contrastive_step_loss
+    from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+    from graytune.client.transport.oracle_client import OracleClient
+    from graytune.client.tasks.retrieval.task import contrastive_step_loss
 
     torch.set_num_threads(1)  # the server needs the cores more
     g = torch.Generator().manual_seed(args.seed)
@@ -142,7 +142,7 @@ def plot(samples: List[dict], summary: dict, warmup: float, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    from graytune.client.checkpoint import write_file_atomically
+    from graytune.client.training.checkpoint import write_file_atomically
 
     t = [s["t"] for s in samples]
     fig, (rss_ax, graph_ax, calls_ax) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
@@ -185,8 +185,8 @@ def main() -> None:
     args = p.parse_args()
     if args.client:
         return run_client(args)
-    from graytune.client.checkpoint import write_text_atomically
-    from graytune.client.local_server import LocalServer
+    from graytune.client.training.checkpoint import write_text_atomically
+    from graytune.client.transport.local_server import LocalServer
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # clients wait on the server's cores
     with LocalServer(["--dev", "--plaintext", "--metrics-port", "0", "--log-level", "INFO"]) as server:

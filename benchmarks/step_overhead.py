@@ -33,15 +33,15 @@ WIRE = ("float32", "bfloat16")
 
 # -- workers ---------------------------------------------------------------------------------
 def build_step(args):
-    """A trimmed copy of graytune.client.train's step: adapters, towers, loss, backward, AdamW."""
-    from graytune.client.graybox import AdapterConfig, GrayboxCLIP
-    from graytune.client.train import contrastive_step_loss
+    """A trimmed copy of graytune.client.training.loop's step: adapters, towers, loss, backward, AdamW."""
+    from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+    from graytune.client.tasks.retrieval.task import contrastive_step_loss
 
     torch.manual_seed(0)
     pixels = torch.randn(args.batch, 3, 224, 224)  # (B, 3, H, W)
     captions = [f"a photo of item number {i}." for i in range(args.batch)]
     if args.worker == "in-process":
-        from graytune.server.backbone import BackboneSource, load_backbone
+        from graytune.server.compute.backbone import BackboneSource, load_backbone
         backbone = load_backbone(BackboneSource(model=args.model))
         config = AdapterConfig(embed_dim=backbone.embed_dim, token_width=backbone.text.token_width,
                                backbone_name=backbone.name, backbone_sha256=backbone.sha256)
@@ -50,7 +50,7 @@ def build_step(args):
         model.text_tower = LocalTextTower(backbone)
         oracle = None
     else:
-        from graytune.client.oracle_client import OracleClient
+        from graytune.client.transport.oracle_client import OracleClient
         oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype))
         model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -132,7 +132,7 @@ class Worker:
 
 
 def bench_model(name: str, reps: int, warmup: int) -> dict:
-    from graytune.client.local_server import LocalServer
+    from graytune.client.transport.local_server import LocalServer
 
     arch, batch, _ = MODELS[name]
     common = ["--model", arch, "--batch", str(batch)]

@@ -1,5 +1,12 @@
 """The customer's side: adapters trained against a remote gradient oracle.
 
+    transport/   OracleClient, the remote towers (autograd through the server), tier checks
+    adapters/    the customer's modules (GrayboxCLIP, ZeroShotCLIP)
+    training/    the one training loop, the run directory, checkpoints
+    tasks/       one package per task: its data sets, loss, metrics, evaluation
+    data/        data set files, image preprocessing, the demo digits
+    cli.py, demo.py, plot.py
+
     from graytune.client import OracleClient, GrayboxCLIP, AdapterConfig, train, TrainConfig
     from graytune.client import preprocess_for   # PIL image -> (3, H, W) as the backbone expects
 
@@ -8,13 +15,14 @@ Names load lazily so that `graytune.client.cli` can configure OpenMP before torc
 import importlib
 
 _EXPORTS = {
-    "OracleClient": "oracle_client", "OracleError": "oracle_client",
-    "GrayboxCLIP": "graybox", "AdapterConfig": "graybox", "BackboneMismatch": "graybox",
-    "RemoteImageTower": "remote", "RemoteTextTower": "remote",
-    "save_adapters": "checkpoint", "load_adapters": "checkpoint",
-    "train": "train", "evaluate": "train", "TrainConfig": "train", "preprocess_for": "train",
-    "ZeroShotCLIP": "graybox", "AccessDenied": "access", "DataError": "data",
-    "LocalServer": "local_server",
+    "OracleClient": "transport.oracle_client", "OracleError": "transport.oracle_client",
+    "RemoteImageTower": "transport.remote", "RemoteTextTower": "transport.remote",
+    "AccessDenied": "transport.access", "LocalServer": "transport.local_server",
+    "GrayboxCLIP": "adapters.graybox", "AdapterConfig": "adapters.graybox",
+    "BackboneMismatch": "adapters.graybox", "ZeroShotCLIP": "adapters.graybox",
+    "save_adapters": "training.checkpoint", "load_adapters": "training.checkpoint",
+    "train": "training.loop", "TrainConfig": "training.loop",
+    "evaluate": "tasks.retrieval.task", "preprocess_for": "data.preprocess", "DataError": "data.tables",
 }
 __all__ = sorted(_EXPORTS)
 

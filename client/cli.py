@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _client(args):
     """API key from $GRAYTUNE_API_KEY (never a flag: it would show in the process list)."""
-    from graytune.client.oracle_client import OracleClient, tls_channel_credentials
+    from graytune.client.transport.oracle_client import OracleClient, tls_channel_credentials
     tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
     credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
     return OracleClient(args.endpoint, timeout=args.timeout, reconnect_timeout=args.reconnect_timeout,
@@ -149,13 +149,13 @@ def cmd_info(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from graytune.client.digits import write_digits
+    from graytune.client.data.digits import write_digits
     paths = write_digits(args.out)
     print(f"train: {paths['train']}\nval:   {paths['val']}")
 
 
 def train_config(args):
-    from graytune.client.train import TrainConfig
+    from graytune.client.training.loop import TrainConfig
     return TrainConfig(
         train_data=args.train_data, val_data=args.val_data, output_dir=args.output_dir,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
@@ -168,7 +168,7 @@ def train_config(args):
 
 
 def cmd_train(args) -> None:
-    from graytune.client.train import train
+    from graytune.client.training.loop import train
     with _client(args) as oracle:
         result = train(oracle, train_config(args), resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress)
@@ -176,12 +176,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from graytune.client import access
-    from graytune.client.checkpoint import load_adapters, read_config
-    from graytune.client.graybox import ZeroShotCLIP
-    from graytune.client.train import TrainConfig, checked_dataset, evaluate
-    cfg = TrainConfig(train_data="", output_dir="", csv_img_key=args.csv_img_key,
-                      csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator)
+    from graytune.client.adapters.graybox import ZeroShotCLIP
+    from graytune.client.tasks.retrieval.task import checked_dataset, evaluate
+    from graytune.client.training.checkpoint import load_adapters, read_config
+    from graytune.client.transport import access
     with _client(args) as oracle:
         info = oracle.describe()
         if args.adapter:
@@ -190,7 +188,8 @@ def cmd_eval(args) -> None:
             access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
         else:
             access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
-        dataset = checked_dataset(args.val_data, oracle, cfg)
+        dataset = checked_dataset(args.val_data, oracle, img_key=args.csv_img_key,
+                                  caption_key=args.csv_caption_key, separator=args.csv_separator)
         model = load_adapters(args.adapter, oracle) if args.adapter else ZeroShotCLIP(oracle)
         metrics = evaluate(model, dataset, args.batch_size)
     print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -216,7 +215,7 @@ def _where_the_run_stopped(args) -> str:
     """For `train`: the last step done and how to continue; empty for other commands."""
     if args.command != "train":
         return ""
-    from graytune.client.run_dir import RunDir
+    from graytune.client.training.run_dir import RunDir
     run = RunDir(args.output_dir)
     if not run.in_use():
         return " before the first step"
@@ -237,8 +236,8 @@ def run(args) -> None:
     """Runs one command; an expected failure ends in one line on stderr and exit code 1."""
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("graytune").setLevel(logging.INFO)  # data checks, run config, server waits
-    from graytune.client.graybox import BackboneMismatch
-    from graytune.client.oracle_client import OracleError
+    from graytune.client.adapters.graybox import BackboneMismatch
+    from graytune.client.transport.oracle_client import OracleError
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from graytune.client.digits import write_digits
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.client.train import TrainConfig, train
+from graytune.client.data.digits import write_digits
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.training.loop import TrainConfig, train
 
 SHOWN = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5",
          "image_to_text_mean_rank", "text_to_image_mean_rank")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from graytune.client.checkpoint import write_file_atomically
+from graytune.client.training.checkpoint import write_file_atomically
 
 RECALLS = ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5")
 

@@ -1,1 +1,7 @@
-"""The model owner's side: a frozen OpenCLIP backbone served as a gradient oracle over gRPC."""
+"""The model owner's side: a frozen OpenCLIP backbone served as a gradient oracle over gRPC.
+
+    access/    who may call: keys, tiers, budgets, gradient protection, audit
+    compute/   what is computed: backbone, towers, request checks, device queue, graph store
+    service/   the gRPC face: servicer, server, Describe, metrics, watchdog
+    cli.py     `graytune-server`
+"""

@@ -17,8 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
-from graytune.server.tiers import TIERS
-from graytune.server.validation import Limits
+from graytune.server.access.tiers import TIERS
+from graytune.server.compute.validation import Limits
 
 MB = 1 << 20
 
@@ -104,7 +104,7 @@ def check_writable(folder: Path, what: str) -> None:
 
 def keys_main(argv) -> None:
     """graytune-server keys create|list|revoke: manage the API key file."""
-    from graytune.server.credentials import KeyFile
+    from graytune.server.access.credentials import KeyFile
     p = argparse.ArgumentParser(prog="graytune-server keys", description=keys_main.__doc__)
     p.add_argument("--file", type=Path, required=True, help="the key file (created if absent)")
     sub = p.add_subparsers(dest="action", required=True)
@@ -131,7 +131,7 @@ def keys_main(argv) -> None:
         print(f"key {secret.split('_')[1]} ({args.tier}) added to {args.file}; the secret above is "
               "not stored anywhere", file=sys.stderr)
     elif args.action == "list":
-        from graytune.server.usage import GRADIENTS, SAMPLES, Budgets
+        from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
         db = args.usage_db or default_usage_db(args.file)
         budgets = Budgets(db) if db.exists() else None  # no calls charged yet: nothing used
         def budget(key, total, kind):
@@ -188,7 +188,7 @@ def main(argv=None) -> None:
     if argv[:1] == ["health"]:
         return health_main(argv[1:])
     if argv[:1] == ["audit"]:
-        from graytune.server.audit import main as audit_main
+        from graytune.server.access.audit import main as audit_main
         return audit_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -196,14 +196,14 @@ def main(argv=None) -> None:
     log = logging.getLogger("graytune.server")
     import torch  # after logging is set up: importing open_clip takes a few seconds
 
-    from graytune.server.app import OracleServer, tls_credentials
-    from graytune.server.auth import AuthInterceptor
-    from graytune.server import pretrained as builtin
-    from graytune.server.backbone import BackboneSource, load_backbone
-    from graytune.server.credentials import KeyFile
-    from graytune.server.metrics import ServerMetrics
-    from graytune.server.oracle import GradientOracle
-    from graytune.server.usage import Budgets
+    from graytune.server.service.app import OracleServer, tls_credentials
+    from graytune.server.access.auth import AuthInterceptor
+    from graytune.server.compute import pretrained as builtin
+    from graytune.server.compute.backbone import BackboneSource, load_backbone
+    from graytune.server.access.credentials import KeyFile
+    from graytune.server.service.metrics import ServerMetrics
+    from graytune.server.compute.oracle import GradientOracle
+    from graytune.server.access.usage import Budgets
 
     if args.dev == (args.keys is not None):
         fail("give --keys FILE, or --dev for development without credentials")

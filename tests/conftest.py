@@ -11,8 +11,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the test process mostly w
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from graytune.client.local_server import LocalServer  # noqa: E402
-from graytune.client.oracle_client import OracleClient  # noqa: E402
+from graytune.client.transport.local_server import LocalServer  # noqa: E402
+from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
 # Every server a test starts shares the cores with the test process.
 SERVER_ARGS = ("--dev", "--plaintext", "--threads", "1", "--log-level", "WARNING")
@@ -50,14 +50,14 @@ def oracle(server):
 @pytest.fixture(scope="session")
 def backbone():
     """The default server's backbone, built in this process for reference gradients."""
-    from graytune.server.backbone import BackboneSource, load_backbone
+    from graytune.server.compute.backbone import BackboneSource, load_backbone
     return load_backbone(BackboneSource())
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """scikit-learn's digits as an image-caption data set: {'train': csv, 'val': csv}."""
-    from graytune.client.digits import write_digits
+    from graytune.client.data.digits import write_digits
     return write_digits(tmp_path_factory.mktemp("digits"))
 
 

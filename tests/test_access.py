@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
 from test_credentials import KEYED_ARGS, create_key
 
 BUDGET = 100_000
@@ -98,7 +98,7 @@ def test_evaluating_graybox_adapters_with_a_blackbox_key_is_refused_before_it_pa
     (2, lambda image: image.write_text("not an image"), "cannot read image .*: cannot identify image file"),
 ])
 def test_bad_data_is_refused_in_one_line_before_any_call_is_billed(tiers, tmp_path, line, damage, message):
-    from graytune.client.digits import write_digits
+    from graytune.client.data.digits import write_digits
     server, secrets = tiers
     data = write_digits(tmp_path / "data")
     image = open(data["train"]).read().splitlines()[line - 1].split("\t")[0]

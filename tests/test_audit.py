@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from graytune.client.local_server import LocalServer, server_command
-from graytune.client.oracle_client import OracleClient, OracleError
-from graytune.server.audit import parse_line
+from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.server.access.audit import parse_line
 from graytune.v1 import oracle_pb2 as pb
 from conftest import wait_until
 from test_credentials import KEYED_ARGS, create_key

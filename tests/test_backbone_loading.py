@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graytune.client.local_server import LocalServer, server_command
-from graytune.client.oracle_client import OracleClient
-from graytune.server.backbone import BUILTIN_CONFIGS, BackboneSource, load_backbone, weights_sha256
+from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.server.compute.backbone import BUILTIN_CONFIGS, BackboneSource, load_backbone, weights_sha256
 from conftest import SERVER_ARGS
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from graytune import tensor_codec
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient, OracleError
-from graytune.client.remote import RemoteImageTower
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.client.transport.remote import RemoteImageTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 from conftest import SERVER_ARGS

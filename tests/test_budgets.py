@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from graytune.server.credentials import ApiKey
-from graytune.server.errors import OverLimit
-from graytune.server.usage import GRADIENTS, SAMPLES, Budgets
+from graytune.server.access.credentials import ApiKey
+from graytune.server.compute.errors import OverLimit
+from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
 
 KEY = ApiKey("k1", "0" * 64, "graybox", budget_samples=100, gradient_budget_samples=10)
 

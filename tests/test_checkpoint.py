@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from graytune.client import checkpoint
-from graytune.client.graybox import AdapterConfig, BackboneMismatch, GrayboxCLIP
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
+from graytune.client.training import checkpoint
+from graytune.client.adapters.graybox import AdapterConfig, BackboneMismatch, GrayboxCLIP
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
 from conftest import SERVER_ARGS
 
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from graytune import tensor_codec
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.client.remote import RemoteImageTower, RemoteTextTower
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 from conftest import SERVER_ARGS, relative_error

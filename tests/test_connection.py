@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient, OracleError
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient, OracleError
 from conftest import SERVER_ARGS
 
 

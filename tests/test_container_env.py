@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.client.remote import RemoteImageTower
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.transport.remote import RemoteImageTower
 
 ROOT = Path(__file__).resolve().parents[1]
 # download.pytorch.org is out of this machine's reach; PyPI serves the same torch release.

@@ -7,9 +7,9 @@ import grpc
 import pytest
 import torch
 
-from graytune.client.local_server import LocalServer, server_command
-from graytune.client.oracle_client import OracleClient, OracleError
-from graytune.client.remote import RemoteImageTower
+from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.client.transport.remote import RemoteImageTower
 from graytune.v1 import oracle_pb2 as pb
 from conftest import wait_until
 

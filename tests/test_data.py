@@ -1,4 +1,4 @@
-"""Tests for graytune.client.data (preprocessing, data set files) and graytune.client.digits."""
+"""Tests for graytune.client.data (preprocessing, data set files, the digits) and the retrieval data sets."""
 
 import json
 import os
@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from graytune.client.data import DataError, ImageCaptionDataset, Preprocess, collate, read_pairs
-from graytune.client.digits import DIGIT_NAMES, TRAIN_TEMPLATES, VAL_TEMPLATE, write_digits
+from graytune.client.data.tables import DataError
+from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate, read_pairs
+from graytune.client.data.preprocess import Preprocess
+from graytune.client.data.digits import DIGIT_NAMES, TRAIN_TEMPLATES, VAL_TEMPLATE, write_digits
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -8,10 +8,10 @@ import grpc
 import pytest
 import torch
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.server.device import DeviceQueue
-from graytune.server.errors import DeadlineExceeded
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.server.compute.device import DeviceQueue
+from graytune.server.compute.errors import DeadlineExceeded
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 from conftest import SERVER_ARGS, wait_until

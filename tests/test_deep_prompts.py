@@ -9,10 +9,10 @@ import open_clip
 import pytest
 import torch
 
-from graytune.client.graybox import AdapterConfig, GrayboxCLIP
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient, OracleError
-from graytune.client.remote import RemoteImageTower, RemoteTextTower
+from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 from graytune.v1 import oracle_pb2 as pb
 from conftest import SERVER_ARGS, relative_error
 from test_gradients import CAPTIONS, TIGHT, reference_text
@@ -165,7 +165,7 @@ def test_deep_prompts_beyond_the_offer_are_refused_at_config(oracle):
 
 
 def test_deep_prompt_adapters_round_trip(plus, tmp_path):
-    from graytune.client import checkpoint
+    from graytune.client.training import checkpoint
     model = GrayboxCLIP(AdapterConfig.for_oracle(plus, deep_prompt_depth=1, deep_prompt_tokens=2), plus)
     checkpoint.save_adapters(tmp_path / "adapter", model)
     loaded = checkpoint.load_adapters(tmp_path / "adapter", plus)

@@ -12,7 +12,7 @@ import pytest
 
 import graytune
 
-from graytune.client.local_server import server_command
+from graytune.client.transport.local_server import server_command
 from test_connection import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from graytune.server.device import DeviceQueue, Work
+from graytune.server.compute.device import DeviceQueue, Work
 from conftest import wait_until
 
 
@@ -184,8 +184,8 @@ def test_a_group_does_not_idle_for_arrivals_while_other_work_waits():
 
 
 def test_work_of_a_caller_gone_is_dropped_unstarted(device):
-    from graytune.server.device import CancelScope
-    from graytune.server.errors import CallerGone
+    from graytune.server.compute.device import CancelScope
+    from graytune.server.compute.errors import CallerGone
 
     gate, holding, ran, scope, failed = threading.Event(), threading.Event(), [], CancelScope(), []
     blocker = threading.Thread(target=device.run, args=("a", lambda: holding.set() or gate.wait(10)))
@@ -210,7 +210,7 @@ def test_work_of_a_caller_gone_is_dropped_unstarted(device):
 
 
 def test_closing_the_queue_tells_queued_callers_the_server_is_shutting_down():
-    from graytune.server.errors import ShuttingDown
+    from graytune.server.compute.errors import ShuttingDown
 
     device, gate, holding, outcome = DeviceQueue(), threading.Event(), threading.Event(), []
     blocker = threading.Thread(target=device.run, args=("a", lambda: holding.set() or gate.wait(10) or "done"))

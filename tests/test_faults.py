@@ -23,10 +23,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from graytune.client import checkpoint, cli
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.client.train import train
+from graytune.client import cli
+from graytune.client.training import checkpoint
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.training.loop import train
 from graytune.v1 import oracle_pb2 as pb
 from conftest import SERVER_ARGS, wait_until
 from test_connection import free_port

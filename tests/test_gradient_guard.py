@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.server.gradient_guard import protect
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.server.access.gradient_guard import protect
 from graytune.v1 import oracle_pb2 as pb
 from test_credentials import KEYED_ARGS, create_key
 

@@ -10,8 +10,8 @@ import open_clip
 import pytest
 import torch
 
-from graytune.client.oracle_client import OracleClient
-from graytune.client.remote import RemoteImageTower, RemoteTextTower, remote_encode
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower, remote_encode
 from graytune.v1 import oracle_pb2 as pb
 from conftest import relative_error
 
@@ -126,7 +126,7 @@ def test_half_precision_on_the_wire_stays_close(server, backbone, wire_dtype):
 def test_pixel_gradients_match_without_merged_batches(backbone):
     """The server's one-call-at-a-time path (--no-merge-batches) gives the same gradients."""
     from conftest import SERVER_ARGS
-    from graytune.client.local_server import LocalServer
+    from graytune.client.transport.local_server import LocalServer
 
     pixels, weight = torch.randn(3, 3, 32, 32), torch.randn(3, backbone.embed_dim)
     with LocalServer([*SERVER_ARGS, "--no-merge-batches"]) as server, OracleClient(server.endpoint) as oracle:

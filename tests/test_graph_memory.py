@@ -7,8 +7,8 @@ import weakref
 import pytest
 import torch
 
-from graytune.server.oracle import GradientOracle
-from graytune.server.validation import Limits
+from graytune.server.compute.oracle import GradientOracle
+from graytune.server.compute.validation import Limits
 
 
 @pytest.mark.parametrize("merge_batches", [True, False])

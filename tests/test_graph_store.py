@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from graytune.server.errors import HandleExpired, InputError, OverLimit
-from graytune.server.graph_store import GraphStore, HeldGraph, saved_bytes_counter
+from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
+from graytune.server.compute.graph_store import GraphStore, HeldGraph, saved_bytes_counter
 
 TTL = 60.0
 

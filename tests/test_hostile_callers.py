@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from graytune import tensor_codec
-from graytune.client.local_server import LocalServer, server_command
-from graytune.server.auth import Caller
-from graytune.server.call_record import CallRecord
-from graytune.server.servicer import OracleServicer
+from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.server.access.auth import Caller
+from graytune.server.service.call_record import CallRecord
+from graytune.server.service.servicer import OracleServicer
 from graytune.v1 import oracle_pb2 as pb
 from conftest import SERVER_ARGS, wait_until
 from test_connection import free_port
@@ -195,7 +195,7 @@ def keyed_send(server, secret, method, messages, call_id):
 
 
 def remaining(server, secret):
-    from graytune.client.oracle_client import OracleClient
+    from graytune.client.transport.oracle_client import OracleClient
     with OracleClient(server.endpoint, api_key=secret) as oracle:
         info = oracle.describe(refresh=True)
     return info.budget_remaining, info.gradient_budget_remaining

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from graytune.client.graybox import AdapterConfig, GrayboxCLIP
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
-from graytune.client.train import contrastive_step_loss
+from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.tasks.retrieval.task import contrastive_step_loss
 from conftest import SERVER_ARGS, wait_until
 from test_connection import free_port
 

@@ -1,10 +1,10 @@
-"""Tests for graytune.client.metrics."""
+"""Tests for graytune.client.tasks.retrieval.metrics."""
 
 import numpy as np
 import pytest
 import torch
 
-from graytune.client.metrics import retrieval_metrics, unique_captions
+from graytune.client.tasks.retrieval.metrics import retrieval_metrics, unique_captions
 
 DIRECTIONS = ("image_to_text", "text_to_image")
 KEYS = ("mean_rank", "median_rank", "R@1", "R@5", "R@10")

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graytune.client.graybox import AdapterConfig, GrayboxCLIP
-from graytune.client.loss import contrastive_loss
-from graytune.client.modules import OutputAdapter, PixelAdapter, TextPrompt
+from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.tasks.retrieval.loss import contrastive_loss
+from graytune.client.adapters.modules import OutputAdapter, PixelAdapter, TextPrompt
 
 
 @pytest.mark.parametrize("layers,channels,kernel", [(1, 3, 3), (2, 8, 3), (3, 16, 5)])

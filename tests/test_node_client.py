@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import graytune.v1
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
 from test_credentials import KEYED_ARGS, create_key
 
 NODE_DIR = Path(__file__).parent / "node"

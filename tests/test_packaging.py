@@ -5,8 +5,9 @@ import os
 import subprocess
 import sys
 
-CLIENT_MODULES = ["graytune.client", "graytune.client.cli", "graytune.client.train",
-                  "graytune.client.checkpoint", "graytune.client.remote", "graytune.client.demo"]
+CLIENT_MODULES = ["graytune.client", "graytune.client.cli", "graytune.client.training.loop",
+                  "graytune.client.training.checkpoint", "graytune.client.transport.remote",
+                  "graytune.client.tasks.retrieval.task", "graytune.client.demo"]
 
 
 def test_client_imports_neither_open_clip_nor_the_server():

@@ -2,8 +2,8 @@
 adapters trained against one build are accepted by a server that built it again."""
 from __future__ import annotations
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
 from conftest import SERVER_ARGS
 
 

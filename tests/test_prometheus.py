@@ -7,8 +7,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from graytune.client.local_server import LocalServer
-from graytune.client.oracle_client import OracleClient, OracleError
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 from conftest import SERVER_ARGS
 from test_connection import free_port

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graytune.client.digits import write_digits
+from graytune.client.data.digits import write_digits
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

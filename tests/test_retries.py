@@ -14,7 +14,7 @@ import torch
 
 import graytune
 from graytune import tensor_codec
-from graytune.client.oracle_client import CALL_ID, OracleClient, OracleError
+from graytune.client.transport.oracle_client import CALL_ID, OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 from test_connection import free_port

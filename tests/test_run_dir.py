@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graytune.client.local_server import LocalServer
+from graytune.client.transport.local_server import LocalServer
 from conftest import SERVER_ARGS, wait_until
 
 RUN_ARGS = ("--batch-size", "8", "--no-progress")

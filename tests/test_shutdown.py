@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from graytune.client import checkpoint
-from graytune.client.local_server import LocalServer
+from graytune.client.training import checkpoint
+from graytune.client.transport.local_server import LocalServer
 from conftest import SERVER_ARGS, wait_until
 
 

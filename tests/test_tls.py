@@ -7,8 +7,8 @@ import subprocess
 import grpc
 import pytest
 
-from graytune.client.local_server import LocalServer, server_command
-from graytune.client.oracle_client import OracleClient, OracleError, tls_channel_credentials
+from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.oracle_client import OracleClient, OracleError, tls_channel_credentials
 
 TLS_ARGS = ("--dev", "--threads", "1", "--log-level", "WARNING")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from graytune.client.oracle_client import OracleClient
-from graytune.client.train import TrainConfig, train
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.training.loop import TrainConfig, train
 
 
 def records(run_dir: Path, kind: str) -> list:

@@ -21,8 +21,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graytune import tensor_codec
-from graytune.client.local_server import LocalServer
-from graytune.server.credentials import KeyFile
+from graytune.client.transport.local_server import LocalServer
+from graytune.server.access.credentials import KeyFile
 from graytune.v1 import oracle_pb2 as pb
 from hostile.requests import Spec
 from hostile.wire import NEVER_ISSUED, Case, encode, messages

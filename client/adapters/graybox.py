@@ -1,0 +1,139 @@
+"""GrayboxCLIP: the customer's adapters wrapped around the remote backbone (DGA, `graybox`
+tier; with deep prompts, LGA, `graybox-plus` tier).
+
+    pixels -> PixelAdapter -> [oracle image tower (+ DeepPrompts)] -> OutputAdapter -> L2 norm
+    captions + TextPrompt(shift, extra tokens) -> [oracle text tower (+ DeepPrompts)]
+        -> OutputAdapter -> L2 norm
+
+ZeroShotCLIP is the backbone alone, sending only pixels and captions, which every tier may.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graytune
+from graytune.client.transport.access import BACKBONE_INPUTS, Need
+from graytune.client.adapters.modules import DeepPrompts, LogitScale, OutputAdapter, PixelAdapter, TextPrompt
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
+
+
+class BackboneMismatch(RuntimeError):
+    """Adapters trained against one backbone were pointed at another."""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Everything needed to rebuild the adapters; written as adapter_config.json."""
+    embed_dim: int
+    token_width: int
+    backbone_name: str
+    backbone_sha256: str
+    method: str = "graybox-dga"
+    pixel_layers: int = 2
+    pixel_channels: int = 8
+    pixel_kernel_size: int = 3
+    extra_tokens: int = 1
+    deep_prompt_depth: int = 0  # blocks of each tower that get prompts; 0: none (DGA)
+    deep_prompt_tokens: int = 4  # per block
+    image_token_width: int = 0  # width of the image tower's tokens, for its deep prompts
+    protocol_version: str = graytune.PROTOCOL_VERSION
+
+    @classmethod
+    def for_oracle(cls, oracle: OracleClient, **sizes) -> "AdapterConfig":
+        info = oracle.describe()
+        depth = sizes.get("deep_prompt_depth", 0)
+        offered = min(info.image.deep_prompt_layers, info.text.deep_prompt_layers)
+        if depth > offered:
+            raise ValueError(f"deep_prompt_depth {depth}: {oracle.endpoint} offers deep prompts at "
+                             f"{offered} layers to this key (tier '{info.tier}')")
+        return cls(embed_dim=info.embed_dim, token_width=info.text.token_width,
+                   image_token_width=info.image.token_width, backbone_name=info.backbone.name,
+                   backbone_sha256=info.backbone.sha256,
+                   method="graybox-lga" if depth else "graybox-dga", **sizes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AdapterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"adapter_config.json: unknown keys {unknown}")
+        return cls(**values)
+
+    def need(self, training: bool) -> Need:
+        """The oracle access these adapters use: the inputs they send, gradients to train."""
+        points = BACKBONE_INPUTS | {"text.shift"}
+        points |= {"text.extra_tokens"} if self.extra_tokens else set()
+        points |= {"image.deep_prompts", "text.deep_prompts"} if self.deep_prompt_depth else set()
+        return Need(frozenset(points), training)
+
+    def check_backbone(self, oracle: OracleClient) -> None:
+        backbone = oracle.describe().backbone
+        if (backbone.name, backbone.sha256) != (self.backbone_name, self.backbone_sha256):
+            raise BackboneMismatch(
+                f"these adapters were trained against {self.backbone_name} "
+                f"(sha256 {self.backbone_sha256[:16]}…), but {oracle.endpoint} serves "
+                f"{backbone.name} (sha256 {backbone.sha256[:16]}…)")
+
+
+class GrayboxCLIP(nn.Module):
+    def __init__(self, config: AdapterConfig, oracle: OracleClient):
+        super().__init__()
+        self.config = config
+        self.pixel_adapter = PixelAdapter(config.pixel_layers, config.pixel_channels,
+                                          config.pixel_kernel_size)
+        self.text_prompt = TextPrompt(config.token_width, config.extra_tokens)
+        depth, tokens = config.deep_prompt_depth, config.deep_prompt_tokens
+        self.image_prompts = DeepPrompts(depth, tokens, config.image_token_width) if depth else None
+        self.text_prompts = DeepPrompts(depth, tokens, config.token_width) if depth else None
+        self.image_head = OutputAdapter(config.embed_dim)
+        self.text_head = OutputAdapter(config.embed_dim)
+        self.logit_scale = LogitScale()
+        self.image_tower = RemoteImageTower(oracle)
+        self.text_tower = RemoteTextTower(oracle)
+
+    def save_pretrained(self, directory) -> None:
+        """PEFT's name for `checkpoint.save_adapters`: config JSON + safetensors, atomically."""
+        from graytune.client.training.checkpoint import save_adapters  # it imports this module
+        save_adapters(directory, self)
+
+    @classmethod
+    def from_pretrained(cls, directory, oracle: OracleClient) -> "GrayboxCLIP":
+        """PEFT's name for `checkpoint.load_adapters`; refuses another backbone."""
+        from graytune.client.training.checkpoint import load_adapters
+        return load_adapters(directory, oracle)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
+        prompts = self.image_prompts() if self.image_prompts is not None else {}
+        return F.normalize(self.image_head(self.image_tower(self.pixel_adapter(pixels), **prompts)), dim=-1)
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """N captions -> (N, E) unit vectors."""
+        prompts = self.text_prompts() if self.text_prompts is not None else {}
+        return F.normalize(self.text_head(self.text_tower(captions, **self.text_prompt(), **prompts)), dim=-1)
+
+
+class ZeroShotCLIP(nn.Module):
+    """The backbone alone: normalised embeddings of pixels and captions, nothing else sent."""
+
+    def __init__(self, oracle: OracleClient):
+        super().__init__()
+        self.oracle = oracle
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
+        return F.normalize(self.oracle.embed_images(pixels), dim=-1)
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """N captions -> (N, E) unit vectors."""
+        return F.normalize(self.oracle.embed_texts(captions), dim=-1)

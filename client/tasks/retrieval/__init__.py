@@ -1,0 +1,1 @@
+"""Text-image retrieval: image-caption pairs, CLIP's contrastive loss, OpenCLIP's recall metrics."""

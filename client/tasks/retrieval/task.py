@@ -1,0 +1,57 @@
+"""Text-image retrieval around the shared loop: its data sets, its step loss, its evaluation.
+
+A step: the batch's images against its distinct captions, CLIP's contrastive loss (captions
+may repeat). Evaluation: OpenCLIP's retrieval metrics against the data set's distinct captions.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Sequence
+
+import torch
+
+from graytune.client.adapters.graybox import ZeroShotCLIP
+from graytune.client.data.preprocess import preprocess_for
+from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate
+from graytune.client.tasks.retrieval.loss import contrastive_loss
+from graytune.client.tasks.retrieval.metrics import retrieval_metrics, unique_captions
+from graytune.client.transport.oracle_client import OracleClient
+
+log = logging.getLogger("graytune.client")
+
+
+def load_dataset(path: str, oracle: OracleClient, img_key: str = "filepath", caption_key: str = "title",
+                 separator: str = "\t") -> ImageCaptionDataset:
+    return ImageCaptionDataset(path, preprocess_for(oracle), img_key=img_key, caption_key=caption_key,
+                               separator=separator)
+
+
+def checked_dataset(path: str, oracle: OracleClient, seed: int = 0, **csv_format) -> ImageCaptionDataset:
+    """The data set, checked before any call is billed (see ImageCaptionDataset.check)."""
+    dataset = load_dataset(path, oracle, **csv_format)
+    log.info("%s", dataset.check(seed=seed))
+    return dataset
+
+
+def contrastive_step_loss(model: torch.nn.Module, pixels: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+    """(B, 3, H, W) pixels and their B captions -> the batch's contrastive loss."""
+    gallery = unique_captions(captions)
+    index = torch.tensor([gallery.index(c) for c in captions])  # (B,)
+    return contrastive_loss(model.encode_image(pixels), model.encode_text(gallery), index,
+                            model.logit_scale())
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
+    """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions."""
+    images = [model.encode_image(collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0])
+              for s in range(0, len(dataset), batch_size)]
+    captions = dataset.captions
+    gallery = unique_captions(captions)
+    texts = [model.encode_text(gallery[s:s + batch_size]) for s in range(0, len(gallery), batch_size)]
+    return retrieval_metrics(torch.cat(images), torch.cat(texts), captions, gallery)
+
+
+def zero_shot(oracle: OracleClient, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
+    """The backbone alone: only pixels and captions are sent, so every tier may run it."""
+    return evaluate(ZeroShotCLIP(oracle), dataset, batch_size)

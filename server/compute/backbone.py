@@ -1,0 +1,130 @@
+"""The owner's frozen OpenCLIP backbone: loading, identity, and the inputs each tower accepts.
+
+A backbone comes from an OpenCLIP model name with a pretrained tag (owners with a network), a
+name plus a local `.safetensors`/`.pt` weights file (air-gapped owners), or an architecture
+JSON file; with none of those, the built-in `graytune-tiny` architecture with seeded random
+weights, so the tests run offline in seconds. `graytune-tiny` with the tag `mnist` is built on
+this machine (see `pretrained.py`): the demo's owner model.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import open_clip
+import torch
+
+from graytune.server.compute import pretrained as builtin
+from graytune.server.compute.image_tower import ImageTower
+from graytune.server.compute.text_tower import TextTower
+
+log = logging.getLogger(__name__)
+
+BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"
+DEFAULT_MODEL = "graytune-tiny"
+open_clip.add_model_config(BUILTIN_CONFIGS)
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    model: str = DEFAULT_MODEL        # OpenCLIP architecture name
+    pretrained: Optional[str] = None  # a pretrained tag, fetched from the hub
+    weights: Optional[Path] = None    # a local .safetensors / .pt file
+    model_config: Optional[Path] = None  # an architecture JSON file; its stem names the model
+    seed: int = 0                     # random init, when no weights are given
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of every tensor in the state dict: a stable identifier that reveals nothing."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def pick_device(requested: Optional[str] = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Backbone:
+    """A frozen OpenCLIP model. Only this class touches the weights."""
+
+    def __init__(self, model: torch.nn.Module, name: str, tokenizer, device: torch.device,
+                 autocast_dtype: Optional[torch.dtype] = None):
+        model.eval().requires_grad_(False).to(device)
+        self.model = model
+        self.name = name
+        self.device = device
+        self.autocast_dtype = autocast_dtype  # None: full precision
+        self.image = ImageTower(model)
+        self.text = TextTower(model, tokenizer)
+        self.sha256 = weights_sha256(model)
+        with torch.inference_mode():
+            self.embed_dim = int(self.encode_text(self.text.tokenize(["a"], 0)).shape[-1])
+        pp = model.visual.preprocess_cfg
+        size = pp["size"]
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W)
+        self.image_mean = tuple(float(m) for m in pp["mean"])
+        self.image_std = tuple(float(s) for s in pp["std"])
+        self.interpolation = pp.get("interpolation", "bicubic")
+        self.resize_mode = pp.get("resize_mode", "shortest")
+        self.parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def autocast(self):
+        """Mixed precision on the GPU when asked for; a no-op on the CPU."""
+        if self.autocast_dtype is None or self.device.type == "cpu":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def encode_image(self, pixels: torch.Tensor, deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
+        not normalised."""
+        with self.autocast():
+            return self.image(*map(self._to_device, (pixels, deep_prompts))).float()
+
+    def encode_text(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
+                    extra_tokens: Optional[torch.Tensor] = None,
+                    deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L) token ids [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts]
+        -> (B, E) embeddings."""
+        with self.autocast():
+            return self.text(*map(self._to_device, (token_ids, shift, extra_tokens, deep_prompts))).float()
+
+    def _to_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.to(self.device)
+
+
+def load_backbone(source: BackboneSource, device: Optional[str] = None,
+                  precision: str = "fp32") -> Backbone:
+    """Builds the frozen backbone on `device` (the GPU when there is one)."""
+    name = source.model
+    if source.model_config is not None:
+        open_clip.add_model_config(source.model_config)
+        name = Path(source.model_config).stem
+    pretrained = source.pretrained
+    if source.weights is not None:
+        if pretrained:
+            raise ValueError("give either a pretrained tag or a weights file, not both")
+        if not Path(source.weights).is_file():
+            raise FileNotFoundError(f"weights file not found: {source.weights}")
+        pretrained = str(source.weights)
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(open_clip.list_models())}")
+    tokenizer = open_clip.get_tokenizer(name)
+    if pretrained and builtin.is_builtin(name, pretrained):
+        pretrained = str(builtin.builtin_weights(name, pretrained, lambda: open_clip.create_model(name),
+                                                 tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(source.seed)
+        model = open_clip.create_model(name, pretrained=pretrained)
+    log.info("loaded %s (%s)", name, pretrained or f"random init, seed {source.seed}")
+    autocast_dtype = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}[precision]
+    return Backbone(model, name, tokenizer, pick_device(device), autocast_dtype)

@@ -1,0 +1,247 @@
+"""The gradient oracle: the backbone behind its two questions, with no transport in sight.
+
+  embed(inputs)             -> embeddings                        (no graph kept)
+  forward(inputs)           -> embeddings, handle                (graph kept for one backward)
+  backward(handle, dL/dE)   -> dL/d(every continuous input sent)
+
+Inputs are validated before they reach the backbone; parameters never require grad, so the
+only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from graytune.server.compute import validation
+from graytune.server.compute.backbone import Backbone
+from graytune.server.compute.device import CancelScope, DeviceQueue, Work
+from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
+from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph, saved_bytes_counter
+from graytune.server.compute.validation import Limits
+
+Tensors = Dict[str, torch.Tensor]
+IMAGE_FORWARD = "image-forward"  # the device-queue group of mergeable image Forward calls
+
+
+class GradientOracle:
+    def __init__(self, backbone: Backbone, limits: Limits, merge_batches: bool = True):
+        """`merge_batches`: image Forward calls pending at once, from any callers, run as one
+        batch (and their Backward calls too); without it each runs alone, by the same code."""
+        self.backbone = backbone
+        self.limits = limits
+        self.merge_batches = merge_batches
+        self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds)
+        self.device = DeviceQueue(max_samples=limits.max_batch)
+        # Calls in the last merged image Forward batch: the next batch waits briefly for as
+        # many, so concurrent trainers stay in step rather than alternate small batches.
+        self._forward_calls = 1
+        # Told (method, calls) for every merged image batch: the metrics' view of merging.
+        self.on_merged_batch: Callable[[str, int], None] = lambda method, calls: None
+
+    def prepare(self, tower: str, tensors: Tensors, texts: Sequence[str] = (),
+                grad_inputs: Optional[Sequence[str]] = None) -> "Request":
+        """Checks a request and binds its discrete inputs, on the caller's thread: bad input
+        and tokenising never take the device. `grad_inputs` (Forward only): the inputs to
+        differentiate, default every floating-point input."""
+        b, limits = self.backbone, self.limits
+        validation.check_header(texts, grad_inputs or (), limits)  # bounds captions before tokenising
+        if tower == "image":
+            if texts:
+                raise InputError("texts: the image tower takes no texts")
+            validation.check_image(tensors, b.image_size, limits)
+        elif tower == "text":
+            validation.check_text(tensors, texts, b.text.context_length, b.text.token_width,
+                                  b.text.vocab_size, limits)
+        else:
+            raise InputError(f"tower: must be IMAGE or TEXT, got {tower!r}")
+        spec = b.image if tower == "image" else b.text
+        validation.check_deep_prompts(tensors, tower, spec.prompt_depth, spec.token_width, limits)
+        wanted = () if grad_inputs is None else validation.check_grad_inputs(grad_inputs, tensors)
+        ids = None
+        if tower == "text":
+            extra = tensors.get("extra_tokens")
+            num_extra = 0 if extra is None else extra.shape[0]
+            if texts:
+                ids = b.text.tokenize(list(texts), num_extra)
+            else:
+                ids = tensors["token_ids"]
+                b.text.check_room(ids, num_extra)
+        floats = {n: t for n, t in tensors.items() if t.is_floating_point()}
+        return Request(tower, floats, ids, tuple(wanted), validation.batch_size(tensors) or len(texts))
+
+    def _encoder(self, request: "Request") -> Callable[[Tensors], torch.Tensor]:
+        """The tower's forward as a function of the float inputs, with discrete inputs bound."""
+        b = self.backbone
+        if request.tower == "image":
+            return lambda x: b.encode_image(x["pixels"], x.get("deep_prompts"))
+        return lambda x: b.encode_text(request.token_ids, x.get("shift"), x.get("extra_tokens"),
+                                       x.get("deep_prompts"))
+
+    def receiving(self, tower: str):
+        """Context for receiving a Forward call's tensors: a merged image batch waits for them."""
+        if tower == "image" and self.merge_batches:
+            return self.device.arriving(IMAGE_FORWARD)
+        return contextlib.nullcontext()
+
+    # `record`, when given, is the servicer's record of the call: its `deadline` (time.monotonic
+    # or None) bounds the wait for the device, its `scope` drops the work if the caller leaves;
+    # it receives `device_seconds`, the call's time on the device thread.
+    def embed(self, request: "Request", owner: str = "", out_dtype: torch.dtype = torch.float32,
+              record=None) -> torch.Tensor:
+        """-> (B, E) embeddings."""
+        return self._on_device(owner, record, self._embed, request, out_dtype)
+
+    def forward(self, request: "Request", owner: str, out_dtype: torch.dtype = torch.float32,
+                record=None) -> Tuple[str, torch.Tensor]:
+        """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
+        if request.tower == "image" and "deep_prompts" not in request.floats:  # callers' prompts differ
+            call = _Call(request.floats, owner, out_dtype, record)
+            group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
+            return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,
+                                                  samples=request.samples, expected=self._forward_calls),
+                                      _deadline(record), _scope(record))
+        return self._on_device(owner, record, self._forward, request, owner, out_dtype)
+
+    def backward(self, handle: str, tensors: Tensors, owner: str,
+                 out_dtype: torch.dtype = torch.float32, record=None) -> Tensors:
+        """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
+        grad = _gradient_of_embeddings(tensors)
+        graph = self.store.peek(handle, owner)
+        if graph is None:
+            self.store.take(handle, owner)  # raises, saying why the caller has no such graph
+        validation.check_float("embeddings", grad, tuple(graph.output.shape))  # off the device
+        call = _Call({"embeddings": grad}, owner, out_dtype, record, handle=handle)
+        if graph.group is not None:  # one backward for the merged batch
+            return self.device.submit(owner, Work(
+                group=id(graph.group), run_group=self._backward_group, payload=call, samples=0,
+                expected=self.store.held(graph.group.handles), hold_device=True),
+                _deadline(record), _scope(record))
+        return self._on_device(owner, record, self._backward, call)
+
+    def _on_device(self, owner: str, record, fn, *args):
+        """Runs fn on the device thread in the caller's turn (see DeviceQueue)."""
+        def timed():
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                if record is not None:
+                    record.device_seconds = time.perf_counter() - start
+        return self.device.submit(owner, Work(run=timed), _deadline(record), _scope(record))
+
+    def _forward_images(self, works: List[Work]) -> list:
+        """Image Forward calls of several callers as one batch; a graph slice (handle) each."""
+        start, results = time.perf_counter(), {}
+        self._forward_calls = len(works)
+        self.on_merged_batch("Forward", len(works))
+        # every call was checked by `prepare` on its own thread
+        leaves = [w.payload.tensors["pixels"].float().requires_grad_() for w in works]
+        with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
+            output = self.backbone.encode_image(torch.cat(leaves))  # (sum of B, E)
+        group, row = GraphGroup(output), 0
+        for work, leaf in zip(works, leaves):
+            rows, call = slice(row, row + leaf.shape[0]), work.payload
+            row = rows.stop
+            try:
+                handle = self.store.put(HeldGraph(
+                    {"pixels": leaf}, output[rows], saved[0] * leaf.shape[0] // output.shape[0],
+                    call.owner, group=group, rows=rows))
+            except OverLimit as e:
+                results[work] = e
+                continue
+            group.handles.append(handle)
+            results[work] = (handle, output[rows].detach().to("cpu", call.out_dtype))
+        _record_time(works, start)
+        return [results[w] for w in works]
+
+    def _backward_group(self, works: List[Work]) -> list:
+        """Backward calls on one merged batch: a single backward pass, each caller's rows."""
+        start, results, taken = time.perf_counter(), {}, []
+        self.on_merged_batch("Backward", len(works))
+        for work in works:
+            call = work.payload
+            try:  # each gradient was checked by `backward` on its caller's thread
+                taken.append((work, self.store.take(call.handle, call.owner), call.tensors["embeddings"]))
+            except (InputError, HandleExpired) as e:  # gone since: expired, or taken by a twin call
+                results[work] = e
+        if taken:
+            group = taken[0][1].group
+            grad_output = torch.zeros_like(group.output)  # rows of callers not in this pass stay 0
+            for _, graph, grad in taken:
+                grad_output[graph.rows] = grad.to(grad_output)
+            # The graph stays for members still to come; it is freed with the last of them.
+            grads = torch.autograd.grad(group.output, [g.inputs["pixels"] for _, g, _ in taken],
+                                        grad_output, retain_graph=True)
+            for (work, _, _), grad in zip(taken, grads):
+                results[work] = {"pixels": grad.to(work.payload.out_dtype)}
+        _record_time(works, start)
+        return [results[w] for w in works]
+
+    def _embed(self, request, out_dtype):
+        encode = self._encoder(request)
+        with torch.inference_mode():
+            return encode({n: t.float() for n, t in request.floats.items()}).to("cpu", out_dtype)
+
+    def _forward(self, request, owner, out_dtype):
+        encode = self._encoder(request)
+        floats = {n: t.float().requires_grad_(n in request.grad_inputs) for n, t in request.floats.items()}
+        with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
+            output = encode(floats)  # (B, E)
+        leaves = {n: floats[n] for n in request.grad_inputs}
+        handle = self.store.put(HeldGraph(leaves, output, saved[0], owner))
+        return handle, output.detach().to("cpu", out_dtype)
+
+    def _backward(self, call: "_Call"):
+        graph = self.store.take(call.handle, call.owner)
+        grads = torch.autograd.grad(graph.output, list(graph.inputs.values()),
+                                    call.tensors["embeddings"].to(graph.output), allow_unused=True)
+        return {name: (torch.zeros_like(leaf) if g is None else g).to(call.out_dtype)
+                for (name, leaf), g in zip(graph.inputs.items(), grads)}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request: float inputs by name, discrete inputs bound."""
+    tower: str  # "image" or "text"
+    floats: Tensors  # the continuous inputs (pixels, shift, extra_tokens, deep_prompts)
+    token_ids: Optional[torch.Tensor]  # (B, L) for the text tower
+    grad_inputs: Tuple[str, ...]  # Forward: the inputs whose gradients Backward returns
+    samples: int  # B
+
+
+@dataclass(eq=False)
+class _Call:
+    """One caller's request, as a merged batch needs it."""
+    tensors: Tensors
+    owner: str
+    out_dtype: torch.dtype
+    record: object
+    handle: str = ""
+
+
+def _deadline(record) -> Optional[float]:
+    return None if record is None else record.deadline
+
+
+def _scope(record) -> Optional[CancelScope]:
+    """Cancelled when the call's caller is gone: its work is dropped if not yet started."""
+    return None if record is None else record.scope
+
+
+def _gradient_of_embeddings(tensors: Tensors) -> torch.Tensor:
+    validation.check_names(tensors, ["embeddings"], "Backward")
+    if "embeddings" not in tensors:
+        raise InputError("embeddings: missing; Backward needs dLoss/dEmbeddings (B, E)")
+    return tensors["embeddings"]
+
+
+def _record_time(works: List[Work], start: float) -> None:
+    """Every caller of a merged batch is told the batch's device time."""
+    seconds = time.perf_counter() - start
+    for work in works:
+        if work.payload.record is not None:
+            work.payload.record.device_seconds = seconds

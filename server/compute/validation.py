@@ -1,0 +1,149 @@
+"""Checks on what a caller sent, before any of it reaches the backbone.
+
+Every failure is an `InputError` whose message names the field and the limit it broke.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+
+from graytune.server.compute.errors import InputError
+from graytune.tensor_codec import MAX_NAME_CHARS, shown
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOWER_INPUTS = {"image": ("pixels", "deep_prompts"),
+                "text": ("token_ids", "shift", "extra_tokens", "deep_prompts")}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 256
+    max_tensor_bytes: int = 256 << 20
+    max_message_bytes: int = 8 << 20  # gRPC receive limit; tensors travel in chunks below it
+    chunk_bytes: int = 1 << 20
+    max_graph_bytes: int = 4 << 30
+    handle_ttl_seconds: float = 120.0
+    max_extra_tokens: int = 16
+    max_deep_prompt_tokens: int = 16  # per layer
+    max_call_seconds: float = 300.0  # any call, from its first message to its last
+    # UTF-8 bytes per caption, checked before tokenising: a caption that fits the context
+    # (77 tokens for CLIP) is a few hundred bytes; tokenising megabytes would stall a thread.
+    max_caption_bytes: int = 4096
+
+
+def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
+    """Samples in a request, before validation: the first dimension of its batched input."""
+    for name in ("pixels", "token_ids"):
+        if name in tensors and tensors[name].dim() > 0:
+            return int(tensors[name].shape[0])
+    return 0
+
+
+def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limits) -> None:
+    """What a stream's header alone shows to be wrong, refused before any tensor is received."""
+    if len(texts) > limits.max_batch:
+        raise InputError(f"texts: batch of {len(texts)} exceeds the limit of {limits.max_batch}")
+    for i, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
+        if size > limits.max_caption_bytes:
+            raise InputError(f"texts[{i}]: {size} bytes exceed the limit of {limits.max_caption_bytes} "
+                             f"bytes per caption")
+    if len(grad_inputs) > len(TOWER_INPUTS["text"]):
+        raise InputError(f"grad_inputs: {len(grad_inputs)} names; no call has more than "
+                         f"{len(TOWER_INPUTS['text'])} inputs")
+    for name in grad_inputs:
+        if len(name) > MAX_NAME_CHARS:
+            raise InputError(f"grad_inputs: {shown(name)} is longer than {MAX_NAME_CHARS} characters")
+
+
+def check_names(tensors: Dict[str, torch.Tensor], allowed: Iterable[str], what: str) -> None:
+    unexpected = sorted(set(tensors) - set(allowed))
+    if unexpected:
+        raise InputError(f"{shown(unexpected[0])}: not an input of {what}; expected {sorted(allowed)}")
+
+
+def check_float(name: str, t: torch.Tensor, shape: Sequence[Optional[int]]) -> None:
+    """dtype floating point, shape as given (None: any size), every value finite."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise InputError(f"{name}: dtype {str(t.dtype)[6:]} not allowed; expected float32, "
+                         f"float16 or bfloat16")
+    check_shape(name, t, shape)
+    if not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name}: contains NaN or Inf")
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[Optional[int]]) -> None:
+    expected = tuple("*" if d is None else d for d in shape)
+    if t.dim() != len(shape) or any(d is not None and d != s for d, s in zip(shape, t.shape)):
+        raise InputError(f"{name}: shape {tuple(t.shape)} does not match {expected}".replace("'", ""))
+
+
+def check_batch(name: str, batch: int, limits: Limits) -> None:
+    if batch < 1:
+        raise InputError(f"{name}: empty batch")
+    if batch > limits.max_batch:
+        raise InputError(f"{name}: batch of {batch} exceeds the limit of {limits.max_batch}")
+
+
+def check_image(tensors: Dict[str, torch.Tensor], image_size: Tuple[int, int], limits: Limits) -> None:
+    check_names(tensors, TOWER_INPUTS["image"], "the image tower")
+    if "pixels" not in tensors:
+        raise InputError("pixels: missing; the image tower needs a (B, 3, H, W) tensor")
+    pixels = tensors["pixels"]
+    check_float("pixels", pixels, (None, 3, *image_size))
+    check_batch("pixels", pixels.shape[0], limits)
+
+
+def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_length: int,
+               token_width: int, vocab_size: int, limits: Limits) -> None:
+    check_names(tensors, TOWER_INPUTS["text"], "the text tower")
+    ids = tensors.get("token_ids")
+    if (ids is None) == (len(texts) == 0):
+        raise InputError("texts, token_ids: send exactly one of them")
+    check_batch("texts" if ids is None else "token_ids", len(texts) if ids is None else ids.shape[0], limits)
+    if ids is not None:
+        if ids.dtype != torch.int64:
+            raise InputError(f"token_ids: dtype {str(ids.dtype)[6:]} not allowed; expected int64")
+        check_shape("token_ids", ids, (None, context_length))
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+            raise InputError(f"token_ids: ids must lie in [0, {vocab_size})")
+    if "shift" in tensors:
+        check_float("shift", tensors["shift"], (token_width,))
+    if "extra_tokens" in tensors:
+        extra = tensors["extra_tokens"]
+        check_float("extra_tokens", extra, (None, token_width))
+        if not 1 <= extra.shape[0] <= limits.max_extra_tokens:  # none: omit the input
+            raise InputError(f"extra_tokens: {extra.shape[0]} tokens; the limit is 1 to "
+                             f"{limits.max_extra_tokens} (omit extra_tokens for none)")
+
+
+def check_deep_prompts(tensors: Dict[str, torch.Tensor], tower: str, depth: int, width: int,
+                       limits: Limits) -> None:
+    """(D, K, W) prompts for the first D of the tower's `depth` blocks, K per block."""
+    if "deep_prompts" not in tensors:
+        return
+    if depth == 0:
+        raise InputError(f"deep_prompts: this backbone's {tower} tower takes no deep prompts")
+    prompts = tensors["deep_prompts"]
+    check_float("deep_prompts", prompts, (None, None, width))
+    layers, tokens = prompts.shape[:2]
+    if not 1 <= layers <= depth:
+        raise InputError(f"deep_prompts: {layers} layers; the {tower} tower takes 1 to {depth}")
+    if not 1 <= tokens <= limits.max_deep_prompt_tokens:
+        raise InputError(f"deep_prompts: {tokens} tokens per layer; the limit is 1 to "
+                         f"{limits.max_deep_prompt_tokens}")
+
+
+def check_grad_inputs(grad_inputs: Sequence[str], tensors: Dict[str, torch.Tensor]) -> list:
+    """Names of the inputs to differentiate; default: every floating-point input."""
+    floats = [n for n, t in tensors.items() if t.dtype in FLOAT_DTYPES]
+    for name in grad_inputs:
+        if name not in floats:
+            raise InputError(f"grad_inputs: {shown(name)} is not a floating-point input of this call; "
+                             f"have {floats}")
+    chosen = list(grad_inputs) or floats
+    if not chosen:
+        raise InputError("grad_inputs: this call has no continuous input to differentiate; use Embed")
+    return chosen

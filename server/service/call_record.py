@@ -1,0 +1,47 @@
+"""What one call did: its audit log line and its metrics, written once however the call ends."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Dict, Optional
+
+from graytune.server.access.auth import Caller
+from graytune.server.compute.device import CancelScope
+from graytune.server.service.metrics import ServerMetrics
+
+log = logging.getLogger("graytune.server")
+MAX_DETAIL_CHARS = 300  # status messages cap what callers sent; this caps the line itself
+
+
+class CallRecord:
+    """What one call did, for its log line and the metrics."""
+
+    def __init__(self, method: str, caller: Caller, metrics: Optional[ServerMetrics] = None,
+                 deadline: Optional[float] = None, call_id: str = ""):
+        self.method, self.caller, self.metrics = method, caller, metrics
+        self.deadline = deadline  # time.monotonic by which the call must be done
+        self.call_id = call_id  # the client's id of the logical call, the same on its retries
+        self.samples = self.bytes_in = self.bytes_out = 0
+        self.charged: Dict[str, int] = {}  # budget kind -> samples this call owes
+        self.device_seconds = 0.0
+        self.scope = CancelScope()  # the call's device work, dropped if the caller leaves
+        self.start = time.perf_counter()
+        self._logged = threading.Lock()
+
+    def log(self, status: str, detail: str = "") -> None:
+        """The call's one log line and metrics; later calls (a call expired, then failing) are no-ops."""
+        if not self._logged.acquire(blocking=False):
+            return
+        seconds = time.perf_counter() - self.start
+        if self.metrics is not None:
+            self.metrics.observe(self.method, self.caller.tier, status, self.samples, self.bytes_in,
+                                 self.bytes_out, seconds, self.device_seconds)
+        level = logging.INFO if status == "OK" else logging.WARNING
+        charged = " ".join(f"charged_{kind.replace(' ', '_')}={n}" for kind, n in self.charged.items())
+        log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
+                "status=%s latency_ms=%.1f device_ms=%.1f%s%s%s", self.method, self.caller.id,
+                self.caller.tier, self.samples, self.bytes_in, self.bytes_out, status, seconds * 1e3,
+                self.device_seconds * 1e3, f" call_id={self.call_id}" if self.call_id else "",
+                f" {charged}" if charged else "",
+                f" detail={detail[:MAX_DETAIL_CHARS]!r}" if detail else "")

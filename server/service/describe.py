@@ -1,0 +1,55 @@
+"""Describe: what a caller needs to build inputs for this backbone, and what it may do."""
+from __future__ import annotations
+
+from typing import Optional
+
+import graytune
+from graytune.server.access.auth import Caller
+from graytune.server.compute.backbone import Backbone
+from graytune.server.access.tiers import ENTRY_POINTS, may_differentiate
+from graytune.server.access.usage import GRADIENTS, Budgets
+from graytune.server.compute.validation import Limits
+from graytune.v1 import oracle_pb2 as pb
+
+
+def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budgets]) -> pb.DescribeResponse:
+    key = caller.key
+    budget = {} if key is None or key.budget_samples is None else {
+        "budget_samples": key.budget_samples, "budget_remaining": budgets.remaining(key)}
+    rate = {} if key is None or key.rate_per_second is None else {"rate_per_second": key.rate_per_second}
+    gradients = {} if key is None or key.gradient_budget_samples is None else {
+        "gradient_budget_samples": key.gradient_budget_samples,
+        "gradient_budget_remaining": budgets.remaining(key, GRADIENTS)}
+    protection = {} if key is None else {name: getattr(key, name) for name in
+                                         ("gradient_clip_norm", "gradient_noise_std")
+                                         if getattr(key, name) is not None}
+    # The towers' depth is told only to callers who may send deep prompts.
+    entry_points = ENTRY_POINTS[caller.tier]
+    deep = {tower: getattr(b, tower).prompt_depth if f"{tower}.deep_prompts" in entry_points else 0
+            for tower in ("image", "text")}
+    return pb.DescribeResponse(
+        protocol_version=graytune.PROTOCOL_VERSION,
+        server_version=graytune.__version__,
+        backbone=pb.Backbone(name=b.name, sha256=b.sha256),
+        embed_dim=b.embed_dim,
+        image=pb.ImageSpec(height=b.image_size[0], width=b.image_size[1], mean=b.image_mean,
+                           std=b.image_std, interpolation=b.interpolation,
+                           resize_mode=b.resize_mode,
+                           token_width=b.image.token_width if deep["image"] else 0,
+                           deep_prompt_layers=deep["image"]),
+        text=pb.TextSpec(context_length=b.text.context_length,
+                         token_width=b.text.token_width, vocab_size=b.text.vocab_size,
+                         max_extra_tokens=limits.max_extra_tokens,
+                         deep_prompt_layers=deep["text"]),
+        tier=caller.tier,
+        gradients=may_differentiate(caller.tier),
+        entry_points=entry_points,
+        limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
+                         max_message_bytes=limits.max_message_bytes,
+                         chunk_bytes=limits.chunk_bytes,
+                         max_graph_bytes=limits.max_graph_bytes,
+                         handle_ttl_seconds=limits.handle_ttl_seconds,
+                         max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
+                         max_call_seconds=limits.max_call_seconds,
+                         max_caption_bytes=limits.max_caption_bytes),
+        caller_id=caller.id, **budget, **rate, **gradients, **protection)
