@@ -67,9 +67,15 @@ def test_resuming_a_finished_run_prints_its_final_metrics_without_a_call(server,
     assert "image_to_text_R@1" in json.loads(again.stdout)
 
 
+def as_in_a_terminal() -> None:
+    """A foreground process's SIGINT: default. A suite run in the background of a script
+    inherits SIGINT ignored, and so would the trainer, which Ctrl-C then could not stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_path):
     run = subprocess.Popen(train_cmd(server.endpoint, digits, tmp_path, "--steps", "40",
-                                     "--save-every", "3"),
+                                     "--save-every", "3"), preexec_fn=as_in_a_terminal,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     wait_until(lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 5),
