@@ -4,6 +4,8 @@
     graytune data digits --out data/digits
     graytune train --endpoint HOST:PORT --train-data data/digits/train.csv \\
                    --val-data data/digits/val.csv --output-dir runs/digits [--resume]
+    graytune train --task classify --shots 16 --train-data data/digits/train_labels.csv \\
+                   --val-data data/digits/val_labels.csv --output-dir runs/digits-16shot
     graytune eval  --endpoint HOST:PORT --adapter runs/digits/adapter --val-data data/digits/val.csv
     graytune plot  runs/digits     # runs/digits/metrics.png: loss, learning rate, recall curves
     graytune demo  # local server + digits + a short fine-tune, before/after metrics
@@ -22,6 +24,7 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -60,11 +63,22 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
                         "an address the certificate does not name (default: the endpoint's host)")
 
 
+TASKS = ("retrieval", "classify")
+METHODS = {"dga": "graybox-dga", "lga": "graybox-lga", "linear-probe": "linear-probe"}
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=TASKS, default="retrieval",
+                   help="retrieval: image-caption files; classify: labelled images (few-shot)")
     p.add_argument("--csv-img-key", default="filepath", help="column (or JSONL key) of image paths")
-    p.add_argument("--csv-caption-key", default="title", help="column (or JSONL key) of captions")
+    p.add_argument("--csv-caption-key", default="title", help="column (or JSONL key) of captions (retrieval)")
+    p.add_argument("--csv-label-key", default="label", help="column (or JSONL key) of labels (classify)")
     p.add_argument("--csv-separator", default="\t",
                    help="column separator of .csv/.tsv files (default: a tab, as OpenCLIP)")
+    p.add_argument("--templates", help="classify: prompt templates, one per line with {} for the class "
+                                       "name; a class's embedding is their mean (default: 'a photo of a {}.')")
+    p.add_argument("--classnames", help="classify: class names, one per line, line i naming class i "
+                                        "(default: the class folders' or labels' names, sorted)")
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -85,11 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("name", choices=["digits"], help="which data set")
     data.add_argument("--out", default="data/digits", help="folder to write it to")
 
-    train = _parser(sub, "train", "train gray-box adapters for text-image retrieval")
+    train = _parser(sub, "train", "train adapters through the oracle, for a task")
     _connection_args(train)
     _data_args(train)
-    train.add_argument("--train-data", required=True, help="CSV/TSV/JSONL of image path + caption")
-    train.add_argument("--val-data", help="evaluated at step 0 (zero-shot) and every --eval-every steps (default: none, no evaluation)")
+    train.add_argument("--method", choices=[*METHODS, "zero-shot"], default="dga",
+                       help="dga: input and output adapters (tier graybox); lga: also deep prompts "
+                            "(graybox-plus); linear-probe: a classifier on frozen image embeddings "
+                            "(classify; any tier); zero-shot is `graytune eval` without --adapter")
+    train.add_argument("--adapters", choices=("both", "input", "output"), default="both",
+                       help="which adapters learn; output only needs no gradients (any tier)")
+    train.add_argument("--train-data", required=True,
+                       help="retrieval: CSV/TSV/JSONL of image path + caption; classify: a folder of "
+                            "class folders, or CSV/TSV/JSONL of image path + label")
+    train.add_argument("--shots", type=int, default=16,
+                       help="classify: training images drawn per class (0: all); without --val-data "
+                            "the rest are evaluated")
+    train.add_argument("--val-data", help="evaluated at step 0 (zero-shot) and every --eval-every steps (default: none, no evaluation; classify: the images not drawn as shots)")
     train.add_argument("--output-dir", required=True,
                        help="run directory: metrics.jsonl, config.json, checkpoints/, adapter/")
     train.add_argument("--steps", type=int, default=100, help="optimiser steps in all")
@@ -105,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pixel-layers", type=int, default=2, help="convolutions of the pixel adapter")
     train.add_argument("--pixel-channels", type=int, default=8, help="channels between the pixel adapter's convolutions")
     train.add_argument("--deep-prompt-depth", type=int, default=0,
-                       help="deep prompts at the first N blocks of each tower (tier graybox-plus; 0: none)")
+                       help="deep prompts at the first N blocks of each tower (tier graybox-plus; "
+                            "0: none, or with --method lga every block the key is offered)")
     train.add_argument("--deep-prompt-tokens", type=int, default=4, help="deep prompt tokens per block")
     restart = train.add_mutually_exclusive_group()
     restart.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
@@ -113,11 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="delete the run already in --output-dir and start over")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = _parser(sub, "eval", "retrieval metrics of an adapter (or of the backbone alone)")
+    ev = _parser(sub, "eval", "a task's metrics of trained adapters (or of the backbone alone)")
     _connection_args(ev)
     _data_args(ev)
-    ev.add_argument("--val-data", required=True, help="CSV/TSV/JSONL of image path + caption")
-    ev.add_argument("--adapter", help="adapter directory (default: none, zero-shot: the backbone alone)")
+    ev.add_argument("--val-data", required=True, help="data in the task's format (see train --train-data)")
+    ev.add_argument("--adapter", help="adapter directory; its task, class names and templates are "
+                                      "used (default: none, zero-shot: the backbone alone)")
     ev.add_argument("--batch-size", type=int, default=64, help="images or captions per call")
 
     plot = _parser(sub, "plot", "loss, learning rate and recall curves of runs, as an image")
@@ -154,17 +181,34 @@ def cmd_data(args) -> None:
     print(f"train: {paths['train']}\nval:   {paths['val']}")
 
 
+def task_options(args, training: bool) -> dict:
+    """The task's own flags: only those of --task (a flag of another task is refused)."""
+    given = {"templates": args.templates, "classnames": args.classnames}
+    if training:
+        given["shots"] = args.shots
+    if args.task == "classify":
+        return given
+    misplaced = [f"--{k}" for k, v in given.items() if v is not None and k != "shots"]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)}: options of --task classify, not {args.task}")
+    return {}
+
+
 def train_config(args):
     from graytune.client.training.loop import TrainConfig
+    if args.method == "zero-shot":
+        raise ValueError("--method zero-shot trains nothing: evaluate the backbone alone with "
+                         "`graytune eval` without --adapter")
     return TrainConfig(
         train_data=args.train_data, val_data=args.val_data, output_dir=args.output_dir,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
         warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
-        csv_separator=args.csv_separator,
+        csv_label_key=args.csv_label_key, csv_separator=args.csv_separator,
+        task=args.task, method=METHODS[args.method], task_options=task_options(args, training=True),
         adapters={"extra_tokens": args.extra_tokens, "pixel_layers": args.pixel_layers,
                   "pixel_channels": args.pixel_channels, "deep_prompt_depth": args.deep_prompt_depth,
-                  "deep_prompt_tokens": args.deep_prompt_tokens})
+                  "deep_prompt_tokens": args.deep_prompt_tokens, "adapters": args.adapters})
 
 
 def cmd_train(args) -> None:
@@ -175,9 +219,14 @@ def cmd_train(args) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
+def csv_format(args) -> dict:
+    return {"img_key": args.csv_img_key, "caption_key": args.csv_caption_key,
+            "label_key": args.csv_label_key, "separator": args.csv_separator}
+
+
 def cmd_eval(args) -> None:
     from graytune.client.adapters.graybox import ZeroShotCLIP
-    from graytune.client.tasks.retrieval.task import checked_dataset, evaluate
+    from graytune.client.tasks import make_task
     from graytune.client.training.checkpoint import load_adapters, read_config
     from graytune.client.transport import access
     with _client(args) as oracle:
@@ -186,12 +235,14 @@ def cmd_eval(args) -> None:
             config = read_config(args.adapter)
             config.check_backbone(oracle)
             access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
+            task = make_task(config.task.get("name", "retrieval"), oracle, csv_format(args), {})
+            task.restore(config.task)
         else:
             access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
-        dataset = checked_dataset(args.val_data, oracle, img_key=args.csv_img_key,
-                                  caption_key=args.csv_caption_key, separator=args.csv_separator)
+            task = make_task(args.task, oracle, csv_format(args), task_options(args, training=False))
+        _, dataset = task.load(None, args.val_data, seed=0)
         model = load_adapters(args.adapter, oracle) if args.adapter else ZeroShotCLIP(oracle)
-        metrics = evaluate(model, dataset, args.batch_size)
+        metrics = task.evaluate(model, dataset, args.batch_size)
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
@@ -211,15 +262,13 @@ COMMANDS = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_
             "plot": cmd_plot, "demo": cmd_demo}
 
 
-def _where_the_run_stopped(args) -> str:
-    """For `train`: the last step done and how to continue; empty for other commands."""
+def _where_the_run_stopped(args) -> Optional[str]:
+    """For `train` once its run directory exists: the last step done and how to continue."""
     if args.command != "train":
-        return ""
+        return None
     from graytune.client.training.run_dir import RunDir
     run = RunDir(args.output_dir)
-    if not run.in_use():
-        return " before the first step"
-    return f" after step {run.last_step()}; {run.resume_hint()}"
+    return f"after step {run.last_step()}; {run.resume_hint()}" if run.in_use() else None
 
 
 def main(argv=None) -> None:
@@ -241,13 +290,15 @@ def run(args) -> None:
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print(f"graytune {args.command}: interrupted{_where_the_run_stopped(args)}", file=sys.stderr)
+        stopped = _where_the_run_stopped(args)
+        where = f" {stopped}" if stopped else (" before the first step" if args.command == "train" else "")
+        print(f"graytune {args.command}: interrupted{where}", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except OracleError as e:
         print(f"graytune {args.command}: error: {e}", file=sys.stderr)
         stopped = _where_the_run_stopped(args)
-        if stopped and stopped != " before the first step":
-            print(f"graytune {args.command}: the run stopped{stopped}", file=sys.stderr)
+        if stopped:
+            print(f"graytune {args.command}: the run stopped {stopped}", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:
         raise

@@ -198,7 +198,7 @@ def test_check_names_the_line_of_a_missing_image(tmp_path):
     (tmp_path / "3.png").unlink()
     (tmp_path / "4.png").unlink()
     dataset = ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
-    with pytest.raises(DataError, match=r"pairs\.csv, line 5: no such image file .*3\.png \(and 1 more rows\)"):
+    with pytest.raises(DataError, match=r"pairs\.csv, line 5: no such image file .*3\.png \(and 1 more\)"):
         dataset.check()
 
 
@@ -242,8 +242,9 @@ def digits(tmp_path_factory):
 
 def test_digits_split_and_captions(digits):
     out_dir, paths, source = digits
-    assert paths == {"train": str(out_dir / "train.csv"), "val": str(out_dir / "val.csv")}
+    assert paths == {split: str(out_dir / f"{split}.csv") for split in ("train", "val", "train_labels", "val_labels")}
     assert (out_dir / "val.csv").read_text().startswith("filepath\ttitle\nimages/")
+    assert (out_dir / "val_labels.csv").read_text().startswith("filepath\tlabel\nimages/")
     train, val = read_pairs(paths["train"]), read_pairs(paths["val"])
     assert len(train) + len(val) == 1797 and 0.18 < len(val) / 1797 < 0.22
     assert not {p for p, _ in train} & {p for p, _ in val}
@@ -253,6 +254,8 @@ def test_digits_split_and_captions(digits):
         return DIGIT_NAMES[source.target[int(os.path.basename(image_path)[:4])]]
 
     assert all(caption == VAL_TEMPLATE.format(name=label(p)) for p, caption in val)
+    labelled = {split: read_pairs(paths[f"{split}_labels"], caption_key="label") for split in ("train", "val")}
+    assert labelled == {"train": [(p, label(p)) for p, _ in train], "val": [(p, label(p)) for p, _ in val]}
     assert len({caption for _, caption in val}) == 10
     assert all(caption in {t.format(name=label(p)) for t in TRAIN_TEMPLATES} for p, caption in train)
     assert len({caption for _, caption in train}) == 10 * len(TRAIN_TEMPLATES)

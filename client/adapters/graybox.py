@@ -5,23 +5,29 @@ tier; with deep prompts, LGA, `graybox-plus` tier).
     captions + TextPrompt(shift, extra tokens) -> [oracle text tower (+ DeepPrompts)]
         -> OutputAdapter -> L2 norm
 
-ZeroShotCLIP is the backbone alone, sending only pixels and captions, which every tier may.
+`adapters="input"` or `"output"` keeps only that side (the paper's ablations); with output
+adapters only, nothing learns before the backbone, so no gradient is asked for and every tier
+may train them. ZeroShotCLIP is the backbone alone, sending only pixels and captions.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import graytune
-from graytune.client.transport.access import BACKBONE_INPUTS, Need
 from graytune.client.adapters.modules import DeepPrompts, LogitScale, OutputAdapter, PixelAdapter, TextPrompt
+from graytune.client.transport.access import BACKBONE_INPUTS, Need
+from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
+
+
+SIDES = ("both", "input", "output")  # which adapters learn
 
 
 class BackboneMismatch(RuntimeError):
@@ -43,20 +49,42 @@ class AdapterConfig:
     deep_prompt_depth: int = 0  # blocks of each tower that get prompts; 0: none (DGA)
     deep_prompt_tokens: int = 4  # per block
     image_token_width: int = 0  # width of the image tower's tokens, for its deep prompts
+    adapters: str = "both"  # one of SIDES
+    classes: int = 0  # outputs of a linear probe
+    task: dict = field(default_factory=dict)  # what the task needs at inference (class names, ...)
     protocol_version: str = graytune.PROTOCOL_VERSION
 
+    def __post_init__(self):
+        if self.adapters not in SIDES:
+            raise ValueError(f"adapters must be one of {', '.join(SIDES)}, not {self.adapters!r}")
+        if self.deep_prompt_depth and self.adapters == "output":
+            raise ValueError("deep prompts are input modules: they need adapters 'input' or 'both'")
+
     @classmethod
-    def for_oracle(cls, oracle: OracleClient, **sizes) -> "AdapterConfig":
+    def for_oracle(cls, oracle: OracleClient, method: str = "graybox-dga", **sizes) -> "AdapterConfig":
+        """Sizes from the oracle's Describe. LGA's depth defaults to every layer the key is
+        offered deep prompts at; a depth > 0 makes a DGA run LGA."""
         info = oracle.describe()
-        depth = sizes.get("deep_prompt_depth", 0)
         offered = min(info.image.deep_prompt_layers, info.text.deep_prompt_layers)
+        if method == "graybox-lga" and not sizes.get("deep_prompt_depth"):
+            sizes["deep_prompt_depth"] = max(offered, 1)  # 1 on a key offered none: refused below
+        depth = sizes.get("deep_prompt_depth", 0)
         if depth > offered:
             raise ValueError(f"deep_prompt_depth {depth}: {oracle.endpoint} offers deep prompts at "
                              f"{offered} layers to this key (tier '{info.tier}')")
+        if method in ("graybox-dga", "graybox-lga"):
+            method = "graybox-lga" if depth else "graybox-dga"
         return cls(embed_dim=info.embed_dim, token_width=info.text.token_width,
                    image_token_width=info.image.token_width, backbone_name=info.backbone.name,
-                   backbone_sha256=info.backbone.sha256,
-                   method="graybox-lga" if depth else "graybox-dga", **sizes)
+                   backbone_sha256=info.backbone.sha256, method=method, **sizes)
+
+    @property
+    def learns_inputs(self) -> bool:
+        return self.method != "linear-probe" and self.adapters in ("both", "input")
+
+    @property
+    def learns_outputs(self) -> bool:
+        return self.method != "linear-probe" and self.adapters in ("both", "output")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,7 +98,10 @@ class AdapterConfig:
         return cls(**values)
 
     def need(self, training: bool) -> Need:
-        """The oracle access these adapters use: the inputs they send, gradients to train."""
+        """The oracle access these adapters use: the inputs they send, and gradients when an
+        input module is trained (output modules train on the client alone)."""
+        if not self.learns_inputs:
+            return Need(BACKBONE_INPUTS, gradients=False)
         points = BACKBONE_INPUTS | {"text.shift"}
         points |= {"text.extra_tokens"} if self.extra_tokens else set()
         points |= {"image.deep_prompts", "text.deep_prompts"} if self.deep_prompt_depth else set()
@@ -86,20 +117,24 @@ class AdapterConfig:
 
 
 class GrayboxCLIP(nn.Module):
-    def __init__(self, config: AdapterConfig, oracle: OracleClient):
+    """`cache`: where no input module learns, the backbone's embeddings are fetched once per
+    distinct input (see EmbeddingCache)."""
+
+    def __init__(self, config: AdapterConfig, oracle: OracleClient, cache: Optional[EmbeddingCache] = None):
         super().__init__()
         self.config = config
+        inputs, outputs = config.learns_inputs, config.learns_outputs
         self.pixel_adapter = PixelAdapter(config.pixel_layers, config.pixel_channels,
-                                          config.pixel_kernel_size)
-        self.text_prompt = TextPrompt(config.token_width, config.extra_tokens)
+                                          config.pixel_kernel_size) if inputs else nn.Identity()
+        self.text_prompt = TextPrompt(config.token_width, config.extra_tokens) if inputs else None
         depth, tokens = config.deep_prompt_depth, config.deep_prompt_tokens
         self.image_prompts = DeepPrompts(depth, tokens, config.image_token_width) if depth else None
         self.text_prompts = DeepPrompts(depth, tokens, config.token_width) if depth else None
-        self.image_head = OutputAdapter(config.embed_dim)
-        self.text_head = OutputAdapter(config.embed_dim)
+        self.image_head = OutputAdapter(config.embed_dim) if outputs else nn.Identity()
+        self.text_head = OutputAdapter(config.embed_dim) if outputs else nn.Identity()
         self.logit_scale = LogitScale()
-        self.image_tower = RemoteImageTower(oracle)
-        self.text_tower = RemoteTextTower(oracle)
+        self.image_tower = RemoteImageTower(oracle, None if inputs else cache)
+        self.text_tower = RemoteTextTower(oracle, None if inputs else cache)
 
     def save_pretrained(self, directory) -> None:
         """PEFT's name for `checkpoint.save_adapters`: config JSON + safetensors, atomically."""
@@ -120,20 +155,23 @@ class GrayboxCLIP(nn.Module):
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         """N captions -> (N, E) unit vectors."""
         prompts = self.text_prompts() if self.text_prompts is not None else {}
-        return F.normalize(self.text_head(self.text_tower(captions, **self.text_prompt(), **prompts)), dim=-1)
+        inputs = self.text_prompt() if self.text_prompt is not None else {}
+        return F.normalize(self.text_head(self.text_tower(captions, **inputs, **prompts)), dim=-1)
 
 
 class ZeroShotCLIP(nn.Module):
     """The backbone alone: normalised embeddings of pixels and captions, nothing else sent."""
 
-    def __init__(self, oracle: OracleClient):
+    def __init__(self, oracle: OracleClient, cache: Optional[EmbeddingCache] = None):
         super().__init__()
-        self.oracle = oracle
+        self.image_tower = RemoteImageTower(oracle, cache)
+        self.text_tower = RemoteTextTower(oracle, cache)
+        self.logit_scale = LogitScale().requires_grad_(False)  # 1/0.07: rankings do not depend on it
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
-        return F.normalize(self.oracle.embed_images(pixels), dim=-1)
+        return F.normalize(self.image_tower(pixels), dim=-1)
 
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         """N captions -> (N, E) unit vectors."""
-        return F.normalize(self.oracle.embed_texts(captions), dim=-1)
+        return F.normalize(self.text_tower(captions), dim=-1)

@@ -2,7 +2,8 @@
 
 Layout under out_dir: images/NNNN.png (NNNN = index in load_digits), train.csv and val.csv (tab-separated,
 header `filepath<TAB>title`, paths relative to out_dir). Training captions vary the wording; validation uses
-one caption per class, so the validation captions form a 10-class zero-shot gallery.
+one caption per class, so the validation captions form a 10-class zero-shot gallery. For classification,
+train_labels.csv and val_labels.csv hold the same split with a `label` column (the digit's name).
 """
 
 import csv
@@ -35,8 +36,9 @@ def write_digits(out_dir: str | os.PathLike, seed: int = 0, val_fraction: float 
     if not isinstance(upscale, int) or upscale < 1:
         raise ValueError(f"upscale must be a positive integer, got {upscale}")
     out_dir = os.fspath(out_dir)
-    paths = {split: os.path.join(out_dir, f"{split}.csv") for split in ("train", "val")}
-    if _is_complete(paths.values()):
+    paths = {split: os.path.join(out_dir, f"{split}.csv")
+             for split in ("train", "val", "train_labels", "val_labels")}
+    if _is_complete(paths):
         return paths
 
     try:
@@ -63,12 +65,14 @@ def write_digits(out_dir: str | os.PathLike, seed: int = 0, val_fraction: float 
         (filepaths[i], TRAIN_TEMPLATES[template_choice[i]].format(name=DIGIT_NAMES[digits.target[i]])) for i in train
     ])
     _write_csv(paths["val"], [(filepaths[i], VAL_TEMPLATE.format(name=DIGIT_NAMES[digits.target[i]])) for i in val])
+    for split, indices in (("train_labels", train), ("val_labels", val)):
+        _write_csv(paths[split], [(filepaths[i], DIGIT_NAMES[digits.target[i]]) for i in indices], label="label")
     return paths
 
 
-def _is_complete(csv_paths) -> bool:
-    return all(os.path.exists(p) for p in csv_paths) and all(
-        os.path.exists(image) for p in csv_paths for image, _ in read_pairs(p)
+def _is_complete(paths: dict) -> bool:
+    return all(os.path.exists(p) for p in paths.values()) and all(
+        os.path.exists(image) for split in ("train", "val") for image, _ in read_pairs(paths[split])
     )
 
 
@@ -84,10 +88,10 @@ def _stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Ge
     return sorted(train), sorted(val)
 
 
-def _write_csv(path: str, rows: list[tuple[str, str]]):
+def _write_csv(path: str, rows: list[tuple[str, str]], label: str = "title"):
     tmp_path = path + ".tmp"
     with open(tmp_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["filepath", "title"])
+        writer.writerow(["filepath", label])
         writer.writerows(rows)
     os.replace(tmp_path, path)

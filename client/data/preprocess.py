@@ -85,12 +85,12 @@ def preprocess_for(oracle) -> Preprocess:
                       image.interpolation, image.resize_mode)
 
 
-def load_image(path: str, preprocess: Preprocess, source: str, line: int) -> torch.Tensor:
+def load_image(path: str, preprocess: Preprocess, where: str) -> torch.Tensor:
     """The image a data set row names, preprocessed: (3, H, W). One that cannot be read fails
-    with the data set file and line that named it."""
+    naming `where` it was listed ("train.csv, line 4", a class folder)."""
     try:
         with Image.open(path) as img:
             return preprocess(img)
     except (OSError, Image.DecompressionBombError) as e:  # missing, unreadable or not an image
-        raise DataError(f"{source}, line {line}: cannot read image {path}: "
+        raise DataError(f"{where}: cannot read image {path}: "
                         f"{e.strerror if isinstance(e, FileNotFoundError) else e}") from None

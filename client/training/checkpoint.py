@@ -18,7 +18,11 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from torch import nn
+
+from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.adapters.models import build_model
+from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -73,14 +77,14 @@ def write_text_atomically(path: Path, text: str) -> None:
     write_file_atomically(path, lambda tmp: tmp.write_text(text))
 
 
-def _write_adapter_files(directory: Path, model: GrayboxCLIP) -> None:
+def _write_adapter_files(directory: Path, model: nn.Module) -> None:
     config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
     (directory / ADAPTER_CONFIG).write_text(config)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
 
 
-def save_adapters(directory: Path, model: GrayboxCLIP) -> None:
+def save_adapters(directory: Path, model: nn.Module) -> None:
     write_dir_atomically(directory, lambda tmp: _write_adapter_files(tmp, model))
 
 
@@ -91,16 +95,16 @@ def read_config(directory: Path) -> AdapterConfig:
     return AdapterConfig.from_dict(json.loads(path.read_text()))
 
 
-def load_adapters(directory: Path, oracle: OracleClient) -> GrayboxCLIP:
+def load_adapters(directory: Path, oracle: OracleClient, cache: Optional[EmbeddingCache] = None) -> nn.Module:
     """Rebuilds the adapters; refuses an oracle serving another backbone."""
     config = read_config(directory)
     config.check_backbone(oracle)
-    model = GrayboxCLIP(config, oracle)
+    model = build_model(config, oracle, cache)
     model.load_state_dict(load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
     return model
 
 
-def save_checkpoint(run_dir: Path, step: int, model: GrayboxCLIP, training_state: dict,
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, training_state: dict,
                     keep: int = 2) -> Path:
     """Writes checkpoints/step_NNNNNNN, points `latest` at it, keeps the newest `keep`."""
     checkpoints = Path(run_dir) / "checkpoints"

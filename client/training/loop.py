@@ -1,10 +1,12 @@
-"""The customer's training loop, driven over the wire (today for text-image retrieval).
+"""The customer's training loop, driven over the wire, one for every task and method.
 
-Each step: the batch's pixels go through the pixel adapter and the oracle's image tower, its
-distinct captions through the text prompt and the oracle's text tower, both through the output
-adapters; CLIP's contrastive loss; `loss.backward()` reaches the input adapters through the
-server. The data order is a function of (seed, step), so `resume=True` continues exactly where
-the last checkpoint left off.
+Each step: the task's batch goes through the customer's model (its input modules, the oracle's
+towers, its output modules), the task's loss, and `loss.backward()` reaches the input modules
+through the server. What only a task knows (data, loss, metrics) is in tasks/<name>/. The data
+order is a function of (seed, step), so `resume=True` continues exactly where the last
+checkpoint left off. Where no input module learns, the oracle's embeddings are fetched once per
+distinct input for the whole run (EmbeddingCache): the samples charged are the data set's size,
+not steps × batch size.
 """
 from __future__ import annotations
 
@@ -20,12 +22,16 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
-from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate
-from graytune.client.tasks.retrieval.task import checked_dataset, contrastive_step_loss, evaluate, zero_shot
+from torch import nn
+
+from graytune.client.adapters.graybox import AdapterConfig, ZeroShotCLIP
+from graytune.client.adapters.models import trainable_parameters
+from graytune.client.tasks import make_task
+from graytune.client.tasks.base import Task
 from graytune.client.training import checkpoint
 from graytune.client.training.run_dir import CONFIG, MetricsLog, RunDir
 from graytune.client.transport import access
+from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.v1 import oracle_pb2 as pb
 
@@ -47,15 +53,19 @@ class TrainConfig:
     seed: int = 0
     csv_img_key: str = "filepath"
     csv_caption_key: str = "title"
+    csv_label_key: str = "label"
     csv_separator: str = "\t"
-    adapters: Dict[str, int] = field(default_factory=dict)  # AdapterConfig sizes
+    task: str = "retrieval"
+    method: str = "graybox-dga"  # an AdapterConfig method
+    task_options: Dict[str, object] = field(default_factory=dict)  # the task's own flags
+    adapters: Dict[str, object] = field(default_factory=dict)  # AdapterConfig sizes and sides
 
     # Changing these mid-run would change the data order or the model: resume refuses.
-    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters")
+    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters", "task", "method", "task_options")
 
     def csv_format(self) -> dict:
         return {"img_key": self.csv_img_key, "caption_key": self.csv_caption_key,
-                "separator": self.csv_separator}
+                "label_key": self.csv_label_key, "separator": self.csv_separator}
 
 
 def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> List[int]:
@@ -77,14 +87,16 @@ def cosine_with_warmup(warmup: int, total: int):
     return factor
 
 
-def _resume_state(cfg: TrainConfig, run_dir: Path, oracle: OracleClient) -> Tuple[GrayboxCLIP, dict]:
+def _resume_state(cfg: TrainConfig, run_dir: Path, oracle: OracleClient,
+                  cache: EmbeddingCache) -> Tuple[nn.Module, dict]:
     latest = checkpoint.latest_checkpoint(run_dir)
     state = checkpoint.load_training_state(latest)
+    defaults = TrainConfig(train_data="", output_dir="")  # for checkpoints older than a field
     for key in TrainConfig.FIXED_ON_RESUME:
-        if state["train_config"][key] != getattr(cfg, key):
-            raise ValueError(f"--resume: {key} was {state['train_config'][key]!r} in {latest}, "
-                             f"now {getattr(cfg, key)!r}")
-    return checkpoint.load_adapters(latest, oracle), state
+        was = state["train_config"].get(key, getattr(defaults, key))
+        if was != getattr(cfg, key):
+            raise ValueError(f"--resume: {key} was {was!r} in {latest}, now {getattr(cfg, key)!r}")
+    return checkpoint.load_adapters(latest, oracle, cache), state
 
 
 def resolved_config(cfg: TrainConfig, adapters: AdapterConfig, info: pb.DescribeResponse,
@@ -110,35 +122,50 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False, overwrit
         return run.final_metrics()
     run.check_start(resume, overwrite)
     info = oracle.describe()
-    adapters = AdapterConfig.for_oracle(oracle, **cfg.adapters)
+    task = make_task(cfg.task, oracle, cfg.csv_format(), cfg.task_options)
+    adapters = AdapterConfig.for_oracle(oracle, method=cfg.method, **cfg.adapters)
     access.require(info, f"{adapters.method} training", adapters.need(training=True))
-    train_set = checked_dataset(cfg.train_data, oracle, seed=cfg.seed, **cfg.csv_format())
-    val_set = checked_dataset(cfg.val_data, oracle, seed=cfg.seed, **cfg.csv_format()) if cfg.val_data else None
+    train_set, val_set = task.load(cfg.train_data, cfg.val_data, cfg.seed)
+    adapters = task.adapter_config(adapters)
+    cache = EmbeddingCache(oracle)
     if resume:
-        model, state = _resume_state(cfg, run.path, oracle)
+        model, state = _resume_state(cfg, run.path, oracle, cache)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the extra tokens' random init
-            model = GrayboxCLIP(adapters, oracle)
+            model = task.build_model(adapters, cache)
         state = {"step": 0}
     run.claim(overwrite)
     config = resolved_config(cfg, adapters, info, oracle.endpoint)
     run.write_config(config)
-    log.info("%s %s at step %d on %s (sha256 %s…), tier %s: %s (written to %s)",
-             "resuming" if resume else "starting", adapters.method, state["step"],
+    log.info("%s %s %s at step %d on %s (sha256 %s…), tier %s, %s trainable parameters: %s (written to %s)",
+             "resuming" if resume else "starting", cfg.task, adapters.method, state["step"],
              info.backbone.name, info.backbone.sha256[:12], info.tier,
+             f"{trainable_parameters(model):,}",
              " ".join(f"{k}={json.dumps(v)}" for k, v in config["train"].items()), run.path / CONFIG)
     metrics_log = MetricsLog(run.path)
     if resume:
         metrics_log.truncate_after(state["step"])
-    elif val_set is not None:
-        metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot(oracle, val_set, cfg.batch_size)})
-    return _loop(model, state, cfg, train_set, val_set, run, metrics_log, progress)
+    else:
+        metrics_log.write({"step": 0, "kind": "run", "task": cfg.task, "method": adapters.method,
+                           "adapters": adapters.adapters, "train_samples": len(train_set),
+                           "trainable_parameters": trainable_parameters(model)})
+        if val_set is not None:
+            zero_shot = task.evaluate(ZeroShotCLIP(oracle, cache), val_set, cfg.batch_size)
+            metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **_usage(oracle, {})})
+    return _loop(model, state, cfg, task, train_set, val_set, run, metrics_log, progress, oracle)
 
 
-def _loop(model: GrayboxCLIP, state: dict, cfg: TrainConfig, train_set: ImageCaptionDataset,
-          val_set: Optional[ImageCaptionDataset], run: RunDir, metrics_log: MetricsLog,
-          progress: bool) -> Dict[str, float]:
+def _usage(oracle: OracleClient, before: dict) -> Dict[str, int]:
+    """The oracle calls and samples of the whole run: this process's, plus those logged
+    before a resume (`before`: the resumed step's record)."""
+    now = {f"oracle/{k}": v for k, v in oracle.usage().items()}
+    keys = set(now) | {k for k in before if k.startswith("oracle/")}
+    return {k: now.get(k, 0) + before.get(k, 0) for k in sorted(keys)}
+
+
+def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set, val_set,
+          run: RunDir, metrics_log: MetricsLog, progress: bool, oracle: OracleClient) -> Dict[str, float]:
     """Steps from state["step"] to cfg.steps: the update, the metrics, evaluations, checkpoints."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, cfg.steps))
@@ -146,26 +173,28 @@ def _loop(model: GrayboxCLIP, state: dict, cfg: TrainConfig, train_set: ImageCap
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
     result: Dict[str, float] = run.final_metrics()
+    # A resumed run's counts go on from the resumed step's last record.
+    before = next((r for r in reversed(run.records()) if r["step"] <= state["step"]), {}) if state["step"] else {}
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
                desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        pixels, captions = collate([train_set[i] for i in
-                                    batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)])
-        loss = contrastive_step_loss(model, pixels, captions)
+        batch = task.batch(train_set, batch_indices(len(train_set), cfg.batch_size, cfg.seed, step))
+        loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         done = step + 1
         result = {"train/loss": loss.item()}
-        metrics_log.write({"step": done, "kind": "train", "loss": loss.item(),
-                           "lr": schedule.get_last_lr()[0], "logit_scale": model.logit_scale().item()})
+        record = {"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+        if hasattr(model, "logit_scale"):
+            record["logit_scale"] = model.logit_scale().item()
+        metrics_log.write({**record, **_usage(oracle, before)})
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            result = evaluate(model, val_set, cfg.batch_size)
-            metrics_log.write({"step": done, "kind": "eval", **result})
-            bar.write(f"step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()
-                                                   if k.endswith(("R@1", "R@5"))),
+            result = task.evaluate(model, val_set, cfg.batch_size)
+            metrics_log.write({"step": done, "kind": "eval", **result, **_usage(oracle, before)})
+            bar.write(f"step {done}: " + ", ".join(f"{k}={result[k]:.3f}" for k in task.headline),
                       file=sys.stderr)  # beside the bar; stdout carries only the result
         if done % cfg.save_every == 0 or done == cfg.steps:
             checkpoint.save_checkpoint(run.path, done, model, {

@@ -14,6 +14,7 @@ bfloat16/float16 to halve the bytes.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -102,6 +103,10 @@ class OracleClient:
         # and the part of those the server reports for its device (the rest is transport).
         self.bytes_sent = self.bytes_received = 0
         self.call_seconds = self.device_seconds = 0.0
+        # Calls answered and samples in them, per method ("Embed", "Forward", "Backward"): what
+        # the key's budgets were charged for (a retried call counts once, as the server charges).
+        self.calls: collections.Counter = collections.Counter()
+        self.samples: collections.Counter = collections.Counter()
 
     def __enter__(self) -> "OracleClient":
         return self
@@ -159,7 +164,14 @@ class OracleClient:
         """dL/dE (B, E) -> {input name: dL/d input} (float32)."""
         header = pb.BackwardHeader(handle=handle, output_dtype=self._wire)
         messages = lambda: _stream(pb.BackwardMessage, header, self._chunks({"embeddings": grad_embeddings}))
-        return self._stream_call("Backward", self.stub.Backward, messages)[1]
+        grads = self._stream_call("Backward", self.stub.Backward, messages)[1]
+        self._count("Backward", grad_embeddings.shape[0])
+        return grads
+
+    def usage(self) -> Dict[str, int]:
+        """{"Embed_calls": n, "Embed_samples": n, ...} for the methods called so far."""
+        return {f"{method}_{what}": counter[method] for method in sorted(self.calls)
+                for what, counter in (("calls", self.calls), ("samples", self.samples))}
 
     # -- plumbing ------------------------------------------------------------------------
     @property
@@ -179,7 +191,12 @@ class OracleClient:
                                 grad_inputs=list(grad_inputs))
         messages = lambda: _stream(pb.InputMessage, header, self._chunks(tensors))
         out_header, out = self._stream_call(method, getattr(self.stub, method), messages)
+        self._count(method, out["embeddings"].shape[0])
         return out_header.handle, out["embeddings"]
+
+    def _count(self, method: str, samples: int) -> None:
+        self.calls[method] += 1
+        self.samples[method] += samples
 
     def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
         def call(metadata):

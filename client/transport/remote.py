@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 import grpc
 import torch
 
+from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 
@@ -55,26 +56,30 @@ def remote_encode(oracle: OracleClient, tower: int, texts: Sequence[str] = (),
 
 class RemoteImageTower(torch.nn.Module):
     """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
-    computed by the oracle."""
+    computed by the oracle. With a `cache`, pixels sent alone are embedded once per content."""
 
-    def __init__(self, oracle: OracleClient):
+    def __init__(self, oracle: OracleClient, cache: Optional[EmbeddingCache] = None):
         super().__init__()
-        self.oracle = oracle
+        self.oracle, self.cache = oracle, cache
 
     def forward(self, pixels: torch.Tensor, deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.cache is not None and deep_prompts is None and not pixels.requires_grad:
+            return self.cache.images(pixels)
         return remote_encode(self.oracle, pb.IMAGE, pixels=pixels, deep_prompts=deep_prompts)
 
 
 class RemoteTextTower(torch.nn.Module):
     """Captions [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts] -> (B, E)
-    embeddings, computed by the oracle."""
+    embeddings, computed by the oracle. With a `cache`, captions sent alone are embedded once."""
 
-    def __init__(self, oracle: OracleClient):
+    def __init__(self, oracle: OracleClient, cache: Optional[EmbeddingCache] = None):
         super().__init__()
-        self.oracle = oracle
+        self.oracle, self.cache = oracle, cache
 
     def forward(self, texts: Sequence[str], shift: Optional[torch.Tensor] = None,
                 extra_tokens: Optional[torch.Tensor] = None,
                 deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.cache is not None and shift is None and extra_tokens is None and deep_prompts is None:
+            return self.cache.texts(texts)
         return remote_encode(self.oracle, pb.TEXT, texts, shift=shift, extra_tokens=extra_tokens,
                              deep_prompts=deep_prompts)

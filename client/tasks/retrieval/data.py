@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from graytune.client.data.image_files import check_images
 from graytune.client.data.preprocess import Preprocess, load_image
 from graytune.client.data.tables import DataError, field, read_table
 
@@ -56,7 +57,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         line, image_path, caption = self.rows[index]
-        return load_image(image_path, self.preprocess, self.path, line), caption
+        return load_image(image_path, self.preprocess, f"{self.path}, line {line}"), caption
 
     @property
     def captions(self) -> list[str]:
@@ -65,17 +66,10 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def check(self, decode: int = 16, seed: int = 0) -> str:
         """Before any call is billed: every image exists and `decode` of them (the first and a
         seeded sample) decode. -> a one-line summary; DataError naming file and line if not."""
-        missing = [(line, image) for line, image, _ in self.rows if not os.path.isfile(image)]
-        if missing:
-            line, image = missing[0]
-            more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
-            raise DataError(f"{self.path}, line {line}: no such image file {image}{more}")
-        others = 1 + torch.randperm(len(self) - 1, generator=torch.Generator().manual_seed(seed))
-        sample = [0] + sorted(others[:decode - 1].tolist())
-        for index in sample:
-            self[index]
+        decoded = check_images([(f"{self.path}, line {line}", image) for line, image, _ in self.rows],
+                               self.__getitem__, decode, seed)
         return (f"{self.path}: {len(self):,} pairs, {len(set(self.captions)):,} distinct captions, "
-                f"every image found, {len(sample)} decoded")
+                f"every image found, {decoded} decoded")
 
 
 def collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:

@@ -6,12 +6,13 @@ may repeat). Evaluation: OpenCLIP's retrieval metrics against the data set's dis
 from __future__ import annotations
 
 import logging
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
 from graytune.client.adapters.graybox import ZeroShotCLIP
 from graytune.client.data.preprocess import preprocess_for
+from graytune.client.tasks.base import Task
 from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.retrieval.metrics import retrieval_metrics, unique_captions
@@ -55,3 +56,23 @@ def evaluate(model: torch.nn.Module, dataset: ImageCaptionDataset, batch_size: i
 def zero_shot(oracle: OracleClient, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
     """The backbone alone: only pixels and captions are sent, so every tier may run it."""
     return evaluate(ZeroShotCLIP(oracle), dataset, batch_size)
+
+
+class RetrievalTask(Task):
+    """Text-image retrieval on image-caption files (OpenCLIP's CSV convention)."""
+    name = "retrieval"
+    headline = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")
+
+    def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
+        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "caption_key", "separator")}
+        load = lambda path: checked_dataset(path, self.oracle, seed=seed, **fmt) if path else None
+        return load(train_path), load(val_path)
+
+    def batch(self, dataset: ImageCaptionDataset, indices: Sequence[int]):
+        return collate([dataset[i] for i in indices])
+
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        return contrastive_step_loss(model, *batch)
+
+    def evaluate(self, model: torch.nn.Module, dataset: ImageCaptionDataset, batch_size: int) -> Dict[str, float]:
+        return evaluate(model, dataset, batch_size)

@@ -1,0 +1,24 @@
+"""The customer's models by method name, as adapter_config.json records it."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.adapters.linear_probe import LinearProbe
+from graytune.client.transport.embedding_cache import EmbeddingCache
+from graytune.client.transport.oracle_client import OracleClient
+
+MODELS = {"graybox-dga": GrayboxCLIP, "graybox-lga": GrayboxCLIP, "linear-probe": LinearProbe}
+
+
+def build_model(config: AdapterConfig, oracle: OracleClient, cache: Optional[EmbeddingCache] = None) -> nn.Module:
+    if config.method not in MODELS:
+        raise ValueError(f"adapter_config.json: unknown method {config.method!r} "
+                         f"(this client knows {', '.join(MODELS)})")
+    return MODELS[config.method](config, oracle, cache)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,66 @@
+"""What a task tells the one training loop: its data, its batches, its loss, its evaluation.
+
+The loop (training/loop.py) owns everything tasks share: the run directory, resume, the data
+order, the optimiser and schedule, checkpoints, the metrics log and the progress bar. A task
+owns what only it knows. A task object is made from its options (the CLI's task flags) and,
+once `load` has read the data, knows the data's classes or galleries too.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.adapters.models import build_model
+from graytune.client.transport.embedding_cache import EmbeddingCache
+from graytune.client.transport.oracle_client import OracleClient
+
+Metrics = Dict[str, Any]  # floats, and dicts of floats (per-class accuracy)
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]
+    # The methods it trains ("graybox-dga", ...), and the metrics shown beside the progress bar.
+    methods: ClassVar[Tuple[str, ...]] = ("graybox-dga", "graybox-lga")
+    headline: ClassVar[Tuple[str, ...]]
+
+    def __init__(self, oracle: OracleClient, csv_format: Optional[dict] = None):
+        """`csv_format`: the columns and separator of CSV data files (see TrainConfig)."""
+        self.oracle = oracle
+        self.csv_format = csv_format or {}
+
+    @abc.abstractmethod
+    def load(self, train_path: Optional[str], val_path: Optional[str], seed: int) -> Tuple[Any, Any]:
+        """(train set, val set or None), each checked before any call is billed."""
+
+    def saved_with_adapters(self) -> dict:
+        """What inference needs besides the weights (class names, ...): adapter_config.json's `task`."""
+        return {"name": self.name}
+
+    def restore(self, saved: dict) -> None:
+        """Takes back what `saved_with_adapters` wrote, to evaluate or use trained adapters."""
+
+    def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
+        """The run's adapter config, completed by what the task knows after `load`."""
+        return dataclasses.replace(config, task=self.saved_with_adapters())
+
+    def build_model(self, config: AdapterConfig, cache: Optional[EmbeddingCache] = None) -> nn.Module:
+        if config.method not in self.methods:
+            raise ValueError(f"task {self.name} trains with {', '.join(self.methods)}, not {config.method}")
+        return build_model(config, self.oracle, cache)
+
+    @abc.abstractmethod
+    def batch(self, dataset: Any, indices: Sequence[int]) -> Any:
+        """The items at `indices`, collated."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The step's scalar loss; its backward reaches the input modules through the oracle."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, dataset: Any, batch_size: int) -> Metrics:
+        """The task's metrics of `model` on `dataset`."""

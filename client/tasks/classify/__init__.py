@@ -1,0 +1,1 @@
+"""Few-shot classification: labelled image folders or files, class prompts, top-k accuracy."""

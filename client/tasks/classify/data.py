@@ -1,0 +1,143 @@
+"""Labelled images for few-shot classification, as CoOp reads them.
+
+A data set is a folder with one subfolder of images per class (`root/<class>/*.png|jpg`), or a
+.csv/.tsv/.jsonl file with an image path column and a label column. Class names come from the
+folder names or labels (sorted), or from a `--classnames` file (line i names class i; labels
+are then those names or their 0-based indices). `few_shot_split` draws K images per class with
+a seed; the rest can serve as the evaluation split.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from graytune.client.data.image_files import check_images, images_in
+from graytune.client.data.preprocess import Preprocess, load_image
+from graytune.client.data.tables import DataError, field, read_table
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    where: str  # where it was listed: "train.csv, line 4" or its class folder
+    path: str
+    label: int
+
+
+def read_lines(path: str, what: str) -> List[Tuple[int, str]]:
+    """(line number, stripped text) of the non-empty lines of a UTF-8 text file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {what} file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not lines:
+        raise DataError(f"{path}: no {what} in it")
+    return lines
+
+
+def read_classnames(path: str) -> List[str]:
+    names, seen = [], {}
+    for line, name in read_lines(path, "class names"):
+        if name in seen:
+            raise DataError(f"{path}, line {line}: class name {name!r} repeats line {seen[name]}")
+        seen[name] = line
+        names.append(name)
+    return names
+
+
+def read_templates(path: str) -> List[str]:
+    """Prompt templates, one per line, each with one `{}` where the class name goes."""
+    templates = []
+    for line, template in read_lines(path, "prompt templates"):
+        if template.count("{}") != 1:
+            raise DataError(f"{path}, line {line}: a template needs exactly one {{}} for the class "
+                            f"name, got {template[:80]!r}")
+        templates.append(template)
+    return templates
+
+
+def read_labeled(path: str, classnames: Optional[Sequence[str]] = None, img_key: str = "filepath",
+                 label_key: str = "label", separator: str = "\t") -> Tuple[List[LabeledImage], List[str]]:
+    """-> (images with label indices, class names) from a class-folder tree or a table file."""
+    if os.path.isdir(path):
+        found = [(os.path.join(path, name), image, name) for name in sorted(os.listdir(path))
+                 if os.path.isdir(os.path.join(path, name)) for image in images_in(os.path.join(path, name))]
+        if not found:
+            raise DataError(f"{path}: no class folders with images (expected {path}/<class>/*.png)")
+    else:
+        folder = os.path.dirname(os.path.abspath(path))
+        found = [(f"{path}, line {line}", os.path.join(folder, field(row, img_key, path, line)),
+                  field(row, label_key, path, line)) for line, row in read_table(path, separator)]
+        if not found:
+            raise DataError(f"{path}: no labelled images")
+    if classnames is None:
+        classnames = sorted({label for _, _, label in found})
+    index = {name: i for i, name in enumerate(classnames)}
+    images = []
+    for where, image, label in found:
+        if label in index:
+            images.append(LabeledImage(where, image, index[label]))
+        elif label.isdigit() and int(label) < len(classnames):
+            images.append(LabeledImage(where, image, int(label)))
+        else:
+            raise DataError(f"{where}: unknown label {label[:80]!r}: not one of the {len(classnames)} "
+                            f"class names, nor an index below {len(classnames)}")
+    return images, list(classnames)
+
+
+def few_shot_split(images: Sequence[LabeledImage], classnames: Sequence[str], shots: int, seed: int,
+                   source: str) -> Tuple[List[LabeledImage], List[LabeledImage]]:
+    """-> (K seeded images per class, the rest); every class needs at least K images."""
+    train, rest = [], []
+    generator = torch.Generator().manual_seed(seed)
+    for label, name in enumerate(classnames):
+        members = [image for image in images if image.label == label]
+        if len(members) < shots:
+            raise DataError(f"{source}: class {name!r} has {len(members)} images, fewer than "
+                            f"--shots {shots}")
+        order = torch.randperm(len(members), generator=generator).tolist()
+        train += [members[i] for i in sorted(order[:shots])]
+        rest += [members[i] for i in sorted(order[shots:])]
+    return train, rest
+
+
+class LabeledImageDataset(torch.utils.data.Dataset):
+    """Items are (pixels (3, H, W) float32, label index); images load lazily."""
+
+    def __init__(self, source: str, images: Sequence[LabeledImage], classnames: Sequence[str],
+                 preprocess: Preprocess):
+        if not images:
+            raise DataError(f"{source}: no images left for this split")
+        self.source, self.images, self.classnames = source, list(images), list(classnames)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image = self.images[index]
+        return load_image(image.path, self.preprocess, image.where), image.label
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([image.label for image in self.images])  # (N,)
+
+    def check(self, decode: int = 16, seed: int = 0) -> str:
+        """Before any call is billed: every image exists and `decode` of them decode."""
+        decoded = check_images([(i.where, i.path) for i in self.images], self.__getitem__, decode, seed)
+        classes = len(set(self.labels.tolist()))
+        return (f"{self.source}: {len(self):,} images of {classes} of {len(self.classnames)} classes, "
+                f"every image found, {decoded} decoded")
+
+
+def collate(batch: List[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (pixels (B, 3, H, W), labels (B,))."""
+    pixels, labels = zip(*batch)
+    return torch.stack(pixels), torch.tensor(labels)

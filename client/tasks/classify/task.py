@@ -1,0 +1,125 @@
+"""Few-shot classification (CoOp's setting) around the shared loop.
+
+Class prompts are the templates filled with each class name; a class's embedding is the mean of
+its templates' unit embeddings, normalised again. A step sends every class prompt through the
+text tower in one call and the batch's images through the image tower; the loss is
+cross-entropy over CLIP's scaled cosine logits, so the input and output adapters of both towers
+learn. A linear probe scores the frozen image embeddings with its own classifier instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.adapters.linear_probe import LinearProbe
+from graytune.client.data.preprocess import preprocess_for
+from graytune.client.tasks.base import Metrics, Task
+from graytune.client.tasks.classify.data import (DEFAULT_TEMPLATES, LabeledImageDataset, collate, few_shot_split,
+                                                 read_classnames, read_labeled, read_templates)
+from graytune.client.tasks.classify.metrics import classification_metrics
+from graytune.client.transport.embedding_cache import EmbeddingCache
+from graytune.client.transport.oracle_client import OracleClient
+
+log = logging.getLogger("graytune.client")
+
+
+def prompt_name(classname: str) -> str:
+    """A folder name as a prompt says it: `golden_retriever` -> `golden retriever`."""
+    return classname.replace("_", " ")
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    methods = ("graybox-dga", "graybox-lga", "linear-probe")
+    headline = ("top1", "top5")
+
+    def __init__(self, oracle: OracleClient, csv_format: Optional[dict] = None, shots: int = 16,
+                 templates: Optional[str] = None, classnames: Optional[str] = None):
+        """`shots`: training images per class (0: all); `templates`, `classnames`: files, one
+        per line (default: "a photo of a {}.", and names from the folders or labels)."""
+        super().__init__(oracle, csv_format)
+        if shots < 0:
+            raise ValueError(f"--shots must be 0 (all images) or more, got {shots}")
+        self.shots = shots
+        self.templates: List[str] = read_templates(templates) if templates else list(DEFAULT_TEMPLATES)
+        self.classnames: Optional[List[str]] = read_classnames(classnames) if classnames else None
+
+    def restore(self, saved: dict) -> None:
+        self.classnames, self.templates = saved["classnames"], saved["templates"]
+
+    def saved_with_adapters(self) -> dict:
+        return {"name": self.name, "classnames": self.classnames, "templates": self.templates}
+
+    def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
+        config = super().adapter_config(config)
+        return dataclasses.replace(config, classes=len(self.classnames)) if config.method == "linear-probe" else config
+
+    def read(self, path: str) -> Tuple[list, List[str]]:
+        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "label_key", "separator")}
+        return read_labeled(path, self.classnames, **fmt)
+
+    def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
+        """K shots per class from `train_path`; evaluation on `val_path`, else on the rest."""
+        preprocess = preprocess_for(self.oracle)
+        train = val = None
+        if train_path:
+            images, self.classnames = self.read(train_path)
+            chosen, rest = few_shot_split(images, self.classnames, self.shots, seed, train_path) \
+                if self.shots else (images, [])
+            train = LabeledImageDataset(f"{train_path} ({self.shots or 'all'} shots)", chosen,
+                                        self.classnames, preprocess)
+            if not val_path and rest:
+                val = LabeledImageDataset(f"{train_path} (the images not drawn as shots)", rest,
+                                          self.classnames, preprocess)
+        if val_path:
+            images, self.classnames = self.read(val_path)
+            val = LabeledImageDataset(val_path, images, self.classnames, preprocess)
+        for dataset in (train, val):
+            if dataset is not None:
+                log.info("%s", dataset.check(seed=seed))
+        return train, val
+
+    def build_model(self, config: AdapterConfig, cache: Optional[EmbeddingCache] = None) -> nn.Module:
+        model = super().build_model(config, cache)
+        if isinstance(model, LinearProbe):
+            with torch.no_grad():
+                model.init_zero_shot(self.class_embeddings(model))
+        return model
+
+    def prompts(self) -> List[str]:
+        """C × T prompts, class-major."""
+        return [t.format(prompt_name(c)) for c in self.classnames for t in self.templates]
+
+    def class_embeddings(self, model: nn.Module) -> torch.Tensor:
+        """-> (C, E) unit vectors: each class's templates, embedded in one call and averaged."""
+        per_prompt = model.encode_text(self.prompts())  # (C*T, E), unit rows
+        return F.normalize(per_prompt.view(len(self.classnames), len(self.templates), -1).mean(dim=1), dim=-1)
+
+    def logits(self, model: nn.Module, pixels: torch.Tensor,
+               classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C) scores; `classes` (C, E) saves embedding the prompts again."""
+        if isinstance(model, LinearProbe):
+            return model.classify(pixels)
+        classes = self.class_embeddings(model) if classes is None else classes
+        return model.logit_scale() * model.encode_image(pixels) @ classes.T
+
+    def batch(self, dataset: LabeledImageDataset, indices: Sequence[int]):
+        return collate([dataset[i] for i in indices])
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        pixels, labels = batch
+        return F.cross_entropy(self.logits(model, pixels), labels)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: LabeledImageDataset, batch_size: int) -> Metrics:
+        """top1, top5 and per_class_accuracy; the class prompts are embedded once."""
+        classes = None if isinstance(model, LinearProbe) else self.class_embeddings(model)
+        logits = [self.logits(model, collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0],
+                              classes) for s in range(0, len(dataset), batch_size)]
+        return classification_metrics(torch.cat(logits), dataset.labels, self.classnames)
