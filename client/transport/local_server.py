@@ -35,8 +35,10 @@ def server_command() -> List[str]:
 class LocalServer:
     def __init__(self, args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
                  startup_timeout: float = 900.0, credentials: Optional[grpc.ChannelCredentials] = None,
-                 tls_server_name: Optional[str] = None, command: Optional[Sequence[str]] = None):
+                 tls_server_name: Optional[str] = None, command: Optional[Sequence[str]] = None,
+                 log_file: Optional[str] = None):
         """`command`: the server executable (default: this environment's graytune-server).
+        `log_file`: where every line the server prints is also appended (`output` keeps the last 200).
         `credentials` (and `tls_server_name`, the name its certificate holds): what the
         readiness check connects with when the server serves TLS.
         `startup_timeout` is generous: building the demo model the first time took 100 s on a
@@ -50,6 +52,7 @@ class LocalServer:
         self.process: Optional[subprocess.Popen] = None
         self.endpoint = ""
         self.output: deque = deque(maxlen=200)  # the server's last lines, for error messages
+        self.log_file = log_file
 
     def __enter__(self) -> "LocalServer":
         return self.start()
@@ -71,12 +74,17 @@ class LocalServer:
         return self
 
     def _read_output(self, found: threading.Event) -> None:
+        log = open(self.log_file, "a", buffering=1) if self.log_file else None  # line-buffered
         for line in self.process.stdout:
             self.output.append(line.rstrip())
+            if log:
+                log.write(line)
             match = LISTENING.search(line)
             if match and not self.endpoint:
                 self.endpoint = f"{match.group(1)}:{match.group(2)}"
                 found.set()
+        if log:
+            log.close()
         found.set()  # the process ended without listening
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
