@@ -63,13 +63,17 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
                         "an address the certificate does not name (default: the endpoint's host)")
 
 
-TASKS = ("retrieval", "classify")
+TASKS = ("retrieval", "classify", "sketch")
+# The task flags, by the task they belong to (None: their default, when not given).
+TASK_FLAGS = {"templates": "classify", "classnames": "classify", "shots": "classify", "precision_at": "sketch"}
 METHODS = {"dga": "graybox-dga", "lga": "graybox-lga", "linear-probe": "linear-probe"}
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=TASKS, default="retrieval",
-                   help="retrieval: image-caption files; classify: labelled images (few-shot)")
+    p.add_argument("--task", choices=TASKS,
+                   help="retrieval: image-caption files; classify: labelled images (few-shot); "
+                        "sketch: sketches and photos by category (default: retrieval, or the "
+                        "task --adapter was trained for)")
     p.add_argument("--csv-img-key", default="filepath", help="column (or JSONL key) of image paths")
     p.add_argument("--csv-caption-key", default="title", help="column (or JSONL key) of captions (retrieval)")
     p.add_argument("--csv-label-key", default="label", help="column (or JSONL key) of labels (classify)")
@@ -79,6 +83,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                                        "name; a class's embedding is their mean (default: 'a photo of a {}.')")
     p.add_argument("--classnames", help="classify: class names, one per line, line i naming class i "
                                         "(default: the class folders' or labels' names, sorted)")
+    p.add_argument("--precision-at", type=int, help="sketch: K of P@K, clamped to the gallery size (default: 100)")
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -111,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-data", required=True,
                        help="retrieval: CSV/TSV/JSONL of image path + caption; classify: a folder of "
                             "class folders, or CSV/TSV/JSONL of image path + label")
-    train.add_argument("--shots", type=int, default=16,
+    train.add_argument("--shots", type=int,
                        help="classify: training images drawn per class (0: all); without --val-data "
-                            "the rest are evaluated")
+                            "the rest are evaluated (default: 16)")
     train.add_argument("--val-data", help="evaluated at step 0 (zero-shot) and every --eval-every steps (default: none, no evaluation; classify: the images not drawn as shots)")
     train.add_argument("--output-dir", required=True,
                        help="run directory: metrics.jsonl, config.json, checkpoints/, adapter/")
@@ -181,17 +186,15 @@ def cmd_data(args) -> None:
     print(f"train: {paths['train']}\nval:   {paths['val']}")
 
 
-def task_options(args, training: bool) -> dict:
-    """The task's own flags: only those of --task (a flag of another task is refused)."""
-    given = {"templates": args.templates, "classnames": args.classnames}
-    if training:
-        given["shots"] = args.shots
-    if args.task == "classify":
-        return given
-    misplaced = [f"--{k}" for k, v in given.items() if v is not None and k != "shots"]
+def task_options(args) -> dict:
+    """The flags given of --task's own; a flag of another task is refused."""
+    given = {name: getattr(args, name) for name in TASK_FLAGS if getattr(args, name, None) is not None}
+    task = args.task or "retrieval"
+    misplaced = [f"--{name.replace('_', '-')} (a flag of --task {TASK_FLAGS[name]})"
+                 for name in given if TASK_FLAGS[name] != task]
     if misplaced:
-        raise ValueError(f"{', '.join(misplaced)}: options of --task classify, not {args.task}")
-    return {}
+        raise ValueError(f"--task {task} has no {', '.join(misplaced)}")
+    return given
 
 
 def train_config(args):
@@ -205,7 +208,7 @@ def train_config(args):
         warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
         csv_label_key=args.csv_label_key, csv_separator=args.csv_separator,
-        task=args.task, method=METHODS[args.method], task_options=task_options(args, training=True),
+        task=args.task or "retrieval", method=METHODS[args.method], task_options=task_options(args),
         adapters={"extra_tokens": args.extra_tokens, "pixel_layers": args.pixel_layers,
                   "pixel_channels": args.pixel_channels, "deep_prompt_depth": args.deep_prompt_depth,
                   "deep_prompt_tokens": args.deep_prompt_tokens, "adapters": args.adapters})
@@ -235,11 +238,15 @@ def cmd_eval(args) -> None:
             config = read_config(args.adapter)
             config.check_backbone(oracle)
             access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
-            task = make_task(config.task.get("name", "retrieval"), oracle, csv_format(args), {})
-            task.restore(config.task)
+            trained_for = config.task.get("name", "retrieval")
+            if args.task not in (None, trained_for):
+                raise ValueError(f"--task {args.task}: {args.adapter} was trained for --task {trained_for}")
+            args.task = trained_for
         else:
             access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
-            task = make_task(args.task, oracle, csv_format(args), task_options(args, training=False))
+        task = make_task(args.task or "retrieval", oracle, csv_format(args), task_options(args))
+        if args.adapter:
+            task.restore(config.task)
         _, dataset = task.load(None, args.val_data, seed=0)
         model = load_adapters(args.adapter, oracle) if args.adapter else ZeroShotCLIP(oracle)
         metrics = task.evaluate(model, dataset, args.batch_size)

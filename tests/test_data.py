@@ -242,7 +242,8 @@ def digits(tmp_path_factory):
 
 def test_digits_split_and_captions(digits):
     out_dir, paths, source = digits
-    assert paths == {split: str(out_dir / f"{split}.csv") for split in ("train", "val", "train_labels", "val_labels")}
+    assert paths == {split: str(out_dir / f"{split}.csv") for split in
+                     ("train", "val", "train_labels", "val_labels", "train_sketch", "val_sketch")}
     assert (out_dir / "val.csv").read_text().startswith("filepath\ttitle\nimages/")
     assert (out_dir / "val_labels.csv").read_text().startswith("filepath\tlabel\nimages/")
     train, val = read_pairs(paths["train"]), read_pairs(paths["val"])

@@ -51,6 +51,7 @@ class AdapterConfig:
     image_token_width: int = 0  # width of the image tower's tokens, for its deep prompts
     adapters: str = "both"  # one of SIDES
     classes: int = 0  # outputs of a linear probe
+    domains: tuple = ()  # image domains with adapters of their own (sketch, photo); () : image and text
     task: dict = field(default_factory=dict)  # what the task needs at inference (class names, ...)
     protocol_version: str = graytune.PROTOCOL_VERSION
 
@@ -95,16 +96,18 @@ class AdapterConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"adapter_config.json: unknown keys {unknown}")
-        return cls(**values)
+        return cls(**{**values, "domains": tuple(values.get("domains", ()))})  # JSON: a list
 
     def need(self, training: bool) -> Need:
         """The oracle access these adapters use: the inputs they send, and gradients when an
         input module is trained (output modules train on the client alone)."""
+        backbone = {"image.pixels"} if self.domains else BACKBONE_INPUTS
         if not self.learns_inputs:
-            return Need(BACKBONE_INPUTS, gradients=False)
-        points = BACKBONE_INPUTS | {"text.shift"}
-        points |= {"text.extra_tokens"} if self.extra_tokens else set()
-        points |= {"image.deep_prompts", "text.deep_prompts"} if self.deep_prompt_depth else set()
+            return Need(frozenset(backbone), gradients=False)
+        points = set(backbone) | ({"image.deep_prompts"} if self.deep_prompt_depth else set())
+        if not self.domains:
+            points |= {"text.shift"} | ({"text.extra_tokens"} if self.extra_tokens else set())
+            points |= {"text.deep_prompts"} if self.deep_prompt_depth else set()
         return Need(frozenset(points), training)
 
     def check_backbone(self, oracle: OracleClient) -> None:

@@ -5,6 +5,7 @@ from typing import Optional
 
 from torch import nn
 
+from graytune.client.adapters.cross_domain import CrossDomainCLIP
 from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
 from graytune.client.adapters.linear_probe import LinearProbe
 from graytune.client.transport.embedding_cache import EmbeddingCache
@@ -17,6 +18,8 @@ def build_model(config: AdapterConfig, oracle: OracleClient, cache: Optional[Emb
     if config.method not in MODELS:
         raise ValueError(f"adapter_config.json: unknown method {config.method!r} "
                          f"(this client knows {', '.join(MODELS)})")
+    if config.domains and config.method != "linear-probe":
+        return CrossDomainCLIP(config, oracle, cache)
     return MODELS[config.method](config, oracle, cache)
 
 

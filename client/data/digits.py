@@ -3,14 +3,17 @@
 Layout under out_dir: images/NNNN.png (NNNN = index in load_digits), train.csv and val.csv (tab-separated,
 header `filepath<TAB>title`, paths relative to out_dir). Training captions vary the wording; validation uses
 one caption per class, so the validation captions form a 10-class zero-shot gallery. For classification,
-train_labels.csv and val_labels.csv hold the same split with a `label` column (the digit's name).
+train_labels.csv and val_labels.csv hold the same split with a `label` column (the digit's name). For
+sketch retrieval, train_sketch.csv and val_sketch.csv (columns filepath, domain, category) take the same
+split's even-numbered images as photos and the odd-numbered ones, drawn as dark strokes on white
+(sketches/NNNN.png), as sketches: a pixel-space shift the backbone never saw.
 """
 
 import csv
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 
 from graytune.client.tasks.retrieval.data import read_pairs
 
@@ -37,7 +40,7 @@ def write_digits(out_dir: str | os.PathLike, seed: int = 0, val_fraction: float 
         raise ValueError(f"upscale must be a positive integer, got {upscale}")
     out_dir = os.fspath(out_dir)
     paths = {split: os.path.join(out_dir, f"{split}.csv")
-             for split in ("train", "val", "train_labels", "val_labels")}
+             for split in ("train", "val", "train_labels", "val_labels", "train_sketch", "val_sketch")}
     if _is_complete(paths):
         return paths
 
@@ -67,7 +70,24 @@ def write_digits(out_dir: str | os.PathLike, seed: int = 0, val_fraction: float 
     _write_csv(paths["val"], [(filepaths[i], VAL_TEMPLATE.format(name=DIGIT_NAMES[digits.target[i]])) for i in val])
     for split, indices in (("train_labels", train), ("val_labels", val)):
         _write_csv(paths[split], [(filepaths[i], DIGIT_NAMES[digits.target[i]]) for i in indices], label="label")
+    os.makedirs(os.path.join(out_dir, "sketches"), exist_ok=True)
+    for split, indices in (("train_sketch", train), ("val_sketch", val)):
+        rows = []
+        for i in indices:
+            if i % 2:
+                sketch = f"sketches/{i:04d}.png"
+                _pen_strokes(os.path.join(out_dir, filepaths[i])).save(os.path.join(out_dir, sketch))
+            rows.append((sketch, "sketch") if i % 2 else (filepaths[i], "photo"))
+        _write_csv(paths[split], [(path, domain, DIGIT_NAMES[digits.target[i]])
+                                  for (path, domain), i in zip(rows, indices)], label="domain\tcategory")
     return paths
+
+
+def _pen_strokes(path: str) -> Image.Image:
+    """A digit as a sketch: dark strokes on white paper, smoothed at 4x the size."""
+    with Image.open(path) as img:
+        big = img.convert("L").resize((img.width * 4, img.height * 4), Image.Resampling.BILINEAR)
+    return ImageOps.invert(big.filter(ImageFilter.GaussianBlur(1)))
 
 
 def _is_complete(paths: dict) -> bool:
@@ -88,10 +108,10 @@ def _stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Ge
     return sorted(train), sorted(val)
 
 
-def _write_csv(path: str, rows: list[tuple[str, str]], label: str = "title"):
+def _write_csv(path: str, rows: list[tuple[str, ...]], label: str = "title"):
     tmp_path = path + ".tmp"
     with open(tmp_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["filepath", label])
+        writer.writerow(["filepath", *label.split("\t")])
         writer.writerows(rows)
     os.replace(tmp_path, path)

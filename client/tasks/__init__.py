@@ -2,6 +2,7 @@
 
     retrieval/   text-image retrieval (the default)
     classify/    few-shot classification
+    sketch/      sketch-image retrieval
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import importlib
 import inspect
 
 # name -> "module:class", imported when asked for
-TASKS = {"retrieval": "retrieval.task:RetrievalTask", "classify": "classify.task:ClassifyTask"}
+TASKS = {"retrieval": "retrieval.task:RetrievalTask", "classify": "classify.task:ClassifyTask",
+         "sketch": "sketch.task:SketchTask"}
 
 
 def task_class(name: str):

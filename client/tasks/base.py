@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -18,6 +19,8 @@ from graytune.client.adapters.graybox import AdapterConfig
 from graytune.client.adapters.models import build_model
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
+
+log = logging.getLogger("graytune.client")
 
 Metrics = Dict[str, Any]  # floats, and dicts of floats (per-class accuracy)
 
@@ -40,6 +43,11 @@ class Task(abc.ABC):
     def saved_with_adapters(self) -> dict:
         """What inference needs besides the weights (class names, ...): adapter_config.json's `task`."""
         return {"name": self.name}
+
+    @staticmethod
+    def log_check(dataset: Any, seed: int) -> None:
+        """Runs the data set's check (files found, a sample decoded) and logs its summary."""
+        log.info("%s", dataset.check(seed=seed))
 
     def restore(self, saved: dict) -> None:
         """Takes back what `saved_with_adapters` wrote, to evaluate or use trained adapters."""

@@ -9,7 +9,6 @@ learn. A linear probe scores the frozen image embeddings with its own classifier
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -25,8 +24,6 @@ from graytune.client.tasks.classify.data import (DEFAULT_TEMPLATES, LabeledImage
 from graytune.client.tasks.classify.metrics import classification_metrics
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
-
-log = logging.getLogger("graytune.client")
 
 
 def prompt_name(classname: str) -> str:
@@ -82,7 +79,7 @@ class ClassifyTask(Task):
             val = LabeledImageDataset(val_path, images, self.classnames, preprocess)
         for dataset in (train, val):
             if dataset is not None:
-                log.info("%s", dataset.check(seed=seed))
+                self.log_check(dataset, seed)
         return train, val
 
     def build_model(self, config: AdapterConfig, cache: Optional[EmbeddingCache] = None) -> nn.Module:
