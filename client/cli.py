@@ -63,17 +63,18 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
                         "an address the certificate does not name (default: the endpoint's host)")
 
 
-TASKS = ("retrieval", "classify", "sketch")
+TASKS = ("retrieval", "classify", "sketch", "video")
 # The task flags, by the task they belong to (None: their default, when not given).
-TASK_FLAGS = {"templates": "classify", "classnames": "classify", "shots": "classify", "precision_at": "sketch"}
+TASK_FLAGS = {"templates": "classify", "classnames": "classify", "shots": "classify", "precision_at": "sketch",
+              "frames": "video", "pooling": "video"}
 METHODS = {"dga": "graybox-dga", "lga": "graybox-lga", "linear-probe": "linear-probe"}
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS,
                    help="retrieval: image-caption files; classify: labelled images (few-shot); "
-                        "sketch: sketches and photos by category (default: retrieval, or the "
-                        "task --adapter was trained for)")
+                        "sketch: sketches and photos by category; video: video-caption files "
+                        "(default: retrieval, or the task --adapter was trained for)")
     p.add_argument("--csv-img-key", default="filepath", help="column (or JSONL key) of image paths")
     p.add_argument("--csv-caption-key", default="title", help="column (or JSONL key) of captions (retrieval)")
     p.add_argument("--csv-label-key", default="label", help="column (or JSONL key) of labels (classify)")
@@ -84,6 +85,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classnames", help="classify: class names, one per line, line i naming class i "
                                         "(default: the class folders' or labels' names, sorted)")
     p.add_argument("--precision-at", type=int, help="sketch: K of P@K, clamped to the gallery size (default: 100)")
+    p.add_argument("--frames", type=int, help="video: frames per clip, sampled uniformly (default: 8)")
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(info)
 
     data = _parser(sub, "data", "build a demo data set")
-    data.add_argument("name", choices=["digits"], help="which data set")
+    data.add_argument("name", choices=["digits", "digit-videos"],
+                      help="digits: images for retrieval, classify and sketch; digit-videos: clips for video (needs graytune[video])")
     data.add_argument("--out", default="data/digits", help="folder to write it to")
 
     train = _parser(sub, "train", "train adapters through the oracle, for a task")
@@ -113,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(classify; any tier); zero-shot is `graytune eval` without --adapter")
     train.add_argument("--adapters", choices=("both", "input", "output"), default="both",
                        help="which adapters learn; output only needs no gradients (any tier)")
+    train.add_argument("--pooling", choices=("mean", "attention"),
+                       help="video: how frame embeddings become a clip's; attention learns a query, "
+                            "saved with the adapters (default: mean)")
     train.add_argument("--train-data", required=True,
                        help="retrieval: CSV/TSV/JSONL of image path + caption; classify: a folder of "
                             "class folders, or CSV/TSV/JSONL of image path + label")
@@ -181,9 +187,13 @@ def cmd_info(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from graytune.client.data.digits import write_digits
-    paths = write_digits(args.out)
-    print(f"train: {paths['train']}\nval:   {paths['val']}")
+    if args.name == "digit-videos":
+        from graytune.client.data.digit_videos import write_digit_videos
+        paths = write_digit_videos(args.out)
+    else:
+        from graytune.client.data.digits import write_digits
+        paths = write_digits(args.out)
+    print("\n".join(f"{split + ':':14} {path}" for split, path in paths.items()))
 
 
 def task_options(args) -> dict:

@@ -30,3 +30,14 @@ def test_demo_prints_zero_shot_and_fine_tuned_metrics(pretrained_server, cache_d
     assert all(len(v) == 2 and all(0 <= float(x) for x in v) for v in rows.values())
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert f"plot:    {tmp_path / 'run' / 'metrics.png'}" in result.stdout
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A package missing from pyproject's list is left out of a wheel (an editable install hides it)."""
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("graytune", *init.parent.relative_to(root).parts))
+             for side in ("client", "server") for init in (root / side).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

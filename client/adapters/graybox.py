@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import graytune
-from graytune.client.adapters.modules import DeepPrompts, LogitScale, OutputAdapter, PixelAdapter, TextPrompt
+from graytune.client.adapters.modules import (DeepPrompts, LogitScale, MeanPooling, OutputAdapter, PixelAdapter,
+                                              TextPrompt, temporal_pooling)
 from graytune.client.transport.access import BACKBONE_INPUTS, Need
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
@@ -52,6 +53,7 @@ class AdapterConfig:
     adapters: str = "both"  # one of SIDES
     classes: int = 0  # outputs of a linear probe
     domains: tuple = ()  # image domains with adapters of their own (sketch, photo); () : image and text
+    temporal_pooling: str = "mean"  # how a video's frame embeddings become one: mean or attention
     task: dict = field(default_factory=dict)  # what the task needs at inference (class names, ...)
     protocol_version: str = graytune.PROTOCOL_VERSION
 
@@ -136,6 +138,7 @@ class GrayboxCLIP(nn.Module):
         self.image_head = OutputAdapter(config.embed_dim) if outputs else nn.Identity()
         self.text_head = OutputAdapter(config.embed_dim) if outputs else nn.Identity()
         self.logit_scale = LogitScale()
+        self.temporal_pool = temporal_pooling(config.temporal_pooling, config.embed_dim)
         self.image_tower = RemoteImageTower(oracle, None if inputs else cache)
         self.text_tower = RemoteTextTower(oracle, None if inputs else cache)
 
@@ -154,6 +157,10 @@ class GrayboxCLIP(nn.Module):
         """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
         prompts = self.image_prompts() if self.image_prompts is not None else {}
         return F.normalize(self.image_head(self.image_tower(self.pixel_adapter(pixels), **prompts)), dim=-1)
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) clips -> (B, E) unit vectors; the B·T frames go in one oracle call."""
+        return encode_video(self.encode_image, self.temporal_pool, frames)
 
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         """N captions -> (N, E) unit vectors."""
@@ -175,6 +182,16 @@ class ZeroShotCLIP(nn.Module):
         """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
         return F.normalize(self.image_tower(pixels), dim=-1)
 
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) clips -> (B, E) unit vectors: the mean of the frames' embeddings."""
+        return encode_video(self.encode_image, MeanPooling(), frames)
+
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         """N captions -> (N, E) unit vectors."""
         return F.normalize(self.text_tower(captions), dim=-1)
+
+
+def encode_video(encode_image, pool: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, H, W) -> (B, E): every frame encoded in one call, pooled over time, normalised."""
+    per_frame = encode_image(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (B, T, E)
+    return F.normalize(pool(per_frame), dim=-1)

@@ -85,3 +85,32 @@ class LogitScale(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=100.0)
+
+
+class MeanPooling(nn.Module):
+    """(B, T, E) frame embeddings -> (B, E): their mean (CLIP4Clip's parameter-free pooling)."""
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.mean(dim=1)
+
+
+class AttentionPooling(nn.Module):
+    """(B, T, E) -> (B, E): frames weighted by softmax(frame · q), one learned query q. It starts
+    at q = 0, uniform weights, so step 0 is mean pooling."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(embed_dim))  # (E,)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(frames @ self.query, dim=1)  # (B, T)
+        return (weights.unsqueeze(-1) * frames).sum(dim=1)
+
+
+POOLING = {"mean": MeanPooling, "attention": AttentionPooling}
+
+
+def temporal_pooling(kind: str, embed_dim: int) -> nn.Module:
+    if kind not in POOLING:
+        raise ValueError(f"temporal pooling must be one of {', '.join(POOLING)}, not {kind!r}")
+    return MeanPooling() if kind == "mean" else AttentionPooling(embed_dim)

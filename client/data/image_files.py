@@ -18,15 +18,15 @@ def images_in(folder: str) -> list:
 
 
 def check_images(listed: Sequence[Tuple[str, str]], load: Callable[[int], object], decode: int = 16,
-                 seed: int = 0) -> int:
+                 seed: int = 0, exists: Callable[[str], bool] = os.path.isfile, what: str = "image file") -> int:
     """listed[i] = (where item i was listed, its image path); `load(i)` decodes item i.
     Every image must exist, and `decode` of them (the first and a seeded sample) must decode.
     -> how many were decoded; DataError naming where a bad one was listed."""
-    missing = [(where, image) for where, image in listed if not os.path.isfile(image)]
+    missing = [(where, image) for where, image in listed if not exists(image)]
     if missing:
         where, image = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{where}: no such image file {image}{more}")
+        raise DataError(f"{where}: no such {what} {image}{more}")
     others = 1 + torch.randperm(len(listed) - 1, generator=torch.Generator().manual_seed(seed))
     sample = [0] + sorted(others[:decode - 1].tolist())
     for index in sample:

@@ -3,6 +3,7 @@
     retrieval/   text-image retrieval (the default)
     classify/    few-shot classification
     sketch/      sketch-image retrieval
+    video/       text-video retrieval
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import inspect
 
 # name -> "module:class", imported when asked for
 TASKS = {"retrieval": "retrieval.task:RetrievalTask", "classify": "classify.task:ClassifyTask",
-         "sketch": "sketch.task:SketchTask"}
+         "sketch": "sketch.task:SketchTask", "video": "video.task:VideoTask"}
 
 
 def task_class(name: str):

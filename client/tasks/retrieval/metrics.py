@@ -19,9 +19,11 @@ def unique_captions(captions: list[str]) -> list[str]:
 
 
 def retrieval_metrics(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, image_captions: list[str], text_captions: list[str]
+    image_emb: torch.Tensor, text_emb: torch.Tensor, image_captions: list[str], text_captions: list[str],
+    visual: str = "image",
 ) -> dict[str, float]:
-    """image_to_text_* and text_to_image_* mean_rank, median_rank (1-based) and R@1, R@5, R@10.
+    """image_to_text_* and text_to_image_* mean_rank, median_rank (1-based) and R@1, R@5, R@10
+    (`visual="video"`: video_to_text_*, text_to_video_*).
 
     image_emb (N, E) and text_emb (M, E) need not be normalised. Every image needs a text with its caption
     and every text an image with its caption.
@@ -49,8 +51,8 @@ def retrieval_metrics(
 
     metrics = {}
     for name, scores, is_positive, query_captions in (
-        ("image_to_text", similarity, positives, image_captions),
-        ("text_to_image", similarity.T, positives.T, text_captions),
+        (f"{visual}_to_text", similarity, positives, image_captions),
+        (f"text_to_{visual}", similarity.T, positives.T, text_captions),
     ):
         ranks = _ranks(scores, is_positive, query_captions, name)
         metrics[f"{name}_mean_rank"] = float(ranks.mean() + 1)

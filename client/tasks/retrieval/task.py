@@ -34,23 +34,27 @@ def checked_dataset(path: str, oracle: OracleClient, seed: int = 0, **csv_format
     return dataset
 
 
-def contrastive_step_loss(model: torch.nn.Module, pixels: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
-    """(B, 3, H, W) pixels and their B captions -> the batch's contrastive loss."""
+def contrastive_step_loss(model: torch.nn.Module, pixels: torch.Tensor, captions: Sequence[str],
+                          visual: str = "image") -> torch.Tensor:
+    """(B, 3, H, W) pixels (visual="video": (B, T, 3, H, W) clips) and their B captions -> the
+    batch's contrastive loss."""
     gallery = unique_captions(captions)
     index = torch.tensor([gallery.index(c) for c in captions])  # (B,)
-    return contrastive_loss(model.encode_image(pixels), model.encode_text(gallery), index,
+    return contrastive_loss(getattr(model, f"encode_{visual}")(pixels), model.encode_text(gallery), index,
                             model.logit_scale())
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:
-    """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions."""
-    images = [model.encode_image(collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0])
+def evaluate(model: torch.nn.Module, dataset, batch_size: int = 64, visual: str = "image") -> Dict[str, float]:
+    """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions.
+    `dataset` items are (pixels or clip, caption); `visual` names the encoder and the metrics."""
+    encode = getattr(model, f"encode_{visual}")
+    images = [encode(collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0])
               for s in range(0, len(dataset), batch_size)]
     captions = dataset.captions
     gallery = unique_captions(captions)
     texts = [model.encode_text(gallery[s:s + batch_size]) for s in range(0, len(gallery), batch_size)]
-    return retrieval_metrics(torch.cat(images), torch.cat(texts), captions, gallery)
+    return retrieval_metrics(torch.cat(images), torch.cat(texts), captions, gallery, visual)
 
 
 def zero_shot(oracle: OracleClient, dataset: ImageCaptionDataset, batch_size: int = 64) -> Dict[str, float]:

@@ -1,0 +1,1 @@
+"""Text-video retrieval (as MSR-VTT): clips of N frames through the image tower, pooled in time."""

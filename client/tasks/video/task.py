@@ -1,0 +1,62 @@
+"""Text-video retrieval around the shared loop.
+
+A clip's N frames go through the image tower with the batch's other clips in one call, are
+pooled over time on the client (mean, or a learned attention pooling saved with the adapters),
+and meet the captions in CLIP's contrastive loss, as text-image retrieval does.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.adapters.modules import POOLING
+from graytune.client.data.preprocess import preprocess_for
+from graytune.client.tasks.base import Task
+from graytune.client.tasks.retrieval.data import collate
+from graytune.client.tasks.retrieval.task import contrastive_step_loss, evaluate
+from graytune.client.tasks.video.data import VideoCaptionDataset
+from graytune.client.transport.oracle_client import OracleClient
+
+
+class VideoTask(Task):
+    name = "video"
+    headline = ("video_to_text_R@1", "video_to_text_R@5", "text_to_video_R@1", "text_to_video_R@5")
+
+    def __init__(self, oracle: OracleClient, csv_format: Optional[dict] = None, frames: int = 8,
+                 pooling: str = "mean"):
+        """`frames`: N frames per clip, sampled uniformly; `pooling`: mean or attention."""
+        super().__init__(oracle, csv_format)
+        if pooling not in POOLING:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLING)}, not {pooling!r}")
+        self.frames, self.pooling = frames, pooling
+
+    def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
+        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "caption_key", "separator")}
+        preprocess = preprocess_for(self.oracle)
+        sets = [VideoCaptionDataset(path, preprocess, self.frames, **fmt) if path else None
+                for path in (train_path, val_path)]
+        for dataset in sets:
+            if dataset is not None:
+                self.log_check(dataset, seed)
+        return tuple(sets)
+
+    def saved_with_adapters(self) -> dict:
+        return {"name": self.name, "frames": self.frames}
+
+    def restore(self, saved: dict) -> None:
+        self.frames = saved["frames"]
+
+    def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
+        return dataclasses.replace(super().adapter_config(config), temporal_pooling=self.pooling)
+
+    def batch(self, dataset: VideoCaptionDataset, indices: Sequence[int]):
+        return collate([dataset[i] for i in indices])  # ((B, T, 3, H, W), B captions)
+
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        return contrastive_step_loss(model, *batch, visual="video")
+
+    def evaluate(self, model: torch.nn.Module, dataset: VideoCaptionDataset, batch_size: int) -> Dict[str, float]:
+        return evaluate(model, dataset, batch_size, visual="video")

@@ -1,0 +1,101 @@
+"""Text-video retrieval: uniform frame sampling, precise errors for clips that cannot serve,
+temporal pooling, and training through the real server on MPEG-4 clips PyAV wrote."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graytune.client.adapters.modules import AttentionPooling
+from graytune.client.data.digit_videos import drifting, write_digit_videos
+from graytune.client.data.tables import DataError
+from graytune.client.tasks.video.frames import read_clip, uniform_indices, write_video
+from test_classify import graytune, records
+
+
+@pytest.fixture(scope="module")
+def videos(digits):
+    return write_digit_videos(os.path.dirname(digits["train"]))
+
+
+def test_uniform_indices_take_the_centre_of_equal_spans():
+    assert uniform_indices(8, 8) == list(range(8))
+    assert uniform_indices(10, 4) == [1, 3, 6, 8]
+    assert uniform_indices(3, 1) == [1]
+
+
+def test_a_video_file_gives_its_frames_in_order(tmp_path):
+    frames = [np.full((16, 16, 3), 25 * i, np.uint8) for i in range(10)]
+    write_video(str(tmp_path / "clip.mp4"), frames)
+    clip = read_clip(str(tmp_path / "clip.mp4"), 4, "here")
+    brightness = [np.asarray(f).mean() for f in clip]
+    # Frames 1, 3, 6, 8 (brightness 25, 75, 150, 200); MPEG-4 is lossy: a few levels either way.
+    np.testing.assert_allclose(brightness, [25, 75, 150, 200], atol=6)
+
+
+def test_a_frame_folder_is_a_clip(tmp_path):
+    for i in range(5):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    assert [f.getpixel((0, 0))[0] for f in read_clip(str(tmp_path), 2, "here")] == [40, 120]
+
+
+def test_a_short_clip_names_its_row_and_the_frames_asked_for(tmp_path):
+    write_video(str(tmp_path / "short.mp4"), drifting(np.full((8, 8), 255, np.uint8), frames=3))
+    with pytest.raises(DataError, match=r"v\.csv, line 2: .*short\.mp4 has 3 frames, fewer than --frames 8"):
+        read_clip(str(tmp_path / "short.mp4"), 8, "v.csv, line 2")
+
+
+def test_an_unreadable_video_is_named(tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
+    with pytest.raises(DataError, match=r"v\.csv, line 5: cannot read video .*bad\.mp4"):
+        read_clip(str(tmp_path / "bad.mp4"), 8, "v.csv, line 5")
+
+
+def test_an_empty_frame_folder_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"v\.csv, line 3: the frame folder .* holds no images"):
+        read_clip(str(tmp_path), 8, "v.csv, line 3")
+
+
+def test_attention_pooling_starts_as_the_mean_and_learns_weights():
+    frames = torch.randn(2, 5, 6)
+    pool = AttentionPooling(6)
+    torch.testing.assert_close(pool(frames), frames.mean(dim=1))
+    with torch.no_grad():
+        pool.query.copy_(frames[0, 3] * 50)  # a query that singles out frame 3 of clip 0
+    assert torch.allclose(pool(frames)[0], frames[0, 3], atol=1e-3)
+
+
+def test_video_retrieval_beats_zero_shot_and_eval_reproduces_it(pretrained_server, videos, tmp_path):
+    run_dir = tmp_path / "run"
+    result = graytune(pretrained_server.endpoint, "train", "--task", "video", "--frames", "4",
+                      "--pooling", "attention", "--train-data", videos["train_video"],
+                      "--val-data", videos["val_video"], "--output-dir", str(run_dir), "--batch-size", "16",
+                      "--steps", "20", "--eval-every", "20", "--save-every", "20", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    final, logged = json.loads(result.stdout), records(run_dir)
+    zero_shot = logged[1]
+    assert final["video_to_text_R@1"] > zero_shot["video_to_text_R@1"], (zero_shot, final)
+    assert {"video_to_text_median_rank", "text_to_video_mean_rank", "text_to_video_R@10"} <= set(final)
+    # Two Forward calls a step: the 16 clips' 64 frames in one, the captions in the other.
+    assert logged[-1]["oracle/Forward_calls"] == 40
+    adapter = run_dir / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["temporal_pooling"], config["task"]) == ("attention", {"name": "video", "frames": 4})
+
+    evaluated = graytune(pretrained_server.endpoint, "eval", "--adapter", str(adapter),
+                         "--val-data", videos["val_video"])
+    assert evaluated.returncode == 0, evaluated.stderr
+    # 90 clips: float rounding in another batching may move a near-tie by one place.
+    assert abs(json.loads(evaluated.stdout)["video_to_text_R@1"] - final["video_to_text_R@1"]) <= 1 / 90 + 1e-9
+
+
+def test_a_short_clip_in_the_data_is_refused_before_any_call(pretrained_server, videos, tmp_path):
+    result = graytune(pretrained_server.endpoint, "train", "--task", "video", "--frames", "11",
+                      "--train-data", videos["train_video"], "--output-dir", str(tmp_path / "run"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "train_video.csv, line 2: " in result.stderr and "has 10 frames, fewer than --frames 11" in result.stderr
+    assert not (tmp_path / "run").exists()
