@@ -3,12 +3,14 @@
     transport/   OracleClient, the remote towers (autograd through the server), tier checks
     adapters/    the customer's modules (GrayboxCLIP, ZeroShotCLIP)
     training/    the one training loop, the run directory, checkpoints
-    tasks/       one package per task: its data sets, loss, metrics, evaluation
+    tasks/       one package per task (retrieval, classify, sketch, video): data, loss, metrics, evaluation
+    inference/   trained adapters in use: load_model, `graytune embed`, `graytune predict`
     data/        data set files, image preprocessing, the demo digits
     cli.py, demo.py, plot.py
 
     from graytune.client import OracleClient, GrayboxCLIP, AdapterConfig, train, TrainConfig
     from graytune.client import preprocess_for   # PIL image -> (3, H, W) as the backbone expects
+    model = load_model("runs/x/adapter", oracle)  # encode_image, encode_text (, classify)
 
 Names load lazily so that `graytune.client.cli` can configure OpenMP before torch is imported.
 """
@@ -23,6 +25,7 @@ _EXPORTS = {
     "save_adapters": "training.checkpoint", "load_adapters": "training.checkpoint",
     "train": "training.loop", "TrainConfig": "training.loop",
     "evaluate": "tasks.retrieval.task", "preprocess_for": "data.preprocess", "DataError": "data.tables",
+    "load_model": "inference.model", "Classifier": "inference.model",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -7,6 +7,8 @@
     graytune train --task classify --shots 16 --train-data data/digits/train_labels.csv \\
                    --val-data data/digits/val_labels.csv --output-dir runs/digits-16shot
     graytune eval  --endpoint HOST:PORT --adapter runs/digits/adapter --val-data data/digits/val.csv
+    graytune embed --adapter runs/digits/adapter --images data/digits/images --out emb.npy
+    graytune predict --adapter runs/digits-16shot/adapter --images data/digits/images --out classes.csv
     graytune plot  runs/digits     # runs/digits/metrics.png: loss, learning rate, recall curves
     graytune demo  # local server + digits + a short fine-tune, before/after metrics
 """
@@ -88,6 +90,15 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="video: frames per clip, sampled uniformly (default: 8)")
 
 
+def _inference_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--adapter", help="adapter directory (default: none, the backbone alone)")
+    p.add_argument("--out", required=True, help=f"output file of {out}; written whole or not at all")
+    p.add_argument("--batch-size", type=int, default=64, help="items per call")
+    p.add_argument("--csv-img-key", default="filepath", help="column (or JSONL key) of paths, for a table")
+    p.add_argument("--csv-separator", default="\t", help="column separator of .csv/.tsv files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
@@ -157,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="adapter directory; its task, class names and templates are "
                                       "used (default: none, zero-shot: the backbone alone)")
     ev.add_argument("--batch-size", type=int, default=64, help="images or captions per call")
+
+    emb = _parser(sub, "embed", "embeddings of images, texts or videos through the oracle and adapters")
+    _connection_args(emb)
+    corpus = emb.add_mutually_exclusive_group(required=True)
+    corpus.add_argument("--images", help="a folder of images (ids: paths below it) or a CSV/TSV/JSONL of image paths")
+    corpus.add_argument("--texts", help="a UTF-8 file of texts, one per line (ids: line numbers)")
+    corpus.add_argument("--videos", help="a folder of video files or frame folders, or a CSV/TSV/JSONL of them")
+    _inference_args(emb, "embeddings: .npy (fields id, embedding) or .safetensors (ids in the metadata)")
+    emb.add_argument("--frames", type=int, help="videos: frames per clip (default: the adapters' training "
+                                                "value, else 8)")
+    emb.add_argument("--domain", choices=("sketch", "photo"), help="sketch-retrieval adapters: the images' domain")
+
+    pred = _parser(sub, "predict", "the class of each image, with class probabilities, as CSV")
+    _connection_args(pred)
+    pred.add_argument("--images", required=True,
+                      help="a folder of images (ids: paths below it) or a CSV/TSV/JSONL of image paths")
+    _inference_args(pred, "predictions, .csv: id, prediction, score, one column per class")
+    pred.add_argument("--templates", help="without --adapter: prompt templates file (default: 'a photo of a {}.')")
+    pred.add_argument("--classnames", help="without --adapter: the class names file, one per line (needed)")
 
     plot = _parser(sub, "plot", "loss, learning rate and recall curves of runs, as an image")
     plot.add_argument("run_dirs", nargs="+", type=Path, help="`graytune train` output directories")
@@ -263,6 +293,28 @@ def cmd_eval(args) -> None:
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+def cmd_embed(args) -> None:
+    from graytune.client.inference.run import embed
+    kind = "images" if args.images else "texts" if args.texts else "videos"
+    with _client(args) as oracle:
+        embed(oracle, args.adapter, kind, args.images or args.texts or args.videos, args.out, args.batch_size,
+              frames=args.frames, domain=args.domain, progress=not args.no_progress,
+              img_key=args.csv_img_key, separator=args.csv_separator)
+    print(args.out)
+
+
+def cmd_predict(args) -> None:
+    from graytune.client.inference.run import predict
+    options = {k: v for k, v in (("templates", args.templates), ("classnames", args.classnames)) if v}
+    if args.adapter and options:
+        raise ValueError("--templates/--classnames: the adapters carry their own; only without --adapter")
+    with _client(args) as oracle:
+        predict(oracle, args.adapter, args.images, args.out, args.batch_size,
+                classify_options=None if args.adapter else options, progress=not args.no_progress,
+                img_key=args.csv_img_key, separator=args.csv_separator)
+    print(args.out)
+
+
 def cmd_plot(args) -> None:
     from graytune.client.plot import plot_runs
     if args.out is None and len(args.run_dirs) > 1:
@@ -275,8 +327,8 @@ def cmd_demo(args) -> None:
     run_demo(args.workdir, args.steps, WIRE_DTYPES[args.wire_dtype])
 
 
-COMMANDS = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval,
-            "plot": cmd_plot, "demo": cmd_demo}
+COMMANDS = {"info": cmd_info, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "embed": cmd_embed,
+            "predict": cmd_predict, "plot": cmd_plot, "demo": cmd_demo}
 
 
 def _where_the_run_stopped(args) -> Optional[str]:

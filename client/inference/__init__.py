@@ -1,0 +1,1 @@
+"""Using trained adapters: load them as a model, embed a corpus, predict classes."""

@@ -1,0 +1,78 @@
+"""`graytune embed` and `graytune predict`: a corpus through oracle + adapters, in batches."""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from graytune.client.adapters.cross_domain import CrossDomainCLIP
+from graytune.client.data.preprocess import preprocess_for
+from graytune.client.inference import corpus, outputs
+from graytune.client.inference.model import Classifier, load_model
+from graytune.client.transport.oracle_client import OracleClient
+
+log = logging.getLogger("graytune.client")
+
+
+@torch.no_grad()
+def in_batches(compute: Callable[[torch.Tensor], torch.Tensor], items: List[corpus.Item],
+               load: Callable[[List[corpus.Item]], object], batch_size: int, progress: bool, what: str) -> torch.Tensor:
+    """compute(load(batch)) for consecutive batches of `items`, concatenated: (N, ...)."""
+    bar = tqdm(total=len(items), desc=what, unit=what.split()[-1], disable=not progress, dynamic_ncols=True)
+    results = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        results.append(compute(load(batch)))
+        bar.update(len(batch))
+    bar.close()
+    return torch.cat(results)
+
+
+def embed(oracle: OracleClient, adapter: Optional[str], kind: str, source: str, out: str, batch_size: int = 64,
+          frames: Optional[int] = None, domain: Optional[str] = None, progress: bool = True, **table) -> int:
+    """Writes the embeddings of the images, texts or videos `source` lists to `out`; -> how many."""
+    outputs.check_output(out, outputs.EMBEDDING_FORMATS)
+    model = load_model(adapter, oracle)
+    saved = getattr(getattr(model, "config", None), "task", {})
+    if isinstance(model, CrossDomainCLIP):
+        if kind != "images" or domain not in model.config.domains:
+            raise ValueError(f"{adapter} holds sketch-retrieval adapters: embed --images with "
+                             f"--domain {' or '.join(model.config.domains)}")
+        encode = functools.partial(model.encode_image, domain=domain)
+    elif domain is not None:
+        raise ValueError("--domain: only for adapters trained with --task sketch")
+    else:
+        encode = {"images": model.encode_image, "texts": model.encode_text,
+                  "videos": getattr(model, "encode_video", None)}[kind]
+    if encode is None:
+        raise ValueError(f"{adapter}: these adapters embed images, not videos")
+    preprocess = preprocess_for(oracle) if kind != "texts" else None
+    if kind == "images":
+        items, load = corpus.list_images(source, **table), corpus.image_loader(preprocess)
+    elif kind == "videos":
+        clip_frames = frames or saved.get("frames", 8)
+        items, load = corpus.list_videos(source, **table), corpus.video_loader(preprocess, clip_frames)
+    else:
+        items, load = corpus.list_texts(source), (lambda batch: [i.source for i in batch])
+    embeddings = in_batches(encode, items, load, batch_size, progress, f"embedding {kind}")
+    outputs.write_embeddings(out, [i.id for i in items], embeddings)
+    log.info("wrote %d embeddings of %d dimensions to %s", *embeddings.shape, out)
+    return len(items)
+
+
+def predict(oracle: OracleClient, adapter: Optional[str], source: str, out: str, batch_size: int = 64,
+            classify_options: Optional[dict] = None, progress: bool = True, **table) -> int:
+    """Writes each image's predicted class and class probabilities to `out` (CSV); -> how many."""
+    outputs.check_output(out, (".csv",))
+    model = load_model(adapter, oracle, classify_options)
+    if not isinstance(model, Classifier):
+        raise ValueError(f"{adapter} holds adapters for --task {model.config.task.get('name', 'retrieval')}: "
+                         f"predict needs classification adapters (or none, with --classnames)")
+    items = corpus.list_images(source, **table)
+    probabilities = in_batches(model.classify, items, corpus.image_loader(preprocess_for(oracle)), batch_size,
+                               progress, "classifying images")
+    outputs.write_predictions(out, [i.id for i in items], probabilities, model.classnames)
+    return len(items)
