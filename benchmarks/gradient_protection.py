@@ -36,7 +36,8 @@ from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP  # noqa:
 from graytune.client.data.digits import write_digits  # noqa: E402
 from graytune.client.tasks.retrieval.data import collate  # noqa: E402
 from graytune.client.tasks.retrieval.task import contrastive_step_loss, load_dataset  # noqa: E402
-from graytune.client.training.loop import TrainConfig, batch_indices, train  # noqa: E402
+from graytune.client.training.batches import batch_indices  # noqa: E402
+from graytune.client.training.loop import TrainConfig, train  # noqa: E402
 from graytune.client.transport.local_server import LocalServer, server_command  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 

@@ -84,9 +84,10 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_pat
     out, err = run.communicate()
     assert run.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last == (f"graytune train: interrupted after step {train_steps(tmp_path)[-1]}; resume "
-                    f"with --resume (continues from the checkpoint at step {checkpoint_step(tmp_path)})")
+    last, step = err.strip().splitlines()[-1], train_steps(tmp_path)[-1]
+    # The step in progress finished and was checkpointed: nothing is lost.
+    assert checkpoint_step(tmp_path) == step
+    assert last == f"graytune train: interrupted after step {step}; resume with --resume (continues from the checkpoint at step {step})"
 
     resumed = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "40",
                                        "--save-every", "3", "--resume"), capture_output=True, text=True)

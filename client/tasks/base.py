@@ -1,4 +1,7 @@
-"""What a task tells the one training loop: its data, its batches, its loss, its evaluation.
+"""What a task tells the one training loop: its data, its loss, its evaluation.
+
+A task's data sets make their own batches (`dataset.batch(indices)`), so DataLoader workers can
+build them in other processes.
 
 The loop (training/loop.py) owns everything tasks share: the run directory, resume, the data
 order, the optimiser and schedule, checkpoints, the metrics log and the progress bar. A task
@@ -10,7 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -60,10 +63,6 @@ class Task(abc.ABC):
         if config.method not in self.methods:
             raise ValueError(f"task {self.name} trains with {', '.join(self.methods)}, not {config.method}")
         return build_model(config, self.oracle, cache)
-
-    @abc.abstractmethod
-    def batch(self, dataset: Any, indices: Sequence[int]) -> Any:
-        """The items at `indices`, collated."""
 
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:

@@ -29,6 +29,8 @@ from graytune.client.adapters.models import trainable_parameters
 from graytune.client.tasks import make_task
 from graytune.client.tasks.base import Task
 from graytune.client.training import checkpoint
+from graytune.client.training.batches import step_batches
+from graytune.client.training.interrupt import StopRequest
 from graytune.client.training.run_dir import CONFIG, MetricsLog, RunDir
 from graytune.client.transport import access
 from graytune.client.transport.embedding_cache import EmbeddingCache
@@ -51,6 +53,7 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 50
     seed: int = 0
+    workers: int = 2  # DataLoader processes building batches ahead (0: on the training thread)
     csv_img_key: str = "filepath"
     csv_caption_key: str = "title"
     csv_label_key: str = "label"
@@ -66,16 +69,6 @@ class TrainConfig:
     def csv_format(self) -> dict:
         return {"img_key": self.csv_img_key, "caption_key": self.csv_caption_key,
                 "label_key": self.csv_label_key, "separator": self.csv_separator}
-
-
-def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> List[int]:
-    """The sample indices of `step`: epoch e is a permutation seeded by (seed, e)."""
-    per_epoch = num_samples // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training samples")
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-    return order[position * batch_size:(position + 1) * batch_size].tolist()
 
 
 def cosine_with_warmup(warmup: int, total: int):
@@ -177,28 +170,31 @@ def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set
     before = next((r for r in reversed(run.records()) if r["step"] <= state["step"]), {}) if state["step"] else {}
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
                desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        batch = task.batch(train_set, batch_indices(len(train_set), cfg.batch_size, cfg.seed, step))
-        loss = task.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        done = step + 1
-        result = {"train/loss": loss.item()}
-        record = {"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0]}
-        if hasattr(model, "logit_scale"):
-            record["logit_scale"] = model.logit_scale().item()
-        metrics_log.write({**record, **_usage(oracle, before)})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            result = task.evaluate(model, val_set, cfg.batch_size)
-            metrics_log.write({"step": done, "kind": "eval", **result, **_usage(oracle, before)})
-            bar.write(f"step {done}: " + ", ".join(f"{k}={result[k]:.3f}" for k in task.headline),
-                      file=sys.stderr)  # beside the bar; stdout carries only the result
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            checkpoint.save_checkpoint(run.path, done, model, {
-                "step": done, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "train_config": dataclasses.asdict(cfg)})
+    batches = step_batches(train_set, cfg.batch_size, cfg.seed, state["step"], cfg.steps, cfg.workers)
+    with StopRequest() as stop:
+        for step, batch in zip(bar, batches):
+            loss = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            done = step + 1
+            result = {"train/loss": loss.item()}
+            record = {"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+            if hasattr(model, "logit_scale"):
+                record["logit_scale"] = model.logit_scale().item()
+            metrics_log.write({**record, **_usage(oracle, before)})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                result = {**task.evaluate(model, val_set, cfg.batch_size), **_usage(oracle, before)}
+                metrics_log.write({"step": done, "kind": "eval", **result})
+                bar.write(f"step {done}: " + ", ".join(f"{k}={result[k]:.3f}" for k in task.headline),
+                          file=sys.stderr)  # beside the bar; stdout carries only the result
+            if done % cfg.save_every == 0 or done == cfg.steps or stop.requested:
+                checkpoint.save_checkpoint(run.path, done, model, {
+                    "step": done, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "train_config": dataclasses.asdict(cfg)})
+            if stop.requested and done < cfg.steps:
+                raise KeyboardInterrupt
     checkpoint.save_adapters(run.path / "adapter", model)
     return result

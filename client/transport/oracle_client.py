@@ -18,6 +18,7 @@ import collections
 import itertools
 import logging
 import os
+import threading
 import time
 import uuid
 from typing import Dict, Iterator, Optional, Sequence, Tuple
@@ -107,12 +108,16 @@ class OracleClient:
         # the key's budgets were charged for (a retried call counts once, as the server charges).
         self.calls: collections.Counter = collections.Counter()
         self.samples: collections.Counter = collections.Counter()
+        self._counting = threading.Lock()  # a step's tower calls run on threads of their own
 
     def __enter__(self) -> "OracleClient":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        # An interrupt that landed inside gRPC's code may have left a channel lock held, and
+        # close() would then wait forever; the interrupted process is ending anyway.
+        if kind is not KeyboardInterrupt:
+            self.close()
 
     def close(self) -> None:
         self.channel.close()
@@ -182,7 +187,8 @@ class OracleClient:
         for name, t in tensors.items():
             dtype = self.wire_dtype if t.is_floating_point() else None
             for chunk in tensor_codec.tensor_to_chunks(name, t, self.chunk_bytes, dtype):
-                self.bytes_sent += len(chunk.data)
+                with self._counting:
+                    self.bytes_sent += len(chunk.data)
                 yield chunk
 
     def _inputs_call(self, method: str, tower: int, tensors: Tensors, texts: Sequence[str] = (),
@@ -195,8 +201,9 @@ class OracleClient:
         return out_header.handle, out["embeddings"]
 
     def _count(self, method: str, samples: int) -> None:
-        self.calls[method] += 1
-        self.samples[method] += samples
+        with self._counting:
+            self.calls[method] += 1
+            self.samples[method] += samples
 
     def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
         def call(metadata):
@@ -204,9 +211,10 @@ class OracleClient:
             replies = rpc(messages(), timeout=self.timeout, metadata=metadata)
             header = next(replies).header
             tensors = tensor_codec.chunks_to_tensors(reply.chunk for reply in replies)
-            self.bytes_received += sum(t.nbytes for t in tensors.values())
-            self.device_seconds += header.device_seconds
-            self.call_seconds += time.perf_counter() - start
+            with self._counting:
+                self.bytes_received += sum(t.nbytes for t in tensors.values())
+                self.device_seconds += header.device_seconds
+                self.call_seconds += time.perf_counter() - start
             return header, {n: t.float() for n, t in tensors.items()}
         return self._with_retries(method, call)
 

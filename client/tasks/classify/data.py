@@ -125,6 +125,10 @@ class LabeledImageDataset(torch.utils.data.Dataset):
         image = self.images[index]
         return load_image(image.path, self.preprocess, image.where), image.label
 
+    def batch(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """-> (pixels (B, 3, H, W), labels (B,))."""
+        return collate([self[i] for i in indices])
+
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([image.label for image in self.images])  # (N,)

@@ -9,7 +9,7 @@ learn. A linear probe scores the frozen image embeddings with its own classifier
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,10 @@ from graytune.client.adapters.graybox import AdapterConfig
 from graytune.client.adapters.linear_probe import LinearProbe
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.tasks.base import Metrics, Task
-from graytune.client.tasks.classify.data import (DEFAULT_TEMPLATES, LabeledImageDataset, collate, few_shot_split,
+from graytune.client.tasks.classify.data import (DEFAULT_TEMPLATES, LabeledImageDataset, few_shot_split,
                                                  read_classnames, read_labeled, read_templates)
 from graytune.client.tasks.classify.metrics import classification_metrics
+from graytune.client.transport.concurrent import concurrently
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
@@ -103,11 +104,11 @@ class ClassifyTask(Task):
         """(B, 3, H, W) -> (B, C) scores; `classes` (C, E) saves embedding the prompts again."""
         if isinstance(model, LinearProbe):
             return model.classify(pixels)
-        classes = self.class_embeddings(model) if classes is None else classes
-        return model.logit_scale() * model.encode_image(pixels) @ classes.T
-
-    def batch(self, dataset: LabeledImageDataset, indices: Sequence[int]):
-        return collate([dataset[i] for i in indices])
+        if classes is None:
+            images, classes = concurrently(lambda: model.encode_image(pixels), lambda: self.class_embeddings(model))
+        else:
+            images = model.encode_image(pixels)
+        return model.logit_scale() * images @ classes.T
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         pixels, labels = batch
@@ -117,6 +118,6 @@ class ClassifyTask(Task):
     def evaluate(self, model: nn.Module, dataset: LabeledImageDataset, batch_size: int) -> Metrics:
         """top1, top5 and per_class_accuracy; the class prompts are embedded once."""
         classes = None if isinstance(model, LinearProbe) else self.class_embeddings(model)
-        logits = [self.logits(model, collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0],
-                              classes) for s in range(0, len(dataset), batch_size)]
+        logits = [self.logits(model, dataset.batch(range(s, min(s + batch_size, len(dataset))))[0], classes)
+                  for s in range(0, len(dataset), batch_size)]
         return classification_metrics(torch.cat(logits), dataset.labels, self.classnames)

@@ -63,6 +63,10 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def captions(self) -> list[str]:
         return [caption for _, _, caption in self.rows]
 
+    def batch(self, indices) -> tuple[torch.Tensor, list[str]]:
+        """-> (pixels (B, 3, H, W), B captions)."""
+        return collate([self[i] for i in indices])
+
     def check(self, decode: int = 16, seed: int = 0) -> str:
         """Before any call is billed: every image exists and `decode` of them (the first and a
         seeded sample) decode. -> a one-line summary; DataError naming file and line if not."""

@@ -16,6 +16,7 @@ from graytune.client.tasks.base import Task
 from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.retrieval.metrics import retrieval_metrics, unique_captions
+from graytune.client.transport.concurrent import concurrently
 from graytune.client.transport.oracle_client import OracleClient
 
 log = logging.getLogger("graytune.client")
@@ -40,8 +41,9 @@ def contrastive_step_loss(model: torch.nn.Module, pixels: torch.Tensor, captions
     batch's contrastive loss."""
     gallery = unique_captions(captions)
     index = torch.tensor([gallery.index(c) for c in captions])  # (B,)
-    return contrastive_loss(getattr(model, f"encode_{visual}")(pixels), model.encode_text(gallery), index,
-                            model.logit_scale())
+    images, texts = concurrently(lambda: getattr(model, f"encode_{visual}")(pixels),
+                                 lambda: model.encode_text(gallery))
+    return contrastive_loss(images, texts, index, model.logit_scale())
 
 
 @torch.no_grad()
@@ -49,11 +51,12 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int = 64, visual: str 
     """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions.
     `dataset` items are (pixels or clip, caption); `visual` names the encoder and the metrics."""
     encode = getattr(model, f"encode_{visual}")
-    images = [encode(collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])[0])
-              for s in range(0, len(dataset), batch_size)]
     captions = dataset.captions
     gallery = unique_captions(captions)
-    texts = [model.encode_text(gallery[s:s + batch_size]) for s in range(0, len(gallery), batch_size)]
+    images, texts = concurrently(
+        lambda: [encode(dataset.batch(range(s, min(s + batch_size, len(dataset))))[0])
+                 for s in range(0, len(dataset), batch_size)],
+        lambda: [model.encode_text(gallery[s:s + batch_size]) for s in range(0, len(gallery), batch_size)])
     return retrieval_metrics(torch.cat(images), torch.cat(texts), captions, gallery, visual)
 
 
@@ -71,9 +74,6 @@ class RetrievalTask(Task):
         fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "caption_key", "separator")}
         load = lambda path: checked_dataset(path, self.oracle, seed=seed, **fmt) if path else None
         return load(train_path), load(val_path)
-
-    def batch(self, dataset: ImageCaptionDataset, indices: Sequence[int]):
-        return collate([dataset[i] for i in indices])
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         return contrastive_step_loss(model, *batch)

@@ -48,8 +48,10 @@ class SketchPhotoDataset(torch.utils.data.Dataset):
     """Items are the sketches: (sketch pixels (3, H, W), category index); `photo(i)` and
     `photos_of(category)` give the gallery side. Categories are the photos', sorted."""
 
-    def __init__(self, path: str, preprocess: Preprocess, img_key: str = "filepath", separator: str = "\t"):
-        self.path, self.preprocess = path, preprocess
+    def __init__(self, path: str, preprocess: Preprocess, img_key: str = "filepath", separator: str = "\t",
+                 seed: int = 0):
+        """`seed`: draws the photo paired with each training sketch (with the batch's indices)."""
+        self.path, self.preprocess, self.seed = path, preprocess, seed
         rows = read_rows(path, img_key, separator)
         self.categories = sorted({c for _, _, d, c in rows if d == "photo"})
         index = {c: i for i, c in enumerate(self.categories)}
@@ -79,11 +81,17 @@ class SketchPhotoDataset(torch.utils.data.Dataset):
     def photo_labels(self) -> torch.Tensor:
         return torch.tensor([label for _, _, label in self.photos])  # (G,)
 
-    def paired_photos(self, sketch_indices: Sequence[int], seed: int) -> List[int]:
+    def paired_photos(self, sketch_indices: Sequence[int]) -> List[int]:
         """A photo of each sketch's category, drawn by a generator seeded by (seed, indices),
         so a resumed run draws the same pairs."""
-        draw = random.Random(hash((seed, *sketch_indices)))
+        draw = random.Random(hash((self.seed, *sketch_indices)))
         return [draw.choice(self._by_category[self.sketches[i][2]]) for i in sketch_indices]
+
+    def batch(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (sketches (B, 3, H, W), their labels (B,), a paired photo each (B, 3, H, W), labels (B,))."""
+        sketches, labels = zip(*[self[i] for i in indices])
+        photos, photo_labels = zip(*[self.photo(i) for i in self.paired_photos(indices)])
+        return torch.stack(sketches), torch.tensor(labels), torch.stack(photos), torch.tensor(photo_labels)
 
     def check(self, decode: int = 16, seed: int = 0) -> str:
         listed = [(w, p) for w, p, _ in self.sketches + self.photos]

@@ -8,7 +8,7 @@ P@K, sketch -> photo.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -37,17 +37,16 @@ class SketchTask(Task):
         if precision_at < 1:
             raise ValueError(f"--precision-at must be at least 1, got {precision_at}")
         self.precision_at = precision_at
-        self.seed = 0
 
     @property
     def headline(self):
         return ("sketch_to_photo_mAP@all",)
 
     def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
-        self.seed = seed
         fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "separator")}
         preprocess = preprocess_for(self.oracle)
-        sets = [SketchPhotoDataset(path, preprocess, **fmt) if path else None for path in (train_path, val_path)]
+        sets = [SketchPhotoDataset(path, preprocess, seed=seed, **fmt) if path else None
+                for path in (train_path, val_path)]
         for dataset in sets:
             if dataset is not None:
                 self.log_check(dataset, seed)
@@ -55,12 +54,6 @@ class SketchTask(Task):
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
         return dataclasses.replace(super().adapter_config(config), domains=DOMAINS)
-
-    def batch(self, dataset: SketchPhotoDataset, indices: Sequence[int]):
-        """-> (sketches (B, 3, H, W), their labels (B,), photos (B, 3, H, W), their labels (B,))."""
-        sketches, labels = zip(*[dataset[i] for i in indices])
-        photos, photo_labels = zip(*[dataset.photo(i) for i in dataset.paired_photos(indices, self.seed)])
-        return torch.stack(sketches), torch.tensor(labels), torch.stack(photos), torch.tensor(photo_labels)
 
     def loss(self, model: CrossDomainCLIP, batch) -> torch.Tensor:
         sketches, labels, photos, photo_labels = batch

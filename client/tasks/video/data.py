@@ -8,7 +8,7 @@ import torch
 
 from graytune.client.data.image_files import check_images
 from graytune.client.data.preprocess import Preprocess
-from graytune.client.tasks.retrieval.data import read_rows
+from graytune.client.tasks.retrieval.data import collate, read_rows
 from graytune.client.tasks.video.frames import read_clip
 
 
@@ -33,6 +33,10 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
     @property
     def captions(self) -> list:
         return [caption for _, _, caption in self.rows]
+
+    def batch(self, indices) -> Tuple[torch.Tensor, list]:
+        """-> (clips (B, T, 3, H, W), B captions)."""
+        return collate([self[i] for i in indices])
 
     def check(self, decode: int = 4, seed: int = 0) -> str:
         """Before any call is billed: every clip exists and `decode` of them decode to N frames."""

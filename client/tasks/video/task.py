@@ -7,7 +7,7 @@ and meet the captions in CLIP's contrastive loss, as text-image retrieval does.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 
@@ -15,7 +15,6 @@ from graytune.client.adapters.graybox import AdapterConfig
 from graytune.client.adapters.modules import POOLING
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.tasks.base import Task
-from graytune.client.tasks.retrieval.data import collate
 from graytune.client.tasks.retrieval.task import contrastive_step_loss, evaluate
 from graytune.client.tasks.video.data import VideoCaptionDataset
 from graytune.client.transport.oracle_client import OracleClient
@@ -51,9 +50,6 @@ class VideoTask(Task):
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
         return dataclasses.replace(super().adapter_config(config), temporal_pooling=self.pooling)
-
-    def batch(self, dataset: VideoCaptionDataset, indices: Sequence[int]):
-        return collate([dataset[i] for i in indices])  # ((B, T, 3, H, W), B captions)
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         return contrastive_step_loss(model, *batch, visual="video")
