@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every", type=int, default=50, help="steps between evaluations on --val-data")
     train.add_argument("--save-every", type=int, default=50, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0, help="seeds the data order and the prompt init")
+    train.add_argument("--report-to", choices=("tensorboard",), action="append", default=[],
+                       help="also write the metrics as TensorBoard event files to OUTPUT_DIR/tensorboard "
+                            "(needs graytune[tensorboard]) (default: metrics.jsonl only)")
     train.add_argument("--workers", type=int, default=2,
                        help="DataLoader processes decoding and resizing batches ahead of the step (0: none)")
     train.add_argument("--extra-tokens", type=int, default=1, help="learnable prompt tokens after start-of-text (0: none)")
@@ -248,7 +251,7 @@ def train_config(args):
         train_data=args.train_data, val_data=args.val_data, output_dir=args.output_dir,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
         warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
-        workers=args.workers, csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
+        workers=args.workers, report_to=tuple(args.report_to), csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
         csv_label_key=args.csv_label_key, csv_separator=args.csv_separator,
         task=args.task or "retrieval", method=METHODS[args.method], task_options=task_options(args),
         adapters={"extra_tokens": args.extra_tokens, "pixel_layers": args.pixel_layers,

@@ -32,6 +32,7 @@ from graytune.client.training import checkpoint
 from graytune.client.training.batches import step_batches
 from graytune.client.training.interrupt import StopRequest
 from graytune.client.training.run_dir import CONFIG, MetricsLog, RunDir
+from graytune.client.training.tensorboard import reporters
 from graytune.client.transport import access
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
@@ -54,6 +55,7 @@ class TrainConfig:
     save_every: int = 50
     seed: int = 0
     workers: int = 2  # DataLoader processes building batches ahead (0: on the training thread)
+    report_to: Tuple[str, ...] = ()  # besides metrics.jsonl: "tensorboard"
     csv_img_key: str = "filepath"
     csv_caption_key: str = "title"
     csv_label_key: str = "label"
@@ -128,6 +130,7 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False, overwrit
             torch.manual_seed(cfg.seed)  # the extra tokens' random init
             model = task.build_model(adapters, cache)
         state = {"step": 0}
+    open_reporters = reporters(cfg.report_to, run.path, state["step"])
     run.claim(overwrite)
     config = resolved_config(cfg, adapters, info, oracle.endpoint)
     run.write_config(config)
@@ -136,7 +139,7 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False, overwrit
              info.backbone.name, info.backbone.sha256[:12], info.tier,
              f"{trainable_parameters(model):,}",
              " ".join(f"{k}={json.dumps(v)}" for k, v in config["train"].items()), run.path / CONFIG)
-    metrics_log = MetricsLog(run.path)
+    metrics_log = MetricsLog(run.path, open_reporters())
     if resume:
         metrics_log.truncate_after(state["step"])
     else:
@@ -146,7 +149,10 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False, overwrit
         if val_set is not None:
             zero_shot = task.evaluate(ZeroShotCLIP(oracle, cache), val_set, cfg.batch_size)
             metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **_usage(oracle, {})})
-    return _loop(model, state, cfg, task, train_set, val_set, run, metrics_log, progress, oracle)
+    try:
+        return _loop(model, state, cfg, task, train_set, val_set, run, metrics_log, progress, oracle)
+    finally:
+        metrics_log.close()
 
 
 def _usage(oracle: OracleClient, before: dict) -> Dict[str, int]:

@@ -4,6 +4,7 @@
     config.json     the resolved configuration of the latest start or resume
     checkpoints/    the newest checkpoints, `latest` naming the newest
     adapter/        the final adapters, written when the last step is done
+    tensorboard/    with --report-to tensorboard: the metrics as event files
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from graytune.client.training import checkpoint
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 # What a run writes; a directory holding any of these is in use.
-RUN_FILES = (METRICS, CONFIG, checkpoint.LATEST, "checkpoints", "adapter")
+RUN_FILES = (METRICS, CONFIG, checkpoint.LATEST, "checkpoints", "adapter", "tensorboard")
 
 
 class RunDirInUse(FileExistsError):
@@ -86,14 +87,22 @@ class RunDir:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per train step or evaluation."""
+    """metrics.jsonl: one JSON object per train step or evaluation; `reporters` (objects with
+    write(record) and close(), e.g. TensorBoardWriter) get every record too."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, reporters: tuple = ()):
         self.path = Path(run_dir) / METRICS
+        self.reporters = reporters
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        for reporter in self.reporters:
+            reporter.write(record)
+
+    def close(self) -> None:
+        for reporter in self.reporters:
+            reporter.close()
 
     def truncate_after(self, step: int) -> None:
         """Drops records past a resumed checkpoint, so a resumed run logs each step once."""
