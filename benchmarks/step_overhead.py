@@ -3,6 +3,12 @@ divided by the same step with the backbone in-process. Interleaved, medians.
 
     python benchmarks/step_overhead.py                       # both models, ~10 minutes on 2 cores
     python benchmarks/step_overhead.py --models small-224 --reps 20
+    python benchmarks/step_overhead.py --data --loader-workers 2   # `graytune train`'s whole step
+
+With `--data`, each step also loads its batch as `graytune train` does: JPEG files (256 × 256,
+built once by this script from scikit-learn's digits) decoded and resized to 224 in DataLoader
+workers ahead of the step (`--loader-workers`, graytune's `--workers`), both variants with the
+same pipeline; the step is the loop's own `train_step`. Without it, the batch is fixed pixels.
 
 Each variant runs in its own worker process, so each gets the settings it would have in real
 use: the in-process step OpenMP's defaults; the remote client OMP_WAIT_POLICY=PASSIVE (it waits
@@ -33,13 +39,19 @@ WIRE = ("float32", "bfloat16")
 
 # -- workers ---------------------------------------------------------------------------------
 def build_step(args):
-    """A trimmed copy of graytune.client.training.loop's step: adapters, towers, loss, backward, AdamW."""
+    """graytune.client.training.loop's step (train_step) on the DGA adapters, with the batches
+    of `graytune train`'s data pipeline (--data) or fixed pixels."""
     from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
-    from graytune.client.tasks.retrieval.task import contrastive_step_loss
+    from graytune.client.tasks.retrieval.task import RetrievalTask
+    from graytune.client.training.loop import cosine_with_warmup, train_step
 
     torch.manual_seed(0)
-    pixels = torch.randn(args.batch, 3, 224, 224)  # (B, 3, H, W)
-    captions = [f"a photo of item number {i}." for i in range(args.batch)]
+    if args.data_csv:
+        batches = iter(data_batches(args))
+    else:
+        pixels = torch.randn(args.batch, 3, 224, 224)  # (B, 3, H, W)
+        captions = [f"a photo of item number {i}." for i in range(args.batch)]
+        batches = iter(lambda: (pixels, captions), None)
     if args.worker == "in-process":
         from graytune.server.compute.backbone import BackboneSource, load_backbone
         backbone = load_backbone(BackboneSource(model=args.model))
@@ -54,13 +66,44 @@ def build_step(args):
         oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype))
         model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(10, 10**6))
+    task = RetrievalTask(oracle)
 
     def step():
-        loss = contrastive_step_loss(model, pixels, captions)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(task, model, next(batches), optimizer, schedule)
     return step, oracle
+
+
+def data_batches(args):
+    """`graytune train`'s batches of the JPEG data set, made by DataLoader workers."""
+    from graytune.client.data.preprocess import Preprocess
+    from graytune.client.tasks.retrieval.data import ImageCaptionDataset
+    from graytune.client.training.batches import step_batches
+    # The backbone's preprocessing (OpenCLIP's defaults for these models), as Describe reports it.
+    preprocess = Preprocess(224, 224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    dataset = ImageCaptionDataset(args.data_csv, preprocess)
+    return step_batches(dataset, args.batch, seed=0, first=0, end=10**6, workers=args.loader_workers)
+
+
+def write_jpeg_data(folder: Path, count: int = 512) -> Path:
+    """scikit-learn's digits as 256 x 256 colour JPEGs with captions (once); -> the CSV."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    csv = folder / "train.csv"
+    if csv.exists():
+        return csv
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    rng = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(count):
+        ink = torch.from_numpy(digits.images[i] / 16).float()  # (8, 8)
+        colour = torch.rand(3, generator=rng)
+        image = (ink[None] * colour[:, None, None] * 255).byte().permute(1, 2, 0).numpy()  # (8, 8, 3)
+        Image.fromarray(image).resize((256, 256), Image.Resampling.BICUBIC).save(folder / "images" / f"{i}.jpg", quality=90)
+        rows.append(f"images/{i}.jpg\ta photo of the digit {digits.target[i]}.\n")
+    csv.write_text("filepath\ttitle\n" + "".join(rows))
+    return csv
 
 
 class LocalImageTower(torch.nn.Module):
@@ -131,11 +174,11 @@ class Worker:
         self.proc.wait(30)
 
 
-def bench_model(name: str, reps: int, warmup: int) -> dict:
+def bench_model(name: str, reps: int, warmup: int, data: list) -> dict:
     from graytune.client.transport.local_server import LocalServer
 
     arch, batch, _ = MODELS[name]
-    common = ["--model", arch, "--batch", str(batch)]
+    common = ["--model", arch, "--batch", str(batch), *data]
     with LocalServer(["--dev", "--plaintext", "--model", arch, "--log-level", "WARNING"]) as server:
         workers = [Worker("in-process", ["--worker", "in-process", *common], dict(os.environ))]
         for wire in WIRE:
@@ -167,12 +210,14 @@ def bench_model(name: str, reps: int, warmup: int) -> dict:
                      "paired_q1": quartiles[0], "paired_q3": quartiles[-1],
                      "client_s": med("client"), "device_s": med("device"), "transport_s": med("transport"),
                      "up_bytes": w.results[-1]["up"], "down_bytes": w.results[-1]["down"]})
-    return {"model": name, "arch": arch, "batch": batch, "reps": reps, "rows": rows,
+    return {"model": name, "arch": arch, "batch": batch, "reps": reps, "rows": rows, "data": bool(data),
             "server_peak_rss": server_peak, "in_process_peak_rss": base[-1]["peak_rss"]}
 
 
 def report(result: dict) -> None:
-    print(f"\n{result['model']} ({result['arch']}, batch {result['batch']}, {result['reps']} interleaved reps)")
+    batches = "JPEG files through the DataLoader" if result["data"] else "fixed pixels"
+    print(f"\n{result['model']} ({result['arch']}, batch {result['batch']} of {batches}, "
+          f"{result['reps']} interleaved reps)")
     print(f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
           f"{'wire s':>8}{'MB up':>8}{'MB down':>9}")
     for r in result["rows"]:
@@ -194,6 +239,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, help="interleaved repetitions (default: per model)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--data", action="store_true", help="batches from JPEG files through the DataLoader")
+    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers with --data")
+    p.add_argument("--data-csv", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["in-process", "remote"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -203,9 +251,13 @@ def main() -> None:
     if args.worker:
         return run_worker(args)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    data = []
+    if args.data:
+        csv = write_jpeg_data(Path(os.environ.get("GRAYTUNE_CACHE", Path.home() / ".cache" / "graytune")) / "bench-jpegs")
+        data = ["--data-csv", str(csv), "--loader-workers", str(args.loader_workers)]
     results = []
     for name in args.models.split(","):
-        result = bench_model(name, args.reps or MODELS[name][2], args.warmup)
+        result = bench_model(name, args.reps or MODELS[name][2], args.warmup, data)
         report(result)
         results.append(result)
     if args.json:

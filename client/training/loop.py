@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -163,6 +164,16 @@ def _usage(oracle: OracleClient, before: dict) -> Dict[str, int]:
     return {k: now.get(k, 0) + before.get(k, 0) for k in sorted(keys)}
 
 
+def train_step(task: Task, model: nn.Module, batch, optimizer: torch.optim.Optimizer, schedule) -> torch.Tensor:
+    """One update: the task's loss, backward (through the oracle to the input modules), AdamW."""
+    loss = task.loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss
+
+
 def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set, val_set,
           run: RunDir, metrics_log: MetricsLog, progress: bool, oracle: OracleClient) -> Dict[str, float]:
     """Steps from state["step"] to cfg.steps: the update, the metrics, evaluations, checkpoints."""
@@ -178,15 +189,15 @@ def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set
                desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     batches = step_batches(train_set, cfg.batch_size, cfg.seed, state["step"], cfg.steps, cfg.workers)
     with StopRequest() as stop:
+        waited = time.perf_counter()
         for step, batch in zip(bar, batches):
-            loss = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            started = time.perf_counter()
+            loss = train_step(task, model, batch, optimizer, schedule)
             done = step + 1
             result = {"train/loss": loss.item()}
-            record = {"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+            # OpenCLIP's names: data_time waits for the batch, batch_time is the whole step.
+            record = {"step": done, "kind": "train", "loss": loss.item(), "lr": schedule.get_last_lr()[0],
+                      "data_time": started - waited, "batch_time": time.perf_counter() - waited}
             if hasattr(model, "logit_scale"):
                 record["logit_scale"] = model.logit_scale().item()
             metrics_log.write({**record, **_usage(oracle, before)})
@@ -202,5 +213,6 @@ def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set
                     "train_config": dataclasses.asdict(cfg)})
             if stop.requested and done < cfg.steps:
                 raise KeyboardInterrupt
+            waited = time.perf_counter()
     checkpoint.save_adapters(run.path / "adapter", model)
     return result
