@@ -131,5 +131,10 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return path
 
 
+def step_of(checkpoint: Path) -> int:
+    """The step a checkpoint directory (step_NNNNNNN) was saved at."""
+    return int(Path(checkpoint).name.removeprefix("step_"))
+
+
 def load_training_state(checkpoint: Path) -> dict:
     return torch.load(Path(checkpoint) / TRAINING_STATE, map_location="cpu", weights_only=True)

@@ -33,9 +33,9 @@ class RunDir:
         return any((self.path / name).exists() for name in RUN_FILES)
 
     def checkpoint_step(self) -> Optional[int]:
-        """The step of the latest checkpoint; None before the first."""
+        """The step of the latest checkpoint (from its name, checkpoints/step_NNNNNNN); None before the first."""
         latest = checkpoint.latest_checkpoint(self.path)
-        return None if latest is None else checkpoint.load_training_state(latest)["step"]
+        return None if latest is None else checkpoint.step_of(latest)
 
     def is_complete(self, steps: int) -> bool:
         return (self.path / "adapter").is_dir() and self.checkpoint_step() == steps
