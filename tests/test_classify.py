@@ -194,3 +194,19 @@ def test_a_blackbox_key_trains_a_linear_probe_without_a_gradient_call(cache_dir,
         capture_output=True, text=True, check=True).stdout)
     assert set(report["calls_by_method"]) == {"Describe", "Embed"}, report
     assert report["gradient_samples"] == 0 and report["samples_embedded"] == charged
+
+
+def test_output_adapters_train_with_a_blackbox_key_charged_each_input_once(cache_dir, digits, tmp_path):
+    key_file = tmp_path / "keys.json"
+    secret = create_key(key_file, "--tier", "blackbox", "--budget", "100000")
+    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"],
+                     env={"GRAYTUNE_CACHE": str(cache_dir)}) as server:
+        result = graytune(server.endpoint, *classify_args(digits, tmp_path / "run", "--adapters", "output"),
+                          key=secret)
+        assert result.returncode == 0, result.stderr
+        with OracleClient(server.endpoint, api_key=secret) as oracle:
+            charged = 100000 - oracle.describe().budget_remaining
+    final = json.loads(result.stdout)
+    val_images = len(open(digits["val_labels"]).read().splitlines()) - 1
+    assert final["oracle/Embed_samples"] == charged == 80 + val_images + 10
+    assert "oracle/Forward_calls" not in final
