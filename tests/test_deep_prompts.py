@@ -159,6 +159,12 @@ def test_graybox_clip_with_deep_prompts_sends_and_learns_them(plus):
         assert prompts.grad is not None and float(prompts.grad.abs().sum()) > 0
 
 
+def test_method_lga_takes_every_layer_the_key_is_offered(plus):
+    config = AdapterConfig.for_oracle(plus, method="graybox-lga")
+    offered = plus.describe().image.deep_prompt_layers
+    assert offered > 0 and (config.method, config.deep_prompt_depth) == ("graybox-lga", offered)
+
+
 def test_deep_prompts_beyond_the_offer_are_refused_at_config(oracle):
     with pytest.raises(ValueError, match="offers deep prompts at 0 layers"):
         AdapterConfig.for_oracle(oracle, deep_prompt_depth=1)  # tier graybox

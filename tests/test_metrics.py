@@ -112,3 +112,16 @@ def test_bad_shapes_raise():
         retrieval_metrics(torch.ones(2, 3), torch.ones(2, 3), ["a"], ["a", "b"])
     with pytest.raises(ValueError, match="at least one image"):
         retrieval_metrics(torch.ones(0, 3), torch.ones(2, 3), [], ["a", "b"])
+
+
+def test_a_tie_with_a_wrong_caption_counts_for_the_positive():
+    # Texts a and x are the same vector under two captions, b and c two others.
+    text_emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    image_emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.2], [1.0, 0.0]])
+    metrics = retrieval_metrics(image_emb, text_emb, ["a", "b", "c", "b", "x"], ["a", "x", "b", "c"], visual="video")
+    # Ranks: image 0 ties x (0), image 1 has c above b (1), image 2 has a, x, b above c (3),
+    # image 3 has a and x above b (2), image 4 ties a (0): [0, 1, 3, 2, 0].
+    assert metrics["video_to_text_R@1"] == pytest.approx(2 / 5)
+    assert metrics["video_to_text_median_rank"] == 2.0
+    assert metrics["video_to_text_mean_rank"] == pytest.approx(6 / 5 + 1)
+    assert set(metrics) == {f"{d}_{k}" for d in ("video_to_text", "text_to_video") for k in KEYS}
