@@ -152,7 +152,7 @@ def test_sketch_retrieval_beats_zero_shot(pretrained_server, digits, tmp_path):
     zero_shot = logged[1]
     assert zero_shot["kind"] == "zero_shot"
     assert final["sketch_to_photo_mAP@all"] > zero_shot["sketch_to_photo_mAP@all"], (zero_shot, final)
-    assert set(final) == {"sketch_to_photo_mAP@all", "sketch_to_photo_P@100"}
+    assert {k for k in final if not k.startswith("oracle/")} == {"sketch_to_photo_mAP@all", "sketch_to_photo_P@100"}
     # One Forward a step carries the batch's 32 sketches and their 32 photos.
     assert (logged[-1]["oracle/Forward_calls"], logged[-1]["oracle/Forward_samples"]) == (30, 30 * 64)
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
