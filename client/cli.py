@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a folder of images (ids: paths below it) or a CSV/TSV/JSONL of image paths")
     _inference_args(pred, "predictions, .csv: id, prediction, score, one column per class")
     pred.add_argument("--templates", help="without --adapter: prompt templates file (default: 'a photo of a {}.')")
-    pred.add_argument("--classnames", help="without --adapter: the class names file, one per line (needed)")
+    pred.add_argument("--classnames", help="without --adapter (then required): the class names file, one per line")
 
     plot = _parser(sub, "plot", "loss, learning rate and recall curves of runs, as an image")
     plot.add_argument("run_dirs", nargs="+", type=Path, help="`graytune train` output directories")

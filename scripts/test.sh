@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite (real server processes on loopback; about 12 minutes on 2 idle cores).
+# The whole test suite (real server processes on loopback; about 25 minutes on 2 idle cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
