@@ -81,7 +81,8 @@ def pixel_gradient_scale(oracle: OracleClient, cfg: TrainConfig, batches: int = 
 
     oracle.backward = recording_backward  # this instance only, for these batches
     try:
-        dataset = load_dataset(cfg.train_data, oracle, **cfg.csv_format())
+        dataset = load_dataset(cfg.train_data, oracle, img_key=cfg.csv_img_key, caption_key=cfg.csv_caption_key,
+                               separator=cfg.csv_separator)
         torch.manual_seed(cfg.seed)
         model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
         for step in range(batches):

@@ -47,10 +47,22 @@ class Task(abc.ABC):
         """What inference needs besides the weights (class names, ...): adapter_config.json's `task`."""
         return {"name": self.name}
 
+    def csv(self, *keys: str) -> dict:
+        """The CSV format options (img_key, caption_key, label_key, separator) a reader takes."""
+        return {k: v for k, v in self.csv_format.items() if k in keys}
+
     @staticmethod
     def log_check(dataset: Any, seed: int) -> None:
         """Runs the data set's check (files found, a sample decoded) and logs its summary."""
         log.info("%s", dataset.check(seed=seed))
+
+    def checked(self, make, train_path: Optional[str], val_path: Optional[str], seed: int) -> Tuple[Any, Any]:
+        """(make(train_path), make(val_path)), None for a path not given, each checked and logged."""
+        sets = tuple(make(path) if path else None for path in (train_path, val_path))
+        for dataset in sets:
+            if dataset is not None:
+                self.log_check(dataset, seed)
+        return sets
 
     def restore(self, saved: dict) -> None:
         """Takes back what `saved_with_adapters` wrote, to evaluate or use trained adapters."""

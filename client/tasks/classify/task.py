@@ -59,8 +59,7 @@ class ClassifyTask(Task):
         return dataclasses.replace(config, classes=len(self.classnames)) if config.method == "linear-probe" else config
 
     def read(self, path: str) -> Tuple[list, List[str]]:
-        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "label_key", "separator")}
-        return read_labeled(path, self.classnames, **fmt)
+        return read_labeled(path, self.classnames, **self.csv("img_key", "label_key", "separator"))
 
     def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
         """K shots per class from `train_path`; evaluation on `val_path`, else on the rest."""

@@ -5,7 +5,6 @@ may repeat). Evaluation: OpenCLIP's retrieval metrics against the data set's dis
 """
 from __future__ import annotations
 
-import logging
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -13,26 +12,17 @@ import torch
 from graytune.client.adapters.graybox import ZeroShotCLIP
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.tasks.base import Task
-from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate
+from graytune.client.tasks.retrieval.data import ImageCaptionDataset
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.retrieval.metrics import retrieval_metrics, unique_captions
 from graytune.client.transport.concurrent import concurrently
 from graytune.client.transport.oracle_client import OracleClient
-
-log = logging.getLogger("graytune.client")
 
 
 def load_dataset(path: str, oracle: OracleClient, img_key: str = "filepath", caption_key: str = "title",
                  separator: str = "\t") -> ImageCaptionDataset:
     return ImageCaptionDataset(path, preprocess_for(oracle), img_key=img_key, caption_key=caption_key,
                                separator=separator)
-
-
-def checked_dataset(path: str, oracle: OracleClient, seed: int = 0, **csv_format) -> ImageCaptionDataset:
-    """The data set, checked before any call is billed (see ImageCaptionDataset.check)."""
-    dataset = load_dataset(path, oracle, **csv_format)
-    log.info("%s", dataset.check(seed=seed))
-    return dataset
 
 
 def contrastive_step_loss(model: torch.nn.Module, pixels: torch.Tensor, captions: Sequence[str],
@@ -71,9 +61,8 @@ class RetrievalTask(Task):
     headline = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")
 
     def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
-        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "caption_key", "separator")}
-        load = lambda path: checked_dataset(path, self.oracle, seed=seed, **fmt) if path else None
-        return load(train_path), load(val_path)
+        fmt = self.csv("img_key", "caption_key", "separator")
+        return self.checked(lambda path: load_dataset(path, self.oracle, **fmt), train_path, val_path, seed)
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         return contrastive_step_loss(model, *batch)

@@ -43,14 +43,9 @@ class SketchTask(Task):
         return ("sketch_to_photo_mAP@all",)
 
     def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
-        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "separator")}
-        preprocess = preprocess_for(self.oracle)
-        sets = [SketchPhotoDataset(path, preprocess, seed=seed, **fmt) if path else None
-                for path in (train_path, val_path)]
-        for dataset in sets:
-            if dataset is not None:
-                self.log_check(dataset, seed)
-        return tuple(sets)
+        preprocess, fmt = preprocess_for(self.oracle), self.csv("img_key", "separator")
+        return self.checked(lambda path: SketchPhotoDataset(path, preprocess, seed=seed, **fmt),
+                            train_path, val_path, seed)
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
         return dataclasses.replace(super().adapter_config(config), domains=DOMAINS)

@@ -33,14 +33,9 @@ class VideoTask(Task):
         self.frames, self.pooling = frames, pooling
 
     def load(self, train_path: Optional[str], val_path: Optional[str], seed: int):
-        fmt = {k: v for k, v in self.csv_format.items() if k in ("img_key", "caption_key", "separator")}
-        preprocess = preprocess_for(self.oracle)
-        sets = [VideoCaptionDataset(path, preprocess, self.frames, **fmt) if path else None
-                for path in (train_path, val_path)]
-        for dataset in sets:
-            if dataset is not None:
-                self.log_check(dataset, seed)
-        return tuple(sets)
+        preprocess, fmt = preprocess_for(self.oracle), self.csv("img_key", "caption_key", "separator")
+        return self.checked(lambda path: VideoCaptionDataset(path, preprocess, self.frames, **fmt),
+                            train_path, val_path, seed)
 
     def saved_with_adapters(self) -> dict:
         return {"name": self.name, "frames": self.frames}
