@@ -281,7 +281,7 @@ def cmd_eval(args) -> None:
         info = oracle.describe()
         if args.adapter:
             config = read_config(args.adapter)
-            config.check_backbone(oracle)
+            config.check_backbone(oracle)  # before the data is read (load_adapters checks again: no call)
             access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
             trained_for = config.task.get("name", "retrieval")
             if args.task not in (None, trained_for):
@@ -293,7 +293,7 @@ def cmd_eval(args) -> None:
         if args.adapter:
             task.restore(config.task)
         _, dataset = task.load(None, args.val_data, seed=0)
-        model = load_adapters(args.adapter, oracle) if args.adapter else ZeroShotCLIP(oracle)
+        model = load_adapters(args.adapter, oracle, config=config) if args.adapter else ZeroShotCLIP(oracle)
         metrics = task.evaluate(model, dataset, args.batch_size)
     print(json.dumps(metrics, indent=2, sort_keys=True))
 

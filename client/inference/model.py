@@ -61,7 +61,7 @@ def load_model(adapter: Optional[str | Path], oracle: OracleClient, classify_opt
     else:
         config = read_config(adapter)
         access.require(info, f"inference with {config.method} adapters", config.need(training=False))
-        model, saved = load_adapters(adapter, oracle), config.task
+        model, saved = load_adapters(adapter, oracle, config=config), config.task
     model.requires_grad_(False).eval()
     if saved and saved.get("name") == "classify":
         task = make_task("classify", oracle, {}, {})

@@ -95,9 +95,11 @@ def read_config(directory: Path) -> AdapterConfig:
     return AdapterConfig.from_dict(json.loads(path.read_text()))
 
 
-def load_adapters(directory: Path, oracle: OracleClient, cache: Optional[EmbeddingCache] = None) -> nn.Module:
-    """Rebuilds the adapters; refuses an oracle serving another backbone."""
-    config = read_config(directory)
+def load_adapters(directory: Path, oracle: OracleClient, cache: Optional[EmbeddingCache] = None,
+                  config: Optional[AdapterConfig] = None) -> nn.Module:
+    """Rebuilds the adapters; refuses an oracle serving another backbone. `config`: the
+    directory's config, when the caller has read it already."""
+    config = config or read_config(directory)
     config.check_backbone(oracle)
     model = build_model(config, oracle, cache)
     model.load_state_dict(load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
