@@ -69,7 +69,12 @@ TASKS = ("retrieval", "classify", "sketch", "video")
 # The task flags, by the task they belong to (None: their default, when not given).
 TASK_FLAGS = {"templates": "classify", "classnames": "classify", "shots": "classify", "precision_at": "sketch",
               "frames": "video", "pooling": "video"}
-METHODS = {"dga": "graybox-dga", "lga": "graybox-lga", "linear-probe": "linear-probe"}
+METHODS = {"dga": "graybox-dga", "lga": "graybox-lga", "linear-probe": "linear-probe", "craft": "craft"}
+
+
+def paper_queries(shots: int) -> int:
+    """CraFT's budgets: 8,000 queries at 8 or 16 shots (or all images), 4,000 at 2 or 4, 2,000 at 1."""
+    return 8000 if shots == 0 or shots >= 8 else 4000 if shots >= 2 else 2000
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=[*METHODS, "zero-shot"], default="dga",
                        help="dga: input and output adapters (tier graybox); lga: also deep prompts "
                             "(graybox-plus); linear-probe: a classifier on frozen image embeddings "
-                            "(classify; any tier); zero-shot is `graytune eval` without --adapter")
+                            "(classify; any tier); craft: black-box prompt search + a refinement "
+                            "module (classify; any tier, no gradient); zero-shot is `graytune eval` "
+                            "without --adapter")
     train.add_argument("--adapters", choices=("both", "input", "output"), default="both",
                        help="which adapters learn; output only needs no gradients (any tier)")
     train.add_argument("--pooling", choices=("mean", "attention"),
@@ -139,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-data", help="evaluated at step 0 (zero-shot) and every --eval-every steps (default: none, no evaluation; classify: the images not drawn as shots)")
     train.add_argument("--output-dir", required=True,
                        help="run directory: metrics.jsonl, config.json, checkpoints/, adapter/")
-    train.add_argument("--steps", type=int, default=100, help="optimiser steps in all")
+    train.add_argument("--steps", type=int, help="optimiser steps in all; --method craft takes --queries instead (default: 100)")
     train.add_argument("--batch-size", type=int, default=32, help="image-caption pairs per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
     train.add_argument("--wd", type=float, default=0.0, help="weight decay of AdamW")
@@ -160,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="deep prompts at the first N blocks of each tower (tier graybox-plus; "
                             "0: none, or with --method lga every block the key is offered)")
     train.add_argument("--deep-prompt-tokens", type=int, default=4, help="deep prompt tokens per block")
+    craft = train.add_argument_group("--method craft (CraFT: steps are CMA-ES generations)")
+    craft.add_argument("--queries", type=int, help="query budget: candidate prompts scored on the few-shot "
+                                                    "set, --popsize per generation (default: the paper's, "
+                                                    "8000 at 8-16 shots, 4000 at 2-4, 2000 at 1)")
+    craft.add_argument("--popsize", type=int, default=40, help="CMA-ES population: candidates per generation")
+    craft.add_argument("--sigma", type=float, default=1.0, help="CMA-ES's initial step size")
+    craft.add_argument("--bound", type=float, default=0.0, help="bound |z_i| of the search (0: none)")
+    craft.add_argument("--intrinsic-dim", type=int, default=512, help="dimension d of the searched vector z")
+    craft.add_argument("--kl-weight", type=float, default=0.1,
+                       help="lambda of the prediction-consistent KL terms of both modules")
+    craft.add_argument("--prompt-template", default="a photo of a",
+                       help="the server's template whose context tokens are searched (`graytune info` lists them)")
     restart = train.add_mutually_exclusive_group()
     restart.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     restart.add_argument("--overwrite", action="store_true",
@@ -247,16 +266,30 @@ def train_config(args):
     if args.method == "zero-shot":
         raise ValueError("--method zero-shot trains nothing: evaluate the backbone alone with "
                          "`graytune eval` without --adapter")
+    steps, craft, adapters = args.steps or 100, {}, {
+        "extra_tokens": args.extra_tokens, "pixel_layers": args.pixel_layers, "pixel_channels": args.pixel_channels,
+        "deep_prompt_depth": args.deep_prompt_depth, "deep_prompt_tokens": args.deep_prompt_tokens,
+        "adapters": args.adapters}
+    if args.method == "craft":
+        if args.steps is not None:
+            raise ValueError("--method craft: give --queries (generations = queries / --popsize), not --steps")
+        queries = args.queries or paper_queries(16 if args.shots is None else args.shots)
+        if queries < args.popsize:
+            raise ValueError(f"--queries {queries}: less than one generation of --popsize {args.popsize}")
+        steps = queries // args.popsize
+        craft = {"popsize": args.popsize, "sigma": args.sigma, "bound": args.bound, "kl_weight": args.kl_weight}
+        adapters = {"craft": {"template": args.prompt_template, "intrinsic_dim": args.intrinsic_dim,
+                              "projection_seed": args.seed}}
+    elif args.queries is not None:
+        raise ValueError("--queries: a flag of --method craft")
     return TrainConfig(
         train_data=args.train_data, val_data=args.val_data, output_dir=args.output_dir,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
+        steps=steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
         warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         workers=args.workers, report_to=tuple(args.report_to), csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
         csv_label_key=args.csv_label_key, csv_separator=args.csv_separator,
         task=args.task or "retrieval", method=METHODS[args.method], task_options=task_options(args),
-        adapters={"extra_tokens": args.extra_tokens, "pixel_layers": args.pixel_layers,
-                  "pixel_channels": args.pixel_channels, "deep_prompt_depth": args.deep_prompt_depth,
-                  "deep_prompt_tokens": args.deep_prompt_tokens, "adapters": args.adapters})
+        adapters=adapters, craft=craft)
 
 
 def cmd_train(args) -> None:

@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--precision", choices=["fp32", "amp_bf16", "amp_fp16"], default="fp32",
                        help="autocast on the GPU (default: %(default)s)")
     model.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    model.add_argument("--prompt-template", action="append", dest="prompt_templates", metavar="TEXT",
+                       help="a template whose context tokens callers may shift (CraFT's black-box "
+                            "prompt search); repeat for more (default: 'a photo of a')")
     serve = p.add_argument_group("serving")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
@@ -78,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds a graph waits for its Backward")
     limits.add_argument("--max-caption-bytes", type=int, default=d.max_caption_bytes,
                         help="UTF-8 bytes per caption, checked before tokenising (default: %(default)s)")
+    limits.add_argument("--max-context-rows", type=int, default=d.max_context_rows,
+                        help="candidate contexts x class names in one context_delta call (default: %(default)s)")
     limits.add_argument("--max-call-seconds", type=float, default=d.max_call_seconds,
                         help="a call still running this long is ended (DEADLINE_EXCEEDED or cancelled)")
     p.add_argument("--log-level", default="INFO")
@@ -200,6 +205,7 @@ def main(argv=None) -> None:
     from graytune.server.access.auth import AuthInterceptor
     from graytune.server.compute import pretrained as builtin
     from graytune.server.compute.backbone import BackboneSource, load_backbone
+    from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
     from graytune.server.access.credentials import KeyFile
     from graytune.server.service.metrics import ServerMetrics
     from graytune.server.compute.oracle import GradientOracle
@@ -220,12 +226,14 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
     try:
-        backbone = load_backbone(source, args.device, args.precision)
+        backbone = load_backbone(source, args.device, args.precision,
+                                 args.prompt_templates or DEFAULT_TEMPLATES)
     except (FileNotFoundError, ValueError, RuntimeError, ModuleNotFoundError) as e:
         fail(str(e))
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl,
-                    max_call_seconds=args.max_call_seconds, max_caption_bytes=args.max_caption_bytes)
+                    max_call_seconds=args.max_call_seconds, max_caption_bytes=args.max_caption_bytes,
+                    max_context_rows=args.max_context_rows)
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
     oracle.on_merged_batch = metrics.observe_merged_batch

@@ -22,13 +22,30 @@ from torch import nn
 import graytune
 from graytune.client.adapters.modules import (DeepPrompts, LogitScale, MeanPooling, OutputAdapter, PixelAdapter,
                                               TextPrompt, temporal_pooling)
-from graytune.client.transport.access import BACKBONE_INPUTS, Need
+from graytune.client.transport.access import BACKBONE_INPUTS, CRAFT, Need
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 
 
 SIDES = ("both", "input", "output")  # which adapters learn
+# Methods with no module of GrayboxCLIP's: they classify with modules of their own.
+FROZEN_BACKBONE_METHODS = ("linear-probe", "craft")
+
+
+def craft_settings(info, given: dict) -> dict:
+    """CraFT's prompt settings, completed from Describe: the template's context tokens, and the
+    projection's std (1/sqrt(d): a z of norm sqrt(d)·sigma moves each element by about sigma)."""
+    template = given.get("template", "a photo of a")
+    offered = {t.name: t.context_tokens for t in info.text.prompt_templates}
+    if template not in offered:
+        raise ValueError(f"prompt template {template!r}: the server offers {sorted(offered) or 'none'}")
+    dim = given.get("intrinsic_dim", 512)
+    return {"template": template, "context_tokens": offered[template], "intrinsic_dim": dim,
+            "projection_seed": given.get("projection_seed", 0),
+            "projection_std": given.get("projection_std", dim ** -0.5),
+            "hidden": given.get("hidden", 256),
+            "logit_scale": given.get("logit_scale", 100.0)}  # CLIP's learned one, as the paper scores
 
 
 class BackboneMismatch(RuntimeError):
@@ -55,6 +72,7 @@ class AdapterConfig:
     domains: tuple = ()  # image domains with adapters of their own (sketch, photo); () : image and text
     temporal_pooling: str = "mean"  # how a video's frame embeddings become one: mean or attention
     task: dict = field(default_factory=dict)  # what the task needs at inference (class names, ...)
+    craft: dict = field(default_factory=dict)  # method craft: its prompt's settings (craft/model.py)
     protocol_version: str = graytune.PROTOCOL_VERSION
 
     def __post_init__(self):
@@ -77,17 +95,19 @@ class AdapterConfig:
                              f"{offered} layers to this key (tier '{info.tier}')")
         if method in ("graybox-dga", "graybox-lga"):
             method = "graybox-lga" if depth else "graybox-dga"
+        if method == "craft":
+            sizes["craft"] = craft_settings(info, sizes.get("craft", {}))
         return cls(embed_dim=info.embed_dim, token_width=info.text.token_width,
                    image_token_width=info.image.token_width, backbone_name=info.backbone.name,
                    backbone_sha256=info.backbone.sha256, method=method, **sizes)
 
     @property
     def learns_inputs(self) -> bool:
-        return self.method != "linear-probe" and self.adapters in ("both", "input")
+        return self.method not in FROZEN_BACKBONE_METHODS and self.adapters in ("both", "input")
 
     @property
     def learns_outputs(self) -> bool:
-        return self.method != "linear-probe" and self.adapters in ("both", "output")
+        return self.method not in FROZEN_BACKBONE_METHODS and self.adapters in ("both", "output")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,6 +124,8 @@ class AdapterConfig:
         """The oracle access these adapters use: the inputs they send, and gradients when an
         input module is trained (output modules train on the client alone)."""
         backbone = {"image.pixels"} if self.domains else BACKBONE_INPUTS
+        if self.method == "craft":
+            return CRAFT
         if not self.learns_inputs:
             return Need(frozenset(backbone), gradients=False)
         points = set(backbone) | ({"image.deep_prompts"} if self.deep_prompt_depth else set())

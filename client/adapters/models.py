@@ -8,10 +8,12 @@ from torch import nn
 from graytune.client.adapters.cross_domain import CrossDomainCLIP
 from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
 from graytune.client.adapters.linear_probe import LinearProbe
+from graytune.client.craft.model import CraftClassifier
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
-MODELS = {"graybox-dga": GrayboxCLIP, "graybox-lga": GrayboxCLIP, "linear-probe": LinearProbe}
+MODELS = {"graybox-dga": GrayboxCLIP, "graybox-lga": GrayboxCLIP, "linear-probe": LinearProbe,
+          "craft": CraftClassifier}
 
 
 def build_model(config: AdapterConfig, oracle: OracleClient, cache: Optional[EmbeddingCache] = None) -> nn.Module:

@@ -18,7 +18,7 @@ from torch import nn
 
 from graytune.client.adapters.graybox import ZeroShotCLIP
 from graytune.client.tasks import make_task
-from graytune.client.tasks.classify.task import ClassifyTask
+from graytune.client.tasks.classify.task import ClassifyTask, classifies_itself
 from graytune.client.training.checkpoint import load_adapters, read_config
 from graytune.client.transport import access
 from graytune.client.transport.oracle_client import OracleClient
@@ -45,7 +45,7 @@ class Classifier(nn.Module):
     @torch.no_grad()
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) class probabilities (softmax of the task's logits)."""
-        if self._classes is None and hasattr(self.model, "logit_scale"):
+        if self._classes is None and not classifies_itself(self.model):
             self._classes = self.task.class_embeddings(self.model)
         return self.task.logits(self.model, pixels, self._classes).softmax(dim=-1)
 

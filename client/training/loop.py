@@ -65,9 +65,10 @@ class TrainConfig:
     method: str = "graybox-dga"  # an AdapterConfig method
     task_options: Dict[str, object] = field(default_factory=dict)  # the task's own flags
     adapters: Dict[str, object] = field(default_factory=dict)  # AdapterConfig sizes and sides
+    craft: Dict[str, object] = field(default_factory=dict)  # method craft: CraftSettings (the search)
 
     # Changing these mid-run would change the data order or the model: resume refuses.
-    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters", "task", "method", "task_options")
+    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters", "task", "method", "task_options", "craft")
 
     def csv_format(self) -> dict:
         return {"img_key": self.csv_img_key, "caption_key": self.csv_caption_key,
@@ -149,16 +150,26 @@ def train(oracle: OracleClient, cfg: TrainConfig, resume: bool = False, overwrit
                            "trainable_parameters": trainable_parameters(model)})
         if val_set is not None:
             zero_shot = task.evaluate(ZeroShotCLIP(oracle, cache), val_set, cfg.batch_size)
-            metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **_usage(oracle, {})})
+            metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **oracle_usage(oracle, {})})
+    if cfg.method == "craft":
+        from graytune.client.craft.loop import craft_loop  # it builds on this module
+        loop = craft_loop
+    else:
+        loop = _loop
     try:
-        return _loop(model, state, cfg, task, train_set, val_set, run, metrics_log, progress, oracle)
+        return loop(model, state, cfg, task, train_set, val_set, run, metrics_log, progress, oracle)
     finally:
         metrics_log.close()
 
 
-def _usage(oracle: OracleClient, before: dict) -> Dict[str, int]:
+def usage_before(run: RunDir, step: int) -> dict:
+    """A resumed run's last record at or before its checkpoint: its counts go on from there."""
+    return next((r for r in reversed(run.records()) if r["step"] <= step), {}) if step else {}
+
+
+def oracle_usage(oracle: OracleClient, before: dict) -> Dict[str, int]:
     """The oracle calls and samples of the whole run: this process's, plus those logged
-    before a resume (`before`: the resumed step's record)."""
+    before a resume (`before`: see usage_before)."""
     now = {f"oracle/{k}": v for k, v in oracle.usage().items()}
     keys = set(now) | {k for k in before if k.startswith("oracle/")}
     return {k: now.get(k, 0) + before.get(k, 0) for k in sorted(keys)}
@@ -183,8 +194,7 @@ def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
     result: Dict[str, float] = run.final_metrics()
-    # A resumed run's counts go on from the resumed step's last record.
-    before = next((r for r in reversed(run.records()) if r["step"] <= state["step"]), {}) if state["step"] else {}
+    before = usage_before(run, state["step"])
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps,
                desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     batches = step_batches(train_set, cfg.batch_size, cfg.seed, state["step"], cfg.steps, cfg.workers)
@@ -200,10 +210,10 @@ def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set
                       "data_time": started - waited, "batch_time": time.perf_counter() - waited}
             if hasattr(model, "logit_scale"):
                 record["logit_scale"] = model.logit_scale().item()
-            metrics_log.write({**record, **_usage(oracle, before)})
+            metrics_log.write({**record, **oracle_usage(oracle, before)})
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                result = {**task.evaluate(model, val_set, cfg.batch_size), **_usage(oracle, before)}
+                result = {**task.evaluate(model, val_set, cfg.batch_size), **oracle_usage(oracle, before)}
                 metrics_log.write({"step": done, "kind": "eval", **result})
                 bar.write(f"step {done}: " + ", ".join(f"{k}={result[k]:.3f}" for k in task.headline),
                           file=sys.stderr)  # beside the bar; stdout carries only the result

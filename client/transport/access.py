@@ -27,9 +27,11 @@ class Need:
 
 
 ZERO_SHOT = Need(BACKBONE_INPUTS, gradients=False)  # the backbone alone: Embed of pixels, captions
+CRAFT = Need(BACKBONE_INPUTS | {"text.context_delta"}, gradients=False)  # Embed only, any tier
 # The methods a customer can run, for telling one what its key allows.
 METHODS = {
     "zero-shot evaluation (`graytune eval` without --adapter)": ZERO_SHOT,
+    "craft training (--task classify --method craft)": CRAFT,
     "graybox-dga training": Need(BACKBONE_INPUTS | {"text.shift", "text.extra_tokens"}, True),
     "graybox-lga training (--deep-prompt-depth)": Need(
         BACKBONE_INPUTS | {"text.shift", "text.extra_tokens", "image.deep_prompts",

@@ -160,6 +160,13 @@ class OracleClient:
         deep_prompts=(depth, K', D)] -> (B, E)."""
         return self._inputs_call("Embed", pb.TEXT, tensors, texts)[1]
 
+    def embed_contexts(self, template: str, classnames: Sequence[str], context_delta: torch.Tensor) -> torch.Tensor:
+        """Class names under P candidate contexts: (P, N, D) deltas added to the N context
+        tokens of the server's `template` -> (P, C, E), in one call charged P samples (see
+        Describe's prompt_templates and charges)."""
+        return self._inputs_call("Embed", pb.TEXT, {"context_delta": context_delta}, classnames,
+                                 prompt_template=template)[1]
+
     def forward(self, tower: int, tensors: Tensors, texts: Sequence[str] = (),
                 grad_inputs: Sequence[str] = ()) -> Tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the server holds the graph for one `backward`."""
@@ -192,9 +199,9 @@ class OracleClient:
                 yield chunk
 
     def _inputs_call(self, method: str, tower: int, tensors: Tensors, texts: Sequence[str] = (),
-                     grad_inputs: Sequence[str] = ()) -> Tuple[str, torch.Tensor]:
+                     grad_inputs: Sequence[str] = (), prompt_template: str = "") -> Tuple[str, torch.Tensor]:
         header = pb.InputHeader(tower=tower, texts=list(texts), output_dtype=self._wire,
-                                grad_inputs=list(grad_inputs))
+                                grad_inputs=list(grad_inputs), prompt_template=prompt_template)
         messages = lambda: _stream(pb.InputMessage, header, self._chunks(tensors))
         out_header, out = self._stream_call(method, getattr(self.stub, method), messages)
         self._count(method, out["embeddings"].shape[0])

@@ -6,9 +6,10 @@ from typing import Dict, Tuple
 # Entry points are "<tower>.<input>"; a gradient is returned only for inputs of a tier that
 # may call Forward/Backward.
 ENTRY_POINTS: Dict[str, Tuple[str, ...]] = {
-    "blackbox": ("image.pixels", "text.texts", "text.token_ids"),
-    "graybox": ("image.pixels", "text.texts", "text.token_ids", "text.shift", "text.extra_tokens"),
-    "graybox-plus": ("image.pixels", "text.texts", "text.token_ids", "text.shift",
+    "blackbox": ("image.pixels", "text.texts", "text.token_ids", "text.context_delta"),
+    "graybox": ("image.pixels", "text.texts", "text.token_ids", "text.context_delta", "text.shift",
+                "text.extra_tokens"),
+    "graybox-plus": ("image.pixels", "text.texts", "text.token_ids", "text.context_delta", "text.shift",
                      "text.extra_tokens", "image.deep_prompts", "text.deep_prompts"),
 }
 GRADIENT_TIERS = ("graybox", "graybox-plus")

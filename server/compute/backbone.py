@@ -13,12 +13,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import open_clip
 import torch
 
 from graytune.server.compute import pretrained as builtin
+from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
 from graytune.server.compute.image_tower import ImageTower
 from graytune.server.compute.text_tower import TextTower
 
@@ -58,14 +59,16 @@ class Backbone:
     """A frozen OpenCLIP model. Only this class touches the weights."""
 
     def __init__(self, model: torch.nn.Module, name: str, tokenizer, device: torch.device,
-                 autocast_dtype: Optional[torch.dtype] = None):
+                 autocast_dtype: Optional[torch.dtype] = None,
+                 prompt_templates: Sequence[str] = DEFAULT_TEMPLATES):
+        """`prompt_templates`: the templates callers may shift with "context_delta"."""
         model.eval().requires_grad_(False).to(device)
         self.model = model
         self.name = name
         self.device = device
         self.autocast_dtype = autocast_dtype  # None: full precision
         self.image = ImageTower(model)
-        self.text = TextTower(model, tokenizer)
+        self.text = TextTower(model, tokenizer, prompt_templates)
         self.sha256 = weights_sha256(model)
         with torch.inference_mode():
             self.embed_dim = int(self.encode_text(self.text.tokenize(["a"], 0)).shape[-1])
@@ -92,18 +95,20 @@ class Backbone:
 
     def encode_text(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
                     extra_tokens: Optional[torch.Tensor] = None,
-                    deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    deep_prompts: Optional[torch.Tensor] = None,
+                    context_delta: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, L) token ids [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts]
-        -> (B, E) embeddings."""
+        -> (B, E) embeddings; (C, L) template prompts + (P, N, D) context deltas -> (P, C, E)."""
+        inputs = (token_ids, shift, extra_tokens, deep_prompts, context_delta)
         with self.autocast():
-            return self.text(*map(self._to_device, (token_ids, shift, extra_tokens, deep_prompts))).float()
+            return self.text(*map(self._to_device, inputs)).float()
 
     def _to_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if t is None else t.to(self.device)
 
 
-def load_backbone(source: BackboneSource, device: Optional[str] = None,
-                  precision: str = "fp32") -> Backbone:
+def load_backbone(source: BackboneSource, device: Optional[str] = None, precision: str = "fp32",
+                  prompt_templates: Sequence[str] = DEFAULT_TEMPLATES) -> Backbone:
     """Builds the frozen backbone on `device` (the GPU when there is one)."""
     name = source.model
     if source.model_config is not None:
@@ -127,4 +132,4 @@ def load_backbone(source: BackboneSource, device: Optional[str] = None,
         model = open_clip.create_model(name, pretrained=pretrained)
     log.info("loaded %s (%s)", name, pretrained or f"random init, seed {source.seed}")
     autocast_dtype = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}[precision]
-    return Backbone(model, name, tokenizer, pick_device(device), autocast_dtype)
+    return Backbone(model, name, tokenizer, pick_device(device), autocast_dtype, prompt_templates)

@@ -43,16 +43,23 @@ class GradientOracle:
         self.on_merged_batch: Callable[[str, int], None] = lambda method, calls: None
 
     def prepare(self, tower: str, tensors: Tensors, texts: Sequence[str] = (),
-                grad_inputs: Optional[Sequence[str]] = None) -> "Request":
+                grad_inputs: Optional[Sequence[str]] = None, prompt_template: str = "") -> "Request":
         """Checks a request and binds its discrete inputs, on the caller's thread: bad input
         and tokenising never take the device. `grad_inputs` (Forward only): the inputs to
-        differentiate, default every floating-point input."""
+        differentiate, default every floating-point input. `prompt_template`: `texts` are class
+        names and "context_delta" candidate contexts (see context_prompts.py)."""
         b, limits = self.backbone, self.limits
-        validation.check_header(texts, grad_inputs or (), limits)  # bounds captions before tokenising
+        validation.check_header(texts, grad_inputs or (), limits, prompt_template)  # bounds captions before tokenising
+        if prompt_template and tower != "text":
+            raise InputError("prompt_template: the image tower takes no template")
         if tower == "image":
             if texts:
                 raise InputError("texts: the image tower takes no texts")
             validation.check_image(tensors, b.image_size, limits)
+        elif tower == "text" and prompt_template:
+            validation.check_names(tensors, validation.TOWER_INPUTS["text"], "the text tower")
+            validation.check_context(tensors, texts, b.text.templates.context_tokens(prompt_template),
+                                     b.text.token_width, limits)
         elif tower == "text":
             validation.check_text(tensors, texts, b.text.context_length, b.text.token_width,
                                   b.text.vocab_size, limits)
@@ -62,7 +69,9 @@ class GradientOracle:
         validation.check_deep_prompts(tensors, tower, spec.prompt_depth, spec.token_width, limits)
         wanted = () if grad_inputs is None else validation.check_grad_inputs(grad_inputs, tensors)
         ids = None
-        if tower == "text":
+        if prompt_template:
+            ids = b.text.templates.token_ids(prompt_template, list(texts))
+        elif tower == "text":
             extra = tensors.get("extra_tokens")
             num_extra = 0 if extra is None else extra.shape[0]
             if texts:
@@ -79,7 +88,7 @@ class GradientOracle:
         if request.tower == "image":
             return lambda x: b.encode_image(x["pixels"], x.get("deep_prompts"))
         return lambda x: b.encode_text(request.token_ids, x.get("shift"), x.get("extra_tokens"),
-                                       x.get("deep_prompts"))
+                                       x.get("deep_prompts"), x.get("context_delta"))
 
     def receiving(self, tower: str):
         """Context for receiving a Forward call's tensors: a merged image batch waits for them."""
@@ -207,10 +216,10 @@ class GradientOracle:
 class Request:
     """A checked request: float inputs by name, discrete inputs bound."""
     tower: str  # "image" or "text"
-    floats: Tensors  # the continuous inputs (pixels, shift, extra_tokens, deep_prompts)
-    token_ids: Optional[torch.Tensor]  # (B, L) for the text tower
+    floats: Tensors  # the continuous inputs (pixels, shift, extra_tokens, deep_prompts, context_delta)
+    token_ids: Optional[torch.Tensor]  # (B, L) for the text tower; (C, L) template prompts
     grad_inputs: Tuple[str, ...]  # Forward: the inputs whose gradients Backward returns
-    samples: int  # B
+    samples: int  # B, what the call is charged (P for context_delta)
 
 
 @dataclass(eq=False)

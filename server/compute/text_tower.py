@@ -9,19 +9,20 @@ into a sequence K' longer with its causal mask to match; the pooling index moves
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from open_clip.model import CLIP
 
 from graytune.server.compute import deep_prompts
+from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES, PromptTemplates, add_context
 from graytune.server.compute.errors import InputError
 
 
 class TextTower:
     """Wraps the text half of an OpenCLIP model (CLIP or CustomTextCLIP with a TextTransformer)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer):
+    def __init__(self, model: torch.nn.Module, tokenizer, templates: Sequence[str] = DEFAULT_TEMPLATES):
         text = model if isinstance(model, CLIP) else getattr(model, "text", None)
         if text is None or not hasattr(text, "token_embedding") or getattr(text, "cls_emb", None) is not None:
             raise ValueError(f"{type(model).__name__}: text tower is not an OpenCLIP text transformer")
@@ -35,6 +36,7 @@ class TextTower:
         self.token_width = int(text.token_embedding.weight.shape[1])
         self.vocab_size = int(text.token_embedding.weight.shape[0])
         self.prompt_depth = deep_prompts.prompt_depth(text.transformer)
+        self.templates = PromptTemplates(tokenizer, self.context_length, templates)
 
     def pool_index(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B,) position whose output is the caption's embedding."""
@@ -64,15 +66,20 @@ class TextTower:
 
     def __call__(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
                  extra_tokens: Optional[torch.Tensor] = None,
-                 prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 prompts: Optional[torch.Tensor] = None,
+                 context_delta: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, L) ids [+ (D,) shift] [+ (K, D) extra tokens] [+ (depth, K', D) deep prompts]
-        -> (B, E) embeddings."""
+        -> (B, E) embeddings; or (C, L) template prompts + (P, N, D) context deltas
+        -> (P, C, E)."""
         text = self.module
         cast_dtype = text.transformer.get_cast_dtype()
         x = text.token_embedding(token_ids).to(cast_dtype)  # (B, L, D)
         if shift is not None:
             x = x + shift.to(cast_dtype)
         pool = self.pool_index(token_ids)  # (B,)
+        if context_delta is not None:  # B = P*C from here on
+            x = add_context(x, context_delta.to(cast_dtype))
+            pool = pool.repeat(context_delta.shape[0])
         if extra_tokens is not None and extra_tokens.shape[0] > 0:
             k = extra_tokens.shape[0]
             extra = extra_tokens.to(cast_dtype).expand(x.shape[0], k, -1)  # (B, K, D)
@@ -89,6 +96,6 @@ class TextTower:
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool]  # (B, D)
         projection = text.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return x if context_delta is None else x.unflatten(0, (context_delta.shape[0], -1))

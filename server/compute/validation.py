@@ -14,7 +14,7 @@ from graytune.tensor_codec import MAX_NAME_CHARS, shown
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TOWER_INPUTS = {"image": ("pixels", "deep_prompts"),
-                "text": ("token_ids", "shift", "extra_tokens", "deep_prompts")}
+                "text": ("token_ids", "shift", "extra_tokens", "deep_prompts", "context_delta")}
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,25 @@ class Limits:
     # UTF-8 bytes per caption, checked before tokenising: a caption that fits the context
     # (77 tokens for CLIP) is a few hundred bytes; tokenising megabytes would stall a thread.
     max_caption_bytes: int = 4096
+    # Rows of one context_delta call (candidates × class names): CraFT's generation of 40
+    # candidates over 100 classes in one call.
+    max_context_rows: int = 4096
 
 
 def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
-    """Samples in a request, before validation: the first dimension of its batched input."""
-    for name in ("pixels", "token_ids"):
+    """Samples in a request, before validation: the first dimension of its batched input
+    (for context_delta, the candidate contexts: one sample each, whatever the class names)."""
+    for name in ("pixels", "token_ids", "context_delta"):
         if name in tensors and tensors[name].dim() > 0:
             return int(tensors[name].shape[0])
     return 0
 
 
-def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limits) -> None:
+def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limits,
+                 prompt_template: str = "") -> None:
     """What a stream's header alone shows to be wrong, refused before any tensor is received."""
+    if len(prompt_template) > MAX_NAME_CHARS:
+        raise InputError(f"prompt_template: {shown(prompt_template)} is longer than {MAX_NAME_CHARS} characters")
     if len(texts) > limits.max_batch:
         raise InputError(f"texts: batch of {len(texts)} exceeds the limit of {limits.max_batch}")
     for i, text in enumerate(texts):
@@ -96,9 +103,31 @@ def check_image(tensors: Dict[str, torch.Tensor], image_size: Tuple[int, int], l
     check_batch("pixels", pixels.shape[0], limits)
 
 
+def check_context(tensors: Dict[str, torch.Tensor], classnames: Sequence[str], context_tokens: int,
+                  token_width: int, limits: Limits) -> None:
+    """A prompt_template call: class names in `texts`, (P, N, W) candidate contexts, nothing else."""
+    others = sorted(set(tensors) - {"context_delta"})
+    if others:
+        raise InputError(f"{shown(others[0])}: a prompt_template call takes only context_delta")
+    if "context_delta" not in tensors:
+        raise InputError(f"context_delta: missing; a prompt_template call needs (P, {context_tokens}, "
+                         f"{token_width}) candidate contexts")
+    if not classnames:
+        raise InputError("texts: a prompt_template call needs the class names")
+    delta = tensors["context_delta"]
+    check_float("context_delta", delta, (None, context_tokens, token_width))
+    check_batch("context_delta", delta.shape[0], limits)
+    rows = delta.shape[0] * len(classnames)
+    if rows > limits.max_context_rows:
+        raise InputError(f"context_delta: {delta.shape[0]} candidates x {len(classnames)} class names = {rows} "
+                         f"rows exceed the limit of {limits.max_context_rows}")
+
+
 def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_length: int,
                token_width: int, vocab_size: int, limits: Limits) -> None:
     check_names(tensors, TOWER_INPUTS["text"], "the text tower")
+    if "context_delta" in tensors:
+        raise InputError("context_delta: needs a prompt_template in the header")
     ids = tensors.get("token_ids")
     if (ids is None) == (len(texts) == 0):
         raise InputError("texts, token_ids: send exactly one of them")

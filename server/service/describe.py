@@ -12,6 +12,11 @@ from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
 
 
+# One sample of a budget per image, caption, candidate context and gradient row (the proto's
+# Charges says why a candidate context costs one whatever its class names).
+CHARGES = pb.Charges(per_image=1, per_caption=1, per_context=1, per_gradient_row=1)
+
+
 def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budgets]) -> pb.DescribeResponse:
     key = caller.key
     budget = {} if key is None or key.budget_samples is None else {
@@ -40,7 +45,9 @@ def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budg
         text=pb.TextSpec(context_length=b.text.context_length,
                          token_width=b.text.token_width, vocab_size=b.text.vocab_size,
                          max_extra_tokens=limits.max_extra_tokens,
-                         deep_prompt_layers=deep["text"]),
+                         deep_prompt_layers=deep["text"],
+                         prompt_templates=[pb.PromptTemplate(name=name, context_tokens=len(tokens))
+                                           for name, tokens in b.text.templates.tokens.items()]),
         tier=caller.tier,
         gradients=may_differentiate(caller.tier),
         entry_points=entry_points,
@@ -51,5 +58,7 @@ def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budg
                          handle_ttl_seconds=limits.handle_ttl_seconds,
                          max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
                          max_call_seconds=limits.max_call_seconds,
-                         max_caption_bytes=limits.max_caption_bytes),
+                         max_caption_bytes=limits.max_caption_bytes,
+                         max_context_rows=limits.max_context_rows),
+        charges=CHARGES,
         caller_id=caller.id, **budget, **rate, **gradients, **protection)

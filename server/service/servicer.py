@@ -175,7 +175,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
     def _read_inputs(self, request_iterator, call, grad_inputs: bool = False, on_header=lambda header: None):
         """-> (checked oracle Request, header), refused before any device work or charge."""
         def check_then(header):
-            check_header(header.texts, header.grad_inputs, self.oracle.limits)
+            check_header(header.texts, header.grad_inputs, self.oracle.limits, header.prompt_template)
             on_header(header)
 
         header, tensors = self._read(request_iterator, pb.InputMessage, call, check_then)
@@ -191,7 +191,7 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
                 raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                                  f"{point}: not an entry point of tier '{call.caller.tier}'")
         request = self.oracle.prepare(tower, tensors, header.texts,
-                                      header.grad_inputs if grad_inputs else None)
+                                      header.grad_inputs if grad_inputs else None, header.prompt_template)
         return request, header
 
     def _charge(self, call, kind: str, samples: int) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.adapters.graybox import FROZEN_BACKBONE_METHODS, AdapterConfig
 from graytune.client.adapters.linear_probe import LinearProbe
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.tasks.base import Metrics, Task
@@ -27,6 +27,11 @@ from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
 
+def classifies_itself(model: nn.Module) -> bool:
+    """A linear probe or CraFT: logits of its own, not CLIP's cosine logits with the prompts."""
+    return hasattr(model, "classify")
+
+
 def prompt_name(classname: str) -> str:
     """A folder name as a prompt says it: `golden_retriever` -> `golden retriever`."""
     return classname.replace("_", " ")
@@ -34,7 +39,7 @@ def prompt_name(classname: str) -> str:
 
 class ClassifyTask(Task):
     name = "classify"
-    methods = ("graybox-dga", "graybox-lga", "linear-probe")
+    methods = ("graybox-dga", "graybox-lga", "linear-probe", "craft")
     headline = ("top1", "top5")
 
     def __init__(self, oracle: OracleClient, csv_format: Optional[dict] = None, shots: int = 16,
@@ -56,7 +61,8 @@ class ClassifyTask(Task):
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
         config = super().adapter_config(config)
-        return dataclasses.replace(config, classes=len(self.classnames)) if config.method == "linear-probe" else config
+        own_classifier = config.method in FROZEN_BACKBONE_METHODS
+        return dataclasses.replace(config, classes=len(self.classnames)) if own_classifier else config
 
     def read(self, path: str) -> Tuple[list, List[str]]:
         return read_labeled(path, self.classnames, **self.csv("img_key", "label_key", "separator"))
@@ -101,7 +107,7 @@ class ClassifyTask(Task):
     def logits(self, model: nn.Module, pixels: torch.Tensor,
                classes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) scores; `classes` (C, E) saves embedding the prompts again."""
-        if isinstance(model, LinearProbe):
+        if classifies_itself(model):
             return model.classify(pixels)
         if classes is None:
             images, classes = concurrently(lambda: model.encode_image(pixels), lambda: self.class_embeddings(model))
@@ -116,7 +122,7 @@ class ClassifyTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: LabeledImageDataset, batch_size: int) -> Metrics:
         """top1, top5 and per_class_accuracy; the class prompts are embedded once."""
-        classes = None if isinstance(model, LinearProbe) else self.class_embeddings(model)
+        classes = None if classifies_itself(model) else self.class_embeddings(model)
         logits = [self.logits(model, dataset.batch(range(s, min(s + batch_size, len(dataset))))[0], classes)
                   for s in range(0, len(dataset), batch_size)]
         return classification_metrics(torch.cat(logits), dataset.labels, self.classnames)

@@ -44,16 +44,18 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InputHeader(_message.Message):
-    __slots__ = ("tower", "texts", "output_dtype", "grad_inputs")
+    __slots__ = ("tower", "texts", "output_dtype", "grad_inputs", "prompt_template")
     TOWER_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     GRAD_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     tower: Tower
     texts: _containers.RepeatedScalarFieldContainer[str]
     output_dtype: DataType
     grad_inputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tower: _Optional[_Union[Tower, str]] = ..., texts: _Optional[_Iterable[str]] = ..., output_dtype: _Optional[_Union[DataType, str]] = ..., grad_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    prompt_template: str
+    def __init__(self, tower: _Optional[_Union[Tower, str]] = ..., texts: _Optional[_Iterable[str]] = ..., output_dtype: _Optional[_Union[DataType, str]] = ..., grad_inputs: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ...) -> None: ...
 
 class InputMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -130,21 +132,31 @@ class ImageSpec(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ..., token_width: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
 
 class TextSpec(_message.Message):
-    __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens", "deep_prompt_layers")
+    __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens", "deep_prompt_layers", "prompt_templates")
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     TOKEN_WIDTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_EXTRA_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEEP_PROMPT_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     context_length: int
     token_width: int
     vocab_size: int
     max_extra_tokens: int
     deep_prompt_layers: int
-    def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
+    prompt_templates: _containers.RepeatedCompositeFieldContainer[PromptTemplate]
+    def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ..., prompt_templates: _Optional[_Iterable[_Union[PromptTemplate, _Mapping]]] = ...) -> None: ...
+
+class PromptTemplate(_message.Message):
+    __slots__ = ("name", "context_tokens")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    context_tokens: int
+    def __init__(self, name: _Optional[str] = ..., context_tokens: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens", "max_call_seconds", "max_caption_bytes")
+    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens", "max_call_seconds", "max_caption_bytes", "max_context_rows")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +166,7 @@ class Limits(_message.Message):
     MAX_DEEP_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_CAPTION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_ROWS_FIELD_NUMBER: _ClassVar[int]
     max_batch: int
     max_tensor_bytes: int
     max_message_bytes: int
@@ -163,10 +176,23 @@ class Limits(_message.Message):
     max_deep_prompt_tokens: int
     max_call_seconds: float
     max_caption_bytes: int
-    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., max_caption_bytes: _Optional[int] = ...) -> None: ...
+    max_context_rows: int
+    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., max_caption_bytes: _Optional[int] = ..., max_context_rows: _Optional[int] = ...) -> None: ...
+
+class Charges(_message.Message):
+    __slots__ = ("per_image", "per_caption", "per_context", "per_gradient_row")
+    PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PER_CAPTION_FIELD_NUMBER: _ClassVar[int]
+    PER_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PER_GRADIENT_ROW_FIELD_NUMBER: _ClassVar[int]
+    per_image: int
+    per_caption: int
+    per_context: int
+    per_gradient_row: int
+    def __init__(self, per_image: _Optional[int] = ..., per_caption: _Optional[int] = ..., per_context: _Optional[int] = ..., per_gradient_row: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients")
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients", "charges")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +211,7 @@ class DescribeResponse(_message.Message):
     GRADIENT_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    CHARGES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     server_version: str
     backbone: Backbone
@@ -203,4 +230,5 @@ class DescribeResponse(_message.Message):
     gradient_clip_norm: float
     gradient_noise_std: float
     gradients: bool
-    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ...) -> None: ...
+    charges: Charges
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ..., charges: _Optional[_Union[Charges, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,132 @@
+"""CraFT's collaborative schedule inside graytune's run directory: one CMA-ES generation (one
+oracle call, P queries), then one epoch of the refinement module on the client, until the
+query budget is spent.
+
+A generation's candidates are scored against the few-shot images' embeddings, fetched once for
+the whole run. The generation's best candidate becomes the prompt: its class embeddings came
+with the generation (no extra query), the refinement epoch learns from its logits, and it is
+what evaluation and the saved adapters use. A "step" of the run directory is a generation;
+checkpoints hold the CMA-ES state (pickled by `cma`), the refinement module and its optimiser,
+so a resumed run asks and learns exactly what the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from typing import Dict
+
+import grpc
+import torch
+from tqdm import tqdm
+
+from graytune.client.craft.losses import prompt_fitness, refinement_loss
+from graytune.client.craft.model import CraftClassifier
+from graytune.client.craft.search import PromptSearch, SearchSettings
+from graytune.client.training import checkpoint
+from graytune.client.training.interrupt import StopRequest
+from graytune.client.training.loop import oracle_usage, usage_before
+from graytune.client.transport.oracle_client import OracleError
+
+log = logging.getLogger("graytune.client")
+
+
+@dataclasses.dataclass(frozen=True)
+class CraftSettings(SearchSettings):
+    kl_weight: float = 0.1  # lambda of both prediction-consistent losses
+
+
+@torch.no_grad()
+def image_features(model: CraftClassifier, dataset, batch_size: int) -> torch.Tensor:
+    """-> (N, E) unit embeddings of the data set's images, in calls of `batch_size`."""
+    return torch.cat([model.encode_image(dataset.batch(range(s, min(s + batch_size, len(dataset))))[0])
+                      for s in range(0, len(dataset), batch_size)])
+
+
+def _budget_spent(error: OracleError) -> bool:
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "budget" in error.details
+
+
+def craft_loop(model: CraftClassifier, state: dict, cfg, task, train_set, val_set, run, metrics_log,
+               progress: bool, oracle) -> Dict[str, float]:
+    """Generations from state["step"] to cfg.steps (the training loop's `_loop` for CraFT)."""
+    settings = CraftSettings(**cfg.craft)
+    search = (PromptSearch.from_state(state["search"]) if "search" in state
+              else PromptSearch(model.z.numel(), settings, cfg.seed))
+    optimizer = torch.optim.Adam(model.refine.parameters(), lr=cfg.lr)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    labels = train_set.labels  # (N,)
+    features = image_features(model, train_set, cfg.batch_size)  # (N, E), charged once
+    before = usage_before(run, state["step"])
+    result = run.final_metrics()
+    popsize = settings.popsize
+    bar = tqdm(total=cfg.steps * popsize, initial=state["step"] * popsize, desc="craft", unit="query",
+               disable=not progress, dynamic_ncols=True)
+    done = state["step"]
+
+    def save() -> None:
+        checkpoint.save_checkpoint(run.path, done, model, {
+            "step": done, "search": search.state(), "optimizer": optimizer.state_dict(),
+            "train_config": dataclasses.asdict(cfg)})
+
+    with StopRequest() as stop, bar:
+        for generation in range(state["step"], cfg.steps):
+            started, device_before = time.perf_counter(), oracle.device_seconds
+            candidates = search.ask()  # (P, d)
+            asked = time.perf_counter()
+            try:
+                classes = model.class_embeddings_of(candidates)  # (P, C, E): one call, P queries
+            except OracleError as e:
+                if not _budget_spent(e):
+                    raise
+                log.warning("the key's budget is spent after %d generations (%s); the last prompt "
+                            "and refinement module are saved", done, e.details)
+                break
+            called = time.perf_counter()
+            logits = model.prompt_logits(features, classes)  # (P, N, C)
+            with torch.no_grad():
+                fitness = prompt_fitness(logits, model.refine(logits), labels, settings.kl_weight)  # (P,)
+            search.tell(fitness)
+            best = int(fitness.argmin())
+            model.use(candidates[best], classes[best])
+            loss = _refinement_epoch(model, optimizer, logits[best], labels, cfg, generation, settings.kl_weight)
+            done = generation + 1
+            record = {"step": done, "kind": "train", "queries": done * popsize, "loss": loss,
+                      "fitness": float(fitness[best]), "fitness_mean": float(fitness.mean()),
+                      "sigma": search.sigma, "oracle_time": called - asked,
+                      "oracle_device_time": oracle.device_seconds - device_before,
+                      "batch_time": time.perf_counter() - started}
+            metrics_log.write({**record, **oracle_usage(oracle, before)})
+            bar.update(popsize)
+            bar.set_postfix(fitness=f"{fitness[best]:.4f}", **({"top1": f"{result['top1']:.3f}"} if "top1" in result else {}))
+            if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                result = {**task.evaluate(model, val_set, cfg.batch_size), **oracle_usage(oracle, before)}
+                metrics_log.write({"step": done, "kind": "eval", "queries": done * popsize, **result})
+                bar.write(f"generation {done} ({done * popsize} queries): "
+                          + ", ".join(f"{k}={result[k]:.3f}" for k in task.headline), file=sys.stderr)
+            if done % cfg.save_every == 0 or done == cfg.steps or stop.requested:
+                save()
+            if stop.requested and done < cfg.steps:
+                raise KeyboardInterrupt
+    if done > state["step"] and run.checkpoint_step() != done:
+        save()  # the budget ran out between checkpoints
+    checkpoint.save_adapters(run.path / "adapter", model)
+    return result
+
+
+def _refinement_epoch(model: CraftClassifier, optimizer, prompt_logits: torch.Tensor, labels: torch.Tensor,
+                      cfg, generation: int, weight: float) -> float:
+    """One epoch of the refinement module on the prompt's (N, C) logits; its data order is a
+    function of (seed, generation). -> the epoch's mean loss."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + generation))
+    losses = []
+    for start in range(0, len(order), cfg.batch_size):
+        rows = order[start:start + cfg.batch_size]
+        loss = refinement_loss(model.refine(prompt_logits[rows]), prompt_logits[rows], labels[rows], weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return sum(losses) / len(losses)

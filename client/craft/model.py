@@ -1,0 +1,95 @@
+"""The deployed CraFT classifier: a context z found by the search, the refinement MLP, and the
+seed of the fixed projection A. A few kilobytes beside the owner's backbone.
+
+    context  = A·z             (N, W): added on the server to the template's N token embeddings
+    classes  = oracle(context) (C, E): "<template> <class name>." under that context
+    logits   = s · img @ classes.T,   refined = logits + MLP(logits)
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.transport.embedding_cache import EmbeddingCache
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.transport.remote import RemoteImageTower
+
+
+
+def projection(seed: int, dim: int, tokens: int, width: int, std: float) -> torch.Tensor:
+    """A: (d, N*W), fixed by its seed (regenerated, never saved)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(dim, tokens * width, generator=generator) * std
+
+
+class RefinementMLP(nn.Module):
+    """logits + MLP(logits): Linear(C, 256) -> ReLU -> Linear(256, C); the last layer starts at
+    zero, so refinement starts as the identity."""
+
+    def __init__(self, classes: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(classes, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C)"""
+        return logits + self.net(logits)
+
+
+class CraftClassifier(nn.Module):
+    """adapter_config.json's `craft` holds template, context_tokens, intrinsic_dim, projection
+    seed and std, hidden and logit_scale; the weights are `z` and the MLP."""
+
+    def __init__(self, config: AdapterConfig, oracle: OracleClient, cache: Optional[EmbeddingCache] = None):
+        super().__init__()
+        if config.classes < 1 or not config.task.get("classnames"):
+            raise ValueError("a CraFT classifier needs its class names (AdapterConfig.task)")
+        self.config, self.oracle = config, oracle
+        c = config.craft  # see adapters/graybox.py's craft_settings
+        self.template, self.tokens, self.scale = c["template"], c["context_tokens"], c["logit_scale"]
+        self.classnames: List[str] = [name.replace("_", " ") for name in config.task["classnames"]]
+        self.register_buffer("z", torch.zeros(c["intrinsic_dim"]))
+        self.register_buffer("projection", projection(c["projection_seed"], c["intrinsic_dim"], self.tokens,
+                                                      config.token_width, c["projection_std"]), persistent=False)
+        self.refine = RefinementMLP(config.classes, c["hidden"])
+        self.image_tower = RemoteImageTower(oracle, cache)
+        self._classes: Optional[torch.Tensor] = None  # (C, E) of the current z
+
+    def contexts(self, z: torch.Tensor) -> torch.Tensor:
+        """(P, d) -> (P, N, W) context deltas."""
+        return (z @ self.projection).view(z.shape[0], self.tokens, -1)
+
+    def class_embeddings_of(self, z: torch.Tensor) -> torch.Tensor:
+        """(P, d) candidates -> (P, C, E) unit class embeddings, in one oracle call (P queries)."""
+        return F.normalize(self.oracle.embed_contexts(self.template, self.classnames, self.contexts(z)), dim=-1)
+
+    def use(self, z: torch.Tensor, classes: Optional[torch.Tensor] = None) -> None:
+        """Makes z (d,) the model's context; `classes` (C, E): its class embeddings, if known."""
+        self.z.copy_(z)
+        self._classes = classes
+
+    def class_embeddings(self) -> torch.Tensor:
+        if self._classes is None:
+            self._classes = self.class_embeddings_of(self.z[None])[0]
+        return self._classes
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, E) unit vectors of the backbone."""
+        return F.normalize(self.image_tower(pixels), dim=-1)
+
+    def prompt_logits(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(B, E) unit images, (..., C, E) unit classes -> (..., B, C) the prompt's logits."""
+        return self.scale * images @ classes.transpose(-1, -2)
+
+    def classify(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C) refined logits."""
+        return self.refine(self.prompt_logits(self.encode_image(pixels), self.class_embeddings()))
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        self._classes = None  # a new z
+        return super().load_state_dict(state, strict, assign)
