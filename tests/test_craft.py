@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,16 @@ def test_a_spent_budget_ends_the_run_cleanly_with_the_last_prompt_saved(blackbox
     assert predicted.returncode == 0, predicted.stderr
     rows = (tmp_path / "classes.csv").read_text().splitlines()
     assert len(rows) == 1 + 359 and rows[0].startswith("id,prediction,score,")
+
+
+def test_the_queries_benchmark_runs_at_toy_size_one_call_per_generation(cache_dir, tmp_path):
+    benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "craft_queries.py"
+    subprocess.run([sys.executable, str(benchmark), "--queries", "24", "--popsize", "8",
+                    "--shots", "1", "--eval-every", "1", "--out", str(tmp_path)],
+                   check=True, capture_output=True, env={**os.environ, "GRAYTUNE_CACHE": str(cache_dir)})
+    summary = json.loads((tmp_path / "craft_queries.json").read_text())
+    assert summary["curve"]["queries"] == [0, 8, 16, 24] and summary["generations"] == 3
+    assert summary["oracle_calls_per_generation"] == [1]  # a generation is one round trip
+    split = summary["seconds_per_generation"]
+    assert split["server_device"] + split["wire_and_queue"] + split["client"] == pytest.approx(split["total"])
+    assert (tmp_path / "craft_queries.png").stat().st_size > 0

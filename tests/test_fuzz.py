@@ -40,8 +40,8 @@ def test_another_callers_handle_answers_like_a_never_issued_one(target):
     forward, handle = target.forward("other")
     assert forward.code == OK, forward
     guess = NEVER_ISSUED["never issued: other token"](*handle.split("."))
-    stolen = target.backward(handle, 1, "caller")
-    guessed = target.backward(guess, 1, "caller")
+    stolen = target.backward(handle, (1, target.spec.embed_dim), "caller")
+    guessed = target.backward(guess, (1, target.spec.embed_dim), "caller")
     assert (stolen.code, stolen.message.replace(handle, "<handle>")) == \
         (guessed.code, guessed.message.replace(guess, "<handle>"))
-    assert target.backward(handle, 1, "other").code == OK  # the owner's graph, untouched
+    assert target.backward(handle, (1, target.spec.embed_dim), "other").code == OK  # the owner's graph, untouched

@@ -155,7 +155,7 @@ def bytes_extra(draw, spec, case, t):
     return swapped(case, t, t.replace(data=t.data + extra), "bytes_extra", f"{len(extra)} bytes extra")
 
 
-INPUT_NAMES = ("pixels", "token_ids", "shift", "extra_tokens", "deep_prompts", "embeddings")
+INPUT_NAMES = ("pixels", "token_ids", "shift", "extra_tokens", "deep_prompts", "context_delta", "embeddings")
 
 
 @tensor_mutation(lambda t: True)
@@ -174,7 +174,7 @@ def duplicate(draw, spec, case, t):
 def required(case: Case) -> List[str]:
     """Inputs without which the request is invalid, not yet changed."""
     names = ["embeddings"] if case.rpc == "Backward" else ["pixels"] if case.header.tower == pb.IMAGE \
-        else [] if case.header.texts else ["token_ids"]
+        else ["context_delta"] if case.header.prompt_template else [] if case.header.texts else ["token_ids"]
     return [n for n in names if n not in case.touched and case.tensor(n)]
 
 
@@ -257,6 +257,14 @@ def texts_and_token_ids(draw, spec, case, header):
                        tensors=case.tensors + (requests.token_ids(draw, spec, batch),))
     header.texts.extend(draw(st.lists(captions, min_size=batch, max_size=batch)))
     return mutated(case, "texts_and_token_ids", "texts added", header=header, touches=touches)
+
+
+@header_mutation(INPUTS, "prompt_template", is_text)
+def prompt_template(draw, spec, case, header):
+    """An unknown or enormous template; none beside a context_delta; one beside other inputs."""
+    choices = ["a drawing of a", "x" * HUGE, "" if header.prompt_template else spec.template]
+    header.prompt_template = draw(st.sampled_from(choices))
+    return mutated(case, "prompt_template", repr(header.prompt_template[:20]), header=header)
 
 
 @header_mutation(INPUTS, "grad_inputs")

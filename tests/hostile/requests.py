@@ -39,6 +39,8 @@ class Spec:
     max_prompt_tokens: int  # deep prompt tokens per block
     depth: dict  # tower -> deep prompt layers
     width_of: dict  # tower -> token width of its deep prompts
+    template: str  # a prompt template the server offers, for context_delta
+    context_tokens: int  # its N
 
     @classmethod
     def of(cls, info: pb.DescribeResponse) -> "Spec":
@@ -46,7 +48,8 @@ class Spec:
                    info.text.vocab_size, info.embed_dim, info.limits.max_batch,
                    info.text.max_extra_tokens, info.limits.max_deep_prompt_tokens,
                    {pb.IMAGE: info.image.deep_prompt_layers, pb.TEXT: info.text.deep_prompt_layers},
-                   {pb.IMAGE: info.image.token_width, pb.TEXT: info.text.token_width})
+                   {pb.IMAGE: info.image.token_width, pb.TEXT: info.text.token_width},
+                   info.text.prompt_templates[0].name, info.text.prompt_templates[0].context_tokens)
 
 
 def float_tensor(draw, name, shape, expected, limits) -> Tensor:
@@ -88,11 +91,23 @@ def extra_tokens(draw, spec: Spec) -> Tensor:
                         (None, spec.token_width), (spec.max_extra_tokens + 1, None))
 
 
+def context_delta(draw, spec: Spec) -> Tensor:
+    """(P, N, width): P candidate contexts of the template's N tokens."""
+    shape = (draw(st.integers(1, 3)), spec.context_tokens, spec.token_width)
+    return float_tensor(draw, "context_delta", shape, (None, spec.context_tokens, spec.token_width),
+                        (spec.max_batch + 1, None, None))
+
+
 @st.composite
 def inputs(draw, spec: Spec, rpc: str) -> Case:
     """A valid Embed or Forward of either tower; a Forward has something to differentiate."""
     tower, batch = draw(st.sampled_from((pb.IMAGE, pb.TEXT))), draw(st.integers(1, 3))
     texts = []
+    if tower == pb.TEXT and draw(st.integers(0, 3)) == 0:  # class names under candidate contexts
+        header = pb.InputHeader(tower=tower, texts=draw(st.lists(captions, min_size=batch, max_size=batch)),
+                                output_dtype=draw(output_dtypes), prompt_template=spec.template)
+        case = Case(rpc, header, (context_delta(draw, spec),), chunk_bytes=draw(chunk_sizes))
+        return replace(case, what=summary(case))
     if tower == pb.IMAGE:
         tensors = [pixels(draw, spec, batch)]
     elif draw(st.booleans()):
@@ -118,7 +133,7 @@ def inputs(draw, spec: Spec, rpc: str) -> Case:
 def backward(draw, spec: Spec) -> Case:
     """A valid Forward, then its Backward: dLoss/dEmbeddings (B, E) under the Forward's handle."""
     forward = draw(inputs(spec, "Forward"))
-    shape = (batch_of(forward), spec.embed_dim)
+    shape = output_shape(forward, spec.embed_dim)
     grad = float_tensor(draw, "embeddings", shape, shape, (None, None))
     header = pb.BackwardHeader(handle=HANDLE, output_dtype=draw(output_dtypes))
     case = Case("Backward", header, (grad,), chunk_bytes=draw(chunk_sizes), forward=forward)
@@ -134,6 +149,14 @@ def valid(spec: Spec, rpc: str) -> st.SearchStrategy:
             "Forward": lambda: inputs(spec, "Forward"), "Backward": lambda: backward(spec)}[rpc]()
 
 
+def output_shape(case: Case, embed_dim: int) -> tuple:
+    """The embeddings a valid Embed or Forward returns: (B, E), or (P, C, E) for contexts."""
+    contexts = case.tensor("context_delta")
+    if case.header.prompt_template and contexts is not None:
+        return (contexts.shape[0], len(case.header.texts), embed_dim)
+    return (batch_of(case), embed_dim)
+
+
 def batch_of(case: Case) -> int:
     batched = case.tensor("pixels") or case.tensor("token_ids")
     return batched.shape[0] if batched is not None else len(case.header.texts)
@@ -145,6 +168,7 @@ def summary(case: Case) -> str:
     parts = [case.rpc]
     if case.rpc != "Backward":
         parts += [pb.Tower.Name(h.tower)] + ([f"texts×{len(h.texts)}"] if h.texts else [])
+        parts += [f"template={h.prompt_template[:20]!r}"] if h.prompt_template else []
     parts += [f"{t.name}{t.shape}{pb.DataType.Name(t.dtype)}" for t in case.tensors]
     if case.rpc == "Forward":
         parts.append(f"grad_inputs={list(h.grad_inputs)}")

@@ -122,9 +122,9 @@ class Harness:
         reply = self.call("Forward", self.one_image(), key)
         return reply, handle_of(reply)
 
-    def backward(self, handle: str, batch: int, key: str) -> Reply:
-        """A valid Backward of `batch` embeddings' gradients."""
-        grad = torch.ones(batch, self.spec.embed_dim)
+    def backward(self, handle: str, shape: tuple, key: str) -> Reply:
+        """A valid Backward: gradients of the Forward's embeddings, of their `shape`."""
+        grad = torch.ones(shape)
         items = [pb.BackwardMessage(header=pb.BackwardHeader(handle=handle))] + [
             pb.BackwardMessage(chunk=c) for c in tensor_codec.tensor_to_chunks("embeddings", grad)]
         return self.call("Backward", encode(items), key)
@@ -148,7 +148,7 @@ class Harness:
             return "", forward
         handle = handle_of(forward)
         if case.handle == "consumed":
-            consumed = self.backward(handle, batch_of(forward), case.forward.key)
+            consumed = self.backward(handle, embeddings_shape(forward), case.forward.key)
             if consumed.code != OK:
                 return "", consumed
         if case.handle in NEVER_ISSUED:
@@ -209,10 +209,10 @@ def handle_of(reply: Reply) -> str:
     return pb.OutputMessage.FromString(reply.replies[0]).header.handle if reply.code == OK else ""
 
 
-def batch_of(reply: Reply) -> int:
-    """Rows of the embeddings in a Forward's reply."""
+def embeddings_shape(reply: Reply) -> tuple:
+    """Shape of the embeddings in a Forward's reply."""
     chunks = (pb.OutputMessage.FromString(r).chunk for r in reply.replies[1:])
-    return tensor_codec.chunks_to_tensors(chunks)["embeddings"].shape[0]
+    return tuple(tensor_codec.chunks_to_tensors(chunks)["embeddings"].shape)
 
 
 def report(result: Result, problems: List[str]) -> str:
