@@ -3,6 +3,7 @@
     transport/   OracleClient, the remote towers (autograd through the server), tier checks
     adapters/    the customer's modules (GrayboxCLIP, ZeroShotCLIP)
     training/    the one training loop, the run directory, checkpoints
+    craft/       the black-box method: CMA-ES prompt search and refinement module (CraftClassifier)
     tasks/       one package per task (retrieval, classify, sketch, video): data, loss, metrics, evaluation
     inference/   trained adapters in use: load_model, `graytune embed`, `graytune predict`
     data/        data set files, image preprocessing, the demo digits
@@ -26,6 +27,7 @@ _EXPORTS = {
     "train": "training.loop", "TrainConfig": "training.loop",
     "evaluate": "tasks.retrieval.task", "preprocess_for": "data.preprocess", "DataError": "data.tables",
     "load_model": "inference.model", "Classifier": "inference.model",
+    "CraftClassifier": "craft.model",
 }
 __all__ = sorted(_EXPORTS)
 

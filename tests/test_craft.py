@@ -3,6 +3,7 @@ through real server processes (no gradient call, budget agreement, the end of a 
 determinism, resume after SIGKILL, eval and predict of the result)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -192,3 +193,24 @@ def test_the_queries_benchmark_runs_at_toy_size_one_call_per_generation(cache_di
     split = summary["seconds_per_generation"]
     assert split["server_device"] + split["wire_and_queue"] + split["client"] == pytest.approx(split["total"])
     assert (tmp_path / "craft_queries.png").stat().st_size > 0
+
+
+def test_a_generation_over_the_servers_rows_limit_is_split_over_calls(digits):
+    from graytune.client.adapters.graybox import AdapterConfig
+    from graytune.client.craft.model import CraftClassifier
+    from test_context_prompts import ROUNDING
+    with LocalServer(["--dev", "--plaintext", "--threads", "1", "--tier", "blackbox",
+                      "--max-context-rows", "20"]) as server, OracleClient(server.endpoint) as oracle:
+        config = AdapterConfig.for_oracle(oracle, method="craft", craft={"intrinsic_dim": 16})
+        classnames = ["zero", "one", "two"]
+        config = dataclasses.replace(config, classes=3, task={"name": "classify", "classnames": classnames})
+        model = CraftClassifier(config, oracle)
+        z = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+        together = model.class_embeddings_of(z)  # 8 x 3 rows: calls of 6 candidates (18 rows), then 2
+        assert together.shape == (8, 3, oracle.describe().embed_dim)
+        assert oracle.usage() == {"Embed_calls": 2, "Embed_samples": 8}
+        alone = torch.cat([model.class_embeddings_of(z[i:i + 1]) for i in range(8)])
+        assert (together - alone).norm() / alone.norm() < ROUNDING
+        with pytest.raises(ValueError, match="21 classes: the server embeds at most 20 prompts per call"):
+            CraftClassifier(dataclasses.replace(config, classes=21, task={"name": "classify",
+                                                                          "classnames": ["c"] * 21}), oracle)

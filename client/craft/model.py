@@ -59,14 +59,28 @@ class CraftClassifier(nn.Module):
         self.refine = RefinementMLP(config.classes, c["hidden"])
         self.image_tower = RemoteImageTower(oracle, cache)
         self._classes: Optional[torch.Tensor] = None  # (C, E) of the current z
+        self.candidates_per_call()  # refuses more classes than one call can embed, before any is billed
 
     def contexts(self, z: torch.Tensor) -> torch.Tensor:
         """(P, d) -> (P, N, W) context deltas."""
         return (z @ self.projection).view(z.shape[0], self.tokens, -1)
 
+    def candidates_per_call(self) -> int:
+        """How many candidates' prompts fit in one call of the server's max_context_rows."""
+        rows, classes = self.oracle.describe().limits.max_context_rows, len(self.classnames)
+        if classes > rows:
+            raise ValueError(f"{classes} classes: the server embeds at most {rows} prompts per call "
+                             f"(max_context_rows); ask its owner for more")
+        return rows // classes
+
     def class_embeddings_of(self, z: torch.Tensor) -> torch.Tensor:
-        """(P, d) candidates -> (P, C, E) unit class embeddings, in one oracle call (P queries)."""
-        return F.normalize(self.oracle.embed_contexts(self.template, self.classnames, self.contexts(z)), dim=-1)
+        """(P, d) candidates -> (P, C, E) unit class embeddings (P queries), in one oracle call
+        when P × C fits the server's max_context_rows, else in as few as fit."""
+        contexts = self.contexts(z)  # (P, N, W)
+        per_call = self.candidates_per_call()
+        embedded = [self.oracle.embed_contexts(self.template, self.classnames, contexts[s:s + per_call])
+                    for s in range(0, len(contexts), per_call)]
+        return F.normalize(torch.cat(embedded), dim=-1)
 
     def use(self, z: torch.Tensor, classes: Optional[torch.Tensor] = None) -> None:
         """Makes z (d,) the model's context; `classes` (C, E): its class embeddings, if known."""

@@ -32,8 +32,10 @@ class Limits:
     # (77 tokens for CLIP) is a few hundred bytes; tokenising megabytes would stall a thread.
     max_caption_bytes: int = 4096
     # Rows of one context_delta call (candidates × class names): CraFT's generation of 40
-    # candidates over 100 classes in one call.
-    max_context_rows: int = 4096
+    # candidates over 51 classes in one call. A row is a whole prompt through the text tower
+    # (ViT-B-32: about 0.6 MB of activations per row at the widest layer), so this bounds the
+    # device memory one call takes; a client splits a larger generation over several calls.
+    max_context_rows: int = 2048
 
 
 def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
