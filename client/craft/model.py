@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graytune.client.adapters.graybox import AdapterConfig
+from graytune.client.tasks.classify.data import prompt_name
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.client.transport.remote import RemoteImageTower
@@ -52,7 +53,7 @@ class CraftClassifier(nn.Module):
         self.config, self.oracle = config, oracle
         c = config.craft  # see adapters/graybox.py's craft_settings
         self.template, self.tokens, self.scale = c["template"], c["context_tokens"], c["logit_scale"]
-        self.classnames: List[str] = [name.replace("_", " ") for name in config.task["classnames"]]
+        self.classnames: List[str] = [prompt_name(name) for name in config.task["classnames"]]
         self.register_buffer("z", torch.zeros(c["intrinsic_dim"]))
         self.register_buffer("projection", projection(c["projection_seed"], c["intrinsic_dim"], self.tokens,
                                                       config.token_width, c["projection_std"]), persistent=False)

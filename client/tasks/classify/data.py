@@ -18,6 +18,12 @@ from graytune.client.data.image_files import check_images, images_in
 from graytune.client.data.preprocess import Preprocess, load_image
 from graytune.client.data.tables import DataError, field, read_table
 
+
+def prompt_name(classname: str) -> str:
+    """A folder name as a prompt says it: `golden_retriever` -> `golden retriever`."""
+    return classname.replace("_", " ")
+
+
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 

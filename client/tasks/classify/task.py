@@ -20,7 +20,7 @@ from graytune.client.adapters.linear_probe import LinearProbe
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.tasks.base import Metrics, Task
 from graytune.client.tasks.classify.data import (DEFAULT_TEMPLATES, LabeledImageDataset, few_shot_split,
-                                                 read_classnames, read_labeled, read_templates)
+                                                 prompt_name, read_classnames, read_labeled, read_templates)
 from graytune.client.tasks.classify.metrics import classification_metrics
 from graytune.client.transport.concurrent import concurrently
 from graytune.client.transport.embedding_cache import EmbeddingCache
@@ -30,11 +30,6 @@ from graytune.client.transport.oracle_client import OracleClient
 def classifies_itself(model: nn.Module) -> bool:
     """A linear probe or CraFT: logits of its own, not CLIP's cosine logits with the prompts."""
     return hasattr(model, "classify")
-
-
-def prompt_name(classname: str) -> str:
-    """A folder name as a prompt says it: `golden_retriever` -> `golden retriever`."""
-    return classname.replace("_", " ")
 
 
 class ClassifyTask(Task):
