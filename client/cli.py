@@ -306,28 +306,10 @@ def csv_format(args) -> dict:
 
 
 def cmd_eval(args) -> None:
-    from graytune.client.adapters.graybox import ZeroShotCLIP
-    from graytune.client.tasks import make_task
-    from graytune.client.training.checkpoint import load_adapters, read_config
-    from graytune.client.transport import access
+    from graytune.client.inference.run import evaluate
     with _client(args) as oracle:
-        info = oracle.describe()
-        if args.adapter:
-            config = read_config(args.adapter)
-            config.check_backbone(oracle)  # before the data is read (load_adapters checks again: no call)
-            access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
-            trained_for = config.task.get("name", "retrieval")
-            if args.task not in (None, trained_for):
-                raise ValueError(f"--task {args.task}: {args.adapter} was trained for --task {trained_for}")
-            args.task = trained_for
-        else:
-            access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
-        task = make_task(args.task or "retrieval", oracle, csv_format(args), task_options(args))
-        if args.adapter:
-            task.restore(config.task)
-        _, dataset = task.load(None, args.val_data, seed=0)
-        model = load_adapters(args.adapter, oracle, config=config) if args.adapter else ZeroShotCLIP(oracle)
-        metrics = task.evaluate(model, dataset, args.batch_size)
+        metrics = evaluate(oracle, args.val_data, args.adapter, args.task, csv_format(args),
+                           task_options(args), args.batch_size)
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 

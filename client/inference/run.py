@@ -1,9 +1,11 @@
-"""`graytune embed` and `graytune predict`: a corpus through oracle + adapters, in batches."""
+"""`graytune eval`, `graytune embed` and `graytune predict`: data through oracle + adapters, in batches."""
 from __future__ import annotations
 
 import functools
 import logging
 from typing import Callable, List, Optional
+
+from graytune.client.adapters.graybox import ZeroShotCLIP
 
 import torch
 from tqdm import tqdm
@@ -12,9 +14,37 @@ from graytune.client.adapters.cross_domain import CrossDomainCLIP
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.inference import corpus, outputs
 from graytune.client.inference.model import Classifier, load_model
+from graytune.client.tasks import make_task
+from graytune.client.tasks.base import Metrics
+from graytune.client.training.checkpoint import load_adapters, read_config
+from graytune.client.transport import access
 from graytune.client.transport.oracle_client import OracleClient
 
 log = logging.getLogger("graytune.client")
+
+
+def evaluate(oracle: OracleClient, data: str, adapter: Optional[str] = None, task: Optional[str] = None,
+             csv_format: Optional[dict] = None, task_options: Optional[dict] = None,
+             batch_size: int = 64) -> Metrics:
+    """The task's metrics on `data` of the adapters in `adapter` (None: the backbone alone).
+    `task` defaults to the one the adapters were trained for (else retrieval)."""
+    info = oracle.describe()
+    if adapter:
+        config = read_config(adapter)
+        config.check_backbone(oracle)  # before the data is read (load_adapters checks again: no call)
+        access.require(info, f"evaluation of {config.method} adapters", config.need(training=False))
+        trained_for = config.task.get("name", "retrieval")
+        if task not in (None, trained_for):
+            raise ValueError(f"--task {task}: {adapter} was trained for --task {trained_for}")
+        task = trained_for
+    else:
+        access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
+    runner = make_task(task or "retrieval", oracle, csv_format or {}, task_options or {})
+    if adapter:
+        runner.restore(config.task)
+    _, dataset = runner.load(None, data, seed=0)
+    model = load_adapters(adapter, oracle, config=config) if adapter else ZeroShotCLIP(oracle)
+    return runner.evaluate(model, dataset, batch_size)
 
 
 @torch.no_grad()
