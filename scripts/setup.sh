@@ -20,12 +20,18 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
   echo "$node_want" > "$node_stamp"
 fi
-# haproxy (Debian's) stands in for the gRPC load balancer in the multi-replica test.
-if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+# Debian packages: haproxy stands in for the gRPC load balancer in the multi-replica test; the
+# colour emoji font is the evidence suite's image-text data (benchmarks/evidence/emoji.py).
+debian=()
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || debian+=(haproxy)
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debian+=(fonts-noto-color-emoji)
+if [ ${#debian[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+    # Another apt run (a second clone's set-up) may hold the lock: wait for it, not fail.
+    apt="apt-get -qq -o DPkg::Lock::Timeout=600"
+    $apt update && DEBIAN_FRONTEND=noninteractive $apt install -y "${debian[@]}" >/dev/null
   else
-    echo "setup: install haproxy (e.g. apt-get install haproxy) for the load-balancer test" >&2
+    echo "setup: install ${debian[*]} (e.g. apt-get install ${debian[*]}) for the tests" >&2
     exit 1
   fi
 fi

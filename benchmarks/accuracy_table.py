@@ -1,0 +1,146 @@
+"""Does gray-box tuning through an oracle come close to having the weights? One table, one run:
+zero-shot, linear probe, output adapters only, input adapters only, DGA, LGA, CraFT at 2,000 and
+8,000 queries, and the white-box references with the weights in-process (full fine-tuning; LoRA
+from `peft`), on the same backbone and target domains, over several seeds.
+
+    python benchmarks/accuracy_table.py                  # the CPU table (see benchmarks/README.md)
+    python benchmarks/accuracy_table.py --smoke          # toy size, one seed (the smoke test)
+    python benchmarks/accuracy_table.py --model ViT-B-32 --weights vit-b-32.safetensors \\
+        --setting classify/mydata:train.csv,val.csv,test.csv      # your weights, your data
+
+By default the owner is the evidence suite's model (owner_model.py; built once, cached) and the
+settings are the target domains of evidence/domains.py, written under --workdir. Every gray-box
+row and CraFT trains through a real `graytune-server` over gRPC; learning rates are chosen on
+each setting's val split with the first seed, and the test split is reported. Writes
+OUT/accuracy_table.json, .md and .png, and prints the Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # client and server share the cores
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from evidence import domains as target  # noqa: E402
+from evidence.methods import METHODS, Budget, Owner, Setting  # noqa: E402
+from evidence.owner import ARCH, OwnerData, Recipe, build_owner_model  # noqa: E402
+from evidence.plot import plot_table  # noqa: E402
+from evidence.table import craft_row, markdown, run_setting, summary  # noqa: E402
+from graytune.client.transport.local_server import LocalServer  # noqa: E402
+from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+# (task, domain): the default row sets; every task of the CLI has at least one.
+DEFAULT_SETTINGS = (("classify", "digits-8x8"), ("classify", "emoji-new"), ("classify", "emoji-inverted"),
+                    ("classify", "emoji-colour-cast"), ("classify", "emoji-blurred"),
+                    ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"))
+SMOKE_RECIPE = Recipe(steps=2, batch_size=32, digits_per_batch=6)  # = owner_model.py --steps 2 --batch-size 32
+SMOKE_SETTINGS = (("classify", "emoji-inverted"), ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"))
+
+
+def domain_settings(pairs, workdir: Path, shots: int, size: int) -> list:
+    data = OwnerData.build(size)
+    settings = []
+    for task, name in pairs:
+        root = target.write_domain(target.DOMAINS[name], workdir / "data", data, size)
+        suffix = "_sketch.csv" if task == "sketch" else ".csv"
+        paths = {s: str(root / f"{s}{suffix}") for s in target.SPLITS}
+        options = {"shots": shots} if task == "classify" else {}
+        settings.append(Setting(task, name, paths["train"], paths["val"], paths["test"], options))
+    return settings
+
+
+def given_setting(text: str, shots: int) -> Setting:
+    """'task/name:train,val,test' -> a Setting on the user's files."""
+    head, _, files = text.partition(":")
+    task, _, name = head.partition("/")
+    paths = files.split(",")
+    if not name or len(paths) != 3:
+        raise SystemExit(f"--setting {text!r}: expected task/name:train.csv,val.csv,test.csv")
+    return Setting(task, name, *paths, options={"shots": shots} if task == "classify" else {})
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=Budget.steps, help="steps of every trained row")
+    parser.add_argument("--batch-size", type=int, default=Budget.batch_size)
+    parser.add_argument("--queries", default="2000,8000", help="CraFT's reported budgets (one run to the last)")
+    parser.add_argument("--shots", type=int, default=16, help="classify: training images per class")
+    parser.add_argument("--methods", default=",".join(m.name for m in METHODS), help="rows to run (comma-separated)")
+    parser.add_argument("--setting", action="append", default=[], metavar="TASK/NAME:TRAIN,VAL,TEST",
+                        help="a row set on your own files (repeat); default: the evidence suite's domains")
+    parser.add_argument("--model", help="OpenCLIP architecture of --weights (default: the suite's owner model)")
+    parser.add_argument("--weights", help="the owner's .safetensors weights (default: built by owner_model.py)")
+    parser.add_argument("--pretrained", help="an OpenCLIP pretrained tag instead of --weights (needs a network)")
+    parser.add_argument("--server-arg", action="append", default=[], help="an extra graytune-server flag (repeat)")
+    parser.add_argument("--workdir", default="graytune-bench-work", help="data and runs (reused where complete)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--smoke", action="store_true", help="toy size: 1 seed, 3 settings, a few steps")
+    return parser.parse_args(argv)
+
+
+def owner_source(args) -> tuple:
+    """-> (model name, weights path, graytune-server flags)."""
+    if args.pretrained:
+        import open_clip  # the white-box rows need the same weights in-process
+        path = open_clip.download_pretrained(open_clip.get_pretrained_cfg(args.model, args.pretrained))
+        return args.model, path, ["--model", args.model, "--pretrained", args.pretrained]
+    if args.weights:
+        return args.model, args.weights, ["--model", args.model, "--weights", args.weights]
+    recipe = SMOKE_RECIPE if args.smoke else Recipe()
+    path, report = build_owner_model(recipe)
+    logging.getLogger("evidence").info("owner model %s: zero-shot %s", path.name, report["zero_shot"])
+    return ARCH.stem, str(path), ["--model-config", str(ARCH), "--weights", str(path)]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("evidence").setLevel(logging.INFO)  # one line per row; OpenCLIP's INFO lines stay quiet
+    if args.smoke:
+        args.seeds, args.steps, args.queries = 1, 4, "80,160"
+    queries = tuple(int(q) for q in args.queries.split(","))
+    budget = Budget(steps=args.steps, batch_size=args.batch_size, craft_queries=queries)
+    methods = [m for m in METHODS if m.name in args.methods.split(",")]
+    if args.smoke:
+        methods = [dataclasses.replace(m, lrs=m.lrs[:1]) for m in methods]
+    workdir, out = Path(args.workdir), Path(args.out)
+    model_name, weights, server_flags = owner_source(args)
+    with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", *server_flags, *args.server_arg]) as server, \
+            OracleClient(server.endpoint) as oracle:
+        size = oracle.describe().image.height
+        settings = [given_setting(s, args.shots) for s in args.setting] or domain_settings(
+            SMOKE_SETTINGS if args.smoke else DEFAULT_SETTINGS, workdir, args.shots, size)
+        owner = Owner(oracle, model_name, weights)
+        started = time.monotonic()
+        results = {s.name: run_setting(owner, s, range(args.seeds), budget, workdir / "runs", methods)
+                   for s in settings}
+        seconds = time.monotonic() - started
+    pixel = [s.name for s in settings if s.domain in target.DOMAINS and target.DOMAINS[s.domain].shift]
+    report = {"seeds": args.seeds, "budget": dataclasses.asdict(budget), "seconds": round(seconds),
+              "owner": {"model": model_name, "weights": Path(weights).name},
+              "settings": [dataclasses.asdict(s) for s in settings], "results": results,
+              **summary(results, pixel)}
+    rows = [name for m in methods for name in ([craft_row(q) for q in queries] if m.kind == "craft" else [m.name])]
+    text = markdown(report, rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy_table.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (out / "accuracy_table.md").write_text(text + "\n")
+    plot_table(report, rows, out / "accuracy_table.png")
+    print(text)
+    print(f"\n{len(settings)} settings, {args.seeds} seeds in {seconds / 60:.1f} min; "
+          f"written to {out}/accuracy_table.{{json,md,png}}")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

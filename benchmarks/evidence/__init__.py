@@ -1,0 +1,2 @@
+"""The evidence suite's parts: the benchmark owner model, its data, the target domains, and the
+methods compared in one table (`benchmarks/owner_model.py`, `benchmarks/accuracy_table.py`)."""

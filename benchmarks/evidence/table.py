@@ -1,0 +1,115 @@
+"""One table, one run: each method on each setting, the learning rate chosen on val with seed 0,
+then every seed at that rate; mean ± std of the test score and paired differences with 95%
+confidence intervals (Student's t over seeds: the seeds pair the rows, each seed drawing the same
+few shots and batches for every row)."""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from evidence.methods import METHODS, Budget, Method, Owner, Setting, run_craft, run_method, run_zero_shot
+
+log = logging.getLogger("evidence.table")
+
+# (row, reference): the papers' claims, as differences in points of the headline score.
+PAIRS = (("DGA", "full fine-tuning"), ("DGA", "LoRA"), ("DGA", "input only"), ("DGA", "output only"),
+         ("LGA", "DGA"), ("CraFT 2k", "zero-shot"), ("CraFT 8k", "zero-shot"), ("CraFT 8k", "full fine-tuning"))
+
+
+def craft_row(queries: int) -> str:
+    return f"CraFT {queries // 1000}k" if queries % 1000 == 0 else f"CraFT {queries}"
+
+
+def run_setting(owner: Owner, setting: Setting, seeds: Sequence[int], budget: Budget, workdir: Path,
+                methods: Sequence[Method] = METHODS) -> Dict[str, dict]:
+    """-> {row: {"lr": chosen, "tried": {lr: val score}, "runs": [one result per seed]}}."""
+    rows: Dict[str, dict] = {}
+    for method in methods:
+        if setting.task not in method.tasks:
+            continue
+        where = workdir / setting.name.replace("/", "-")
+        if method.kind == "zero-shot":
+            result = run_zero_shot(owner, setting)  # no seed changes it
+            rows[method.name] = {"lr": None, "tried": {}, "runs": [result] * len(seeds)}
+        elif method.kind == "craft":
+            per_seed = [run_craft(owner, setting, method, seed, budget, where) for seed in seeds]
+            for queries in budget.craft_queries:
+                rows[craft_row(queries)] = {"lr": None, "tried": {}, "runs": [r[queries] for r in per_seed]}
+        else:
+            first = {lr: run_method(owner, setting, method, lr, seeds[0], budget, where) for lr in method.lrs}
+            lr = max(first, key=lambda k: first[k]["val"])  # chosen on val, never on test
+            runs = [first[lr]] + [run_method(owner, setting, method, lr, s, budget, where) for s in seeds[1:]]
+            rows[method.name] = {"lr": lr, "tried": {str(k): v["val"] for k, v in first.items()}, "runs": runs}
+        row = rows.get(method.name) or rows[craft_row(budget.craft_queries[-1])]
+        log.info("%-24s %-18s test %s", setting.name, method.name, describe(tests(row)))
+    return rows
+
+
+def tests(row: dict) -> List[float]:
+    return [100 * r["test"] for r in row["runs"]]  # points
+
+
+def describe(values: Sequence[float]) -> str:
+    return f"{statistics.fmean(values):.1f} ± {stdev(values):.1f}"
+
+
+def stdev(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def interval(differences: Sequence[float]) -> Tuple[float, Optional[float], Optional[float]]:
+    """Mean of paired differences and its 95% confidence interval (None with one seed)."""
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return mean, None, None
+    from scipy.stats import t
+    half = t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    return mean, mean - half, mean + half
+
+
+def paired(results: Dict[str, Dict[str, dict]], row: str, reference: str,
+           settings: Optional[Sequence[str]] = None, over: str = "all") -> Optional[dict]:
+    """row - reference in points, per seed averaged over `settings` (default: every setting
+    that has both rows), with its 95% CI."""
+    names = [s for s in (settings or results) if row in results[s] and reference in results[s]]
+    if not names:
+        return None
+    per_setting = [[a - b for a, b in zip(tests(results[s][row]), tests(results[s][reference]))] for s in names]
+    per_seed = [statistics.fmean(values) for values in zip(*per_setting)]
+    mean, low, high = interval(per_seed)
+    return {"row": row, "reference": reference, "over": over, "settings": names, "mean": mean, "ci95": [low, high]}
+
+
+def summary(results: Dict[str, Dict[str, dict]], pixel_settings: Sequence[str]) -> dict:
+    """Every row's mean ± std per setting, and the claims' paired differences."""
+    table = {s: {row: {"mean": statistics.fmean(tests(r)), "std": stdev(tests(r)), "lr": r["lr"],
+                       "trainable": r["runs"][0]["trainable"],
+                       "seconds": statistics.fmean(x["seconds"] for x in r["runs"])}
+                 for row, r in rows.items()} for s, rows in results.items()}
+    claims = [paired(results, a, b) for a, b in PAIRS]
+    claims += [paired(results, "DGA", ref, pixel_settings, "pixel shifts") for ref in ("input only", "output only")]
+    return {"table": table, "claims": [c for c in claims if c]}
+
+
+def markdown(summary_: dict, rows: Sequence[str]) -> str:
+    """The table (rows × settings, mean ± std in points) and the claims, as Markdown."""
+    table = summary_["table"]
+    settings = list(table)
+    lines = ["| method | " + " | ".join(settings) + " | trainable | s / run |",
+             "|---|" + "---|" * (len(settings) + 2)]
+    for row in rows:
+        cells = [f"{table[s][row]['mean']:.1f} ± {table[s][row]['std']:.1f}" if row in table[s] else "–"
+                 for s in settings]
+        present = [table[s][row] for s in settings if row in table[s]]
+        if present:
+            seconds = statistics.fmean(p["seconds"] for p in present)
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {present[0]['trainable']:,} | {seconds:.0f} |")
+    lines += ["", "| claim | over | difference (points) | 95% CI |", "|---|---|---|---|"]
+    for c in summary_["claims"]:
+        low, high = c["ci95"]
+        ci = f"[{low:+.1f}, {high:+.1f}]" if low is not None else "(one seed)"
+        lines.append(f"| {c['row']} − {c['reference']} | {c['over']} ({len(c['settings'])}) | {c['mean']:+.1f} | {ci} |")
+    return "\n".join(lines)
