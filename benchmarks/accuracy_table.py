@@ -40,9 +40,10 @@ RESULTS = Path(__file__).parent / "results"
 # (task, domain): the default row sets; every task of the CLI has at least one.
 DEFAULT_SETTINGS = (("classify", "digits-8x8"), ("classify", "emoji-new"), ("classify", "emoji-inverted"),
                     ("classify", "emoji-colour-cast"), ("classify", "emoji-blurred"),
-                    ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"))
+                    ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"), ("video", "emoji-new-motion"))
 SMOKE_RECIPE = Recipe(steps=2, batch_size=32, digits_per_batch=6)  # = owner_model.py --steps 2 --batch-size 32
-SMOKE_SETTINGS = (("classify", "emoji-inverted"), ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"))
+SMOKE_SETTINGS = (("classify", "emoji-inverted"), ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"),
+                  ("video", "emoji-new-motion"))
 
 
 def domain_settings(pairs, workdir: Path, shots: int, size: int) -> list:
@@ -50,7 +51,7 @@ def domain_settings(pairs, workdir: Path, shots: int, size: int) -> list:
     settings = []
     for task, name in pairs:
         root = target.write_domain(target.DOMAINS[name], workdir / "data", data, size)
-        suffix = "_sketch.csv" if task == "sketch" else ".csv"
+        suffix = {"sketch": "_sketch.csv", "video": "_video.csv"}.get(task, ".csv")
         paths = {s: str(root / f"{s}{suffix}") for s in target.SPLITS}
         options = {"shots": shots} if task == "classify" else {}
         settings.append(Setting(task, name, paths["train"], paths["val"], paths["test"], options))

@@ -11,7 +11,8 @@ Two kinds of shift:
 Every image is a view: the glyph zoomed and shifted as in pretraining (seeded), then shifted in
 pixel space. Files: <domain>/<split>/NNNNN.png and <domain>/<split>.csv with columns filepath,
 title (a caption), label (the class name); sketch domains also write <split>_sketch.csv
-(filepath, domain, category), photos unshifted and sketches as edge maps.
+(filepath, domain, category), photos unshifted and sketches as edge maps; video domains write
+<split>_video.csv (filepath, title) of MPEG-4 clips, the glyph drifting across the frame.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from evidence.owner import EMOJI_TEMPLATES, OwnerData, augment
+from evidence.owner import EMOJI_TEMPLATES, OwnerData, augment, warp
 
 SPLITS = ("train", "val", "test")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -71,6 +72,7 @@ class Domain:
     classes: int = 40        # concepts drawn (by a hash of their names); 0: all
     views: Sequence[int] = (16, 4, 8)  # images per concept in train, val, test
     sketch: bool = False     # also write *_sketch.csv: edge-map sketches against unshifted photos
+    video: bool = False      # also write *_video.csv: one drifting clip per view
 
 
 DOMAINS = {d.name: d for d in (
@@ -81,7 +83,9 @@ DOMAINS = {d.name: d for d in (
     Domain("emoji-blurred", "emoji-seen", "blurred"),
     Domain("emoji-greyscale", "emoji-seen", "greyscale"),
     Domain("emoji-sketch", "emoji-seen", "edges", sketch=True),
+    Domain("emoji-new-motion", "emoji-held-out", views=(4, 2, 4), video=True),
 )}
+CLIP_FRAMES = 8
 
 
 def draw(names: List[str], k: int, salt: str) -> List[int]:
@@ -109,6 +113,16 @@ def views_of(images: np.ndarray, count: int, generator: torch.Generator) -> np.n
     return augment(pixels, generator).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def drifting(image: np.ndarray, generator: torch.Generator, frames: int = CLIP_FRAMES) -> List[np.ndarray]:
+    """(S, S, 3) uint8 -> `frames` frames of it zoomed once and drifting on a random straight path."""
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None].expand(frames, -1, -1, -1)
+    scale = (0.7 + 0.3 * torch.rand(1, generator=generator)).expand(frames)
+    ends = 0.5 * torch.rand(2, 2, generator=generator) - 0.25  # (start, end) x (x, y)
+    path = torch.lerp(ends[0], ends[1], torch.linspace(0, 1, frames)[:, None])  # (T, 2)
+    moved = warp(pixels, scale, path).round().clamp(0, 255).to(torch.uint8)
+    return list(moved.permute(0, 2, 3, 1).numpy())
+
+
 def write_domain(domain: Domain, out: Path, data: OwnerData, size: int, seed: int = 0) -> Path:
     """Writes the domain under out/<name> (if not already complete) and returns that folder."""
     root = out / domain.name
@@ -130,18 +144,25 @@ def write_domain(domain: Domain, out: Path, data: OwnerData, size: int, seed: in
     shift = PIXEL_SHIFTS[domain.shift] if domain.shift else (lambda img: img)
     for split in SPLITS:
         (root / split).mkdir(parents=True, exist_ok=True)
-        rows, sketch_rows = [], []
+        rows, sketch_rows, video_rows = [], [], []
         for i, (pixels, label) in enumerate(zip(split_images[split], split_labels[split])):
             photo = Image.fromarray(pixels)
             path = f"{split}/{i:05d}.png"
             shift(photo).save(root / path)
             rows.append((path, template.format(label), label))
+            if domain.video:
+                from graytune.client.tasks.video.frames import write_video
+                clip = f"{split}/{i:05d}.mp4"
+                write_video(str(root / clip), [np.asarray(shift(Image.fromarray(f))) for f in drifting(pixels, generator)])
+                video_rows.append((clip, template.format(label)))
             if domain.sketch:  # even views as photos, odd ones as sketches
                 if i % 2:
                     sketch_rows.append((path, "sketch", label))
                 else:
                     photo.save(root / f"{split}/{i:05d}-photo.png")
                     sketch_rows.append((f"{split}/{i:05d}-photo.png", "photo", label))
+        if domain.video:
+            write_csv(root / f"{split}_video.csv", ("filepath", "title"), video_rows)
         if domain.sketch:
             write_csv(root / f"{split}_sketch.csv", ("filepath", "domain", "category"), sketch_rows)
         write_csv(root / f"{split}.csv", ("filepath", "title", "label"), rows)  # last: marks it complete

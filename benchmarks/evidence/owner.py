@@ -99,16 +99,20 @@ def normalise(images: torch.Tensor, model) -> torch.Tensor:
     return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
 
 
-def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random zoom (0.8-1.2) and shift (12% of the side); edges repeat the background. (B, 3, S, S)."""
-    b = len(pixels)
-    scale = 0.8 + 0.4 * torch.rand(b, generator=generator)
-    shift = 0.24 * torch.rand(b, 2, generator=generator) - 0.12
-    theta = torch.zeros(b, 2, 3)
+def warp(pixels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Zoom each image by scale (B,) and move it by shift (B, 2), in units of half the side; edges
+    repeat the background. (B, 3, S, S) -> (B, 3, S, S)."""
+    theta = torch.zeros(len(pixels), 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
     return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random zoom (0.8-1.2) and shift (12% of the side). (B, 3, S, S)."""
+    scale = 0.8 + 0.4 * torch.rand(len(pixels), generator=generator)
+    return warp(pixels, scale, 0.24 * torch.rand(len(pixels), 2, generator=generator) - 0.12)
 
 
 def concept_loss(image: torch.Tensor, text: torch.Tensor, concept: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
