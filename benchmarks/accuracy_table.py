@@ -46,11 +46,14 @@ SMOKE_SETTINGS = (("classify", "emoji-inverted"), ("retrieval", "emoji-new"), ("
                   ("video", "emoji-new-motion"))
 
 
-def domain_settings(pairs, workdir: Path, shots: int, size: int) -> list:
+def domain_settings(pairs, workdir: Path, shots: int, size: int, smoke: bool = False) -> list:
     data = OwnerData.build(size)
     settings = []
     for task, name in pairs:
-        root = target.write_domain(target.DOMAINS[name], workdir / "data", data, size)
+        domain = target.DOMAINS[name]
+        if smoke:  # 8 classes, a few views each, in a folder of their own
+            domain = dataclasses.replace(domain, classes=8, views=(4, 2, 4))
+        root = target.write_domain(domain, workdir / ("data-smoke" if smoke else "data"), data, size)
         suffix = {"sketch": "_sketch.csv", "video": "_video.csv"}.get(task, ".csv")
         paths = {s: str(root / f"{s}{suffix}") for s in target.SPLITS}
         options = {"shots": shots} if task == "classify" else {}
@@ -85,7 +88,8 @@ def parse_args(argv):
     parser.add_argument("--server-arg", action="append", default=[], help="an extra graytune-server flag (repeat)")
     parser.add_argument("--workdir", default="graytune-bench-work", help="data and runs (reused where complete)")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--smoke", action="store_true", help="toy size: 1 seed, 3 settings, a few steps")
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy size: one seed, 4 settings of 8 classes, a few steps and queries")
     return parser.parse_args(argv)
 
 
@@ -108,9 +112,10 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("evidence").setLevel(logging.INFO)  # one line per row; OpenCLIP's INFO lines stay quiet
     if args.smoke:
-        args.seeds, args.steps, args.queries = 1, 4, "80,160"
+        args.seeds, args.steps, args.queries, args.shots, args.batch_size = 1, 4, "16,32", 2, 8
     queries = tuple(int(q) for q in args.queries.split(","))
-    budget = Budget(steps=args.steps, batch_size=args.batch_size, craft_queries=queries)
+    budget = Budget(steps=args.steps, batch_size=args.batch_size, craft_queries=queries,
+                    craft_popsize=8 if args.smoke else Budget.craft_popsize)
     methods = [m for m in METHODS if m.name in args.methods.split(",")]
     if args.smoke:
         methods = [dataclasses.replace(m, lrs=m.lrs[:1]) for m in methods]
@@ -120,7 +125,7 @@ def main(argv=None) -> dict:
             OracleClient(server.endpoint) as oracle:
         size = oracle.describe().image.height
         settings = [given_setting(s, args.shots) for s in args.setting] or domain_settings(
-            SMOKE_SETTINGS if args.smoke else DEFAULT_SETTINGS, workdir, args.shots, size)
+            SMOKE_SETTINGS if args.smoke else DEFAULT_SETTINGS, workdir, args.shots, size, args.smoke)
         owner = Owner(oracle, model_name, weights)
         started = time.monotonic()
         results = {s.name: run_setting(owner, s, range(args.seeds), budget, workdir / "runs", methods)

@@ -105,8 +105,8 @@ def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
                cache=cache)
     report = json.loads((tmp_path / "out" / "accuracy_table.json").read_text())
     graybox = ["zero-shot", "output only", "input only", "DGA", "LGA", "full fine-tuning", "LoRA"]
-    expected = {"classify/emoji-inverted": graybox + ["linear probe", "CraFT 80", "CraFT 160"],
-                "retrieval/emoji-new": graybox, "sketch/emoji-sketch": graybox}
+    expected = {"classify/emoji-inverted": graybox + ["linear probe", "CraFT 16", "CraFT 32"],
+                "retrieval/emoji-new": graybox, "sketch/emoji-sketch": graybox, "video/emoji-new-motion": graybox}
     assert {s: sorted(rows) for s, rows in report["results"].items()} == {s: sorted(r) for s, r in expected.items()}
     for setting, rows in report["results"].items():
         for row, result in rows.items():
