@@ -130,13 +130,16 @@ class TensorAssembler:
     def _close(self) -> None:
         """All bytes are here: one tensor, each chunk copied into it once."""
         first = self._open
-        tensor = torch.empty(tuple(first.shape), dtype=TORCH_DTYPES[first.dtype])
-        raw = tensor.view(-1).view(torch.uint8).numpy()  # (nbytes,) a view of the tensor
+        # numpy's allocation, not torch.empty: filling a fresh 16 MB torch.empty took 13 ms here
+        # (its pages are new each time) against 1 ms for np.empty, whose pages malloc reuses.
+        raw = np.empty(self._nbytes, dtype=np.uint8)  # (nbytes,)
         at = 0
         for part in self._parts:
             raw[at:at + len(part)] = np.frombuffer(part, dtype=np.uint8)
             at += len(part)
-        self.tensors[first.name] = tensor
+        dtype = TORCH_DTYPES[first.dtype]
+        flat = torch.from_numpy(raw).view(dtype) if raw.size else torch.empty(0, dtype=dtype)
+        self.tensors[first.name] = flat.view(tuple(first.shape))
         self._open, self._parts = None, []
 
     def finish(self) -> Dict[str, torch.Tensor]:
