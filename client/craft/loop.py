@@ -25,6 +25,7 @@ from graytune.client.craft.losses import prompt_fitness, refinement_loss
 from graytune.client.craft.model import CraftClassifier
 from graytune.client.craft.search import PromptSearch, SearchSettings
 from graytune.client.training import checkpoint
+from graytune.client.training.batches import in_order
 from graytune.client.training.interrupt import StopRequest
 from graytune.client.training.loop import oracle_usage, usage_before
 from graytune.client.transport.oracle_client import OracleError
@@ -40,8 +41,7 @@ class CraftSettings(SearchSettings):
 @torch.no_grad()
 def image_features(model: CraftClassifier, dataset, batch_size: int) -> torch.Tensor:
     """-> (N, E) unit embeddings of the data set's images, in calls of `batch_size`."""
-    return torch.cat([model.encode_image(dataset.batch(range(s, min(s + batch_size, len(dataset))))[0])
-                      for s in range(0, len(dataset), batch_size)])
+    return torch.cat([model.encode_image(batch[0]) for batch in in_order(dataset, batch_size)])
 
 
 def _budget_spent(error: OracleError) -> bool:

@@ -7,7 +7,7 @@ spawned, not forked: a fork would copy the gRPC channel's threads and locks mid-
 from __future__ import annotations
 
 import signal
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import torch
 
@@ -20,6 +20,12 @@ def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> Li
     epoch, position = divmod(step, per_epoch)
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
     return order[position * batch_size:(position + 1) * batch_size].tolist()
+
+
+def in_order(dataset: Any, batch_size: int) -> Iterator[Any]:
+    """The data set's batches in order, the last one short: what an evaluation walks through."""
+    for start in range(0, len(dataset), batch_size):
+        yield dataset.batch(range(start, min(start + batch_size, len(dataset))))
 
 
 class StepBatches(torch.utils.data.Dataset):

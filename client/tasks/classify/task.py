@@ -22,6 +22,7 @@ from graytune.client.tasks.base import Metrics, Task
 from graytune.client.tasks.classify.data import (DEFAULT_TEMPLATES, LabeledImageDataset, few_shot_split,
                                                  prompt_name, read_classnames, read_labeled, read_templates)
 from graytune.client.tasks.classify.metrics import classification_metrics
+from graytune.client.training.batches import in_order
 from graytune.client.transport.concurrent import concurrently
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
@@ -118,6 +119,5 @@ class ClassifyTask(Task):
     def evaluate(self, model: nn.Module, dataset: LabeledImageDataset, batch_size: int) -> Metrics:
         """top1, top5 and per_class_accuracy; the class prompts are embedded once."""
         classes = None if classifies_itself(model) else self.class_embeddings(model)
-        logits = [self.logits(model, dataset.batch(range(s, min(s + batch_size, len(dataset))))[0], classes)
-                  for s in range(0, len(dataset), batch_size)]
+        logits = [self.logits(model, pixels, classes) for pixels, _ in in_order(dataset, batch_size)]
         return classification_metrics(torch.cat(logits), dataset.labels, self.classnames)

@@ -15,6 +15,7 @@ from graytune.client.tasks.base import Task
 from graytune.client.tasks.retrieval.data import ImageCaptionDataset
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.retrieval.metrics import retrieval_metrics, unique_captions
+from graytune.client.training.batches import in_order
 from graytune.client.transport.concurrent import concurrently
 from graytune.client.transport.oracle_client import OracleClient
 
@@ -44,8 +45,7 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int = 64, visual: str 
     captions = dataset.captions
     gallery = unique_captions(captions)
     images, texts = concurrently(
-        lambda: [encode(dataset.batch(range(s, min(s + batch_size, len(dataset))))[0])
-                 for s in range(0, len(dataset), batch_size)],
+        lambda: [encode(batch[0]) for batch in in_order(dataset, batch_size)],
         lambda: [model.encode_text(gallery[s:s + batch_size]) for s in range(0, len(gallery), batch_size)])
     return retrieval_metrics(torch.cat(images), torch.cat(texts), captions, gallery, visual)
 
