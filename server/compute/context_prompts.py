@@ -51,16 +51,17 @@ class PromptTemplates:
         """-> (C, L) ids of "<template> <class name>." for each class name, the template's
         tokens at positions 1..N."""
         template = self.tokens[self.checked(name)]
-        prompts = [f"{name} {c}." for c in classnames]
-        for i, prompt in enumerate(prompts):
-            tokens = self.tokenizer.encode(prompt)
+        ids = torch.zeros(len(classnames), self.context_length, dtype=torch.long)  # (C, L), 0 pads
+        for i, classname in enumerate(classnames):
+            tokens = self.tokenizer.encode(f"{name} {classname}.")
             if len(tokens) + 2 > self.context_length:
                 raise InputError(f"texts[{i}]: the prompt with template {shown(name)} has {len(tokens) + 2} "
                                  f"tokens; the context length is {self.context_length}")
             if tokens[:len(template)] != template:  # a tokenizer whose cleaning joins words
-                raise InputError(f"texts[{i}]: {shown(classnames[i])} does not tokenise apart from the "
+                raise InputError(f"texts[{i}]: {shown(classname)} does not tokenise apart from the "
                                  f"template {shown(name)}")
-        return self.tokenizer(prompts)
+            ids[i, :len(tokens) + 2] = torch.tensor([self.tokenizer.sot_token_id, *tokens, self.tokenizer.eot_token_id])
+        return ids  # what the tokenizer gives for the prompts, each encoded once
 
 
 def add_context(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
