@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,15 @@ def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
     assert "| DGA |" in done.stdout and "| LoRA |" in done.stdout
     assert {c["over"] for c in report["claims"]} == {"all", "pixel shifts"}
     assert (tmp_path / "out" / "accuracy_table.png").stat().st_size > 0
+    # Run again: every finished run's result is kept, so nothing trains a second time (an
+    # interrupted table resumes). The run folders are deleted first: a run that trained again
+    # would make its folder anew.
+    runs = [p for p in (tmp_path / "work" / "runs").glob("*/*/*") if p.is_dir()]
+    assert len(runs) == 4 * 4 + 2  # output/input only, DGA, LGA in each setting; linear probe, CraFT
+    for run_dir in runs:
+        shutil.rmtree(run_dir)
+    run("accuracy_table.py", "--smoke", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "again"),
+        cache=cache)
+    assert not [p for p in (tmp_path / "work" / "runs").glob("*/*/*") if p.is_dir()]
+    again = json.loads((tmp_path / "again" / "accuracy_table.json").read_text())
+    assert again["results"] == report["results"]

@@ -107,7 +107,7 @@ def run_graybox(owner: Owner, setting: Setting, method: Method, lr: float, seed:
 
 def run_craft(owner: Owner, setting: Setting, method: Method, seed: int, budget: Budget, workdir: Path) -> Dict[int, dict]:
     """One search to the largest budget; the test split is scored at each reported budget. CraFT
-    takes the paper's settings, nothing is chosen on these scores. -> {queries: result}."""
+    takes the paper's settings, nothing is chosen on these scores. -> {str(queries): result}."""
     run_dir = workdir / f"{method.name}-seed{seed}"
     points = budget.craft_queries
     every = points[0] // budget.craft_popsize  # generations between scores
@@ -122,7 +122,7 @@ def run_craft(owner: Owner, setting: Setting, method: Method, seed: int, budget:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     scored = {r["queries"]: r for r in records if r["kind"] == "eval"}
     trainable_count = _adapter_parameters(run_dir / "adapter")
-    return {q: {"val": None, "test": scored[q][setting.headline], "seconds": seconds * q / points[-1],
+    return {str(q): {"val": None, "test": scored[q][setting.headline], "seconds": seconds * q / points[-1],
                 "trainable": trainable_count} for q in points}
 
 

@@ -4,12 +4,14 @@ confidence intervals (Student's t over seeds: the seeds pair the rows, each seed
 few shots and batches for every row)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from graytune.client.training.checkpoint import write_text_atomically
 from evidence.methods import METHODS, Budget, Method, Owner, Setting, run_craft, run_method, run_zero_shot
 
 log = logging.getLogger("evidence.table")
@@ -32,22 +34,40 @@ def run_setting(owner: Owner, setting: Setting, seeds: Sequence[int], budget: Bu
     for method in methods:
         if setting.task not in method.tasks or (method.kind == "craft" and setting.name not in craft_on):
             continue
-        where = workdir / setting.name.replace("/", "-")
+        # One folder per backbone and setting; a finished run's result is kept beside its run.
+        where = workdir / owner.oracle.describe().backbone.sha256[:12] / setting.name.replace("/", "-")
+        size = f"{budget.steps}x{budget.batch_size}"
         if method.kind == "zero-shot":
-            result = run_zero_shot(owner, setting)  # no seed changes it
-            rows[method.name] = {"lr": None, "tried": {}, "runs": [result] * len(seeds)}
+            result = remembered(where / "zero-shot.json", lambda: run_zero_shot(owner, setting))
+            rows[method.name] = {"lr": None, "tried": {}, "runs": [result] * len(seeds)}  # no seed changes it
         elif method.kind == "craft":
-            per_seed = [run_craft(owner, setting, method, seed, budget, where) for seed in seeds]
-            for queries in budget.craft_queries:
-                rows[craft_row(queries)] = {"lr": None, "tried": {}, "runs": [r[queries] for r in per_seed]}
+            queries = "-".join(map(str, budget.craft_queries))
+            per_seed = [remembered(where / f"CraFT-{queries}-pop{budget.craft_popsize}-seed{seed}.json",
+                                   lambda: run_craft(owner, setting, method, seed, budget, where)) for seed in seeds]
+            for q in budget.craft_queries:
+                rows[craft_row(q)] = {"lr": None, "tried": {}, "runs": [r[str(q)] for r in per_seed]}
         else:
-            first = {lr: run_method(owner, setting, method, lr, seeds[0], budget, where) for lr in method.lrs}
+            def run(lr: float, seed: int) -> dict:
+                return remembered(where / f"{method.name}-lr{lr:g}-seed{seed}-{size}.json".replace(" ", "_"),
+                                  lambda: run_method(owner, setting, method, lr, seed, budget, where))
+            first = {lr: run(lr, seeds[0]) for lr in method.lrs}
             lr = max(first, key=lambda k: first[k]["val"])  # chosen on val, never on test
-            runs = [first[lr]] + [run_method(owner, setting, method, lr, s, budget, where) for s in seeds[1:]]
+            runs = [first[lr]] + [run(lr, s) for s in seeds[1:]]
             rows[method.name] = {"lr": lr, "tried": {str(k): v["val"] for k, v in first.items()}, "runs": runs}
         row = rows.get(method.name) or rows[craft_row(budget.craft_queries[-1])]
         log.info("%-24s %-18s test %s", setting.name, method.name, describe(tests(row)))
     return rows
+
+
+def remembered(path: Path, compute: Callable[[], dict]) -> dict:
+    """compute()'s result, kept in `path`: a table run again (or after a crash) skips the runs
+    it has finished."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(result))
+    return result
 
 
 def tests(row: dict) -> List[float]:
