@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="optimiser steps in all; --method craft takes --queries instead (default: 100)")
     train.add_argument("--batch-size", type=int, default=32, help="image-caption pairs per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    train.add_argument("--input-lr", type=float,
+                       help="peak learning rate of the input modules (pixel adapters, text prompt, deep "
+                            "prompts), which often want a smaller one than the output adapters (default: --lr)")
     train.add_argument("--wd", type=float, default=0.0, help="weight decay of AdamW")
     train.add_argument("--warmup", type=int, default=10,
                        help="steps of linear warm-up before the cosine decay")
@@ -282,9 +285,11 @@ def train_config(args):
                               "projection_seed": args.seed}}
     elif args.queries is not None:
         raise ValueError("--queries: a flag of --method craft")
+    if args.input_lr is not None and (args.method in ("craft", "linear-probe") or args.adapters == "output"):
+        raise ValueError(f"--input-lr: --method {args.method} --adapters {args.adapters} trains no input modules")
     return TrainConfig(
         train_data=args.train_data, val_data=args.val_data, output_dir=args.output_dir,
-        steps=steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
+        steps=steps, batch_size=args.batch_size, lr=args.lr, input_lr=args.input_lr, weight_decay=args.wd,
         warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed,
         workers=args.workers, report_to=tuple(args.report_to), csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key,
         csv_label_key=args.csv_label_key, csv_separator=args.csv_separator,

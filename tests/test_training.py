@@ -78,3 +78,37 @@ def test_resume_without_a_checkpoint_says_so(server, digits, tmp_path):
     result = subprocess.run(cli_train(server, digits, tmp_path, "--resume"), capture_output=True, text=True)
     assert result.returncode == 1
     assert "nothing to resume" in result.stderr
+
+
+def test_input_lr_moves_the_input_modules_at_their_own_rate(server, digits, tmp_path):
+    """--input-lr 0: the pixel adapter and text prompt stay at their initial values (AdamW's
+    step and its decay both scale with the rate) while the output adapters learn at --lr."""
+    plain, frozen_inputs = tmp_path / "plain", tmp_path / "frozen-inputs"
+    for run_dir, extra in ((plain, ()), (frozen_inputs, ("--input-lr", "0"))):
+        subprocess.run(cli_train(server, digits, run_dir, "--steps", "3", "--lr", "3e-3", "--wd", "0.1", *extra),
+                       check=True, capture_output=True)
+    learnt, kept = (load_file(str(d / "adapter" / "adapters.safetensors")) for d in (plain, frozen_inputs))
+    inputs = [k for k in kept if k.split(".")[0] in ("pixel_adapter", "text_prompt")]
+    outputs = [k for k in kept if k.split(".")[0] in ("image_head", "text_head")]
+    assert inputs and outputs
+    initial = _initial_adapters(server)
+    for key in inputs:
+        assert torch.equal(kept[key], initial[key]), key
+        assert not torch.equal(learnt[key], initial[key]), key  # with --lr they do move
+    for key in outputs:
+        assert not torch.equal(kept[key], initial[key]), key
+
+
+def _initial_adapters(server) -> dict:
+    """The adapters a run starts from (its seed 0), as saved."""
+    from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+    with OracleClient(server.endpoint) as oracle:
+        torch.manual_seed(0)
+        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def test_input_lr_is_refused_where_nothing_learns_inputs(server, digits, tmp_path):
+    done = subprocess.run(cli_train(server, digits, tmp_path, "--adapters", "output", "--input-lr", "1e-4"),
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "--input-lr: " in done.stderr and "trains no input modules" in done.stderr

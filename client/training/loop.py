@@ -26,7 +26,7 @@ from tqdm import tqdm
 from torch import nn
 
 from graytune.client.adapters.graybox import AdapterConfig, ZeroShotCLIP
-from graytune.client.adapters.models import trainable_parameters
+from graytune.client.adapters.models import parameter_groups, trainable_parameters
 from graytune.client.tasks import make_task
 from graytune.client.tasks.base import Task
 from graytune.client.training import checkpoint
@@ -50,6 +50,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 32
     lr: float = 1e-3
+    input_lr: Optional[float] = None  # the input modules' own rate (default: lr)
     weight_decay: float = 0.0
     warmup: int = 10
     eval_every: int = 50
@@ -68,7 +69,8 @@ class TrainConfig:
     craft: Dict[str, object] = field(default_factory=dict)  # method craft: CraftSettings (the search)
 
     # Changing these mid-run would change the data order or the model: resume refuses.
-    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters", "task", "method", "task_options", "craft")
+    FIXED_ON_RESUME = ("train_data", "batch_size", "seed", "adapters", "task", "method", "task_options", "craft",
+                       "input_lr")  # input_lr: one optimiser group or two
 
     def csv_format(self) -> dict:
         return {"img_key": self.csv_img_key, "caption_key": self.csv_caption_key,
@@ -188,7 +190,7 @@ def train_step(task: Task, model: nn.Module, batch, optimizer: torch.optim.Optim
 def _loop(model: nn.Module, state: dict, cfg: TrainConfig, task: Task, train_set, val_set,
           run: RunDir, metrics_log: MetricsLog, progress: bool, oracle: OracleClient) -> Dict[str, float]:
     """Steps from state["step"] to cfg.steps: the update, the metrics, evaluations, checkpoints."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.input_lr), weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, cfg.steps))
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
