@@ -42,14 +42,14 @@ class Method:
 # Output adapters and classifiers learn best near 1e-2 here, input modules near 1e-3 and below
 # (at 3e-3 the pixel adapter sent training to chance on the digits): rows with both take a tenth
 # of the rate for their input modules (`graytune train --input-lr`).
-OUTPUT_LRS, INPUT_LRS = (1e-3, 3e-3, 1e-2), (1e-4, 3e-4, 1e-3)
+OUTPUT_LRS, INPUT_LRS, BOTH_LRS = (3e-3, 1e-2, 3e-2), (1e-4, 3e-4, 1e-3), (1e-3, 3e-3, 1e-2)
 METHODS = (
     Method("zero-shot", "zero-shot"),
     Method("linear probe", "graybox", "linear-probe", lrs=OUTPUT_LRS, tasks=("classify",)),
     Method("output only", "graybox", "graybox-dga", "output", OUTPUT_LRS),
     Method("input only", "graybox", "graybox-dga", "input", INPUT_LRS),
-    Method("DGA", "graybox", "graybox-dga", "both", OUTPUT_LRS, input_lr_ratio=0.1),
-    Method("LGA", "graybox", "graybox-lga", "both", OUTPUT_LRS, input_lr_ratio=0.1),
+    Method("DGA", "graybox", "graybox-dga", "both", BOTH_LRS, input_lr_ratio=0.1),
+    Method("LGA", "graybox", "graybox-lga", "both", BOTH_LRS, input_lr_ratio=0.1),
     Method("CraFT", "craft", "craft", tasks=("classify",)),
     Method("full fine-tuning", "whitebox", "full-finetune", lrs=(3e-5, 1e-4, 3e-4)),
     Method("LoRA", "whitebox", "lora", lrs=(3e-4, 1e-3, 3e-3)),
