@@ -33,6 +33,7 @@ from evidence.methods import METHODS, Budget, Owner, Setting  # noqa: E402
 from evidence.owner import ARCH, OwnerData, Recipe, build_owner_model  # noqa: E402
 from evidence.plot import plot_table  # noqa: E402
 from evidence.table import craft_row, markdown, run_setting, summary  # noqa: E402
+from graytune.client.training.checkpoint import write_text_atomically  # noqa: E402
 from graytune.client.transport.local_server import LocalServer  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
@@ -69,6 +70,20 @@ def given_setting(text: str, shots: int) -> Setting:
     if not name or len(paths) != 3:
         raise SystemExit(f"--setting {text!r}: expected task/name:train.csv,val.csv,test.csv")
     return Setting(task, name, *paths, options={"shots": shots} if task == "classify" else {})
+
+
+def pixel_settings(settings) -> list:
+    return [s.name for s in settings if s.domain in target.DOMAINS and target.DOMAINS[s.domain].shift]
+
+
+def write_report(report: dict, rows, out: Path) -> str:
+    """OUT/accuracy_table.json, .md and .png -> the Markdown table."""
+    text = markdown(report, rows)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out / "accuracy_table.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(out / "accuracy_table.md", text + "\n")
+    plot_table(report, rows, out / "accuracy_table.png")
+    return text
 
 
 def parse_args(argv):
@@ -121,7 +136,7 @@ def main(argv=None) -> dict:
     methods = [m for m in METHODS if m.name in args.methods.split(",")]
     if args.smoke:
         methods = [dataclasses.replace(m, lrs=m.lrs[:1]) for m in methods]
-    workdir, out = Path(args.workdir), Path(args.out)
+    workdir = Path(args.workdir)
     model_name, weights, server_flags = owner_source(args)
     with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", *server_flags, *args.server_arg]) as server, \
             OracleClient(server.endpoint) as oracle:
@@ -132,23 +147,20 @@ def main(argv=None) -> dict:
         started = time.monotonic()
         craft_on = (args.craft_on.split(",") if args.craft_on else [s.name for s in settings]
                     if args.smoke or args.setting else ["classify/digits-8x8"])
-        results = {s.name: run_setting(owner, s, range(args.seeds), budget, workdir / "runs", methods, craft_on)
-                   for s in settings}
-        seconds = time.monotonic() - started
-    pixel = [s.name for s in settings if s.domain in target.DOMAINS and target.DOMAINS[s.domain].shift]
-    report = {"seeds": args.seeds, "budget": dataclasses.asdict(budget), "seconds": round(seconds),
-              "owner": {"model": model_name, "weights": Path(weights).name},
-              "settings": [dataclasses.asdict(s) for s in settings], "results": results,
-              **summary(results, pixel)}
-    rows = [name for m in methods for name in ([craft_row(q) for q in queries] if m.kind == "craft" else [m.name])]
-    text = markdown(report, rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy_table.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    (out / "accuracy_table.md").write_text(text + "\n")
-    plot_table(report, rows, out / "accuracy_table.png")
+        rows = [name for m in methods for name in ([craft_row(q) for q in queries] if m.kind == "craft" else [m.name])]
+        results = {}
+        for setting in settings:  # the report so far is written after each setting
+            results[setting.name] = run_setting(owner, setting, range(args.seeds), budget, workdir / "runs",
+                                                methods, craft_on)
+            report = {"seeds": args.seeds, "budget": dataclasses.asdict(budget),
+                      "minutes": round((time.monotonic() - started) / 60, 1),
+                      "owner": {"model": model_name, "weights": Path(weights).name},
+                      "settings": [dataclasses.asdict(s) for s in settings if s.name in results],
+                      "results": results, **summary(results, pixel_settings(settings))}
+            text = write_report(report, rows, Path(args.out))
     print(text)
-    print(f"\n{len(settings)} settings, {args.seeds} seeds in {seconds / 60:.1f} min; "
-          f"written to {out}/accuracy_table.{{json,md,png}}")
+    print(f"\n{len(settings)} settings, {args.seeds} seeds in {report['minutes']} min; "
+          f"written to {args.out}/accuracy_table.{{json,md,png}}")
     return report
 
 

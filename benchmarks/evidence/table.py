@@ -97,7 +97,7 @@ def paired(results: Dict[str, Dict[str, dict]], row: str, reference: str,
            settings: Optional[Sequence[str]] = None, over: str = "all") -> Optional[dict]:
     """row - reference in points, per seed averaged over `settings` (default: every setting
     that has both rows), with its 95% CI."""
-    names = [s for s in (settings or results) if row in results[s] and reference in results[s]]
+    names = [s for s in (settings or results) if row in results.get(s, {}) and reference in results[s]]
     if not names:
         return None
     per_setting = [[a - b for a, b in zip(tests(results[s][row]), tests(results[s][reference]))] for s in names]
