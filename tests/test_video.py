@@ -14,9 +14,7 @@ from graytune.client.adapters.modules import AttentionPooling
 from graytune.client.data.digit_videos import drifting, write_digit_videos
 from graytune.client.data.tables import DataError
 from graytune.client.tasks.video.frames import read_clip, uniform_indices, write_video
-from conftest import relative_error
 from test_classify import graytune, records
-from test_concurrency import ROUNDING_BOUND
 
 
 @pytest.fixture(scope="module")
@@ -103,23 +101,21 @@ def test_a_short_clip_in_the_data_is_refused_before_any_call(pretrained_server, 
     assert not (tmp_path / "run").exists()
 
 
-def test_clips_with_more_frames_than_the_servers_batch_limit_are_embedded_in_several_calls(videos):
+def test_clips_with_more_frames_than_the_servers_batch_limit_are_evaluated_in_several_calls(videos):
     """`graytune eval --task video` with its defaults (64 clips of 8 frames) against a server
-    whose --max-batch is 256 once failed with INVALID_ARGUMENT: Embed needs no one call."""
+    whose --max-batch is 256 once failed with INVALID_ARGUMENT: evaluation takes fewer clips per call."""
     from graytune.client.adapters.graybox import ZeroShotCLIP
-    from graytune.client.data.preprocess import preprocess_for
-    from graytune.client.tasks.video.data import VideoCaptionDataset
+    from graytune.client.tasks.video.task import VideoTask
     from graytune.client.transport.local_server import LocalServer
     from graytune.client.transport.oracle_client import OracleClient
     with LocalServer(["--dev", "--plaintext", "--threads", "1", "--max-batch", "8"]) as server, \
             OracleClient(server.endpoint) as oracle:
-        clips = VideoCaptionDataset(videos["val_video"], preprocess_for(oracle), frames=3)
-        frames = clips.batch(range(5))[0]  # (5, 3, 3, H, W): 15 frames
-        model = ZeroShotCLIP(oracle)
-        together = model.encode_video(frames)
-        assert oracle.usage()["Embed_calls"] == 2  # 8 + 7 frames
-        one_by_one = torch.cat([model.encode_video(frames[i:i + 1]) for i in range(5)])
-    # Both ways embed each frame once, in batches of other sizes: float32 rounding only (the
-    # bound of a reordered step, test_concurrency), far below another clip's distance.
-    assert relative_error(together, one_by_one) <= ROUNDING_BOUND
-    assert relative_error(together[1:], one_by_one[:-1]) > 10 * ROUNDING_BOUND
+        task = VideoTask(oracle, frames=3)
+        _, clips = task.load(None, videos["val_video"], seed=0)
+        image_calls = oracle.usage().get("Embed_calls", 0)
+        metrics = task.evaluate(ZeroShotCLIP(oracle), clips, batch_size=64)
+        captions = len(set(clips.captions))
+        calls = oracle.usage()["Embed_calls"] - image_calls
+    # 2 clips of 3 frames fit in 8; the caption gallery goes in calls of the same size.
+    assert calls == -(-len(clips) // 2) + -(-captions // 2)
+    assert 0 <= metrics["video_to_text_R@1"] <= 1

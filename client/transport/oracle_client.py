@@ -152,12 +152,8 @@ class OracleClient:
         return self._info
 
     def embed_images(self, pixels: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels [+ deep_prompts=(depth, K, W)] -> (B, E) embeddings.
-        More images than the server's max_batch (a batch of video clips' frames) go in several
-        calls: Embed holds no graph, so nothing ties them together."""
-        limit = self.describe().limits.max_batch
-        parts = pixels.split(limit) if 0 < limit < len(pixels) else (pixels,)
-        return torch.cat([self._inputs_call("Embed", pb.IMAGE, {"pixels": p, **tensors})[1] for p in parts])
+        """(B, 3, H, W) normalised pixels [+ deep_prompts=(depth, K, W)] -> (B, E) embeddings."""
+        return self._inputs_call("Embed", pb.IMAGE, {"pixels": pixels, **tensors})[1]
 
     def embed_texts(self, texts: Sequence[str] = (), **tensors: torch.Tensor) -> torch.Tensor:
         """Captions (or token_ids=(B, L)) [+ shift=(D,), extra_tokens=(K, D),

@@ -50,4 +50,7 @@ class VideoTask(Task):
         return contrastive_step_loss(model, *batch, visual="video")
 
     def evaluate(self, model: torch.nn.Module, dataset: VideoCaptionDataset, batch_size: int) -> Dict[str, float]:
-        return evaluate(model, dataset, batch_size, visual="video")
+        """`batch_size` clips per call, fewer where their frames would pass the server's max_batch
+        (`graytune eval`'s 64 clips of 8 frames are 512 images; a default server takes 256)."""
+        clips = max(1, min(batch_size, self.oracle.describe().limits.max_batch // self.frames))
+        return evaluate(model, dataset, clips, visual="video")
