@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from evidence.owner import EMOJI_TEMPLATES, OwnerData, augment, warp
+from evidence.owner import DIGIT_NAMES, EMOJI_TEMPLATES, OwnerData, augment, warp
 
 SPLITS = ("train", "val", "test")
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def invert(img: Image.Image) -> Image.Image:

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,10 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from evidence.emoji import render_emoji
-from graytune.server.compute.pretrained import (CAPTION_TEMPLATES, DIGIT_NAMES, cache_dir,
-                                                load_mnist_5k)
+from graytune.server.compute.pretrained import (CAPTION_TEMPLATES, DIGIT_NAMES, cache_dir, deterministic,
+                                                load_mnist_5k, save_weights)
 
 log = logging.getLogger("evidence.owner")
 
@@ -190,27 +188,17 @@ def build_owner_model(recipe: Recipe, progress=None) -> Tuple[Path, dict]:
     report_path = path.with_suffix(".json")
     if path.is_file() and report_path.is_file():
         return path, json.loads(report_path.read_text())
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(recipe.threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            model = open_clip.create_model(MODEL)
-            tokenizer = open_clip.get_tokenizer(MODEL)
-            data = OwnerData.build(model.visual.image_size[0])
-            started = time.monotonic()
-            pretrain(model, tokenizer, data, recipe, progress)
-            seconds = time.monotonic() - started
-            report = {"recipe": dataclasses.asdict(recipe), "pretrain_seconds": round(seconds, 1),
-                      "pairs_seen": recipe.steps * recipe.batch_size, "zero_shot": zero_shot(model, tokenizer, data)}
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    report["sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, path)
+    with deterministic(recipe.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = open_clip.create_model(MODEL)
+        tokenizer = open_clip.get_tokenizer(MODEL)
+        data = OwnerData.build(model.visual.image_size[0])
+        started = time.monotonic()
+        pretrain(model, tokenizer, data, recipe, progress)
+        seconds = time.monotonic() - started
+        report = {"recipe": dataclasses.asdict(recipe), "pretrain_seconds": round(seconds, 1),
+                  "pairs_seen": recipe.steps * recipe.batch_size, "zero_shot": zero_shot(model, tokenizer, data)}
+    save_weights(model, path)
+    report["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return path, report

@@ -5,12 +5,11 @@ import functools
 import logging
 from typing import Callable, List, Optional
 
-from graytune.client.adapters.graybox import ZeroShotCLIP
-
 import torch
 from tqdm import tqdm
 
 from graytune.client.adapters.cross_domain import CrossDomainCLIP
+from graytune.client.adapters.graybox import ZeroShotCLIP
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.inference import corpus, outputs
 from graytune.client.inference.model import Classifier, load_model

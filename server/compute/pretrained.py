@@ -102,16 +102,25 @@ def is_builtin(model_name: str, tag: str) -> bool:
 
 
 @contextlib.contextmanager
-def _deterministic():
-    """One thread and deterministic algorithms, for as long as a build runs."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
+def deterministic(threads: int = 1):
+    """A fixed thread count and deterministic algorithms, for as long as a build runs."""
+    before, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The state dict as .safetensors, written to a temporary file and renamed: another build
+    writing the same file at once, or a crash, never leaves a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def builtin_weights(model_name: str, tag: str, create_model: Callable, tokenizer) -> Path:
@@ -122,12 +131,9 @@ def builtin_weights(model_name: str, tag: str, create_model: Callable, tokenizer
     if path.is_file():
         return path
     log.info("building %s/%s weights once (cached at %s)", model_name, tag, path)
-    with torch.random.fork_rng(devices=[]), _deterministic():
+    with torch.random.fork_rng(devices=[]), deterministic():
         torch.manual_seed(0)
         model = create_model()
         BUILDERS[(model_name, tag)](model, tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)  # another server building the same file at once is harmless
+    save_weights(model, path)
     return path
