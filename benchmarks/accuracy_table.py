@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -31,13 +30,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from evidence import domains as target  # noqa: E402
 from evidence.methods import METHODS, Budget, Owner, Setting  # noqa: E402
 from evidence.owner import ARCH, OwnerData, Recipe, build_owner_model  # noqa: E402
-from evidence.plot import plot_table  # noqa: E402
+from evidence.output import RESULTS, save_results  # noqa: E402
+from evidence.plot import table_figure  # noqa: E402
 from evidence.table import craft_row, markdown, run_setting, summary  # noqa: E402
 from graytune.client.training.checkpoint import write_text_atomically  # noqa: E402
 from graytune.client.transport.local_server import LocalServer  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 # (task, domain): the default row sets; every task of the CLI has at least one.
 DEFAULT_SETTINGS = (("classify", "digits-8x8"), ("classify", "emoji-new"), ("classify", "emoji-inverted"),
                     ("classify", "emoji-colour-cast"), ("retrieval", "emoji-new"), ("sketch", "emoji-sketch"),
@@ -79,10 +78,8 @@ def pixel_settings(settings) -> list:
 def write_report(report: dict, rows, out: Path) -> str:
     """OUT/accuracy_table.json, .md and .png -> the Markdown table."""
     text = markdown(report, rows)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out / "accuracy_table.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    save_results(out, "accuracy_table", report, lambda: table_figure(report, rows))
     write_text_atomically(out / "accuracy_table.md", text + "\n")
-    plot_table(report, rows, out / "accuracy_table.png")
     return text
 
 

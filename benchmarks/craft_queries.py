@@ -25,12 +25,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # client and server share the cores
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from evidence.output import RESULTS, plt, save_results  # noqa: E402
 from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP  # noqa: E402
 from graytune.client.data.digits import write_digits  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 from graytune.client.transport.local_server import LocalServer  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def run_craft(endpoint: str, data: dict, run_dir: Path, args) -> list:
@@ -72,10 +71,7 @@ def dga_bytes(endpoint: str) -> int:
     return 4 * sum(p.numel() for p in model.parameters())
 
 
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(summary: dict) -> "plt.Figure":
     fig, (curve, split) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
     curve.plot(summary["curve"]["queries"], summary["curve"]["top1"], marker="o", label="CraFT")
     curve.axhline(summary["zero_shot_top1"], color="grey", linestyle="--", label="zero-shot")
@@ -89,7 +85,7 @@ def plot(summary: dict, path: Path) -> None:
     split.set(ylabel="seconds (mean)", title="one generation")
     split.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def main() -> None:
@@ -102,7 +98,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work, \
             LocalServer(["--dev", "--plaintext", "--tier", "blackbox", "--pretrained", "mnist",
                          "--threads", str(args.threads), "--log-level", "WARNING"]) as server:
@@ -111,8 +106,7 @@ def main() -> None:
         summary["deployed_bytes"] = {"craft": (Path(work) / "run" / "adapter" / "adapters.safetensors").stat().st_size,
                                      "dga": dga_bytes(server.endpoint)}
     summary["settings"] = {k: getattr(args, k) for k in ("queries", "shots", "popsize", "seed", "threads")}
-    (args.out / "craft_queries.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(summary, args.out / "craft_queries.png")
+    save_results(args.out, "craft_queries", summary, lambda: figure(summary))
     split = summary["seconds_per_generation"]
     print(f"top-1: zero-shot {summary['zero_shot_top1']:.3f} -> {summary['final_top1']:.3f} after "
           f"{args.queries} queries ({summary['generations']} generations)")

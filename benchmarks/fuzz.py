@@ -10,7 +10,8 @@ came with and its case with the fewest mutations, and a final health check.
 
 The cases are spread evenly over (RPC, first mutation) pairs, as tests/test_fuzz.py does, plus
 unplanned ones per RPC (a pair with few distinct cases, like Describe's, may run fewer).
-Exits 1 when any case violates the properties.
+Writes OUT/fuzz.json and OUT/fuzz.png (statuses; --out, default benchmarks/results). Exits 1
+when any case violates the properties.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the hostile package
 
+from evidence.output import RESULTS, plt, save_results  # noqa: E402
 from hostile.cases import PAIRS, each_case  # noqa: E402
 from hostile.runner import IMPRECISE, harness, report  # noqa: E402
 
@@ -72,6 +74,15 @@ class Tally:
             if v.case is None or (len(case.kinds), len(case.what)) < (len(v.case.kinds), len(v.case.what)):
                 v.case, v.report = case, report(result, problems)
 
+    def summary(self, seconds: float, health: str) -> dict:
+        return {"cases": sum(self.codes.values()), "seconds": seconds, "statuses": dict(self.codes.most_common()),
+                "unknown_or_internal": sum(self.codes[c.name] for c in IMPRECISE),
+                "longest_message_chars": len(self.longest.message) if self.longest else 0,
+                "bystander_slowest_s": self.slowest, "bystander_bound_s": self.target.delay_bound,
+                "violations": [{"problem": problem, "message": message, "cases": v.count, "example": v.report}
+                               for (problem, message), v in sorted(self.violations.items())],
+                "health": health or "SERVING"}
+
     def print(self, seconds: float) -> None:
         n = sum(self.codes.values())
         print(f"\n{n} cases in {seconds:.0f} s ({seconds / max(n, 1):.2f} s a case)\n")
@@ -92,10 +103,23 @@ class Tally:
                   f"  the fewest mutations: {v.report}")
 
 
+def figure(summary: dict) -> "plt.Figure":
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    codes = summary["statuses"]
+    ax.barh(list(codes), list(codes.values()), color=["tab:red" if c in {i.name for i in IMPRECISE} else "tab:blue"
+                                                      for c in codes])
+    ax.set_xscale("log")
+    ax.set(xlabel="cases", title=f"{summary['cases']} hostile cases: {summary['unknown_or_internal']} UNKNOWN or "
+                                 f"INTERNAL, server {summary['health']}")
+    fig.tight_layout()
+    return fig
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="0: the cases tests/test_fuzz.py starts with")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for fuzz.json and fuzz.png")
     args = p.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, harness(Path(tmp), SERVER_ARGS) as target:
@@ -107,9 +131,12 @@ def main() -> None:
             each()
             print(f"{sum(tally.codes.values())} cases, {time.perf_counter() - start:.0f} s: "
                   f"{rpc} {first.name if first else 'any'}", file=sys.stderr, flush=True)
-        tally.print(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        tally.print(seconds)
         health = target.health()
         print(f"\nfinal health check: {health or 'SERVING, and a valid Embed answers'}")
+    summary = tally.summary(seconds, health)
+    print(f"written to {save_results(args.out, 'fuzz', summary, lambda: figure(summary))} and its .png")
     sys.exit(1 if tally.violations or health else 0)
 
 

@@ -3,7 +3,7 @@ MNIST-pretrained graytune-tiny, 100 steps of 32) once per graybox key, each key 
 gradient protection.
 
     python benchmarks/gradient_protection.py                  # ~6 minutes on 2 busy cores
-    python benchmarks/gradient_protection.py --steps 30 --json protection.json
+    python benchmarks/gradient_protection.py --steps 30 --out protection
 
 One owner server, one key file made with `graytune-server keys create --gradient-clip X
 --gradient-noise Y`: no protection; each sample's returned gradient clipped to the median
@@ -16,7 +16,8 @@ gets, next to the scale the levels assume. The table: zero-shot and fine-tuned R
 and the fraction of the unprotected run's image->text gain over zero-shot that each key keeps.
 The output adapters and logit scale train on the customer's side with exact gradients, so no
 protection removes their share of the gain. Noise is drawn by the server from an unpredictable
-seed: noisy rows vary from run to run.
+seed: noisy rows vary from run to run. Writes OUT/gradient_protection.json and .png (--out,
+default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # client and server share the cores
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
+from evidence.output import RESULTS, plt, save_results  # noqa: E402
 from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP  # noqa: E402
 from graytune.client.data.digits import write_digits  # noqa: E402
 from graytune.client.tasks.retrieval.data import collate  # noqa: E402
@@ -58,10 +61,11 @@ KEYS = {  # label: (clip norm, noise std); the same numbers also bound the text 
 METRICS = ("image_to_text_R@1", "text_to_image_R@1")
 
 
-def create_keys(key_file: Path) -> dict:
+def create_keys(key_file: Path, labels) -> dict:
     """{label: secret}: one graybox key per protection level, as an owner makes them."""
     secrets = {}
-    for label, (clip, noise) in KEYS.items():
+    for label in labels:
+        clip, noise = KEYS[label]
         flags = ["--gradient-clip", str(clip)] * (clip is not None) + ["--gradient-noise", str(noise)] * (noise is not None)
         secrets[label] = subprocess.run(
             server_command() + ["keys", "--file", str(key_file), "create", "--tier", "graybox", *flags],
@@ -102,10 +106,10 @@ def run(endpoint: str, secret: str, cfg: TrainConfig) -> dict:
     return {"zero_shot": next(r for r in records if r["kind"] == "zero_shot"), "fine_tuned": fine_tuned}
 
 
-def gain_kept(result: dict, baseline: dict, metric: str) -> float:
-    """Fine-tuned minus zero-shot, as a fraction of the unprotected run's gain."""
+def gain_kept(result: dict, baseline: dict, metric: str) -> Optional[float]:
+    """Fine-tuned minus zero-shot, as a fraction of the unprotected run's gain (None: it had none)."""
     gain = baseline["fine_tuned"][metric] - baseline["zero_shot"][metric]
-    return (result["fine_tuned"][metric] - result["zero_shot"][metric]) / gain
+    return None if gain == 0 else (result["fine_tuned"][metric] - result["zero_shot"][metric]) / gain
 
 
 def report(results: dict) -> None:
@@ -118,13 +122,28 @@ def report(results: dict) -> None:
     for label, r in results.items():
         clip, noise = KEYS[label]
         zs, ft = ("".join(f"{r[k][m]:>7.3f}" for m in METRICS) for k in ("zero_shot", "fine_tuned"))
-        print(f"{label:<22}{fmt(clip):>7}{fmt(noise):>8}  {zs}  {ft}  {gain_kept(r, base, METRICS[0]):>9.2f}")
+        print(f"{label:<22}{fmt(clip):>7}{fmt(noise):>8}  {zs}  {ft}  {fmt(gain_kept(r, base, METRICS[0])):>9}")
 
 
-def measure(workdir: Path, steps: int, batch_size: int, lr: float) -> dict:
+def figure(keys: dict) -> "plt.Figure":
+    """Gain kept per key, image->text and text->image."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / len(METRICS)
+    for k, metric in enumerate(METRICS):
+        ax.bar([i + (k - (len(METRICS) - 1) / 2) * width for i in range(len(keys))],
+               [r["gain_kept"][metric] or 0.0 for r in keys.values()], width, label=metric)  # None: no gain
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set_xticks(range(len(keys)), list(keys), rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="fraction of the unprotected gain kept", title="what gradient protection costs the demo fine-tune")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def measure(workdir: Path, labels, steps: int, batch_size: int, lr: float) -> dict:
     """Writes the data and the key file, starts the server, trains once per key."""
     data = write_digits(workdir / "data")
-    secrets = create_keys(workdir / "keys.json")
+    secrets = create_keys(workdir / "keys.json", labels)
     config = lambda label: TrainConfig(
         train_data=str(data["train"]), val_data=str(data["val"]), output_dir=str(workdir / "runs" / label.replace(" ", "_")),
         steps=steps, batch_size=batch_size, lr=lr, eval_every=steps, save_every=steps)
@@ -147,20 +166,25 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="training steps per key (the demo's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--keys", default=",".join(KEYS), help="protection levels to run, comma-separated (with 'none')")
     p.add_argument("--workdir", type=Path, help="keep data, key file and runs here (default: a temporary directory)")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for gradient_protection.json and .png")
     args = p.parse_args()
+    labels = args.keys.split(",")
+    if "none" not in labels or not set(labels) <= set(KEYS):
+        p.error(f"--keys: 'none' and any of {list(KEYS)}, got {labels}")
     with tempfile.TemporaryDirectory(prefix="gradient-protection-") as tmp:
-        measured = measure(args.workdir or Path(tmp), args.steps, args.batch_size, args.lr)
+        measured = measure(args.workdir or Path(tmp), labels, args.steps, args.batch_size, args.lr)
     results = measured["results"]
     report(results)
-    if args.json:
-        keys = {label: {"clip": KEYS[label][0], "noise": KEYS[label][1], **r,
-                        "gain_kept": {m: gain_kept(r, results["none"], m) for m in METRICS}}
-                for label, r in results.items()}
-        args.json.write_text(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                         "pixel_norm": measured["pixel_norm"], "pixel_rms": measured["pixel_rms"],
-                                         "keys": keys}, indent=2))
+    keys = {label: {"clip": KEYS[label][0], "noise": KEYS[label][1], **r,
+                    "gain_kept": {m: gain_kept(r, results["none"], m) for m in METRICS}}
+            for label, r in results.items()}
+    written = save_results(args.out, "gradient_protection",
+                           {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                            "pixel_norm": measured["pixel_norm"], "pixel_rms": measured["pixel_rms"], "keys": keys},
+                           lambda: figure(keys))
+    print(f"written to {written} and its .png")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ the driver samples the server's resident memory (VmRSS in /proc), the graphs and
 holds for Backward and the calls it has answered (its Prometheus metrics; calls/s is the
 difference between two samples).
 
-Writes DIR/soak.json (settings, summary, samples) and DIR/soak.png, and prints one line whose
-figure is the RSS growth over the samples taken from the end of the warm-up (counted from the
-clients' start) to the end of the run: the median of their last fifth over the median of their
-first fifth. The target is under 5%; the exit code is 1 when it is missed or a client failed.
+Writes OUT/soak.json (settings, summary, samples) and OUT/soak.png (--out, default
+benchmarks/results), and prints one line whose figure is the RSS growth over the samples taken
+from the end of the warm-up (counted from the clients' start) to the end of the run: the median
+of their last fifth over the median of their first fifth. The target is under 5%; the exit code is 1 when it is missed or a client failed.
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
+
+from evidence.memory import status_bytes
+from evidence.output import RESULTS, plt, save_results
 
 TARGET_GROWTH_PERCENT = 5.0
 METRICS_LINE = re.compile(r"metrics on (http://\S+/metrics)")
@@ -68,13 +71,6 @@ def run_client(args) -> None:
 
 
 # -- driver ----------------------------------------------------------------------------------
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"process {pid}: no VmRSS")
-
-
 def scrape(url: str) -> Dict[str, float]:
     """Graphs and bytes held, calls answered and calls not answered OK, from the metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -96,7 +92,7 @@ def sample_while_running(pid: int, url: str, clients: List[subprocess.Popen], in
     samples = []
     while True:
         t = time.monotonic() - start
-        sample = {"t": round(t, 2), "rss_bytes": rss_bytes(pid), **scrape(url), "calls_per_s": 0.0}
+        sample = {"t": round(t, 2), "rss_bytes": status_bytes(pid), **scrape(url), "calls_per_s": 0.0}
         if samples:
             last = samples[-1]
             sample["calls_per_s"] = (sample["calls"] - last["calls"]) / (t - last["t"])
@@ -138,12 +134,7 @@ def summary_line(s: dict) -> str:
             + (f"; clients {s['failed_clients']} FAILED" if s["failed_clients"] else ""))
 
 
-def plot(samples: List[dict], summary: dict, warmup: float, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    from graytune.client.training.checkpoint import write_file_atomically
-
+def figure(samples: List[dict], summary: dict, warmup: float) -> "plt.Figure":
     t = [s["t"] for s in samples]
     fig, (rss_ax, graph_ax, calls_ax) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     rss_ax.plot(t, [s["rss_bytes"] / MIB for s in samples], label="sampled")
@@ -164,10 +155,7 @@ def plot(samples: List[dict], summary: dict, warmup: float, out: Path) -> None:
         ax.grid(alpha=0.3)
     rss_ax.legend(fontsize="small")
     fig.tight_layout()
-    try:
-        write_file_atomically(out, lambda tmp: fig.savefig(tmp, dpi=110))
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def main() -> None:
@@ -177,7 +165,7 @@ def main() -> None:
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="left out of the growth figure")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between samples")
     p.add_argument("--batch", type=int, default=16, help="per client and step")
-    p.add_argument("--out", type=Path, default=Path("soak"), help="directory for soak.json and soak.png")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for soak.json and soak.png")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
     p.add_argument("--until", type=float, help=argparse.SUPPRESS)
@@ -185,7 +173,6 @@ def main() -> None:
     args = p.parse_args()
     if args.client:
         return run_client(args)
-    from graytune.client.training.checkpoint import write_text_atomically
     from graytune.client.transport.local_server import LocalServer
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # clients wait on the server's cores
@@ -199,9 +186,8 @@ def main() -> None:
         samples = sample_while_running(server.process.pid, url, clients, args.interval, start)
     steps = [json.loads(c.stdout.read() or "{}").get("steps") for c in clients]
     summary = summarise(samples, args, steps, [i for i, c in enumerate(clients) if c.wait() != 0])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(args.out / "soak.json", json.dumps({"summary": summary, "samples": samples}, indent=1))
-    plot(samples, summary, args.warmup_seconds, args.out / "soak.png")
+    save_results(args.out, "soak", {"summary": summary, "samples": samples},
+                 lambda: figure(samples, summary, args.warmup_seconds))
     print(summary_line(summary) + f"; {args.out / 'soak.png'}")
     sys.exit(0 if summary["met_target"] else 1)
 

@@ -1,8 +1,8 @@
 """What the wire costs: one gray-box (DGA) training step through the server over loopback,
 divided by the same step with the backbone in-process. Interleaved, medians.
 
-    python benchmarks/step_overhead.py                       # both models, ~10 minutes on 2 cores
-    python benchmarks/step_overhead.py --models small-224 --reps 20
+    python benchmarks/step_overhead.py                       # both models, 3 runs each, ~30 min on 2 cores
+    python benchmarks/step_overhead.py --models small-224 --reps 20 --runs 5
     python benchmarks/step_overhead.py --data --loader-workers 2   # `graytune train`'s whole step
 
 With `--data`, each step also loads its batch as `graytune train` does: JPEG files (256 × 256,
@@ -15,7 +15,11 @@ use: the in-process step OpenMP's defaults; the remote client OMP_WAIT_POLICY=PA
 while the server computes on the same cores, as `graytune` sets it). The driver starts the
 server, sends the workers one step at a time in rotating order, and prints median step times,
 their ratios (and the spread of per-round ratios), where a remote step's time goes (trainer,
-server device, wire), the tensor bytes each way per step, and peak memory.
+server device, wire), the tensor bytes each way per step, the bytes really on the wire (the
+kernel's TCP counters, via `ss`) over the step's minimum (its tensors at the wire dtype and its
+captions), and peak memory. Each model is measured --runs times, each with a fresh server and
+workers, and the ratios' spread over runs is printed. Writes OUT/step_overhead.json and .png
+(--out, default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -30,9 +34,14 @@ from pathlib import Path
 
 import torch
 
-MODELS = {  # name: (OpenCLIP architecture, batch, default repetitions)
-    "small-224": ("graytune-small-224", 32, 15),
-    "vit-b-32": ("ViT-B-32", 16, 5),
+from evidence.memory import status_bytes
+from evidence.output import RESULTS, plt, save_results
+from evidence.wire import tcp_bytes
+
+MODELS = {  # name: (OpenCLIP architecture, image size, batch, default repetitions)
+    "small-224": ("graytune-small-224", 224, 32, 15),
+    "vit-b-32": ("ViT-B-32", 224, 16, 5),
+    "tiny": ("graytune-tiny", 32, 8, 5),  # the smoke test's
 }
 WIRE = ("float32", "bfloat16")
 
@@ -49,7 +58,7 @@ def build_step(args):
     if args.data_csv:
         batches = iter(data_batches(args))
     else:
-        pixels = torch.randn(args.batch, 3, 224, 224)  # (B, 3, H, W)
+        pixels = torch.randn(args.batch, 3, args.size, args.size)  # (B, 3, H, W)
         captions = [f"a photo of item number {i}." for i in range(args.batch)]
         batches = iter(lambda: (pixels, captions), None)
     if args.worker == "in-process":
@@ -69,8 +78,11 @@ def build_step(args):
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(10, 10**6))
     task = RetrievalTask(oracle)
 
-    def step():
-        train_step(task, model, next(batches), optimizer, schedule)
+    def step() -> int:
+        """One step -> the bytes of its captions (sent as text, the rest of the minimum is tensors)."""
+        batch = next(batches)
+        train_step(task, model, batch, optimizer, schedule)
+        return sum(len(c.encode()) for c in batch[1])
     return step, oracle
 
 
@@ -80,7 +92,7 @@ def data_batches(args):
     from graytune.client.tasks.retrieval.data import ImageCaptionDataset
     from graytune.client.training.batches import step_batches
     # The backbone's preprocessing (OpenCLIP's defaults for these models), as Describe reports it.
-    preprocess = Preprocess(224, 224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    preprocess = Preprocess(args.size, args.size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
     dataset = ImageCaptionDataset(args.data_csv, preprocess)
     return step_batches(dataset, args.batch, seed=0, first=0, end=10**6, workers=args.loader_workers)
 
@@ -129,30 +141,27 @@ class LocalTextTower(torch.nn.Module):
 
 def run_worker(args) -> None:
     step, oracle = build_step(args)
+    port = args.endpoint and int(args.endpoint.rsplit(":", 1)[1])
     counters = ("bytes_sent", "bytes_received", "call_seconds", "device_seconds")
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
         before = [getattr(oracle, c, 0) for c in counters]
+        tcp_before = oracle and tcp_bytes(os.getpid(), port)
         start = time.perf_counter()
-        step()
+        text_bytes = step()
         seconds = time.perf_counter() - start
+        tcp_after = oracle and tcp_bytes(os.getpid(), port)
         up, down, in_calls, device = [getattr(oracle, c, 0) - b for c, b in zip(counters, before)]
+        wire = [a - b for a, b in zip(tcp_after, tcp_before)] if tcp_after else [None, None]
         print(json.dumps({"seconds": seconds, "up": up, "down": down, "device": device,
                           "transport": in_calls - device, "client": seconds - in_calls,
-                          "peak_rss": peak_rss(os.getpid())}), flush=True)
+                          "minimum_bytes": up + down + text_bytes, "wire_up": wire[0], "wire_down": wire[1],
+                          "peak_rss": status_bytes(os.getpid(), "VmHWM")}), flush=True)
 
 
 # -- driver ----------------------------------------------------------------------------------
-def peak_rss(pid: int) -> int:
-    """Peak resident memory of a process, bytes (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 class Worker:
     def __init__(self, label: str, argv, env):
         self.label = label
@@ -177,8 +186,8 @@ class Worker:
 def bench_model(name: str, reps: int, warmup: int, data: list) -> dict:
     from graytune.client.transport.local_server import LocalServer
 
-    arch, batch, _ = MODELS[name]
-    common = ["--model", arch, "--batch", str(batch), *data]
+    arch, size, batch, _ = MODELS[name]
+    common = ["--model", arch, "--size", str(size), "--batch", str(batch), *data]
     with LocalServer(["--dev", "--plaintext", "--model", arch, "--log-level", "WARNING"]) as server:
         workers = [Worker("in-process", ["--worker", "in-process", *common], dict(os.environ))]
         for wire in WIRE:
@@ -194,7 +203,7 @@ def bench_model(name: str, reps: int, warmup: int, data: list) -> dict:
             for rep in range(reps):  # rotate the order so no variant always follows another
                 for w in workers[rep % len(workers):] + workers[:rep % len(workers)]:
                     w.step()
-            server_peak = peak_rss(server.process.pid)
+            server_peak = status_bytes(server.process.pid, "VmHWM")
         finally:
             for w in workers:
                 w.close()
@@ -209,9 +218,17 @@ def bench_model(name: str, reps: int, warmup: int, data: list) -> dict:
                      "ratio": med("seconds") / statistics.median(b["seconds"] for b in base),
                      "paired_q1": quartiles[0], "paired_q3": quartiles[-1],
                      "client_s": med("client"), "device_s": med("device"), "transport_s": med("transport"),
-                     "up_bytes": w.results[-1]["up"], "down_bytes": w.results[-1]["down"]})
+                     "up_bytes": w.results[-1]["up"], "down_bytes": w.results[-1]["down"],
+                     "wire_over_minimum": wire_over_minimum(w.results)})
     return {"model": name, "arch": arch, "batch": batch, "reps": reps, "rows": rows, "data": bool(data),
             "server_peak_rss": server_peak, "in_process_peak_rss": base[-1]["peak_rss"]}
+
+
+def wire_over_minimum(steps: list):
+    """Median over steps of TCP bytes both ways ÷ the step's minimum (its tensors at the wire
+    dtype and its captions' UTF-8); None in-process or without `ss`."""
+    ratios = [(r["wire_up"] + r["wire_down"]) / r["minimum_bytes"] for r in steps if r.get("wire_up") is not None]
+    return statistics.median(ratios) if ratios else None
 
 
 def report(result: dict) -> None:
@@ -219,31 +236,75 @@ def report(result: dict) -> None:
     print(f"\n{result['model']} ({result['arch']}, batch {result['batch']} of {batches}, "
           f"{result['reps']} interleaved reps)")
     print(f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
-          f"{'wire s':>8}{'MB up':>8}{'MB down':>9}")
+          f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'wire ÷ min':>12}")
     for r in result["rows"]:
         remote = r["variant"] != "in-process"
         split = (f"{r['client_s']:>10.3f}{r['device_s']:>10.3f}{r['transport_s']:>8.3f}" if remote
                  else f"{'':>10}{'':>10}{'':>8}")
         print(f"  {r['variant']:<17}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
               f"{r['paired_q1']:>8.3f}-{r['paired_q3']:.3f}{split}"
-              f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}")
+              f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}"
+              + (f"{r['wire_over_minimum']:>12.4f}" if r["wire_over_minimum"] else ""))
     print(f"  peak RSS: server {result['server_peak_rss'] / 2**20:.0f} MiB, "
           f"in-process trainer {result['in_process_peak_rss'] / 2**20:.0f} MiB")
     print("  client s: the trainer's own work; server s: the server's device thread; "
-          "wire s: the rest of the calls (serialisation, gRPC, queueing)")
+          "wire s: the rest of the calls (serialisation, gRPC, queueing); MB: tensor bytes; wire ÷ min: TCP "
+          "bytes both ways ÷ the step's tensors and captions")
+
+
+def across_runs(runs: list) -> dict:
+    """Per variant, its ratio in each run (a fresh server and workers each time) and their spread."""
+    variants = [r["variant"] for r in runs[0]["rows"]]
+    ratios = {v: [next(r["ratio"] for r in run["rows"] if r["variant"] == v) for run in runs] for v in variants}
+    return {v: {"ratios": rs, "median": statistics.median(rs), "min": min(rs), "max": max(rs)} for v, rs in ratios.items()}
+
+
+def figure(results: list) -> "plt.Figure":
+    """Left: each remote variant's step time ÷ the in-process step, one dot per run, per model.
+    Right: where the last run's median remote step goes."""
+    fig, (ratio_ax, split_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = []
+    for i, model in enumerate(results):
+        for j, (variant, spread) in enumerate(v for v in model["across_runs"].items() if v[0] != "in-process"):
+            x = i + 0.2 * (j - 0.5)
+            ratio_ax.scatter([x] * len(spread["ratios"]), spread["ratios"], color=f"C{j}",
+                             label=variant if i == 0 else None)
+            ratio_ax.hlines(spread["median"], x - 0.08, x + 0.08, color=f"C{j}")
+        for row in model["runs"][-1]["rows"][1:]:
+            labels.append(f"{model['model']}\n{row['variant'].replace('remote ', '')}")
+            bottom = 0.0
+            for k, part in enumerate(("client_s", "device_s", "transport_s")):
+                # client_s is the step less the calls' time, negative when concurrent calls overlap
+                split_ax.bar(labels[-1], max(row[part], 0.0), bottom=bottom, color=f"C{k + 2}",
+                             label=part[:-2].replace("transport", "wire") if len(labels) == 1 else None)
+                bottom += max(row[part], 0.0)
+            in_process = model["runs"][-1]["rows"][0]["median_s"]
+            split_ax.hlines(in_process, len(labels) - 1.4, len(labels) - 0.6, color="black",
+                            label="in-process step" if len(labels) == 1 else None)
+    ratio_ax.axhline(1.0, color="grey", linestyle=":")
+    ratio_ax.set_xticks(range(len(results)), [m["model"] for m in results])
+    ratio_ax.set(ylabel="remote step ÷ in-process step", title="step overhead, one dot per run")
+    split_ax.set(ylabel="seconds (median step)", title="where a remote step goes")
+    split_ax.tick_params(axis="x", labelsize=7)
+    for ax in (ratio_ax, split_ax):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated of {list(MODELS)}")
-    p.add_argument("--reps", type=int, help="interleaved repetitions (default: per model)")
+    p.add_argument("--models", default="small-224,vit-b-32", help=f"comma-separated of {list(MODELS)}")
+    p.add_argument("--reps", type=int, help="interleaved repetitions per run (default: per model)")
+    p.add_argument("--runs", type=int, default=3, help="runs per model, each with a fresh server and workers")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for step_overhead.json and .png")
     p.add_argument("--data", action="store_true", help="batches from JPEG files through the DataLoader")
     p.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers with --data")
     p.add_argument("--data-csv", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["in-process", "remote"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
     p.add_argument("--wire-dtype", help=argparse.SUPPRESS)
@@ -257,11 +318,15 @@ def main() -> None:
         data = ["--data-csv", str(csv), "--loader-workers", str(args.loader_workers)]
     results = []
     for name in args.models.split(","):
-        result = bench_model(name, args.reps or MODELS[name][2], args.warmup, data)
-        report(result)
-        results.append(result)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        runs = []
+        for _ in range(args.runs):
+            runs.append(bench_model(name, args.reps or MODELS[name][3], args.warmup, data))
+            report(runs[-1])
+        spread = across_runs(runs)
+        print(f"\n{name} over {args.runs} runs: " + "; ".join(
+            f"{v} {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})" for v, s in spread.items() if v != "in-process"))
+        results.append({"model": name, "runs": runs, "across_runs": spread})
+    print(f"\nwritten to {save_results(args.out, 'step_overhead', results, lambda: figure(results))} and its .png")
 
 
 if __name__ == "__main__":

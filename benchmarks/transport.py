@@ -17,7 +17,6 @@ OUT/transport.json and OUT/transport.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,10 +28,10 @@ from pathlib import Path
 import grpc
 import torch
 
+from evidence.output import RESULTS, plt, save_results
 from graytune import tensor_codec
 from graytune.v1 import oracle_pb2 as pb
 
-RESULTS = Path(__file__).parent / "results"
 CHUNK = tensor_codec.DEFAULT_CHUNK_BYTES
 LIMITS = [("grpc.max_receive_message_length", 8 * CHUNK), ("grpc.max_send_message_length", 8 * CHUNK)]
 identity = lambda b: b  # noqa: E731  raw bytes in, raw bytes out
@@ -105,10 +104,7 @@ def measure(client: Client, megabytes: int, reps: int) -> dict:
             "bfloat16_time_over_float32": medians["tensor bfloat16"] / medians["tensor float32"]}
 
 
-def plot(results: list, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(results: list) -> "plt.Figure":
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sizes = [r["megabytes"] for r in results]
     for mode in results[0]["MB_per_s"]:
@@ -119,8 +115,7 @@ def plot(results: list, path: Path) -> None:
     ax.set_title("echo round trip over loopback gRPC")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> list:
@@ -143,14 +138,12 @@ def main(argv=None) -> list:
     finally:
         server.terminate()
         server.wait()
-    args.out.mkdir(parents=True, exist_ok=True)
     print(f"{'MB':>4}{'raw MB/s':>10}{'f32 MB/s':>10}{'bf16 MB/s':>11}{'f32 / raw':>11}{'bf16 time / f32':>17}")
     for r in results:
         rate = r["MB_per_s"]
         print(f"{r['megabytes']:>4}{rate['raw']:>10.0f}{rate['tensor float32']:>10.0f}{rate['tensor bfloat16']:>11.0f}"
               f"{r['tensor_float32_over_raw']:>11.3f}{r['bfloat16_time_over_float32']:>17.3f}")
-    (args.out / "transport.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out / "transport.png")
+    save_results(args.out, "transport", results, lambda: figure(results))
     print(f"written to {args.out}/transport.{{json,png}}")
     return results
 

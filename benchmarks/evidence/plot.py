@@ -1,16 +1,12 @@
 """The accuracy table as grouped bars: one group per setting, one bar per row, ± std over seeds."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from evidence.output import plt
 
 
-def plot_table(report: dict, rows: Sequence[str], path: Path) -> Path:
+def table_figure(report: dict, rows: Sequence[str]) -> "plt.Figure":
     table = report["table"]
     settings = list(table)
     width = 0.8 / len(rows)
@@ -25,6 +21,4 @@ def plot_table(report: dict, rows: Sequence[str], path: Path) -> Path:
     ax.set_title(f"graytune accuracy table: {report['seeds']} seed(s), mean ± std")
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
