@@ -3,6 +3,7 @@ are not pass/fail), only that each runs and writes what it says it writes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,77 @@ def test_the_transport_benchmark_echoes_every_mode_at_toy_size(tmp_path):
     assert result["megabytes"] == 1 and set(result["MB_per_s"]) == {"raw", "tensor float32", "tensor bfloat16"}
     assert all(len(s) == 2 and min(s) > 0 for s in result["seconds"].values())
     assert (tmp_path / "transport.png").stat().st_size > 0 and "f32 / raw" in done.stdout
+
+
+def run_benchmark(script: str, *args: str, env=None, expect=0) -> subprocess.CompletedProcess:
+    """Runs benchmarks/SCRIPT; its exit code must be `expect` (None: checked by the caller)."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert expect is None or done.returncode == expect, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def written(out: Path, name: str):
+    """The benchmark's JSON, after checking its PNG is there too."""
+    assert (out / f"{name}.png").stat().st_size > 0
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_the_step_overhead_benchmark_splits_a_tiny_step_and_counts_its_wire_bytes(tmp_path):
+    run_benchmark("step_overhead.py", "--models", "tiny", "--runs", "1", "--reps", "1", "--warmup", "0",
+                  "--out", str(tmp_path))
+    [model] = written(tmp_path, "step_overhead")
+    assert model["model"] == "tiny" and len(model["runs"]) == 1
+    assert set(model["across_runs"]) == {"in-process", "remote float32", "remote bfloat16"}
+    remote = {r["variant"]: r for r in model["runs"][0]["rows"][1:]}
+    # The step's tensors: pixels (8, 3, 32, 32) up, their gradient down, at the wire's dtype.
+    pixels = 8 * 3 * 32 * 32
+    assert remote["remote float32"]["up_bytes"] >= 4 * pixels and remote["remote bfloat16"]["up_bytes"] >= 2 * pixels
+    assert remote["remote float32"]["up_bytes"] == 2 * remote["remote bfloat16"]["up_bytes"]
+    # TCP carries the tensors and more (frames, headers), never less.
+    assert all(r["wire_over_minimum"] is None or r["wire_over_minimum"] > 1.0 for r in remote.values())
+
+
+def test_the_concurrent_clients_benchmark_measures_rate_and_memory_both_ways(tmp_path):
+    run_benchmark("concurrent_clients.py", "--model", "graytune-tiny", "--clients", "2", "--batch", "2",
+                  "--steps", "1", "--repeats", "1", "--out", str(tmp_path))
+    results = written(tmp_path, "concurrent_clients")
+    assert [r["merge_batches"] for r in results] == [True, False]
+    for r in results:
+        assert [row["clients"] for row in r["rows"]] == [2]
+        assert all(row["samples_per_s"] > 0 and row["server_peak_rss"] > 0 for row in r["rows"])
+
+
+def test_the_soak_benchmark_samples_a_short_run(tmp_path):
+    done = run_benchmark("soak.py", "--clients", "1", "--minutes", "0.25", "--warmup-seconds", "3",
+                         "--interval", "0.5", "--batch", "2", "--out", str(tmp_path), expect=None)
+    result = written(tmp_path, "soak")
+    assert result["summary"]["failed_clients"] == [] and len(result["samples"]) >= 10
+    assert "target < 5%" in done.stdout and done.returncode == (0 if result["summary"]["met_target"] else 1)
+
+
+def test_the_gradient_protection_benchmark_trains_once_per_key(cache_dir, tmp_path):
+    run_benchmark("gradient_protection.py", "--keys", "none,clip 0.1x", "--steps", "2", "--batch-size", "8",
+                  "--out", str(tmp_path), env={**os.environ, "GRAYTUNE_CACHE": str(cache_dir)})
+    result = written(tmp_path, "gradient_protection")
+    assert set(result["keys"]) == {"none", "clip 0.1x"} and result["keys"]["clip 0.1x"]["clip"] > 0
+    # The unprotected key keeps all of its own gain, or there was none to keep in two steps.
+    assert result["keys"]["none"]["gain_kept"]["image_to_text_R@1"] in (1.0, None)
+
+
+def test_the_fuzz_benchmark_counts_statuses_and_checks_health(tmp_path):
+    run_benchmark("fuzz.py", "--cases", "40", "--out", str(tmp_path))
+    result = written(tmp_path, "fuzz")
+    assert result["cases"] >= 30 and sum(result["statuses"].values()) == result["cases"]
+    assert result["unknown_or_internal"] == 0 and result["violations"] == [] and result["health"] == "SERVING"
+
+
+def test_the_suite_command_names_real_scripts_and_refuses_unknown_parts():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert all((BENCHMARKS / script[0]).is_file() for _, _, script in run_all.SUITE)
+    done = run_benchmark("run_all.py", "--only", "speed,nonsense", "--skip", "fuzz,nothing", expect=2)
+    assert "['nonsense', 'nothing']" in done.stderr
