@@ -154,7 +154,7 @@ def run_worker(args) -> None:
         seconds = time.perf_counter() - start
         tcp_after = oracle and tcp_bytes(os.getpid(), port)
         up, down, in_calls, device = [getattr(oracle, c, 0) - b for c, b in zip(counters, before)]
-        wire = [a - b for a, b in zip(tcp_after, tcp_before)] if tcp_after else [None, None]
+        wire = [a - b for a, b in zip(tcp_after, tcp_before)] if tcp_before and tcp_after else [None, None]
         print(json.dumps({"seconds": seconds, "up": up, "down": down, "device": device,
                           "transport": in_calls - device, "client": seconds - in_calls,
                           "minimum_bytes": up + down + text_bytes, "wire_up": wire[0], "wire_down": wire[1],

@@ -13,13 +13,12 @@ COUNTERS = re.compile(r"\bbytes_acked:(\d+).*?\bbytes_received:(\d+)")
 
 def tcp_bytes(pid: int, port: int) -> Optional[Tuple[int, int]]:
     """(sent and acknowledged, received) over process `pid`'s open TCP connections to `port`,
-    or None where `ss` is missing."""
+    or None where `ss` is missing or shows no such connection (it names a socket's process only
+    to its owner or root)."""
     if shutil.which("ss") is None:
         return None
     listing = subprocess.run(["ss", "-tinpH", "state", "established", f"( dport = :{port} )"],
                              capture_output=True, text=True, check=True).stdout.splitlines()
-    sent = received = 0
-    for socket_line, info in zip(listing, listing[1:]):  # -i puts each socket's counters on the next line
-        if f"pid={pid}," in socket_line and (m := COUNTERS.search(info)):
-            sent, received = sent + int(m.group(1)), received + int(m.group(2))
-    return sent, received
+    counters = [(int(m.group(1)), int(m.group(2))) for socket_line, info in zip(listing, listing[1:])
+                if f"pid={pid}," in socket_line and (m := COUNTERS.search(info))]  # -i: counters on the next line
+    return (sum(c[0] for c in counters), sum(c[1] for c in counters)) if counters else None
