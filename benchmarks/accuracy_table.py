@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # client and server share t
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from evidence import domains as target  # noqa: E402
-from evidence.methods import METHODS, Budget, Owner, Setting  # noqa: E402
+from evidence.methods import METHODS, TASKS, Budget, Owner, Setting  # noqa: E402
 from evidence.owner import ARCH, OwnerData, Recipe, build_owner_model  # noqa: E402
 from evidence.output import RESULTS, save_results  # noqa: E402
 from evidence.plot import table_figure  # noqa: E402
@@ -59,6 +59,16 @@ def domain_settings(pairs, workdir: Path, shots: int, size: int, smoke: bool = F
         options = {"shots": shots} if task == "classify" else {}
         settings.append(Setting(task, name, paths["train"], paths["val"], paths["test"], options))
     return settings
+
+
+def suite_settings(text: str) -> list:
+    """'classify/digits-8x8,sketch/emoji-sketch' -> [(task, domain), ...], each checked."""
+    pairs = [tuple(item.split("/", 1)) for item in text.split(",")]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] not in TASKS or pair[1] not in target.DOMAINS:
+            raise SystemExit(f"--domains: {'/'.join(pair)!r} is not TASK/DOMAIN with a task of {TASKS} "
+                             f"and a domain of {list(target.DOMAINS)}")
+    return pairs
 
 
 def given_setting(text: str, shots: int) -> Setting:
@@ -94,8 +104,11 @@ def parse_args(argv):
                                            "classes; default: classify/digits-8x8, or every --setting)")
     parser.add_argument("--shots", type=int, default=16, help="classify: training images per class")
     parser.add_argument("--methods", default=",".join(m.name for m in METHODS), help="rows to run (comma-separated)")
+    parser.add_argument("--domains", default=",".join(f"{t}/{d}" for t, d in DEFAULT_SETTINGS),
+                        help="the evidence suite's row sets to run, in this order (TASK/DOMAIN, comma-separated; "
+                             f"domains: {', '.join(target.DOMAINS)})")
     parser.add_argument("--setting", action="append", default=[], metavar="TASK/NAME:TRAIN,VAL,TEST",
-                        help="a row set on your own files (repeat); default: the evidence suite's domains")
+                        help="a row set on your own files (repeat); instead of --domains")
     parser.add_argument("--model", help="OpenCLIP architecture of --weights (default: the suite's owner model)")
     parser.add_argument("--weights", help="the owner's .safetensors weights (default: built by owner_model.py)")
     parser.add_argument("--pretrained", help="an OpenCLIP pretrained tag instead of --weights (needs a network)")
@@ -134,12 +147,13 @@ def main(argv=None) -> dict:
     if args.smoke:
         methods = [dataclasses.replace(m, lrs=m.lrs[:1]) for m in methods]
     workdir = Path(args.workdir)
+    domains = suite_settings(args.domains)  # refused before the owner model is built
     model_name, weights, server_flags = owner_source(args)
     with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", *server_flags, *args.server_arg]) as server, \
             OracleClient(server.endpoint) as oracle:
         size = oracle.describe().image.height
         settings = [given_setting(s, args.shots) for s in args.setting] or domain_settings(
-            SMOKE_SETTINGS if args.smoke else DEFAULT_SETTINGS, workdir, args.shots, size, args.smoke)
+            SMOKE_SETTINGS if args.smoke else domains, workdir, args.shots, size, args.smoke)
         owner = Owner(oracle, model_name, weights)
         started = time.monotonic()
         craft_on = (args.craft_on.split(",") if args.craft_on else [s.name for s in settings]
