@@ -48,8 +48,7 @@ def run_setting(owner: Owner, setting: Setting, seeds: Sequence[int], budget: Bu
                 rows[craft_row(q)] = {"lr": None, "tried": {}, "runs": [r[str(q)] for r in per_seed]}
         else:
             def run(lr: float, seed: int) -> dict:
-                rates = f"lr{lr:g}" + (f"-in{method.input_lr(lr):g}" if method.input_lr_ratio else "")
-                return remembered(where / f"{method.name}-{rates}-seed{seed}-{size}.json".replace(" ", "_"),
+                return remembered(where / f"{method.name}-{method.rates(lr)}-seed{seed}-{size}.json".replace(" ", "_"),
                                   lambda: run_method(owner, setting, method, lr, seed, budget, where))
             first = {lr: run(lr, seeds[0]) for lr in method.lrs}
             lr = max(first, key=lambda k: first[k]["val"])  # chosen on val, never on test
