@@ -93,3 +93,15 @@ def test_the_suite_command_names_real_scripts_and_refuses_unknown_parts():
     assert all((BENCHMARKS / script[0]).is_file() for _, _, script in run_all.SUITE)
     done = run_benchmark("run_all.py", "--only", "speed,nonsense", "--skip", "fuzz,nothing", expect=2)
     assert "['nonsense', 'nothing']" in done.stderr
+
+
+def test_the_memory_benchmark_weighs_a_methods_modules_against_the_backbone(tmp_path):
+    run_benchmark("memory.py", "--models", "graytune-tiny", "--methods", "graybox-dga", "--out", str(tmp_path))
+    [result] = written(tmp_path, "memory")
+    dga, backbone = result["methods"]["graybox-dga"], result["backbone"]
+    # graytune-tiny's DGA modules: a 2-layer 8-channel 3x3 pixel adapter, the text shift and one
+    # extra token (width 128), two output adapters (embed 128) and the logit scale.
+    pixel_adapter = (3 * 8 * 9 + 8) + (8 * 3 * 9 + 3)
+    assert dga["parameters"] == pixel_adapter + 2 * 128 + 2 * (128 * 128 + 128) + 1
+    assert dga["file_bytes"] > 4 * dga["parameters"] and backbone["parameters"] > 100 * dga["parameters"]
+    assert dga["rss"] > 0 and backbone["rss"] > 0 and backbone["server_rss"] > 0

@@ -44,7 +44,7 @@ class Method:
 
 
 # Output adapters and classifiers learn best at 1e-2 to 3e-2 here, input modules at 3e-4 to 3e-3
-# (3e-3 undid most of a colour cast, 1e-2 overshot it): rows with both take a tenth of the rate
+# (3e-3 did best on a colour cast, 1e-2 overshot it): rows with both take a tenth of the rate
 # for their input modules (`graytune train --input-lr`). Each grid was moved up after its top
 # rate won on val in two settings; the white-box rows' grids too, whose top won on the 8x8 digits.
 OUTPUT_LRS, INPUT_LRS, BOTH_LRS = (1e-2, 3e-2, 1e-1), (3e-4, 1e-3, 3e-3), (3e-3, 1e-2, 3e-2)
