@@ -97,7 +97,10 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=Budget.steps, help="steps of every trained row")
+    parser.add_argument("--steps", type=int, default=Budget.steps,
+                        help="steps at which every trained row's learning rate is chosen")
+    parser.add_argument("--more-steps", default=",".join(map(str, Budget.more_steps)),
+                        help="longer runs tried at the chosen rate, comma-separated ('' for none)")
     parser.add_argument("--batch-size", type=int, default=Budget.batch_size)
     parser.add_argument("--queries", default="2000,8000", help="CraFT's reported budgets (one run to the last)")
     parser.add_argument("--craft-on", help="settings CraFT runs on, comma-separated (its cost grows with the "
@@ -139,9 +142,10 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("evidence").setLevel(logging.INFO)  # one line per row; OpenCLIP's INFO lines stay quiet
     if args.smoke:
-        args.seeds, args.steps, args.queries, args.shots, args.batch_size = 1, 4, "16,32", 2, 8
+        args.seeds, args.steps, args.more_steps, args.queries, args.shots, args.batch_size = 1, 4, "8", "16,32", 2, 8
     queries = tuple(int(q) for q in args.queries.split(","))
-    budget = Budget(steps=args.steps, batch_size=args.batch_size, craft_queries=queries,
+    budget = Budget(steps=args.steps, more_steps=tuple(int(n) for n in args.more_steps.split(",") if n),
+                    batch_size=args.batch_size, craft_queries=queries,
                     craft_popsize=8 if args.smoke else Budget.craft_popsize)
     methods = [m for m in METHODS if m.name in args.methods.split(",")]
     if args.smoke:

@@ -82,8 +82,10 @@ class Setting:
 
 @dataclass(frozen=True)
 class Budget:
-    """What every trained row gets: steps and batch (gray-box and white-box alike), CraFT's queries."""
-    steps: int = 100
+    """What every trained row gets (gray-box and white-box alike): the steps tried and the batch;
+    and CraFT's queries."""
+    steps: int = 100                  # every trained row's learning rate is chosen at this many steps
+    more_steps: Tuple[int, ...] = (400,)  # then these are tried at that rate; val picks the steps too
     batch_size: int = 32
     craft_queries: Tuple[int, ...] = (2000, 8000)  # reported points of one run; the last is its budget
     craft_popsize: int = 40
@@ -103,7 +105,7 @@ def _adapter_parameters(adapter_dir: Path) -> int:
 
 def run_graybox(owner: Owner, setting: Setting, method: Method, lr: float, seed: int, budget: Budget,
                 workdir: Path) -> dict:
-    run_dir = workdir / f"{method.name}-{method.rates(lr)}-seed{seed}".replace(" ", "_")
+    run_dir = workdir / f"{method.name}-{method.rates(lr)}-seed{seed}-{budget.steps}steps".replace(" ", "_")
     cfg = TrainConfig(train_data=setting.train, val_data=setting.val, output_dir=str(run_dir), steps=budget.steps,
                       batch_size=budget.batch_size, lr=lr, input_lr=method.input_lr(lr), seed=seed,
                       eval_every=budget.steps,

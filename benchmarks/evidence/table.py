@@ -1,9 +1,11 @@
-"""One table, one run: each method on each setting, the learning rate chosen on val with seed 0,
-then every seed at that rate; mean ± std of the test score and paired differences with 95%
+"""One table, one run: each method on each setting, the learning rate chosen on val with seed 0
+at the budget's steps, then its longer step counts tried at that rate and the best on val kept,
+then every seed at that rate and length; mean ± std of the test score and paired differences with 95%
 confidence intervals (Student's t over seeds: the seeds pair the rows, each seed drawing the same
 few shots and batches for every row)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,7 +38,6 @@ def run_setting(owner: Owner, setting: Setting, seeds: Sequence[int], budget: Bu
             continue
         # One folder per backbone and setting; a finished run's result is kept beside its run.
         where = workdir / owner.oracle.describe().backbone.sha256[:12] / setting.name.replace("/", "-")
-        size = f"{budget.steps}x{budget.batch_size}"
         if method.kind == "zero-shot":
             result = remembered(where / "zero-shot.json", lambda: run_zero_shot(owner, setting))
             rows[method.name] = {"lr": None, "tried": {}, "runs": [result] * len(seeds)}  # no seed changes it
@@ -47,13 +48,18 @@ def run_setting(owner: Owner, setting: Setting, seeds: Sequence[int], budget: Bu
             for q in budget.craft_queries:
                 rows[craft_row(q)] = {"lr": None, "tried": {}, "runs": [r[str(q)] for r in per_seed]}
         else:
-            def run(lr: float, seed: int) -> dict:
+            def run(lr: float, seed: int, steps: int) -> dict:
+                size = f"{steps}x{budget.batch_size}"
                 return remembered(where / f"{method.name}-{method.rates(lr)}-seed{seed}-{size}.json".replace(" ", "_"),
-                                  lambda: run_method(owner, setting, method, lr, seed, budget, where))
-            first = {lr: run(lr, seeds[0]) for lr in method.lrs}
+                                  lambda: run_method(owner, setting, method, lr, seed,
+                                                     dataclasses.replace(budget, steps=steps), where))
+            first = {lr: run(lr, seeds[0], budget.steps) for lr in method.lrs}
             lr = max(first, key=lambda k: first[k]["val"])  # chosen on val, never on test
-            runs = [first[lr]] + [run(lr, s) for s in seeds[1:]]
-            rows[method.name] = {"lr": lr, "tried": {str(k): v["val"] for k, v in first.items()}, "runs": runs}
+            lengths = {budget.steps: first[lr], **{n: run(lr, seeds[0], n) for n in budget.more_steps}}
+            steps = max(lengths, key=lambda n: lengths[n]["val"])  # the first of equals: the shortest
+            runs = [lengths[steps]] + [run(lr, s, steps) for s in seeds[1:]]
+            rows[method.name] = {"lr": lr, "steps": steps, "tried": {str(k): v["val"] for k, v in first.items()},
+                                 "tried_steps": {str(n): v["val"] for n, v in lengths.items()}, "runs": runs}
         row = rows.get(method.name) or rows[craft_row(budget.craft_queries[-1])]
         log.info("%-24s %-18s test %s", setting.name, method.name, describe(tests(row)))
     return rows
@@ -107,7 +113,7 @@ def paired(results: Dict[str, Dict[str, dict]], row: str, reference: str,
 
 def summary(results: Dict[str, Dict[str, dict]], pixel_settings: Sequence[str]) -> dict:
     """Every row's mean ± std per setting, and the claims' paired differences."""
-    table = {s: {row: {"mean": statistics.fmean(tests(r)), "std": stdev(tests(r)), "lr": r["lr"],
+    table = {s: {row: {"mean": statistics.fmean(tests(r)), "std": stdev(tests(r)), "lr": r["lr"], "steps": r.get("steps"),
                        "trainable": r["runs"][0]["trainable"],
                        "seconds": statistics.fmean(x["seconds"] for x in r["runs"])}
                  for row, r in rows.items()} for s, rows in results.items()}
