@@ -43,7 +43,7 @@ class Method:
         return f"lr{lr:g}" + (f"-in{self.input_lr(lr):g}" if self.input_lr_ratio else "")
 
 
-# Output adapters and classifiers learn best at 1e-2 to 3e-2 here, input modules at 3e-4 to 3e-3
+# Output adapters and classifiers chose 1e-2 to 1e-1 on val here, input modules 3e-4 to 3e-3
 # (3e-3 did best on a colour cast, 1e-2 overshot it): rows with both take a tenth of the rate
 # for their input modules (`graytune train --input-lr`). Each grid was moved up after its top
 # rate won on val in two settings; the white-box rows' grids too, whose top won on the 8x8 digits.
