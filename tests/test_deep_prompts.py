@@ -13,8 +13,7 @@ from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
-from graytune.v1 import oracle_pb2 as pb
-from conftest import SERVER_ARGS, relative_error
+from conftest import REORDERED, SERVER_ARGS, relative_error
 from test_gradients import CAPTIONS, TIGHT, reference_text
 
 
@@ -89,9 +88,8 @@ def test_server_towers_match_the_reference(backbone, token_ids, depth):
     torch.testing.assert_close(backbone.encode_image(pixels, prompts),
                                reference_image(backbone.model, pixels, prompts), **TIGHT)
     prompts, extra = text_prompts(backbone, depth), torch.randn(2, backbone.text.token_width) * 0.1
-    torch.testing.assert_close(backbone.encode_text(token_ids, None, extra, prompts),
-                               reference_text_prompted(backbone.model, token_ids, prompts, extra=extra),
-                               **TIGHT)
+    assert relative_error(backbone.encode_text(token_ids, None, extra, prompts),
+                          reference_text_prompted(backbone.model, token_ids, prompts, extra=extra)) < REORDERED
 
 
 def test_every_row_of_the_prompts_matters(backbone):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.adapters.modules import OutputAdapter, PixelAdapter, TextPrompt
+from conftest import REORDERED, relative_error
 
 
 @pytest.mark.parametrize("layers,channels,kernel", [(1, 3, 3), (2, 8, 3), (3, 16, 5)])
@@ -75,8 +76,7 @@ def test_adapters_without_extra_tokens_reproduce_zero_shot(oracle, backbone):
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(pixels),
                                    backbone.model.encode_image(pixels, normalize=True), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(model.encode_text(captions),
-                                   backbone.model.encode_text(ids, normalize=True), rtol=1e-5, atol=1e-6)
+        assert relative_error(model.encode_text(captions), backbone.model.encode_text(ids, normalize=True)) < REORDERED
 
 
 def test_adapters_are_a_small_fraction_of_the_backbone(oracle, backbone):

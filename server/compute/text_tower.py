@@ -6,6 +6,10 @@ it changes nothing. Extra tokens therefore go right after start-of-text, the cap
 positions right (dropping K padding positions at the end), and the pooling index moves with it.
 Deep prompts (see `deep_prompts.py`) go right after start-of-text too, before the extra tokens,
 into a sequence K' longer with its causal mask to match; the pooling index moves by K' more.
+
+For the same reason the positions after the batch's last end-of-text change nothing either: the
+transformer runs only up to it (captions are shorter than the context, 77 tokens for CLIP), which
+gives the same embeddings and gradients with a fraction of the work.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ class TextTower:
         if self.pool_type not in ("argmax", "eos"):
             raise ValueError(f"text pooling '{self.pool_type}' cannot place extra tokens")
         self.context_length = int(text.positional_embedding.shape[0])
+        mask = text.attn_mask
+        self.causal = mask is not None and torch.equal(mask, deep_prompts.causal_mask(self.context_length, mask))
         self.token_width = int(text.token_embedding.weight.shape[1])
         self.vocab_size = int(text.token_embedding.weight.shape[0])
         self.prompt_depth = deep_prompts.prompt_depth(text.transformer)
@@ -86,8 +92,11 @@ class TextTower:
             x = torch.cat([x[:, :1], extra, x[:, 1:-k]], dim=1)  # (B, L, D)
             pool = pool + k
         x = x + text.positional_embedding.to(cast_dtype)
+        if self.causal and pool.numel():
+            x = x[:, :int(pool.max()) + 1]  # (B, L', D): nothing after the last end-of-text
         if prompts is None:
-            x = text.transformer(x, attn_mask=text.attn_mask)
+            length = x.shape[1]
+            x = text.transformer(x, attn_mask=None if text.attn_mask is None else text.attn_mask[:length, :length])
         else:
             size = x.shape[1] + prompts.shape[1]
             mask = None if text.attn_mask is None else deep_prompts.causal_mask(size, text.attn_mask)
