@@ -6,9 +6,9 @@
 One echo server in a process of its own, two bidirectional-streaming methods on one port:
 - raw: the request is a stream of byte chunks (no protobuf, identity serialisers); the server
   gathers them into one buffer and streams the same number of bytes back in chunks;
-- tensor: graytune's own path, both ways: `tensor_to_chunks` into TensorChunk messages, the
-  server's `TensorAssembler`, a tensor of the same size sent back the same way and assembled on
-  the client, as OracleClient and the servicer do. float32, and bfloat16 on the wire (a float32
+- tensor: graytune's own path, both ways, as OracleClient and the servicer take it: the tensor
+  as serialized chunk messages (`tensor_to_messages`), each read from its bytes on arrival
+  (`chunk_of`) into the `TensorAssembler`, a tensor of the same size sent back the same way. float32, and bfloat16 on the wire (a float32
   tensor cast on send: half the bytes, the rounding the wire then costs).
 Chunks are graytune's 1 MiB in both. Round trips of the modes are interleaved; medians. Reports
 MB/s (bytes up + down over the round trip) and tensor ÷ raw (target ≥ 0.9). Writes
@@ -30,7 +30,6 @@ import torch
 
 from evidence.output import RESULTS, plt, save_results
 from graytune import tensor_codec
-from graytune.v1 import oracle_pb2 as pb
 
 CHUNK = tensor_codec.DEFAULT_CHUNK_BYTES
 LIMITS = [("grpc.max_receive_message_length", 8 * CHUNK), ("grpc.max_send_message_length", 8 * CHUNK)]
@@ -47,17 +46,16 @@ def raw_echo(requests, context):
 
 def tensor_echo(requests, context):
     assembler = tensor_codec.TensorAssembler()
-    for chunk in requests:
-        assembler.add(chunk)
+    for message in requests:
+        assembler.add(tensor_codec.chunk_of(message))
     for name, tensor in assembler.finish().items():
-        yield from tensor_codec.tensor_to_chunks(name, tensor, CHUNK)
+        yield from tensor_codec.tensor_to_messages(name, tensor, CHUNK)
 
 
 def serve() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=LIMITS)
-    chunk = pb.TensorChunk
     handlers = {"Raw": grpc.stream_stream_rpc_method_handler(raw_echo, identity, identity),
-                "Tensor": grpc.stream_stream_rpc_method_handler(tensor_echo, chunk.FromString, chunk.SerializeToString)}
+                "Tensor": grpc.stream_stream_rpc_method_handler(tensor_echo, identity, identity)}
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -69,8 +67,7 @@ class Client:
     def __init__(self, endpoint: str):
         self.channel = grpc.insecure_channel(endpoint, options=LIMITS)
         self.raw = self.channel.stream_stream("/bench.Echo/Raw", identity, identity)
-        self.tensor = self.channel.stream_stream("/bench.Echo/Tensor", pb.TensorChunk.SerializeToString,
-                                                 pb.TensorChunk.FromString)
+        self.tensor = self.channel.stream_stream("/bench.Echo/Tensor", identity, identity)
 
     def raw_round_trip(self, payload: bytes) -> int:
         parts = (payload[s:s + CHUNK] for s in range(0, len(payload), CHUNK))
@@ -78,8 +75,8 @@ class Client:
 
     def tensor_round_trip(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         assembler = tensor_codec.TensorAssembler()
-        for chunk in self.tensor(tensor_codec.tensor_to_chunks("x", tensor, CHUNK, dtype)):
-            assembler.add(chunk)
+        for message in self.tensor(tensor_codec.tensor_to_messages("x", tensor, CHUNK, dtype)):
+            assembler.add(tensor_codec.chunk_of(message))
         return assembler.finish()["x"]
 
 

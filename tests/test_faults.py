@@ -100,10 +100,11 @@ def interrupt(oracle: OracleClient, method: str, matches: Callable[[object], boo
     request iterator for a message only when the previous one is sent; the server answers only
     after reading the whole stream (servicer.read_stream), so it cannot have answered yet."""
     rpc, seen = getattr(oracle.stub, method), itertools.count(1)
+    message_type = pb.BackwardMessage if method == "Backward" else pb.InputMessage
 
     def call(requests, **kwargs):
-        messages = list(requests)
-        if not (matches(messages[0].header) and next(seen) == nth):
+        messages = list(requests)  # serialized: the header, then the chunks
+        if not (matches(message_type.FromString(messages[0]).header) and next(seen) == nth):
             return rpc(iter(messages), **kwargs)
         cut = len(messages) if sent is None else sent
 

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from hypothesis import given, settings, strategies as st
+
 from graytune.tensor_codec import (
     TensorAssembler,
     TensorFormatError,
     chunks_to_tensors,
     tensor_to_chunks,
+    read_chunk,
+    tensor_to_messages,
     tensors_to_chunks,
 )
 from graytune.v1 import oracle_pb2 as pb
@@ -228,3 +232,77 @@ def test_nothing_is_allocated_for_a_declared_size_before_its_bytes_arrive(monkey
     assert allocated == []  # 1 GiB declared, 4 bytes sent: only the 4 bytes are held
     with pytest.raises(TensorFormatError, match="stream ended after 4 of"):
         assembler.finish()
+
+
+# --- serialized stream messages ------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(shape=st.lists(st.integers(0, 300), max_size=4), dtype=st.sampled_from(DTYPES),
+       wire=st.sampled_from([None, torch.bfloat16, torch.float16]), chunk_bytes=st.integers(1, 4096),
+       name=st.text(max_size=70), message=st.sampled_from([pb.InputMessage, pb.OutputMessage, pb.BackwardMessage]))
+def test_messages_written_by_hand_are_what_protobuf_writes(shape, dtype, wire, chunk_bytes, name, message):
+    """Every message `tensor_to_messages` yields is byte for byte protobuf's serialization of
+    its chunk in any of the three stream messages (all carry it as field 2), so a peer that
+    parses with protobuf (the server, the Node client) sees the very same chunks."""
+    if math.prod(shape) > 20_000:
+        shape = shape[:1]
+    t = random_bits(tuple(shape), dtype)
+    cast = wire if dtype.is_floating_point else None
+    expected = [message(chunk=c).SerializeToString() for c in tensor_to_chunks(name, t, chunk_bytes, cast)]
+    assert list(tensor_to_messages(name, t, chunk_bytes, cast)) == expected
+
+
+def protobuf_chunk(message: bytes):
+    """(name, dtype, shape, data) as protobuf reads the message; None if it is no chunk."""
+    parsed = pb.OutputMessage.FromString(message)
+    c = parsed.chunk
+    return (c.name, c.dtype, tuple(c.shape), c.data) if parsed.WhichOneof("kind") == "chunk" else None
+
+
+def fast_chunk(message: bytes):
+    c = read_chunk(message)
+    return None if c is None else (c.name, c.dtype, c.shape, bytes(c.data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.integers(0, 40), max_size=4), dtype=st.sampled_from(DTYPES),
+       chunk_bytes=st.integers(1, 512), name=st.text(max_size=70))
+def test_chunks_are_read_from_their_bytes_as_protobuf_reads_them(shape, dtype, chunk_bytes, name):
+    t = random_bits(tuple(shape), dtype)
+    for message in tensor_to_messages(name, t, chunk_bytes):
+        assert fast_chunk(message) == protobuf_chunk(message) is not None
+
+
+def mutated(message: bytes, edits) -> bytes:
+    out = bytearray(message)
+    for kind, at, value in edits:
+        at %= len(out) + 1
+        if kind == "set" and at < len(out):
+            out[at] = value
+        elif kind == "insert":
+            out[at:at] = bytes([value])
+        elif kind == "cut":
+            del out[at:]
+    return bytes(out)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(shape=st.lists(st.integers(0, 6), max_size=3), name=st.sampled_from(["", "x", "pixels", "é"]),
+       edits=st.lists(st.tuples(st.sampled_from(["set", "insert", "cut"]), st.integers(0, 200), st.integers(0, 255)),
+                      min_size=1, max_size=3))
+def test_a_mangled_message_is_read_as_protobuf_reads_it_or_left_to_protobuf(shape, name, edits):
+    """Hostile bytes: whatever the fast reader accepts, protobuf reads the same (a valid chunk
+    message); everything else it leaves to protobuf, which names what is wrong."""
+    message = mutated(next(tensor_to_messages(name, random_bits(tuple(shape), torch.float16))), edits)
+    fast = fast_chunk(message)
+    if fast is not None:
+        assert fast == protobuf_chunk(message)
+
+
+def test_a_header_or_a_non_canonical_chunk_is_left_to_protobuf():
+    chunk = pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1], data=b"\0" * 4)
+    assert read_chunk(pb.OutputMessage(header=pb.OutputHeader(handle="h")).SerializeToString()) is None
+    canonical = pb.OutputMessage(chunk=chunk).SerializeToString()
+    assert read_chunk(canonical) is not None
+    reordered = canonical[:2] + canonical[-6:] + canonical[2:-6]  # data before the name: valid, not ours
+    assert protobuf_chunk(reordered) == protobuf_chunk(canonical) and read_chunk(reordered) is None

@@ -1,7 +1,9 @@
 """Tensors on the wire: dtype + shape + raw little-endian bytes, split into chunks.
 
 The one piece of code both sides share besides the generated stubs. Encoding copies each
-tensor's bytes once (into the chunk messages); decoding keeps the chunks as they arrive and
+tensor's bytes once: `tensor_to_messages` writes the stream messages' protobuf encoding itself,
+byte for byte what protobuf writes, because protobuf copies a payload three times on the way
+(into the chunk, into its parent message, into the serialized string). Decoding keeps the chunks as they arrive and
 copies each once into the finished tensor, so a tensor never exists as one big `bytes` object
 and nothing is allocated for a declared size before its bytes have arrived (a hostile peer
 that declares 256 MB and sends 4 bytes costs 4 bytes).
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -56,26 +58,142 @@ def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> int:
         raise TensorFormatError(f"{name}: dtype {dtype} cannot travel on the wire") from None
 
 
-def tensor_to_chunks(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                     dtype: Optional[torch.dtype] = None) -> Iterator[pb.TensorChunk]:
-    """Yields `tensor` (cast to `dtype` if given) as consecutive chunks of `chunk_bytes`."""
+def _slices(name: str, tensor: torch.Tensor, chunk_bytes: int,
+            dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, int, Iterator[np.ndarray]]:
+    """-> (the tensor as sent, its wire dtype, its raw bytes in consecutive views of chunk_bytes)."""
     t = tensor.detach().to("cpu", dtype or tensor.dtype).contiguous()
     wire_dtype = wire_dtype_of(t.dtype, f"tensor '{name}'")
     raw = t.view(-1).view(torch.uint8).numpy()  # (nbytes,) a view, no copy
-    first = True
-    for start in range(0, max(raw.size, 1), chunk_bytes):
-        data = raw[start:start + chunk_bytes].tobytes()
-        if first:
-            yield pb.TensorChunk(name=name, dtype=wire_dtype, shape=t.shape, data=data)
-            first = False
-        else:
-            yield pb.TensorChunk(name=name, data=data)
+    return t, wire_dtype, (raw[start:start + chunk_bytes] for start in range(0, max(raw.size, 1), chunk_bytes))
+
+
+def tensor_to_chunks(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                     dtype: Optional[torch.dtype] = None) -> Iterator[pb.TensorChunk]:
+    """Yields `tensor` (cast to `dtype` if given) as consecutive chunks of `chunk_bytes`."""
+    t, wire_dtype, slices = _slices(name, tensor, chunk_bytes, dtype)
+    yield pb.TensorChunk(name=name, dtype=wire_dtype, shape=t.shape, data=next(slices).tobytes())
+    for data in slices:
+        yield pb.TensorChunk(name=name, data=data.tobytes())
 
 
 def tensors_to_chunks(tensors: Dict[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       dtype: Optional[torch.dtype] = None) -> Iterator[pb.TensorChunk]:
     for name, tensor in tensors.items():
         yield from tensor_to_chunks(name, tensor, chunk_bytes, dtype)
+
+
+# -- the chunks as serialized stream messages ------------------------------------------------
+CHUNK_FIELD = 2  # InputMessage, OutputMessage, BackwardMessage: oneof kind { header = 1; chunk = 2; }
+VARINT, LENGTH_DELIMITED = 0, 2  # protobuf wire types
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+def _delimited(field: int, length: int) -> bytes:
+    return _key(field, LENGTH_DELIMITED) + _varint(length)
+
+
+def tensor_to_messages(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                       dtype: Optional[torch.dtype] = None) -> Iterator[bytes]:
+    """`tensor_to_chunks`'s chunks, each serialized as the stream message that carries it:
+    byte for byte `Message(chunk=chunk).SerializeToString()` (fields in order, proto3 defaults
+    left out, the shape packed), with the tensor's bytes copied once."""
+    t, wire_dtype, slices = _slices(name, tensor, chunk_bytes, dtype)
+    encoded = name.encode()
+    named = _delimited(1, len(encoded)) + encoded if encoded else b""
+    shape = b"".join(map(_varint, t.shape))
+    first = named + _key(2, VARINT) + _varint(wire_dtype) + (_delimited(3, len(shape)) + shape if shape else b"")
+    for i, data in enumerate(slices):
+        head = (named if i else first) + (_delimited(4, data.size) if data.size else b"")  # the chunk up to its bytes
+        yield b"".join((_delimited(CHUNK_FIELD, len(head) + data.size), head, data))
+
+
+def tensors_to_messages(tensors: Dict[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                        dtype: Optional[torch.dtype] = None) -> Iterator[bytes]:
+    for name, tensor in tensors.items():
+        yield from tensor_to_messages(name, tensor, chunk_bytes, dtype)
+
+
+class RawChunk(NamedTuple):
+    """A TensorChunk read from a message's bytes, its data a view of them (see `read_chunk`)."""
+    name: str
+    dtype: int
+    shape: Tuple[int, ...]
+    data: memoryview
+
+
+def _read_varint(data: memoryview, at: int) -> Tuple[int, int]:
+    """-> (value, position after it); value -1 for a varint that is cut off or over 64 bits."""
+    value = shift = 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if byte < 0x80:
+            return value, at
+    return -1, at
+
+
+def read_chunk(message: bytes) -> Optional[RawChunk]:
+    """The chunk of a serialized stream message laid out as protobuf writes it (`tensor_to_messages`:
+    field 2 holding name, dtype, packed shape, data, each at most once and in that order), with
+    its data a view of `message` rather than two copies (protobuf's parse, then `.data`). None
+    for any other message (a header, other layouts, anything malformed): parse those with
+    protobuf, which then says what is wrong. What this accepts, protobuf reads the same."""
+    data = memoryview(message)
+    if not data or data[0] != _key(CHUNK_FIELD, LENGTH_DELIMITED)[0]:
+        return None
+    length, at = _read_varint(data, 1)
+    if length < 0 or at + length != len(data):
+        return None
+    fields: Dict[int, object] = {}
+    while at < len(data):
+        key, at = _read_varint(data, at)
+        field, wire_type = key >> 3, key & 7
+        if key < 0 or field in fields or any(f > field for f in fields) or (field, wire_type) not in _CHUNK_FIELDS:
+            return None
+        value, at = _read_varint(data, at)
+        if value < 0:
+            return None
+        if wire_type == LENGTH_DELIMITED:
+            if at + value > len(data):
+                return None
+            value, at = data[at:at + value], at + value
+        fields[field] = value
+    try:
+        name = bytes(fields.get(1, b"")).decode()  # protobuf refuses a string that is not UTF-8 too
+    except UnicodeDecodeError:
+        return None
+    shape, packed, at = [], fields.get(3, memoryview(b"")), 0
+    while at < len(packed):
+        dim, at = _read_varint(packed, at)
+        if not 0 <= dim < 1 << 63:  # cut off, or a negative int64
+            return None
+        shape.append(dim)
+    dtype = fields.get(2, 0)
+    if dtype >= 1 << 31:  # an enum is an int32
+        return None
+    return RawChunk(name, dtype, tuple(shape), fields.get(4, memoryview(b"")))
+
+
+_CHUNK_FIELDS = {(1, LENGTH_DELIMITED), (2, VARINT), (3, LENGTH_DELIMITED), (4, LENGTH_DELIMITED)}
+
+
+def chunk_of(message: bytes, message_type=pb.OutputMessage):
+    """The chunk a serialized stream message carries: read from its bytes (`read_chunk`), or
+    else parsed by protobuf (an empty chunk if the message holds none)."""
+    return read_chunk(message) or message_type.FromString(message).chunk
 
 
 class TensorAssembler:

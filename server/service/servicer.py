@@ -69,8 +69,9 @@ def read_stream(messages: Iterable[bytes], message_type, max_tensor_bytes: int,
     """Serialized messages: a header, then tensor chunks -> (header, {name: tensor})."""
     header, assembler = None, TensorAssembler(max_tensor_bytes)
     for i, data in enumerate(messages):
-        message = parse(message_type, data, f"message {i}")
-        kind = message.WhichOneof("kind")
+        chunk = tensor_codec.read_chunk(data)  # the usual message, its bytes not copied
+        message = parse(message_type, data, f"message {i}") if chunk is None else None
+        kind = "chunk" if chunk else message.WhichOneof("kind")
         if kind == "header":
             if header is not None:
                 raise InputError("header: sent twice")
@@ -79,7 +80,7 @@ def read_stream(messages: Iterable[bytes], message_type, max_tensor_bytes: int,
         elif kind == "chunk":
             if header is None:
                 raise InputError("header: must be the first message of the stream")
-            assembler.add(message.chunk)
+            assembler.add(chunk or message.chunk)
         else:
             raise InputError("message: neither header nor chunk")
     if header is None:
@@ -204,12 +205,13 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
                 self.budgets.refund(call.caller.key, samples, call.call_id, kind)
         call.charged = {}
 
-    def _respond(self, header, tensors, call) -> Iterator[pb.OutputMessage]:
+    def _respond(self, header, tensors, call) -> Iterator[bytes]:
+        """The response stream, serialized: the header, then the tensors' chunk messages."""
         header.device_seconds = call.device_seconds
-        yield pb.OutputMessage(header=header)
-        for chunk in tensor_codec.tensors_to_chunks(tensors, self.oracle.limits.chunk_bytes):
-            call.bytes_out += len(chunk.data)
-            yield pb.OutputMessage(chunk=chunk)
+        yield pb.OutputMessage(header=header).SerializeToString()
+        for name, tensor in tensors.items():
+            call.bytes_out += tensor.nbytes
+            yield from tensor_codec.tensor_to_messages(name, tensor, self.oracle.limits.chunk_bytes)
         call.log("OK")
 
     @contextlib.contextmanager
@@ -276,12 +278,14 @@ def _call_id(value: Optional[str]) -> str:
 
 
 def add_to_server(servicer: OracleServicer, server: grpc.Server) -> None:
-    """Registers the servicer with requests left as bytes (parsed by the servicer itself)."""
+    """Registers the servicer with requests left as bytes (parsed by the servicer itself), and
+    streamed responses sent as the servicer serialized them (`_respond`)."""
     service = pb.DESCRIPTOR.services_by_name["GradientOracle"]
     handlers = {}
     for method in service.methods:
-        make = (grpc.stream_stream_rpc_method_handler if method.client_streaming
-                else grpc.unary_unary_rpc_method_handler)  # the contract has only these two kinds
-        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=None,
-                                     response_serializer=getattr(pb, method.output_type.name).SerializeToString)
+        if method.client_streaming:  # the contract has only these two kinds
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(getattr(servicer, method.name))
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, method.name), response_serializer=getattr(pb, method.output_type.name).SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
