@@ -1,12 +1,13 @@
 """Tensors on the wire: dtype + shape + raw little-endian bytes, split into chunks.
 
 The one piece of code both sides share besides the generated stubs. Encoding copies each
-tensor's bytes once: `tensor_to_messages` writes the stream messages' protobuf encoding itself,
-byte for byte what protobuf writes, because protobuf copies a payload three times on the way
-(into the chunk, into its parent message, into the serialized string). Decoding keeps the chunks as they arrive and
-copies each once into the finished tensor, so a tensor never exists as one big `bytes` object
-and nothing is allocated for a declared size before its bytes have arrived (a hostile peer
-that declares 256 MB and sends 4 bytes costs 4 bytes).
+tensor's bytes once: `tensor_to_messages` writes the stream messages itself, byte for byte what
+protobuf writes, since protobuf copies a payload three times on the way (into the chunk, into
+its parent message, into the serialized string). Decoding reads a chunk from its message's bytes
+(`read_chunk`; protobuf parses anything else), keeps the chunks as they arrive and copies each
+once into the finished tensor, so a tensor never exists as one big `bytes` object and nothing
+is allocated for a declared size before its bytes have arrived (a hostile peer that declares
+256 MB and sends 4 bytes costs 4 bytes).
 """
 from __future__ import annotations
 
