@@ -120,12 +120,6 @@ def tensor_to_messages(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAU
         yield b"".join((_delimited(CHUNK_FIELD, len(head) + data.size), head, data))
 
 
-def tensors_to_messages(tensors: Dict[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                        dtype: Optional[torch.dtype] = None) -> Iterator[bytes]:
-    for name, tensor in tensors.items():
-        yield from tensor_to_messages(name, tensor, chunk_bytes, dtype)
-
-
 class RawChunk(NamedTuple):
     """A TensorChunk read from a message's bytes, its data a view of them (see `read_chunk`)."""
     name: str
