@@ -8,8 +8,9 @@ One echo server in a process of its own, two bidirectional-streaming methods on 
   gathers them into one buffer and streams the same number of bytes back in chunks;
 - tensor: graytune's own path, both ways, as OracleClient and the servicer take it: the tensor
   as serialized chunk messages (`tensor_to_messages`), each read from its bytes on arrival
-  (`chunk_of`) into the `TensorAssembler`, a tensor of the same size sent back the same way. float32, and bfloat16 on the wire (a float32
-  tensor cast on send: half the bytes, the rounding the wire then costs).
+  (`chunk_of`) into the `TensorAssembler`, a tensor of the same size sent back the same way.
+  float32, and bfloat16 on the wire (a float32 tensor cast on send: half the bytes, the
+  rounding the wire then costs).
 Chunks are graytune's 1 MiB in both. Round trips of the modes are interleaved; medians. Reports
 MB/s (bytes up + down over the round trip) and tensor ÷ raw (target ≥ 0.9). Writes
 OUT/transport.json and OUT/transport.png.

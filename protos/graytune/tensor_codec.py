@@ -140,6 +140,10 @@ def _read_varint(data: memoryview, at: int) -> Tuple[int, int]:
     return -1, at
 
 
+_CHUNK_TAG = _key(CHUNK_FIELD, LENGTH_DELIMITED)[0]  # one byte: the message's first
+_CHUNK_FIELDS = {(1, LENGTH_DELIMITED), (2, VARINT), (3, LENGTH_DELIMITED), (4, LENGTH_DELIMITED)}
+
+
 def read_chunk(message: bytes) -> Optional[RawChunk]:
     """The chunk of a serialized stream message laid out as protobuf writes it (`tensor_to_messages`:
     field 2 holding name, dtype, packed shape, data, each at most once and in that order), with
@@ -147,7 +151,7 @@ def read_chunk(message: bytes) -> Optional[RawChunk]:
     for any other message (a header, other layouts, anything malformed): parse those with
     protobuf, which then says what is wrong. What this accepts, protobuf reads the same."""
     data = memoryview(message)
-    if not data or data[0] != _key(CHUNK_FIELD, LENGTH_DELIMITED)[0]:
+    if not data or data[0] != _CHUNK_TAG:
         return None
     length, at = _read_varint(data, 1)
     if length < 0 or at + length != len(data):
@@ -180,9 +184,6 @@ def read_chunk(message: bytes) -> Optional[RawChunk]:
     if dtype >= 1 << 31:  # an enum is an int32
         return None
     return RawChunk(name, dtype, tuple(shape), fields.get(4, memoryview(b"")))
-
-
-_CHUNK_FIELDS = {(1, LENGTH_DELIMITED), (2, VARINT), (3, LENGTH_DELIMITED), (4, LENGTH_DELIMITED)}
 
 
 def chunk_of(message: bytes, message_type=pb.OutputMessage):
