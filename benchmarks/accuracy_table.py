@@ -157,7 +157,8 @@ def main(argv=None) -> dict:
     model_name, weights, server_flags = owner_source(args)
     with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", *server_flags, *args.server_arg]) as server, \
             OracleClient(server.endpoint) as oracle:
-        size = oracle.describe().image.height
+        described = oracle.describe()
+        size, sha256 = described.image.height, described.backbone.sha256
         settings = [given_setting(s, args.shots) for s in args.setting] or domain_settings(
             SMOKE_SETTINGS if args.smoke else domains, workdir, args.shots, size, args.smoke)
         owner = Owner(oracle, model_name, weights)
@@ -171,7 +172,7 @@ def main(argv=None) -> dict:
                                                 methods, craft_on)
             report = {"seeds": args.seeds, "budget": dataclasses.asdict(budget),
                       "minutes": round((time.monotonic() - started) / 60, 1),
-                      "owner": {"model": model_name, "weights": Path(weights).name},
+                      "owner": {"model": model_name, "weights": Path(weights).name, "sha256": sha256},
                       "settings": [dataclasses.asdict(s) for s in settings if s.name in results],
                       "results": results, **summary(results, pixel_settings(settings))}
             text = write_report(report, rows, Path(args.out))

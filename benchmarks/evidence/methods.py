@@ -47,9 +47,10 @@ class Method:
 # a colour cast, 1e-2 overshot it): rows with both take a tenth of the rate for their input
 # modules (`graytune train --input-lr`). Each grid was moved up after its top rate won on val:
 # the white-box rows' on the 8x8 digits, then the linear probe's (1e-1) and DGA's (3e-2) on
-# inverted emoji, where LGA took 1e-2: rows with both try four rates.
+# inverted emoji, where LGA took 1e-2: rows with both try four rates. The linear probe's top won
+# again (3e-1, twice) and moved up once more.
 OUTPUT_LRS, INPUT_LRS, BOTH_LRS = (1e-2, 3e-2, 1e-1), (3e-4, 1e-3, 3e-3), (3e-3, 1e-2, 3e-2, 1e-1)
-PROBE_LRS = (3e-2, 1e-1, 3e-1)
+PROBE_LRS = (1e-1, 3e-1, 1.0)
 METHODS = (
     Method("zero-shot", "zero-shot"),
     Method("linear probe", "graybox", "linear-probe", lrs=PROBE_LRS, tasks=("classify",)),
