@@ -83,6 +83,7 @@ DOMAINS = {d.name: d for d in (
     Domain("emoji-greyscale", "emoji-seen", "greyscale"),
     Domain("emoji-sketch", "emoji-seen", "edges", sketch=True),
     Domain("emoji-new-motion", "emoji-held-out", views=(4, 2, 4), video=True),
+    Domain("emoji-greyscale-motion", "emoji-seen", "greyscale", views=(4, 2, 4), video=True),
 )}
 CLIP_FRAMES = 8
 
