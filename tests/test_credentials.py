@@ -7,6 +7,7 @@ import grpc
 import pytest
 import torch
 
+from graytune import error_details
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower
@@ -32,6 +33,7 @@ def keys(tmp_path_factory):
         "other": create_key(key_file, "--tier", "graybox"),
         "budget": create_key(key_file, "--tier", "graybox", "--budget", "10"),
         "rate": create_key(key_file, "--tier", "graybox", "--rate", "0.5"),
+        "slow": create_key(key_file, "--tier", "graybox", "--rate", "0.001"),  # a call per 1,000 s
     }
     return key_file, secrets
 
@@ -46,10 +48,15 @@ def client(server, secret=None) -> OracleClient:
     return OracleClient(server.endpoint, api_key=secret, retries=0, timeout=30)
 
 
-def code_of(call) -> grpc.StatusCode:
+def refusal_of(call) -> OracleError:
     with pytest.raises(OracleError) as failure:
         call()
-    return failure.value.code, failure.value.details
+    return failure.value
+
+
+def code_of(call) -> tuple:
+    error = refusal_of(call)
+    return error.code, error.details
 
 
 def test_key_file_holds_hashes_never_secrets(keys):
@@ -133,11 +140,21 @@ def test_a_handle_never_crosses_between_keys(keyed_server, keys):
 
 
 def test_rate_limit_says_when_the_next_call_is_allowed(keyed_server, keys):
-    with client(keyed_server, keys[1]["rate"]) as oracle:
+    with client(keyed_server, keys[1]["slow"]) as oracle:  # retries=0: the refusal itself
         oracle.describe()
-        code, details = code_of(lambda: oracle.describe(refresh=True))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "0.5 calls/s" in details and "allowed in" in details
+        error = refusal_of(lambda: oracle.describe(refresh=True))
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == error_details.RATE_LIMITED
+    assert "0.001 calls/s" in error.details and "allowed in" in error.details
+
+
+def test_a_rate_limited_call_waits_as_long_as_the_server_asks(keyed_server, keys):
+    with OracleClient(keyed_server.endpoint, api_key=keys[1]["rate"], timeout=30) as oracle:
+        for _ in range(3):  # a burst of one call at 0.5 calls/s: the 2nd and 3rd wait
+            oracle.describe(refresh=True)
+        assert 0 < oracle.rate_limited_seconds <= 3 * 2.0 + 0.01  # a wait is at most 1 / rate (+ ns of rounding)
+    with OracleClient(keyed_server.endpoint, api_key=keys[1]["slow"], timeout=30, reconnect_timeout=60) as oracle:
+        error = refusal_of(lambda: [oracle.describe(refresh=True) for _ in range(2)])  # 1,000 s > 60
+    assert error.reason == error_details.RATE_LIMITED and "waited 0.0 s of 60 s" in error.details
 
 
 def test_budget_runs_out_and_stays_out_after_a_restart(keys):
@@ -149,9 +166,9 @@ def test_budget_runs_out_and_stays_out_after_a_restart(keys):
             code, _ = code_of(lambda: oracle.embed_images(pixels(3)[:, :1]))  # bad input: refunded
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert oracle.describe(refresh=True).budget_remaining == 4
-            code, details = code_of(lambda: oracle.embed_images(pixels(5)))
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "4 of 10 samples left" in details and "needs 5" in details
+            error = refusal_of(lambda: oracle.embed_images(pixels(5)))
+            assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == error_details.BUDGET_EXHAUSTED
+            assert "4 of 10 samples left" in error.details and "needs 5" in error.details
     with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:  # a restart refills nothing
         with client(server, secrets["budget"]) as oracle:
             info = oracle.describe()

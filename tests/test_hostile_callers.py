@@ -11,7 +11,7 @@ import grpc
 import pytest
 import torch
 
-from graytune import tensor_codec
+from graytune import error_details, tensor_codec
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.server.access.auth import Caller
 from graytune.server.service.call_record import CallRecord
@@ -220,6 +220,7 @@ def test_a_call_that_fails_after_its_charge_is_refunded(budgeted):
     error = failure(lambda: keyed_send(server, secrets["budget"], "Forward", input_messages(pb.IMAGE, big),
                                        uuid.uuid4().hex))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "graph" in error.details()
+    assert error_details.refusal(error) == (error_details.GRAPH_TOO_LARGE, None)  # waiting will not help
     assert remaining(server, secrets["budget"])[0] == before
 
 
@@ -239,6 +240,7 @@ def test_gradient_samples_have_a_budget_of_their_own(budgeted):
     assert remaining(server, secrets["budget"])[1] == 1  # of 3
     error = failure(forward_backward)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "gradient samples" in error.details()
+    assert error_details.refusal(error).reason == error_details.BUDGET_EXHAUSTED
     assert remaining(server, secrets["budget"])[1] == 1  # the refused call cost nothing
 
 

@@ -17,10 +17,10 @@ import sys
 import time
 from typing import Dict
 
-import grpc
 import torch
 from tqdm import tqdm
 
+from graytune import error_details
 from graytune.client.craft.losses import prompt_fitness, refinement_loss
 from graytune.client.craft.model import CraftClassifier
 from graytune.client.craft.search import PromptSearch, SearchSettings
@@ -42,10 +42,6 @@ class CraftSettings(SearchSettings):
 def image_features(model: CraftClassifier, dataset, batch_size: int) -> torch.Tensor:
     """-> (N, E) unit embeddings of the data set's images, in calls of `batch_size`."""
     return torch.cat([model.encode_image(batch[0]) for batch in in_order(dataset, batch_size)])
-
-
-def _budget_spent(error: OracleError) -> bool:
-    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "budget" in error.details
 
 
 def craft_loop(model: CraftClassifier, state: dict, cfg, task, train_set, val_set, run, metrics_log,
@@ -79,7 +75,7 @@ def craft_loop(model: CraftClassifier, state: dict, cfg, task, train_set, val_se
             try:
                 classes = model.class_embeddings_of(candidates)  # (P, C, E): one call, P queries
             except OracleError as e:
-                if not _budget_spent(e):
+                if e.reason != error_details.BUDGET_EXHAUSTED:
                     raise
                 log.warning("the key's budget is spent after %d generations (%s); the last prompt "
                             "and refinement module are saved", done, e.details)

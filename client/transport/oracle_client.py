@@ -9,7 +9,8 @@
 Every call has a deadline and fails with `OracleError` (one type for every transport or server
 error). While the server is UNAVAILABLE (or cancels the call: see RETRIED) the call waits for it,
 up to `reconnect_timeout` (a restart, a replica taking over), and is sent again with the same
-call id (CALL_ID). Tensors travel as chunk streams, in float32 or, per client, in
+call id (CALL_ID); a call the key's rate limit refused waits as long as the server says, within
+the same time. Any other refusal is final: `OracleError.reason` says which limit it was. Tensors travel as chunk streams, in float32 or, per client, in
 bfloat16/float16 to halve the bytes.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import graytune
-from graytune import tensor_codec
+from graytune import error_details, tensor_codec
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
@@ -60,11 +61,13 @@ def tls_channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None
 
 
 class OracleError(Exception):
-    """A call to the oracle failed; `code` is the gRPC status (None: not a gRPC failure)."""
+    """A call to the oracle failed; `code` is the gRPC status (None: not a gRPC failure) and
+    `reason`, for a limit's refusal, which limit (graytune.error_details: BUDGET_EXHAUSTED, ...)."""
 
-    def __init__(self, method: str, code: Optional[grpc.StatusCode], message: str):
+    def __init__(self, method: str, code: Optional[grpc.StatusCode], message: str,
+                 reason: Optional[str] = None):
         super().__init__(f"{method}: {code.name if code else 'ERROR'}: {message}")
-        self.method, self.code, self.details = method, code, message
+        self.method, self.code, self.details, self.reason = method, code, message, reason
 
 
 class OracleClient:
@@ -104,6 +107,7 @@ class OracleClient:
         # and the part of those the server reports for its device (the rest is transport).
         self.bytes_sent = self.bytes_received = 0
         self.call_seconds = self.device_seconds = 0.0
+        self.rate_limited_seconds = 0.0  # waited because the key's rate limit asked for it
         # Calls answered and samples in them, per method ("Embed", "Forward", "Backward"): what
         # the key's budgets were charged for (a retried call counts once, as the server charges).
         self.calls: collections.Counter = collections.Counter()
@@ -227,16 +231,28 @@ class OracleClient:
 
     def _with_retries(self, method: str, call):
         """call(metadata) until the server answers it; after a RETRIED status, waits for the
-        server and sends the call again, with the same call id."""
+        server, and after the rate limit's refusal for the time it names, then sends the call
+        again, with the same call id."""
         metadata = self._metadata + ((CALL_ID, uuid.uuid4().hex),)
         with _ServerWait(method, self.endpoint, self.channel, self.reconnect_timeout) as wait:
             for attempt in itertools.count():
                 try:
                     return call(metadata)
                 except grpc.RpcError as e:
-                    if e.code() not in RETRIED or attempt == self.retries:
-                        raise OracleError(method, e.code(), self._explained(e)) from None
-                    wait.for_server(e.details())
+                    refused = error_details.refusal(e)
+                    rate_limited = refused.reason == error_details.RATE_LIMITED and refused.retry_after is not None
+                    if (e.code() not in RETRIED and not rate_limited) or attempt == self.retries:
+                        raise OracleError(method, e.code(), self._explained(e), refused.reason) from None
+                    if rate_limited:
+                        if not self.rate_limited_seconds:
+                            log.warning("%s: the key's rate limit refused a call (%s); calls wait as the server "
+                                        "asks from now on (OracleClient.rate_limited_seconds adds up the waits)",
+                                        method, e.details())
+                        wait.for_rate_limit(e.details(), refused.retry_after)
+                        with self._counting:
+                            self.rate_limited_seconds += refused.retry_after
+                    else:
+                        wait.for_server(e.details())
                 except tensor_codec.TensorFormatError as e:
                     raise OracleError(method, None, f"malformed reply: {e}") from None
 
@@ -250,12 +266,14 @@ class OracleClient:
 class _ServerWait:
     """One call's wait for a server that stopped answering: a backoff sleep, then gRPC's own
     reconnection until the channel is READY, again after each failed attempt, `timeout`
-    seconds in all. Logs one line when the wait begins and one when the server answers."""
+    seconds in all. Logs one line when the wait begins and one when the server answers.
+    Waits the key's rate limit asks for are counted apart, `timeout` seconds of them too."""
 
     def __init__(self, method: str, endpoint: str, channel: grpc.Channel, timeout: float):
         self.method, self.endpoint, self.channel, self.timeout = method, endpoint, channel, timeout
         self.began: Optional[float] = None
         self.backoff = FIRST_BACKOFF
+        self.rate_waited = 0.0
 
     def __enter__(self) -> "_ServerWait":
         return self
@@ -265,6 +283,16 @@ class _ServerWait:
         if self.began is not None and answered:
             log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint,
                         time.monotonic() - self.began)
+
+    def for_rate_limit(self, details: str, delay: float) -> None:
+        """Sleeps the `delay` the server asked for; OracleError(RESOURCE_EXHAUSTED) instead when
+        this call's waits would pass `timeout` seconds."""
+        if self.rate_waited + delay > self.timeout:
+            raise OracleError(self.method, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{details} (this call waited {self.rate_waited:.1f} s of {self.timeout:g} s already)",
+                              error_details.RATE_LIMITED)
+        time.sleep(delay)
+        self.rate_waited += delay
 
     def for_server(self, details: str) -> None:
         """Returns when the next attempt may go; OracleError(UNAVAILABLE) once time is up."""

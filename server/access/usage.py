@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Dict, Iterator, Optional
 
+from graytune import error_details
 from graytune.server.access.credentials import ApiKey
 from graytune.server.compute.errors import OverLimit
 
@@ -67,7 +68,8 @@ class Budgets:
             if used + samples > budget:
                 raise OverLimit(
                     f"budget: key {key.id} has {budget - used} of {budget} {kind} left and this "
-                    f"call needs {samples}; budgets do not refill, ask the model owner for more")
+                    f"call needs {samples}; budgets do not refill, ask the model owner for more",
+                    error_details.BUDGET_EXHAUSTED)
             self._add(key.id, kind, samples)
             if call_id:
                 self._db.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?)",
@@ -132,6 +134,7 @@ class RateLimiter:
             tokens = min(capacity, tokens + (now - last) * rate)
             if tokens < 1.0:
                 self._buckets[key.id] = [tokens, now]
+                wait = (1.0 - tokens) / rate
                 raise OverLimit(f"rate: key {key.id} is limited to {rate:g} calls/s; the next call "
-                                f"is allowed in {(1.0 - tokens) / rate:.2f} s")
+                                f"is allowed in {wait:.2f} s", error_details.RATE_LIMITED, retry_after=wait)
             self._buckets[key.id] = [tokens - 1.0, now]

@@ -1,4 +1,5 @@
 """What can go wrong with a caller's request; the servicer maps each to a gRPC status."""
+from typing import Optional
 
 
 class InputError(ValueError):
@@ -10,7 +11,13 @@ class HandleExpired(LookupError):
 
 
 class OverLimit(RuntimeError):
-    """A request within the contract that a configured limit refuses (RESOURCE_EXHAUSTED)."""
+    """A request within the contract that a configured limit refuses (RESOURCE_EXHAUSTED).
+    `reason` names the limit for programs and `retry_after` (seconds) says when waiting is
+    enough (graytune.error_details)."""
+
+    def __init__(self, message: str, reason: str, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.reason, self.retry_after = reason, retry_after
 
 
 class DeadlineExceeded(TimeoutError):

@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
 
 import torch
 
+from graytune import error_details
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
 from graytune.tensor_codec import shown
 
@@ -94,7 +95,8 @@ class GraphStore:
         if graph.nbytes > self.max_bytes:
             raise OverLimit(
                 f"the graph of this batch needs {graph.nbytes} bytes, over the server's cap of "
-                f"{self.max_bytes} bytes for graphs held for Backward; send a smaller batch")
+                f"{self.max_bytes} bytes for graphs held for Backward; send a smaller batch",
+                error_details.GRAPH_TOO_LARGE)
         with self._lock:
             self._drop_expired()
             while self._bytes + graph.nbytes > self.max_bytes:

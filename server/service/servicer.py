@@ -19,7 +19,7 @@ import grpc
 import torch
 from google.protobuf.message import DecodeError
 
-from graytune import tensor_codec
+from graytune import error_details, tensor_codec
 from graytune.server.access.auth import CURRENT_CALLER
 from graytune.server.service.call_record import CallRecord
 from graytune.server.service.describe import describe
@@ -241,7 +241,10 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             code, message = self._status_of(e, call)
             self._refund(call)  # failed calls cost nothing
             call.log(code.name, message)  # a no-op after the watchdog's line
-            context.abort(code, message)
+            if isinstance(e, OverLimit):  # which limit, for programs, and when to retry
+                context.abort_with_status(error_details.status(code, message, e.reason, e.retry_after))
+            else:
+                context.abort(code, message)
         finally:
             with self._idle:
                 self._active -= 1
