@@ -16,7 +16,6 @@ from typing import Dict, Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from graytune.client.adapters.graybox import encode_video
@@ -54,8 +53,7 @@ class WhiteboxCLIP(nn.Module):
 
 def load_whitebox(model_name: str, weights: str, method: str, lora_rank: int = 8) -> WhiteboxCLIP:
     """The owner's model from its weights file, with `method`'s parameters trainable."""
-    clip = open_clip.create_model(model_name)
-    clip.load_state_dict(load_file(weights))
+    clip = open_clip.create_model(model_name, pretrained=weights)  # as the server loads them: strict
     clip.eval()  # no dropout here; the gray-box backbone is in eval mode too
     if method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
