@@ -116,6 +116,9 @@ def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
     assert counts["zero-shot"] == 0 < counts["input only"] < counts["DGA"] < counts["LoRA"] < counts["full fine-tuning"]
     assert counts["output only"] < counts["DGA"] and counts["LGA"] > counts["DGA"]
     assert "| DGA |" in done.stdout and "| LoRA |" in done.stdout
+    dga = report["results"]["classify/emoji-inverted"]["DGA"]  # the first setting's column of what val chose:
+    chosen = done.stdout.split("chosen on val")[1].split("| DGA |")[1].split("|")[0].strip()
+    assert chosen == f"{dga['lr']:.0e}".replace("e-0", "e-") + f", {dga['steps']}"
     assert {c["over"] for c in report["claims"]} == {"all", "pixel shifts"}
     assert (tmp_path / "out" / "accuracy_table.png").stat().st_size > 0
     # Run again: every finished run's result is kept, so nothing trains a second time (an

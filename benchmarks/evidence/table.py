@@ -135,6 +135,11 @@ def markdown(summary_: dict, rows: Sequence[str]) -> str:
         if present:
             seconds = statistics.fmean(p["seconds"] for p in present)
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {present[0]['trainable']:,} | {seconds:.0f} |")
+    chosen = lambda r: f"{r['lr']:.0e}".replace("e-0", "e-") + f", {r['steps']}"  # on val, seed 0
+    lines += ["", "| learning rate, steps chosen on val | " + " | ".join(settings) + " |",
+              "|---|" + "---|" * len(settings)]
+    lines += [f"| {row} | " + " | ".join(chosen(table[s][row]) if row in table[s] else "–" for s in settings) + " |"
+              for row in rows if any(row in table[s] and table[s][row]["lr"] is not None for s in settings)]
     lines += ["", "| claim | over | difference (points) | 95% CI |", "|---|---|---|---|"]
     for c in summary_["claims"]:
         low, high = c["ci95"]
