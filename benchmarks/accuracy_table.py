@@ -38,10 +38,9 @@ from graytune.client.transport.local_server import LocalServer  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
 # (task, domain): the default row sets, in the order they run. Every task of the CLI has at least
-# one, and both kinds of shift: pixels (inverted, colour cast, sketches as edge maps) and concepts
-# (the 8x8 digits, held-out emoji). classify/emoji-new is left to --domains: the held-out emoji
-# are the retrieval and video rows' concepts already, and each setting costs about as much.
-# Settings where zero-shot is weak and output adapters alone stay short of the ceiling (seed-0
+# one, and both kinds of shift: pixels (greyscale, sketches as edge maps, colour cast, inverted)
+# and concepts (the 8x8 digits). Each is a setting where zero-shot is weak and output adapters
+# alone stay short of the ceiling (seed-0
 # probes on 636e30fa: retrieval on emoji-new went 16 -> 99.6 with output adapters only, and on
 # emoji-new-motion 14 -> 95, so neither can tell the methods apart; run them with --domains).
 DEFAULT_SETTINGS = (("retrieval", "emoji-greyscale"), ("sketch", "emoji-sketch"), ("video", "emoji-greyscale-motion"),

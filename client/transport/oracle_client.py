@@ -10,8 +10,9 @@ Every call has a deadline and fails with `OracleError` (one type for every trans
 error). While the server is UNAVAILABLE (or cancels the call: see RETRIED) the call waits for it,
 up to `reconnect_timeout` (a restart, a replica taking over), and is sent again with the same
 call id (CALL_ID); a call the key's rate limit refused waits as long as the server says, within
-the same time. Any other refusal is final: `OracleError.reason` says which limit it was. Tensors travel as chunk streams, in float32 or, per client, in
-bfloat16/float16 to halve the bytes.
+the same time. Any other refusal is final: `OracleError.reason` says which limit it was.
+Tensors travel as chunk streams, in float32 or, per client, in bfloat16/float16 to halve the
+bytes.
 """
 from __future__ import annotations
 
