@@ -40,9 +40,9 @@ from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 # (task, domain): the default row sets, in the order they run. Every task of the CLI has at least
 # one, and both kinds of shift: pixels (greyscale, sketches as edge maps, colour cast, inverted)
 # and concepts (the 8x8 digits). Each is a setting where zero-shot is weak and output adapters
-# alone stay short of the ceiling (seed-0
-# probes on 636e30fa: retrieval on emoji-new went 16 -> 99.6 with output adapters only, and on
-# emoji-new-motion 14 -> 95, so neither can tell the methods apart; run them with --domains).
+# alone stay short of the ceiling (seed-0 probes on 636e30fa: retrieval on emoji-new went 16 ->
+# 99.6 with output adapters only, and on emoji-new-motion 14 -> 95, so neither can tell the
+# methods apart; run them with --domains).
 DEFAULT_SETTINGS = (("retrieval", "emoji-greyscale"), ("sketch", "emoji-sketch"), ("video", "emoji-greyscale-motion"),
                     ("classify", "digits-8x8"), ("classify", "emoji-colour-cast"), ("classify", "emoji-inverted"))
 SMOKE_RECIPE = Recipe(steps=2, batch_size=32, digits_per_batch=6)  # = owner_model.py --steps 2 --batch-size 32
