@@ -5,7 +5,8 @@
 
 One echo server in a process of its own, two bidirectional-streaming methods on one port:
 - raw: the request is a stream of byte chunks (no protobuf, identity serialisers); the server
-  gathers them into one buffer and streams the same number of bytes back in chunks;
+  gathers them into one buffer and streams the same number of bytes back in chunks, which the
+  client gathers too (each side holds what it received, as the tensor path must);
 - tensor: graytune's own path, both ways, as OracleClient and the servicer take it: the tensor
   as serialized chunk messages (`tensor_to_messages`), each read from its bytes on arrival
   (`chunk_of`) into the `TensorAssembler`, a tensor of the same size sent back the same way.
@@ -41,8 +42,9 @@ def raw_echo(requests, context):
     buffer = bytearray()
     for part in requests:  # gather: a real receiver must hold the bytes somewhere
         buffer += part
+    view = memoryview(buffer)
     for start in range(0, len(buffer), CHUNK):
-        yield bytes(buffer[start:start + CHUNK])
+        yield bytes(view[start:start + CHUNK])  # one copy per chunk, as tensor_to_messages makes
 
 
 def tensor_echo(requests, context):
@@ -70,9 +72,12 @@ class Client:
         self.raw = self.channel.stream_stream("/bench.Echo/Raw", identity, identity)
         self.tensor = self.channel.stream_stream("/bench.Echo/Tensor", identity, identity)
 
-    def raw_round_trip(self, payload: bytes) -> int:
+    def raw_round_trip(self, payload: bytes) -> bytearray:
         parts = (payload[s:s + CHUNK] for s in range(0, len(payload), CHUNK))
-        return sum(len(part) for part in self.raw(parts))
+        received = bytearray()
+        for part in self.raw(parts):  # gathered, as the tensor path gathers its tensor
+            received += part
+        return received
 
     def tensor_round_trip(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         assembler = tensor_codec.TensorAssembler()
