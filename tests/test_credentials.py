@@ -1,7 +1,9 @@
 """Credentials, tiers, budgets and rate limits, against real servers started with a key file."""
 from __future__ import annotations
 
+import logging
 import subprocess
+import threading
 
 import grpc
 import pytest
@@ -155,6 +157,24 @@ def test_a_rate_limited_call_waits_as_long_as_the_server_asks(keyed_server, keys
     with OracleClient(keyed_server.endpoint, api_key=keys[1]["slow"], timeout=30, reconnect_timeout=60) as oracle:
         error = refusal_of(lambda: [oracle.describe(refresh=True) for _ in range(2)])  # 1,000 s > 60
     assert error.reason == error_details.RATE_LIMITED and "waited 0.0 s of 60 s" in error.details
+
+
+def test_calls_refused_together_by_the_rate_limit_log_it_once(keyed_server, keys, caplog):
+    """Threads of one client refused at the same moment (a step's two tower calls) warn once."""
+    with OracleClient(keyed_server.endpoint, api_key=keys[1]["rate"], timeout=30) as oracle:
+        together = threading.Barrier(3)
+
+        def call():
+            together.wait()
+            oracle.describe(refresh=True)
+        threads = [threading.Thread(target=call) for _ in range(3)]  # a burst of one: two or three refused
+        with caplog.at_level(logging.WARNING, logger="graytune.client.transport.oracle_client"):
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert oracle.rate_limited_seconds > 0
+    assert sum("rate limit refused" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_budget_runs_out_and_stays_out_after_a_restart(keys):

@@ -109,6 +109,7 @@ class OracleClient:
         self.bytes_sent = self.bytes_received = 0
         self.call_seconds = self.device_seconds = 0.0
         self.rate_limited_seconds = 0.0  # waited because the key's rate limit asked for it
+        self._rate_limit_logged = False
         # Calls answered and samples in them, per method ("Embed", "Forward", "Backward"): what
         # the key's budgets were charged for (a retried call counts once, as the server charges).
         self.calls: collections.Counter = collections.Counter()
@@ -245,7 +246,9 @@ class OracleClient:
                     if (e.code() not in RETRIED and not rate_limited) or attempt == self.retries:
                         raise OracleError(method, e.code(), self._explained(e), refused.reason) from None
                     if rate_limited:
-                        if not self.rate_limited_seconds:
+                        with self._counting:  # the first refusal is logged once, whichever thread gets it
+                            first, self._rate_limit_logged = not self._rate_limit_logged, True
+                        if first:
                             log.warning("%s: the key's rate limit refused a call (%s); calls wait as the server "
                                         "asks from now on (OracleClient.rate_limited_seconds adds up the waits)",
                                         method, e.details())
