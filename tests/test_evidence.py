@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from evidence import domains  # noqa: E402
-from evidence.table import interval, paired  # noqa: E402
+from evidence.table import chosen_on_val, interval, paired  # noqa: E402
 
 TOY_BUILD = ["--steps", "2", "--batch-size", "32"]  # = accuracy_table.py's SMOKE_RECIPE
 
@@ -100,6 +100,11 @@ def test_confidence_intervals_are_students_t_over_paired_seeds():
     assert paired(results, "DGA", "LoRA", ["a"])["mean"] == pytest.approx(15.0)
 
 
+def test_the_chosen_rate_is_written_short():
+    assert chosen_on_val({"lr": 0.003, "steps": 400}) == "3e-3, 400"
+    assert chosen_on_val({"lr": 0.1, "steps": 100}) == "1e-1, 100"
+
+
 def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
     cache, _ = toy_owner
     done = run("accuracy_table.py", "--smoke", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
@@ -118,7 +123,7 @@ def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
     assert "| DGA |" in done.stdout and "| LoRA |" in done.stdout
     dga = report["results"]["classify/emoji-inverted"]["DGA"]  # the first setting's column of what val chose:
     chosen = done.stdout.split("chosen on val")[1].split("| DGA |")[1].split("|")[0].strip()
-    assert chosen == f"{dga['lr']:.0e}".replace("e-0", "e-") + f", {dga['steps']}"
+    assert chosen == chosen_on_val(dga) and f"{dga['steps']}" in chosen
     assert {c["over"] for c in report["claims"]} == {"all", "pixel shifts"}
     assert (tmp_path / "out" / "accuracy_table.png").stat().st_size > 0
     # Run again: every finished run's result is kept, so nothing trains a second time (an

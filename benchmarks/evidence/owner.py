@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,17 @@ def weights_path(recipe: Recipe) -> Path:
     return cache_dir() / f"{MODEL}-owner-{recipe.cache_key()}.safetensors"
 
 
+def build_machine() -> Dict[str, str]:
+    """What the weights' bits depend on besides the recipe: the same recipe gave one file on one
+    kind of CPU and another file on another (e54dd630… on AMD EPYC with AVX-512 kernels)."""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {"cpu": cpu, "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def build_owner_model(recipe: Recipe, progress=None) -> Tuple[Path, dict]:
     """The cached weights file, trained first if missing -> (path, report)."""
     path = weights_path(recipe)
@@ -196,7 +208,7 @@ def build_owner_model(recipe: Recipe, progress=None) -> Tuple[Path, dict]:
         started = time.monotonic()
         pretrain(model, tokenizer, data, recipe, progress)
         seconds = time.monotonic() - started
-        report = {"recipe": dataclasses.asdict(recipe), "pretrain_seconds": round(seconds, 1),
+        report = {"recipe": dataclasses.asdict(recipe), "machine": build_machine(), "pretrain_seconds": round(seconds, 1),
                   "pairs_seen": recipe.steps * recipe.batch_size, "zero_shot": zero_shot(model, tokenizer, data)}
     save_weights(model, path)
     report["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()

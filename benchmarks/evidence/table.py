@@ -122,6 +122,11 @@ def summary(results: Dict[str, Dict[str, dict]], pixel_settings: Sequence[str]) 
     return {"table": table, "claims": [c for c in claims if c]}
 
 
+def chosen_on_val(result: dict) -> str:
+    """A row's learning rate and steps, chosen on val with the first seed: '3e-3, 400'."""
+    return f"{result['lr']:.0e}".replace("e-0", "e-") + f", {result['steps']}"
+
+
 def markdown(summary_: dict, rows: Sequence[str]) -> str:
     """The table (rows × settings, mean ± std in points) and the claims, as Markdown."""
     table = summary_["table"]
@@ -135,10 +140,9 @@ def markdown(summary_: dict, rows: Sequence[str]) -> str:
         if present:
             seconds = statistics.fmean(p["seconds"] for p in present)
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {present[0]['trainable']:,} | {seconds:.0f} |")
-    chosen = lambda r: f"{r['lr']:.0e}".replace("e-0", "e-") + f", {r['steps']}"  # on val, seed 0
     lines += ["", "| learning rate, steps chosen on val | " + " | ".join(settings) + " |",
               "|---|" + "---|" * len(settings)]
-    lines += [f"| {row} | " + " | ".join(chosen(table[s][row]) if row in table[s] else "–" for s in settings) + " |"
+    lines += [f"| {row} | " + " | ".join(chosen_on_val(table[s][row]) if row in table[s] else "–" for s in settings) + " |"
               for row in rows if any(row in table[s] and table[s][row]["lr"] is not None for s in settings)]
     lines += ["", "| claim | over | difference (points) | 95% CI |", "|---|---|---|---|"]
     for c in summary_["claims"]:
