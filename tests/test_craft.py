@@ -155,8 +155,15 @@ def test_the_same_seed_gives_the_same_result_and_a_killed_run_resumes_to_it(blac
             break
         time.sleep(0.02)
     assert run.wait() == -signal.SIGKILL, "the run ended before it could be interrupted"
-    resumed = graytune(server.endpoint, *craft_args(digits, killed, "--resume"), key=key)
+    # Resumed with a key of its own, to count its charge: the generations left and the final
+    # evaluation's val images, not the 160 training images again (their embeddings are in the
+    # checkpoint).
+    step = int((killed / "latest").read_text().strip().removeprefix("checkpoints/step_"))
+    other, spent = secrets[300000], charged(server, secrets[300000], 300000)
+    resumed = graytune(server.endpoint, *craft_args(digits, killed, "--resume"), key=other)
     assert resumed.returncode == 0, resumed.stderr
+    val_images = len(open(digits["val_labels"]).read().splitlines()) - 1
+    assert charged(server, other, 300000) - spent == (20 - step) * 8 + val_images
     expected = load_file(str(whole / "adapter" / "adapters.safetensors"))
     assert set(expected) == {"z", "refine.net.0.weight", "refine.net.0.bias", "refine.net.2.weight",
                              "refine.net.2.bias"}
@@ -218,3 +225,41 @@ def test_a_generation_over_the_servers_rows_limit_is_split_over_calls(digits):
         with pytest.raises(ValueError, match="21 classes: the server embeds at most 20 prompts per call"):
             CraftClassifier(dataclasses.replace(config, classes=21, task={"name": "classify",
                                                                           "classnames": ["c"] * 21}), oracle)
+
+
+class Pixels:
+    """A data set of given pixels, as the training loop reads one: batch(indices) -> (pixels, labels)."""
+
+    def __init__(self, pixels: torch.Tensor):
+        self.pixels = pixels  # (N, 3, H, W)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def batch(self, indices):
+        rows = list(indices)
+        return self.pixels[rows], torch.zeros(len(rows), dtype=torch.long)
+
+
+def test_saved_image_features_are_reused_only_for_the_same_images_and_backbone():
+    from graytune.client.adapters.graybox import AdapterConfig
+    from graytune.client.craft.loop import image_features
+    from graytune.client.craft.model import CraftClassifier
+    from test_context_prompts import ROUNDING
+    with LocalServer(["--dev", "--plaintext", "--threads", "1", "--tier", "blackbox"]) as server, \
+            OracleClient(server.endpoint) as oracle:
+        config = AdapterConfig.for_oracle(oracle, method="craft", craft={"intrinsic_dim": 16})
+        model = CraftClassifier(dataclasses.replace(config, classes=2, task={"name": "classify", "classnames": ["a", "b"]}),
+                                oracle)
+        size = oracle.describe().image.height
+        pixels = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
+        saved = image_features(model, Pixels(pixels), 2, "backbone a")
+        assert oracle.usage()["Embed_samples"] == 5 and saved["features"].shape[0] == 5
+        assert image_features(model, Pixels(pixels), 2, "backbone a", saved) is saved  # nothing sent
+        assert oracle.usage()["Embed_samples"] == 5
+        changed = image_features(model, Pixels(pixels.flip(0)), 2, "backbone a", saved)
+        assert oracle.usage()["Embed_samples"] == 10 and changed["key"] != saved["key"]
+        flipped = saved["features"].flip(0)  # the same images in other batches: rounding apart
+        assert (changed["features"] - flipped).norm() / flipped.norm() < ROUNDING
+        assert image_features(model, Pixels(pixels), 2, "backbone b", saved)["key"] != saved["key"]
+        assert oracle.usage()["Embed_samples"] == 15

@@ -7,15 +7,18 @@ the whole run. The generation's best candidate becomes the prompt: its class emb
 with the generation (no extra query), the refinement epoch learns from its logits, and it is
 what evaluation and the saved adapters use. A "step" of the run directory is a generation;
 checkpoints hold the CMA-ES state (pickled by `cma`), the refinement module and its optimiser,
-so a resumed run asks and learns exactly what the uninterrupted one would have.
+so a resumed run asks and learns exactly what the uninterrupted one would have, and the images'
+embeddings, so it is not charged for them again.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import logging
 import sys
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -39,9 +42,24 @@ class CraftSettings(SearchSettings):
 
 
 @torch.no_grad()
-def image_features(model: CraftClassifier, dataset, batch_size: int) -> torch.Tensor:
-    """-> (N, E) unit embeddings of the data set's images, in calls of `batch_size`."""
-    return torch.cat([model.encode_image(batch[0]) for batch in in_order(dataset, batch_size)])
+def image_features(model: CraftClassifier, dataset, batch_size: int, backbone_sha256: str,
+                   saved: Optional[dict] = None) -> dict:
+    """-> {"key": hash of the backbone and the images' pixels, "features": (N, E) unit embeddings
+    of the data set's images, fetched in calls of `batch_size`}. `saved` (a checkpoint's) is
+    returned as it is when its key matches: a resumed run is not charged for the images again."""
+    def pixels(digest):
+        for batch in in_order(dataset, batch_size):
+            digest.update(batch[0].contiguous().numpy().tobytes())  # (B, 3, H, W)
+            yield batch[0]
+
+    if saved is not None:
+        digest = hashlib.blake2b(backbone_sha256.encode(), digest_size=16)
+        collections.deque(pixels(digest), maxlen=0)  # the images decoded and hashed, nothing sent
+        if digest.hexdigest() == saved["key"]:
+            return saved
+    digest = hashlib.blake2b(backbone_sha256.encode(), digest_size=16)
+    features = torch.cat([model.encode_image(batch) for batch in pixels(digest)])
+    return {"key": digest.hexdigest(), "features": features}
 
 
 def craft_loop(model: CraftClassifier, state: dict, cfg, task, train_set, val_set, run, metrics_log,
@@ -54,7 +72,9 @@ def craft_loop(model: CraftClassifier, state: dict, cfg, task, train_set, val_se
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     labels = train_set.labels  # (N,)
-    features = image_features(model, train_set, cfg.batch_size)  # (N, E), charged once
+    images = image_features(model, train_set, cfg.batch_size, oracle.describe().backbone.sha256,
+                            state.get("image_features"))
+    features = images["features"]  # (N, E), charged once per run, resumes included
     before = usage_before(run, state["step"])
     result = run.final_metrics()
     popsize = settings.popsize
@@ -65,7 +85,7 @@ def craft_loop(model: CraftClassifier, state: dict, cfg, task, train_set, val_se
     def save() -> None:
         checkpoint.save_checkpoint(run.path, done, model, {
             "step": done, "search": search.state(), "optimizer": optimizer.state_dict(),
-            "train_config": dataclasses.asdict(cfg)})
+            "image_features": images, "train_config": dataclasses.asdict(cfg)})
 
     with StopRequest() as stop, bar:
         for generation in range(state["step"], cfg.steps):
