@@ -1,9 +1,14 @@
-"""What the wire costs: one gray-box (DGA) training step through the server over loopback,
-divided by the same step with the backbone in-process. Interleaved, medians.
+"""What the wire costs: one gray-box training step through the server over loopback, divided
+by the same step with the backbone in-process. Interleaved, medians. Per model, method and batch.
 
-    python benchmarks/step_overhead.py                       # both models, 3 runs each, ~30 min on 2 cores
-    python benchmarks/step_overhead.py --models small-224 --reps 20 --runs 5
+    python benchmarks/step_overhead.py                       # DGA on both models, 3 runs each, ~13 min on 2 cores
+    python benchmarks/step_overhead.py --models small-224 --methods dga,input,lga --batches 8,32 --runs 2
     python benchmarks/step_overhead.py --data --loader-workers 2   # `graytune train`'s whole step
+
+Methods: dga (input and output adapters), input (input adapters only: the same tensors on the
+wire, less client work), lga (DGA with deep prompts at every layer the server offers). Output
+adapters alone are not measured: with frozen inputs their steps are answered by the client's
+embedding cache after the first epoch, with no call at all.
 
 With `--data`, each step also loads its batch as `graytune train` does: JPEG files (256 × 256,
 built once by this script from scikit-learn's digits) decoded and resized to 224 in DataLoader
@@ -38,10 +43,15 @@ from evidence.memory import status_bytes
 from evidence.output import RESULTS, plt, save_results
 from evidence.wire import tcp_bytes
 
-MODELS = {  # name: (OpenCLIP architecture, image size, batch, default repetitions)
+MODELS = {  # name: (OpenCLIP architecture, image size, default batch, default repetitions)
     "small-224": ("graytune-small-224", 224, 32, 15),
     "vit-b-32": ("ViT-B-32", 224, 16, 5),
     "tiny": ("graytune-tiny", 32, 8, 5),  # the smoke test's
+}
+METHODS = {  # name: AdapterConfig settings of the step's modules
+    "dga": {},
+    "input": {"adapters": "input"},
+    "lga": {"method": "graybox-lga"},  # its depth: every layer the backbone offers
 }
 WIRE = ("float32", "bfloat16")
 
@@ -61,11 +71,15 @@ def build_step(args):
         pixels = torch.randn(args.batch, 3, args.size, args.size)  # (B, 3, H, W)
         captions = [f"a photo of item number {i}." for i in range(args.batch)]
         batches = iter(lambda: (pixels, captions), None)
+    settings = dict(METHODS[args.method])
     if args.worker == "in-process":
         from graytune.server.compute.backbone import BackboneSource, load_backbone
         backbone = load_backbone(BackboneSource(model=args.model))
+        if settings.get("method") == "graybox-lga":  # what for_oracle reads from Describe
+            settings["deep_prompt_depth"] = min(backbone.image.prompt_depth, backbone.text.prompt_depth)
         config = AdapterConfig(embed_dim=backbone.embed_dim, token_width=backbone.text.token_width,
-                               backbone_name=backbone.name, backbone_sha256=backbone.sha256)
+                               image_token_width=backbone.image.token_width, backbone_name=backbone.name,
+                               backbone_sha256=backbone.sha256, **settings)
         model = GrayboxCLIP(config, oracle=None)
         model.image_tower = LocalImageTower(backbone)
         model.text_tower = LocalTextTower(backbone)
@@ -73,7 +87,7 @@ def build_step(args):
     else:
         from graytune.client.transport.oracle_client import OracleClient
         oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype))
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, **settings), oracle)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(10, 10**6))
     task = RetrievalTask(oracle)
@@ -125,8 +139,8 @@ class LocalImageTower(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode_image(pixels)
+    def forward(self, pixels: torch.Tensor, deep_prompts=None) -> torch.Tensor:
+        return self.backbone.encode_image(pixels, deep_prompts)
 
 
 class LocalTextTower(torch.nn.Module):
@@ -134,9 +148,10 @@ class LocalTextTower(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, texts, shift=None, extra_tokens=None) -> torch.Tensor:
+    def forward(self, texts, shift=None, extra_tokens=None, deep_prompts=None) -> torch.Tensor:
         k = 0 if extra_tokens is None else extra_tokens.shape[0]
-        return self.backbone.encode_text(self.backbone.text.tokenize(list(texts), k), shift, extra_tokens)
+        return self.backbone.encode_text(self.backbone.text.tokenize(list(texts), k), shift, extra_tokens,
+                                         deep_prompts)
 
 
 def run_worker(args) -> None:
@@ -183,12 +198,14 @@ class Worker:
         self.proc.wait(30)
 
 
-def bench_model(name: str, reps: int, warmup: int, data: list) -> dict:
+def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data: list) -> dict:
+    """One run of one case (model, method, batch): a fresh server and workers."""
     from graytune.client.transport.local_server import LocalServer
 
-    arch, size, batch, _ = MODELS[name]
-    common = ["--model", arch, "--size", str(size), "--batch", str(batch), *data]
-    with LocalServer(["--dev", "--plaintext", "--model", arch, "--log-level", "WARNING"]) as server:
+    arch, size, _, _ = MODELS[name]
+    common = ["--model", arch, "--size", str(size), "--batch", str(batch), "--method", method, *data]
+    with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", "--model", arch,
+                      "--log-level", "WARNING"]) as server:
         workers = [Worker("in-process", ["--worker", "in-process", *common], dict(os.environ))]
         for wire in WIRE:
             env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -220,7 +237,7 @@ def bench_model(name: str, reps: int, warmup: int, data: list) -> dict:
                      "client_s": med("client"), "device_s": med("device"), "transport_s": med("transport"),
                      "up_bytes": w.results[-1]["up"], "down_bytes": w.results[-1]["down"],
                      "wire_over_minimum": wire_over_minimum(w.results)})
-    return {"model": name, "arch": arch, "batch": batch, "reps": reps, "rows": rows, "data": bool(data),
+    return {"model": name, "arch": arch, "method": method, "batch": batch, "reps": reps, "rows": rows, "data": bool(data),
             "server_peak_rss": server_peak, "in_process_peak_rss": base[-1]["peak_rss"]}
 
 
@@ -233,7 +250,7 @@ def wire_over_minimum(steps: list):
 
 def report(result: dict) -> None:
     batches = "JPEG files through the DataLoader" if result["data"] else "fixed pixels"
-    print(f"\n{result['model']} ({result['arch']}, batch {result['batch']} of {batches}, "
+    print(f"\n{result['model']} ({result['arch']}, {result['method']}, batch {result['batch']} of {batches}, "
           f"{result['reps']} interleaved reps)")
     print(f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
           f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'wire ÷ min':>12}")
@@ -259,10 +276,14 @@ def across_runs(runs: list) -> dict:
     return {v: {"ratios": rs, "median": statistics.median(rs), "min": min(rs), "max": max(rs)} for v, rs in ratios.items()}
 
 
+def case_label(case: dict) -> str:
+    return f"{case['model']} {case['method']} ×{case['batch']}"
+
+
 def figure(results: list) -> "plt.Figure":
-    """Left: each remote variant's step time ÷ the in-process step, one dot per run, per model.
+    """Left: each remote variant's step time ÷ the in-process step, one dot per run, per case.
     Right: where the last run's median remote step goes."""
-    fig, (ratio_ax, split_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ratio_ax, split_ax) = plt.subplots(1, 2, figsize=(5 + 3 * len(results), 4))
     labels = []
     for i, model in enumerate(results):
         for j, (variant, spread) in enumerate(v for v in model["across_runs"].items() if v[0] != "in-process"):
@@ -271,7 +292,7 @@ def figure(results: list) -> "plt.Figure":
                              label=variant if i == 0 else None)
             ratio_ax.hlines(spread["median"], x - 0.08, x + 0.08, color=f"C{j}")
         for row in model["runs"][-1]["rows"][1:]:
-            labels.append(f"{model['model']}\n{row['variant'].replace('remote ', '')}")
+            labels.append(f"{case_label(model)}\n{row['variant'].replace('remote ', '')}")
             bottom = 0.0
             for k, part in enumerate(("client_s", "device_s", "transport_s")):
                 # client_s is the step less the calls' time, negative when concurrent calls overlap
@@ -282,7 +303,7 @@ def figure(results: list) -> "plt.Figure":
             split_ax.hlines(in_process, len(labels) - 1.4, len(labels) - 0.6, color="black",
                             label="in-process step" if len(labels) == 1 else None)
     ratio_ax.axhline(1.0, color="grey", linestyle=":")
-    ratio_ax.set_xticks(range(len(results)), [m["model"] for m in results])
+    ratio_ax.set_xticks(range(len(results)), [case_label(m).replace(" ", "\n", 1) for m in results])
     ratio_ax.set(ylabel="remote step ÷ in-process step", title="step overhead, one dot per run")
     split_ax.set(ylabel="seconds (median step)", title="where a remote step goes")
     split_ax.tick_params(axis="x", labelsize=7)
@@ -295,8 +316,11 @@ def figure(results: list) -> "plt.Figure":
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="small-224,vit-b-32", help=f"comma-separated of {list(MODELS)}")
+    p.add_argument("--methods", default="dga", help=f"comma-separated of {list(METHODS)}")
+    p.add_argument("--batches", help="comma-separated batch sizes (default: per model, " + ", ".join(
+        f"{name} {spec[2]}" for name, spec in MODELS.items()) + ")")
     p.add_argument("--reps", type=int, help="interleaved repetitions per run (default: per model)")
-    p.add_argument("--runs", type=int, default=3, help="runs per model, each with a fresh server and workers")
+    p.add_argument("--runs", type=int, default=3, help="runs per case, each with a fresh server and workers")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for step_overhead.json and .png")
     p.add_argument("--data", action="store_true", help="batches from JPEG files through the DataLoader")
@@ -306,6 +330,7 @@ def main() -> None:
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
     p.add_argument("--wire-dtype", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -316,16 +341,24 @@ def main() -> None:
     if args.data:
         csv = write_jpeg_data(Path(os.environ.get("GRAYTUNE_CACHE", Path.home() / ".cache" / "graytune")) / "bench-jpegs")
         data = ["--data-csv", str(csv), "--loader-workers", str(args.loader_workers)]
+    for option, known in (("models", MODELS), ("methods", METHODS)):
+        unknown = set(getattr(args, option).split(",")) - set(known)
+        if unknown:
+            p.error(f"--{option}: unknown {sorted(unknown)}; known: {list(known)}")
     results = []
     for name in args.models.split(","):
-        runs = []
-        for _ in range(args.runs):
-            runs.append(bench_model(name, args.reps or MODELS[name][3], args.warmup, data))
-            report(runs[-1])
-        spread = across_runs(runs)
-        print(f"\n{name} over {args.runs} runs: " + "; ".join(
-            f"{v} {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})" for v, s in spread.items() if v != "in-process"))
-        results.append({"model": name, "runs": runs, "across_runs": spread})
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else [MODELS[name][2]]
+        for method in args.methods.split(","):
+            for batch in batches:
+                runs = []
+                for _ in range(args.runs):
+                    runs.append(bench_case(name, method, batch, args.reps or MODELS[name][3], args.warmup, data))
+                    report(runs[-1])
+                case = {"model": name, "method": method, "batch": batch, "runs": runs, "across_runs": across_runs(runs)}
+                print(f"\n{case_label(case)} over {args.runs} runs: " + "; ".join(
+                    f"{v} {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+                    for v, s in case["across_runs"].items() if v != "in-process"))
+                results.append(case)
     print(f"\nwritten to {save_results(args.out, 'step_overhead', results, lambda: figure(results))} and its .png")
 
 

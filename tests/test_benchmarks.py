@@ -36,10 +36,13 @@ def written(out: Path, name: str):
 
 
 def test_the_step_overhead_benchmark_splits_a_tiny_step_and_counts_its_wire_bytes(tmp_path):
-    run_benchmark("step_overhead.py", "--models", "tiny", "--runs", "1", "--reps", "1", "--warmup", "0",
-                  "--out", str(tmp_path))
-    [model] = written(tmp_path, "step_overhead")
-    assert model["model"] == "tiny" and len(model["runs"]) == 1
+    run_benchmark("step_overhead.py", "--models", "tiny", "--methods", "dga,lga", "--runs", "1", "--reps", "1",
+                  "--warmup", "0", "--out", str(tmp_path))
+    model, lga = written(tmp_path, "step_overhead")
+    assert (model["model"], model["method"], model["batch"], lga["method"]) == ("tiny", "dga", 8, "lga")
+    assert len(model["runs"]) == 1
+    # LGA sends its deep prompts on top of DGA's tensors, every step
+    assert lga["runs"][0]["rows"][1]["up_bytes"] > model["runs"][0]["rows"][1]["up_bytes"]
     assert set(model["across_runs"]) == {"in-process", "remote float32", "remote bfloat16"}
     remote = {r["variant"]: r for r in model["runs"][0]["rows"][1:]}
     # The step's tensors: pixels (8, 3, 32, 32) up, their gradient down, at the wire's dtype.
