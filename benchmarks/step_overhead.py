@@ -286,13 +286,14 @@ def figure(results: list) -> "plt.Figure":
     fig, (ratio_ax, split_ax) = plt.subplots(1, 2, figsize=(5 + 3 * len(results), 4))
     labels = []
     for i, model in enumerate(results):
-        for j, (variant, spread) in enumerate(v for v in model["across_runs"].items() if v[0] != "in-process"):
+        for j, variant in enumerate(f"remote {wire}" for wire in WIRE):  # colours in WIRE's order
+            spread = model["across_runs"][variant]
             x = i + 0.2 * (j - 0.5)
             ratio_ax.scatter([x] * len(spread["ratios"]), spread["ratios"], color=f"C{j}",
                              label=variant if i == 0 else None)
             ratio_ax.hlines(spread["median"], x - 0.08, x + 0.08, color=f"C{j}")
         for row in model["runs"][-1]["rows"][1:]:
-            labels.append(f"{case_label(model)}\n{row['variant'].replace('remote ', '')}")
+            labels.append(case_label(model).replace(" ", "\n", 1) + f"\n{row['variant'].replace('remote ', '')}")
             bottom = 0.0
             for k, part in enumerate(("client_s", "device_s", "transport_s")):
                 # client_s is the step less the calls' time, negative when concurrent calls overlap
