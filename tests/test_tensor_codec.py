@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -223,15 +224,49 @@ def test_a_long_name_is_refused_and_shown_capped():
     assert len(str(e.value)) < 200
 
 
-def test_nothing_is_allocated_for_a_declared_size_before_its_bytes_arrive(monkeypatch):
-    allocated = []
-    real_empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: allocated.append(a) or real_empty(*a, **kw))
+def test_nothing_is_allocated_for_a_declared_size_before_its_bytes_arrive():
     assembler = TensorAssembler(max_tensor_bytes=1 << 30)
-    assembler.add(pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1 << 28], data=b"\0" * 4))
-    assert allocated == []  # 1 GiB declared, 4 bytes sent: only the 4 bytes are held
-    with pytest.raises(TensorFormatError, match="stream ended after 4 of"):
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        assembler.add(pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1 << 28], data=b"\0" * 4))
+        for _ in range(3):  # 1 GiB declared, 16 bytes sent: the buffer holds at most 4× that
+            assembler.add(pb.TensorChunk(name="x", data=b"\0" * 4))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 16
+    with pytest.raises(TensorFormatError, match="stream ended after 16 of"):
         assembler.finish()
+
+
+def test_empty_chunks_hold_nothing():
+    """A peer that sends chunk after empty chunk of an open tensor costs no memory per chunk."""
+    assembler = TensorAssembler()
+    assembler.add(pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1], data=b""))
+    empty = pb.TensorChunk(name="x", data=b"")
+    tracemalloc.start()
+    try:
+        for _ in range(100_000):
+            assembler.add(empty)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 16
+    assembler.add(pb.TensorChunk(name="x", data=bytes(4)))
+    assert assembler.finish()["x"].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("sizes", [[4], [1, 3], [1, 1, 1, 1], [3, 1, 1, 3, 8], [0, 4]], ids=str)
+def test_a_tensor_assembled_from_uneven_chunks_is_its_bytes(sizes):
+    """The buffer grows while chunks of any size arrive; the tensor is exactly the bytes sent."""
+    data = bytes(range(sum(sizes)))
+    chunks, at = [], 0
+    for i, size in enumerate(sizes):
+        head = dict(dtype=pb.UINT8, shape=[len(data)]) if i == 0 else {}
+        chunks.append(pb.TensorChunk(name="x", data=data[at:at + size], **head))
+        at += size
+    tensor = chunks_to_tensors(chunks)["x"]
+    assert tensor.numpy().tobytes() == data and tensor.is_contiguous()
 
 
 # --- serialized stream messages ------------------------------------------------------------
