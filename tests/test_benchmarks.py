@@ -13,11 +13,16 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def test_the_transport_benchmark_echoes_every_mode_at_toy_size(tmp_path):
     done = subprocess.run([sys.executable, str(BENCHMARKS / "transport.py"), "--sizes", "1", "--reps", "2",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           "--runs", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [result] = json.loads((tmp_path / "transport.json").read_text())
-    assert result["megabytes"] == 1 and set(result["MB_per_s"]) == {"raw", "tensor float32", "tensor bfloat16"}
-    assert all(len(s) == 2 and min(s) > 0 for s in result["seconds"].values())
+    assert result["megabytes"] == 1 and len(result["runs"]) == 2
+    for run in result["runs"]:
+        assert set(run["MB_per_s"]) == {"raw", "tensor float32", "tensor bfloat16"}
+        assert all(len(s) == 2 and min(s) > 0 for s in run["seconds"].values())
+    ratio = result["tensor_float32_over_raw"]
+    assert ratio["per_run"] == [run["tensor_float32_over_raw"] for run in result["runs"]]
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
     assert (tmp_path / "transport.png").stat().st_size > 0 and "f32 / raw" in done.stdout
 
 
