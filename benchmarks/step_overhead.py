@@ -338,14 +338,14 @@ def main() -> None:
     if args.worker:
         return run_worker(args)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    data = []
-    if args.data:
-        csv = write_jpeg_data(Path(os.environ.get("GRAYTUNE_CACHE", Path.home() / ".cache" / "graytune")) / "bench-jpegs")
-        data = ["--data-csv", str(csv), "--loader-workers", str(args.loader_workers)]
     for option, known in (("models", MODELS), ("methods", METHODS)):
         unknown = set(getattr(args, option).split(",")) - set(known)
         if unknown:
             p.error(f"--{option}: unknown {sorted(unknown)}; known: {list(known)}")
+    data = []
+    if args.data:
+        csv = write_jpeg_data(Path(os.environ.get("GRAYTUNE_CACHE", Path.home() / ".cache" / "graytune")) / "bench-jpegs")
+        data = ["--data-csv", str(csv), "--loader-workers", str(args.loader_workers)]
     results = []
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")] if args.batches else [MODELS[name][2]]

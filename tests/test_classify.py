@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SERVER_ARGS, wait_until
+from conftest import wait_until
 from graytune.client.data.tables import DataError
 from graytune.client.tasks.classify.data import few_shot_split, read_classnames, read_labeled, read_templates
 from graytune.client.tasks.classify.metrics import classification_metrics, true_class_rank

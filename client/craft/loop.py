@@ -47,17 +47,22 @@ def image_features(model: CraftClassifier, dataset, batch_size: int, backbone_sh
     """-> {"key": hash of the backbone and the images' pixels, "features": (N, E) unit embeddings
     of the data set's images, fetched in calls of `batch_size`}. `saved` (a checkpoint's) is
     returned as it is when its key matches: a resumed run is not charged for the images again."""
+    def new_digest():
+        return hashlib.blake2b(backbone_sha256.encode(), digest_size=16)
+
     def pixels(digest):
         for batch in in_order(dataset, batch_size):
             digest.update(batch[0].contiguous().numpy().tobytes())  # (B, 3, H, W)
             yield batch[0]
 
     if saved is not None:
-        digest = hashlib.blake2b(backbone_sha256.encode(), digest_size=16)
-        collections.deque(pixels(digest), maxlen=0)  # the images decoded and hashed, nothing sent
+        # A hash-only pass first: nothing is sent (or charged) before the key is known. On a
+        # mismatch the images are decoded a second time below, which costs CPU but no queries.
+        digest = new_digest()
+        collections.deque(pixels(digest), maxlen=0)
         if digest.hexdigest() == saved["key"]:
             return saved
-    digest = hashlib.blake2b(backbone_sha256.encode(), digest_size=16)
+    digest = new_digest()
     features = torch.cat([model.encode_image(batch) for batch in pixels(digest)])
     return {"key": digest.hexdigest(), "features": features}
 
