@@ -137,8 +137,10 @@ def one_run(sizes: List[int], reps: int) -> List[dict]:
 
 
 def across_runs(runs: List[dict]) -> dict:
-    """One size's runs (each its own server): per ratio, each run's value and their spread."""
-    out = {"megabytes": runs[0]["megabytes"], "runs": runs}
+    """One size's runs (each its own server): per mode the runs' median MB/s; per ratio, each
+    run's value and their spread."""
+    out = {"megabytes": runs[0]["megabytes"], "runs": runs,
+           "MB_per_s": {m: statistics.median(r["MB_per_s"][m] for r in runs) for m in runs[0]["MB_per_s"]}}
     for key in RATIOS:
         values = [r[key] for r in runs]
         out[key] = {"per_run": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -149,9 +151,9 @@ def figure(results: list) -> "plt.Figure":
     """MB/s per mode, one dot per run, the line through the runs' medians."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sizes = [r["megabytes"] for r in results]
-    for i, mode in enumerate(results[0]["runs"][0]["MB_per_s"]):
+    for i, mode in enumerate(results[0]["MB_per_s"]):
         rates = [[run["MB_per_s"][mode] for run in r["runs"]] for r in results]
-        ax.plot(sizes, [statistics.median(x) for x in rates], marker="o", color=f"C{i}", label=mode)
+        ax.plot(sizes, [r["MB_per_s"][mode] for r in results], marker="o", color=f"C{i}", label=mode)
         for size, xs in zip(sizes, rates):
             ax.scatter([size] * len(xs), xs, s=10, color=f"C{i}", alpha=0.5)
     ax.set_xscale("log")
@@ -178,8 +180,7 @@ def main(argv=None) -> list:
     results = [across_runs([run[j] for run in runs]) for j in range(len(sizes))]
     print(f"{'MB':>4}{'raw MB/s':>10}{'f32 MB/s':>10}{'bf16 MB/s':>11}   f32 / raw: median (runs)   bf16 time / f32")
     for r in results:
-        rate = {m: statistics.median(run["MB_per_s"][m] for run in r["runs"]) for m in r["runs"][0]["MB_per_s"]}
-        ratio, bf16 = r["tensor_float32_over_raw"], r["bfloat16_time_over_float32"]
+        rate, ratio, bf16 = r["MB_per_s"], r["tensor_float32_over_raw"], r["bfloat16_time_over_float32"]
         print(f"{r['megabytes']:>4}{rate['raw']:>10.0f}{rate['tensor float32']:>10.0f}{rate['tensor bfloat16']:>11.0f}"
               f"   {ratio['median']:.3f} ({' '.join(f'{x:.3f}' for x in ratio['per_run'])})"
               f"   {bf16['median']:.3f}")

@@ -20,6 +20,9 @@ def test_the_transport_benchmark_echoes_every_mode_at_toy_size(tmp_path):
     for run in result["runs"]:
         assert set(run["MB_per_s"]) == {"raw", "tensor float32", "tensor bfloat16"}
         assert all(len(s) == 2 and min(s) > 0 for s in run["seconds"].values())
+    for mode, rate in result["MB_per_s"].items():  # the runs' median: with two runs, between them
+        per_run = [run["MB_per_s"][mode] for run in result["runs"]]
+        assert min(per_run) <= rate <= max(per_run)
     ratio = result["tensor_float32_over_raw"]
     assert ratio["per_run"] == [run["tensor_float32_over_raw"] for run in result["runs"]]
     assert ratio["min"] <= ratio["median"] <= ratio["max"]

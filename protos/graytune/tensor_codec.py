@@ -227,7 +227,7 @@ class TensorAssembler:
                 f"{[dtype_name(d) for d in TORCH_DTYPES]}")
         self._nbytes = declared_bytes(name, tuple(chunk.shape), TORCH_DTYPES[chunk.dtype],
                                       self.max_tensor_bytes)
-        self._open, self._buffer, self._filled = chunk, np.empty(0, dtype=np.uint8), 0
+        self._open, self._filled = chunk, 0  # _buffer is empty: __init__ and _close leave it so
         self._append(chunk.data)
 
     def _append(self, data: bytes) -> None:
