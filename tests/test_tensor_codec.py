@@ -224,17 +224,25 @@ def test_a_long_name_is_refused_and_shown_capped():
     assert len(str(e.value)) < 200
 
 
+def peak_traced_bytes(work) -> int:
+    """Peak bytes Python and numpy (which reports its buffers to tracemalloc) held during `work()`."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_nothing_is_allocated_for_a_declared_size_before_its_bytes_arrive():
     assembler = TensorAssembler(max_tensor_bytes=1 << 30)
-    tracemalloc.start()  # numpy reports its buffers to tracemalloc
-    try:
+
+    def send():
         assembler.add(pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1 << 28], data=b"\0" * 4))
         for _ in range(3):  # 1 GiB declared, 16 bytes sent: the buffer holds at most 4× that
             assembler.add(pb.TensorChunk(name="x", data=b"\0" * 4))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 16
+
+    assert peak_traced_bytes(send) < 1 << 16
     with pytest.raises(TensorFormatError, match="stream ended after 16 of"):
         assembler.finish()
 
@@ -244,14 +252,12 @@ def test_empty_chunks_hold_nothing():
     assembler = TensorAssembler()
     assembler.add(pb.TensorChunk(name="x", dtype=pb.FLOAT32, shape=[1], data=b""))
     empty = pb.TensorChunk(name="x", data=b"")
-    tracemalloc.start()
-    try:
+
+    def send():
         for _ in range(100_000):
             assembler.add(empty)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 16
+
+    assert peak_traced_bytes(send) < 1 << 16
     assembler.add(pb.TensorChunk(name="x", data=bytes(4)))
     assert assembler.finish()["x"].tolist() == [0.0]
 
