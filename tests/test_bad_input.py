@@ -33,9 +33,11 @@ SMALL_GRAPH_ARGS = ("--max-graph-mb", "0.001")
 # -- servers -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def extra_servers():
-    """Two servers with tight limits, started side by side (each takes seconds to import)."""
+    """Two servers with tight limits and one of tier graybox-plus (every input), started side
+    by side (each takes seconds to import)."""
     servers = {"limited": LocalServer([*SERVER_ARGS, *LIMITED_ARGS]),
-               "small_graph": LocalServer([*SERVER_ARGS, *SMALL_GRAPH_ARGS])}
+               "small_graph": LocalServer([*SERVER_ARGS, *SMALL_GRAPH_ARGS]),
+               "plus": LocalServer([*SERVER_ARGS, "--tier", "graybox-plus"])}
     errors = []
 
     def start(s):
@@ -62,6 +64,12 @@ def extra_servers():
 def limited(extra_servers):
     """--max-batch 4, --max-tensor-mb 0.1, --handle-ttl 0.5."""
     return extra_servers["limited"]
+
+
+@pytest.fixture(scope="module")
+def plus(extra_servers):
+    """Tier graybox-plus: deep prompts too."""
+    return extra_servers["plus"]
 
 
 @pytest.fixture(scope="module")
@@ -390,10 +398,19 @@ def test_neither_texts_nor_token_ids(server, oracle):
 
 
 def test_caption_too_long(server, oracle, info):
+    """Refused from its words, before BPE: each word is a token at the least."""
     L = info.text.context_length
     long = " ".join(["a"] * L)  # L words + start + end of text
     expect_error(server.endpoint, lambda: oracle.embed_texts(["a photo of a cat", long]), INVALID,
-                 "texts[1]", f"context length {L}")
+                 f"texts[1]: at least {L + 2} tokens + 0 extra tokens exceed the context length {L}")
+
+
+def test_caption_of_one_enormous_word_too_long(server, oracle, info):
+    """A word within --max-caption-bytes that BPE would spend ~0.4 s on."""
+    L, limit = info.text.context_length, info.limits.max_caption_bytes
+    word = "".join(chr(ord("a") + (i * 7 + i // 26) % 26) for i in range(limit))
+    expect_error(server.endpoint, lambda: oracle.embed_texts([word]), INVALID,
+                 "texts[0]: at least", f"context length {L}")
 
 
 def test_caption_fits_alone_but_not_with_extra_tokens(server, oracle, info):
@@ -422,6 +439,63 @@ def test_token_ids_fit_alone_but_not_with_extra_tokens(server, oracle, info):
     expect_error(server.endpoint,
                  lambda: oracle.embed_texts(token_ids=ids, extra_tokens=torch.zeros(k, D)),
                  INVALID, "token_ids", f"{k} extra tokens", f"context length {L}")
+
+
+# -- degenerate tensors: 0-d, a dimension of size 0, a wrong rank ---------------------------------
+def _valid_inputs(info) -> dict:
+    """Per input: (header fields, the other tensors a valid call needs, the input's valid shape
+    and dtype)."""
+    D, Di, L = info.text.token_width, info.image.token_width, info.text.context_length
+    template = info.text.prompt_templates[0]
+    image, caption = dict(tower=pb.IMAGE), dict(tower=pb.TEXT, texts=["a cat"])
+    return {
+        "pixels": (image, {}, (1, 3, info.image.height, info.image.width), torch.float32),
+        "image deep_prompts": (image, {"pixels": image_like(info)}, (1, 2, Di), torch.float32),
+        "token_ids": (dict(tower=pb.TEXT), {}, (1, L), torch.int64),
+        "shift": (caption, {}, (D,), torch.float32),
+        "extra_tokens": (caption, {}, (2, D), torch.float32),
+        "text deep_prompts": (caption, {}, (1, 2, D), torch.float32),
+        "context_delta": (dict(tower=pb.TEXT, texts=["cat"], prompt_template=template.name), {},
+                          (1, template.context_tokens, D), torch.float32),
+    }
+
+
+RANKS = {"pixels": 4, "image deep_prompts": 3, "token_ids": 2, "shift": 1, "extra_tokens": 2,
+         "text deep_prompts": 3, "context_delta": 3, "embeddings": 2}
+DEGENERATE = ["0-d", "(0,)", "rank + 1", "rank - 1"]
+
+
+def degenerate(shape: tuple, kind: str) -> tuple:
+    """0-d, (0,), one dimension more or fewer, or the valid shape with dimension i of size 0."""
+    named = {"0-d": (), "(0,)": (0,), "rank + 1": shape + (1,), "rank - 1": shape[1:]}
+    if kind in named:
+        return named[kind]
+    i = int(kind.split()[-1])
+    return shape[:i] + (0,) + shape[i + 1:]
+
+
+DEGENERATE_CASES = [(name, kind) for name, rank in RANKS.items()
+                    for kind in DEGENERATE + [f"dimension {i}" for i in range(rank)]]
+
+
+@pytest.mark.parametrize("name,kind", DEGENERATE_CASES, ids=[f"{n}-{k}" for n, k in DEGENERATE_CASES])
+def test_degenerate_tensor(plus, name, kind):
+    """Every input of both towers and Backward's: INVALID_ARGUMENT naming it, never INTERNAL
+    (a 0-d token_ids was an IndexError)."""
+    field = name.split()[-1]
+    with client(plus.endpoint) as c, grpc.insecure_channel(plus.endpoint) as channel:
+        info, s = c.describe(), pb_grpc.GradientOracleStub(channel)
+        if field == "embeddings":
+            _, handle, embeddings = forward_image(c, info)
+            bad = torch.zeros(degenerate(tuple(embeddings.shape), kind))
+            call = lambda: raw(s.Backward, [bw_header(handle), *bw_chunks(bad)])
+        else:
+            header, others, shape, dtype = _valid_inputs(info)[name]
+            bad = torch.zeros(degenerate(shape, kind), dtype=dtype)
+            messages = [in_header(**header), *[m for n, t in others.items() for m in in_chunks(n, t)],
+                        *in_chunks(field, bad)]
+            call = lambda: raw(s.Embed, messages)
+        expect_error(plus.endpoint, call, INVALID, field)
 
 
 # -- malformed streams (raw stub) ----------------------------------------------------------------

@@ -8,12 +8,13 @@ CMA-ES generation.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from graytune.server.compute.errors import InputError
+from graytune.server.compute.tokenizer import BoundedBPE, TooManyTokens
 from graytune.tensor_codec import shown
 
 DEFAULT_TEMPLATES = ("a photo of a",)
@@ -22,20 +23,19 @@ DEFAULT_TEMPLATES = ("a photo of a",)
 class PromptTemplates:
     """The templates a server offers, by name (their text), with their token ids."""
 
-    def __init__(self, tokenizer, context_length: int, names: Sequence[str] = DEFAULT_TEMPLATES):
-        self.tokenizer = tokenizer
+    def __init__(self, bpe: Optional[BoundedBPE], context_length: int, names: Sequence[str] = DEFAULT_TEMPLATES):
+        """`bpe`: None for a Hugging Face tokenizer, which has no BPE ids to place: no templates."""
+        self.bpe = bpe
         self.context_length = context_length
         self.tokens: Dict[str, List[int]] = {}
-        if not hasattr(tokenizer, "encode"):  # a Hugging Face tokenizer: no BPE ids to place
-            names = ()
-        for name in dict.fromkeys(names):  # in order, once each
+        for name in dict.fromkeys(names) if bpe else ():  # in order, once each
             if not name.strip():
                 raise ValueError("prompt template: empty")
-            tokens = list(tokenizer.encode(name))
-            if len(tokens) + 2 >= context_length:
-                raise ValueError(f"prompt template {name!r}: {len(tokens)} tokens leave no room for a "
-                                 f"class name in the context length {context_length}")
-            self.tokens[name] = tokens
+            try:  # with start- and end-of-text, and room for a class name
+                self.tokens[name] = bpe.encode(name, room=context_length - 3)
+            except TooManyTokens as e:
+                raise ValueError(f"prompt template {name!r}: {e} leave no room for a class name in the "
+                                 f"context length {context_length}") from None
 
     def context_tokens(self, name: str) -> int:
         """N: how many tokens of the template a context delta shifts."""
@@ -51,17 +51,18 @@ class PromptTemplates:
         """-> (C, L) ids of "<template> <class name>." for each class name, the template's
         tokens at positions 1..N."""
         template = self.tokens[self.checked(name)]
-        ids = torch.zeros(len(classnames), self.context_length, dtype=torch.long)  # (C, L), 0 pads
+        rows = []
         for i, classname in enumerate(classnames):
-            tokens = self.tokenizer.encode(f"{name} {classname}.")
-            if len(tokens) + 2 > self.context_length:
-                raise InputError(f"texts[{i}]: the prompt with template {shown(name)} has {len(tokens) + 2} "
-                                 f"tokens; the context length is {self.context_length}")
+            try:
+                tokens = self.bpe.encode(f"{name} {classname}.", room=self.context_length - 2)
+            except TooManyTokens as e:
+                raise InputError(f"texts[{i}]: the prompt with template {shown(name)} has {e}; the context "
+                                 f"length is {self.context_length}") from None
             if tokens[:len(template)] != template:  # a tokenizer whose cleaning joins words
                 raise InputError(f"texts[{i}]: {shown(classname)} does not tokenise apart from the "
                                  f"template {shown(name)}")
-            ids[i, :len(tokens) + 2] = torch.tensor([self.tokenizer.sot_token_id, *tokens, self.tokenizer.eot_token_id])
-        return ids  # what the tokenizer gives for the prompts, each encoded once
+            rows.append(tokens)
+        return self.bpe.ids(rows, self.context_length)  # what the tokenizer gives for the prompts
 
 
 def add_context(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

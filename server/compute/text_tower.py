@@ -21,6 +21,7 @@ from open_clip.model import CLIP
 from graytune.server.compute import deep_prompts
 from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES, PromptTemplates, add_context
 from graytune.server.compute.errors import InputError
+from graytune.server.compute.tokenizer import BoundedBPE, TooManyTokens
 
 
 class TextTower:
@@ -42,7 +43,9 @@ class TextTower:
         self.token_width = int(text.token_embedding.weight.shape[1])
         self.vocab_size = int(text.token_embedding.weight.shape[0])
         self.prompt_depth = deep_prompts.prompt_depth(text.transformer)
-        self.templates = PromptTemplates(tokenizer, self.context_length, templates)
+        # open_clip's BPE tokenizer, bounded; None for a Hugging Face tokenizer (no BPE in Python)
+        self.bpe = BoundedBPE(tokenizer) if hasattr(tokenizer, "encode") else None
+        self.templates = PromptTemplates(self.bpe, self.context_length, templates)
 
     def pool_index(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B,) position whose output is the caption's embedding."""
@@ -51,17 +54,18 @@ class TextTower:
         return (token_ids == self.eos_id).int().argmax(dim=-1)
 
     def tokenize(self, texts: List[str], num_extra: int) -> torch.Tensor:
-        """Captions -> (B, L) ids; refuses a caption that would not fit beside the extra tokens."""
-        encode = getattr(self.tokenizer, "encode", None)
+        """Captions -> (B, L) ids; refuses a caption that would not fit beside the extra tokens,
+        before BPE where its words already show it (see tokenizer.py)."""
+        if self.bpe is None:
+            return self.tokenizer(texts)
+        rows = []
         for i, text in enumerate(texts):
-            if encode is None:
-                break
-            n = len(encode(text)) + 2  # with start- and end-of-text
-            if n + num_extra > self.context_length:
-                raise InputError(
-                    f"texts[{i}]: {n} tokens + {num_extra} extra tokens exceed the context length "
-                    f"{self.context_length}")
-        return self.tokenizer(texts)
+            try:
+                rows.append(self.bpe.encode(text, room=self.context_length - 2 - num_extra))
+            except TooManyTokens as e:
+                raise InputError(f"texts[{i}]: {e} + {num_extra} extra tokens exceed the context length "
+                                 f"{self.context_length}") from None
+        return self.bpe.ids(rows, self.context_length)
 
     def check_room(self, token_ids: torch.Tensor, num_extra: int) -> None:
         last = int(self.pool_index(token_ids).max()) if token_ids.numel() else 0

@@ -28,9 +28,13 @@ class Limits:
     max_extra_tokens: int = 16
     max_deep_prompt_tokens: int = 16  # per layer
     max_call_seconds: float = 300.0  # any call, from its first message to its last
-    # UTF-8 bytes per caption, checked before tokenising: a caption that fits the context
-    # (77 tokens for CLIP) is a few hundred bytes; tokenising megabytes would stall a thread.
-    max_caption_bytes: int = 4096
+    # UTF-8 bytes per caption, checked from the header, before tokenising: the most a 77-token
+    # context can use. It holds 75 caption tokens (with start- and end-of-text) of at most 32
+    # bytes each (CLIP's longest BPE token: eight 4-byte emoji; the longest of letters is 24),
+    # and a space after each is more than captions need: 75 x (32 + 1) = 2,475. Only HTML
+    # entities (unescaped before BPE) and runs of whitespace could make a caption that fits
+    # longer. tests/test_tokenizer_bounds.py derives this from the vocabulary.
+    max_caption_bytes: int = 2475
     # Rows of one context_delta call (candidates × class names): CraFT's generation of 40
     # candidates over 51 classes in one call. A row is a whole prompt through the text tower
     # (ViT-B-32: about 0.6 MB of activations per row at the widest layer), so this bounds the
@@ -141,12 +145,14 @@ def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_l
     ids = tensors.get("token_ids")
     if (ids is None) == (len(texts) == 0):
         raise InputError("texts, token_ids: send exactly one of them")
-    check_batch("texts" if ids is None else "token_ids", len(texts) if ids is None else ids.shape[0], limits)
-    if ids is not None:
+    if ids is None:
+        check_batch("texts", len(texts), limits)
+    else:
         if ids.dtype != torch.int64:
             raise InputError(f"token_ids: dtype {str(ids.dtype)[6:]} not allowed; expected int64")
-        check_shape("token_ids", ids, (None, context_length))
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        check_shape("token_ids", ids, (None, context_length))  # before its first dimension is read
+        check_batch("token_ids", ids.shape[0], limits)
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:  # (B >= 1, L): not empty
             raise InputError(f"token_ids: ids must lie in [0, {vocab_size})")
     if "shift" in tensors:
         check_float("shift", tensors["shift"], (token_width,))
