@@ -10,6 +10,7 @@ only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -20,7 +21,7 @@ from graytune.server.compute import validation
 from graytune.server.compute.backbone import Backbone
 from graytune.server.compute.device import CancelScope, DeviceQueue, Work
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
-from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph, saved_bytes_counter
+from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph, graph_bytes
 from graytune.server.compute.validation import Limits
 
 Tensors = Dict[str, torch.Tensor]
@@ -144,28 +145,24 @@ class GradientOracle:
 
     def _forward_images(self, works: List[Work]) -> list:
         """Image Forward calls of several callers as one batch; a graph slice (handle) each."""
-        start, results = time.perf_counter(), {}
+        start = time.perf_counter()
         self._forward_calls = len(works)
         self.on_merged_batch("Forward", len(works))
         # every call was checked by `prepare` on its own thread
         leaves = [w.payload.tensors["pixels"].float().requires_grad_() for w in works]
-        with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
+        with torch.enable_grad(), graph_bytes(self.backbone.parameter_storages) as kept:
             output = self.backbone.encode_image(torch.cat(leaves))  # (sum of B, E)
-        group, row = GraphGroup(output), 0
-        for work, leaf in zip(works, leaves):
-            rows, call = slice(row, row + leaf.shape[0]), work.payload
-            row = rows.stop
-            try:
-                handle = self.store.put(HeldGraph(
-                    {"pixels": leaf}, output[rows], saved[0] * leaf.shape[0] // output.shape[0],
-                    call.owner, group=group, rows=rows))
-            except OverLimit as e:
-                results[work] = e
-                continue
-            group.handles.append(handle)
-            results[work] = (handle, output[rows].detach().to("cpu", call.out_dtype))
+        kept.add(*leaves, output)
+        ends = itertools.accumulate(len(leaf) for leaf in leaves)
+        rows = [slice(end - len(leaf), end) for leaf, end in zip(leaves, ends)]
+        group = GraphGroup(output)  # one graph: its bytes are held until its last member goes
+        held = self.store.put_all([HeldGraph({"pixels": leaf}, output[r], kept.nbytes, w.payload.owner,
+                                             group=group, rows=r) for w, leaf, r in zip(works, leaves, rows)])
+        group.handles = [h for h in held if isinstance(h, str)]
+        results = [h if isinstance(h, OverLimit) else (h, output[r].detach().to("cpu", w.payload.out_dtype))
+                   for w, h, r in zip(works, held, rows)]
         _record_time(works, start)
-        return [results[w] for w in works]
+        return results
 
     def _backward_group(self, works: List[Work]) -> list:
         """Backward calls on one merged batch: a single backward pass, each caller's rows."""
@@ -198,10 +195,11 @@ class GradientOracle:
     def _forward(self, request, owner, out_dtype):
         encode = self._encoder(request)
         floats = {n: t.float().requires_grad_(n in request.grad_inputs) for n, t in request.floats.items()}
-        with torch.enable_grad(), saved_bytes_counter(self.backbone.parameter_storages) as saved:
+        with torch.enable_grad(), graph_bytes(self.backbone.parameter_storages) as kept:
             output = encode(floats)  # (B, E)
         leaves = {n: floats[n] for n in request.grad_inputs}
-        handle = self.store.put(HeldGraph(leaves, output, saved[0], owner))
+        kept.add(*leaves.values(), output)
+        handle = self.store.put(HeldGraph(leaves, output, kept.nbytes, owner))
         return handle, output.detach().to("cpu", out_dtype)
 
     def _backward(self, call: "_Call"):
