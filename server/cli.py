@@ -89,8 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fail(message: str) -> None:
-    print(f"graytune-server: error: {message}", file=sys.stderr)
+def fail(*messages: str) -> None:
+    for message in messages:
+        print(f"graytune-server: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -107,48 +108,130 @@ def check_writable(folder: Path, what: str) -> None:
              f"container, the host folder mounted there: `sudo chown -R {uid}:{os.getgid()} HOST_FOLDER`)")
 
 
+# `keys create`'s flags, by the ApiKey field they set: errors name the flag the owner typed.
+KEY_FLAGS = {"tier": "--tier", "label": "--label", "expires_at": "--expires", "budget_samples": "--budget",
+             "gradient_budget_samples": "--gradient-budget", "rate_per_second": "--rate",
+             "gradient_clip_norm": "--gradient-clip", "gradient_noise_std": "--gradient-noise"}
+RELOAD_NOTE = "a server running with --keys {} reloads it within seconds (or at once on SIGHUP)"
+
+
 def keys_main(argv) -> None:
     """graytune-server keys create|list|revoke: manage the API key file."""
     from graytune.server.access.credentials import KeyFile
+    from graytune.server.access.key_schema import KeyFileError, MAX_LABEL_CHARS
     p = argparse.ArgumentParser(prog="graytune-server keys", description=keys_main.__doc__)
     p.add_argument("--file", type=Path, required=True, help="the key file (created if absent)")
     sub = p.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="add a key and print its secret, once")
     create.add_argument("--tier", choices=TIERS, required=True)
-    create.add_argument("--budget", type=int, help="samples of Embed/Forward over the key's life")
+    create.add_argument("--label", help=f"whose key it is: printable text, at most {MAX_LABEL_CHARS} characters")
+    expiry = create.add_mutually_exclusive_group()
+    expiry.add_argument("--expires", metavar="WHEN", type=expiry_time,
+                        help="refused from then on: a UTC date (2027-01-31: from 00:00 UTC that day) or an "
+                             "ISO-8601 time with a zone (2027-01-31T12:00:00+01:00)")
+    expiry.add_argument("--expires-in", metavar="N{m,h,d}", type=expiry_after,
+                        help="refused after this long, e.g. 90m, 12h, 30d")
+    create.add_argument("--budget", type=int, help="samples of Embed/Forward over the key's life (0: frozen)")
     create.add_argument("--gradient-budget", type=int,
                         help="samples of Backward (gradients) over the key's life")
-    create.add_argument("--rate", type=float, help="calls per second")
+    create.add_argument("--rate", type=float, help="calls per second (> 0)")
     create.add_argument("--gradient-clip", type=float,
                         help="rescale each returned gradient (per sample and input) to at most this L2 norm")
     create.add_argument("--gradient-noise", type=float,
                         help="add Gaussian noise of this standard deviation to returned gradients")
-    listing = sub.add_parser("list", help="key ids, tiers, limits and budget used (never secrets)")
+    listing = sub.add_parser("list", help="key ids, tiers, labels, expiry, limits and budget used (never secrets)")
     listing.add_argument("--usage-db", type=Path, help="the server's --usage-db, if not the default")
     revoke = sub.add_parser("revoke", help="remove a key")
     revoke.add_argument("key_id")
     args = p.parse_args(argv)
-    keys = KeyFile(args.file)
+    try:
+        keys = KeyFile(args.file)
+    except KeyFileError as e:
+        fail(*e.problems)
     if args.action == "create":
-        secret = keys.create(args.tier, args.budget, args.rate, gradient_budget_samples=args.gradient_budget,
-                             gradient_clip_norm=args.gradient_clip, gradient_noise_std=args.gradient_noise)
-        print(secret)
-        print(f"key {secret.split('_')[1]} ({args.tier}) added to {args.file}; the secret above is "
-              "not stored anywhere", file=sys.stderr)
+        create_key(keys, args)
     elif args.action == "list":
-        from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
-        db = args.usage_db or default_usage_db(args.file)
-        budgets = Budgets(db) if db.exists() else None  # no calls charged yet: nothing used
-        def budget(key, total, kind):
-            used = budgets.used(key.id, kind) if budgets is not None else 0
-            return "none" if total is None else f"{total} used={used}"
-        for key in keys.list():
-            print(f"{key.id}\t{key.tier}\tbudget={budget(key, key.budget_samples, SAMPLES)}\t"
-                  f"rate={key.rate_per_second}\t"
-                  f"gradient_budget={budget(key, key.gradient_budget_samples, GRADIENTS)}\t"
-                  f"gradient_clip={key.gradient_clip_norm}\tgradient_noise={key.gradient_noise_std}")
+        list_keys(keys, args.usage_db or default_usage_db(args.file))
     else:
-        keys.revoke(args.key_id)
+        try:
+            key = keys.revoke(args.key_id)
+        except KeyError:
+            fail(f"{args.file}: no key '{args.key_id}' (`graytune-server keys --file {args.file} list` shows them)")
+        print(f"key {describe_key(key)} revoked: removed from {args.file}; " + RELOAD_NOTE.format(args.file)
+              + " and refuses it from then on")
+
+
+def expiry_time(text: str):
+    from graytune.server.access.key_schema import parse_expiry
+    try:
+        return parse_expiry(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; give a date (2027-01-31) or an ISO-8601 time with a zone")
+
+
+def expiry_after(text: str):
+    import re
+    from datetime import timedelta
+    from graytune.server.access.credentials import utc_now
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text)
+    if match is None or float(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration with a unit: 90m, 12h or 30d")
+    unit = {"m": "minutes", "h": "hours", "d": "days"}[match[2]]
+    return utc_now() + timedelta(**{unit: float(match[1])})
+
+
+def create_key(keys, args) -> None:
+    from graytune.server.access.credentials import utc_now
+    from graytune.server.access.key_schema import value_problems
+    fields = dict(tier=args.tier, label=args.label, expires_at=args.expires or args.expires_in,
+                  budget_samples=args.budget, gradient_budget_samples=args.gradient_budget,
+                  rate_per_second=args.rate, gradient_clip_norm=args.gradient_clip,
+                  gradient_noise_std=args.gradient_noise)
+    problems = [f"{KEY_FLAGS[name]}: {problem}" for name, problem in value_problems(fields)]
+    if fields["expires_at"] is not None and fields["expires_at"] <= utc_now():
+        problems.append(f"--expires: {fields['expires_at']:%Y-%m-%dT%H:%M:%SZ} is in the past")
+    if problems:
+        fail(*problems)
+    secret = keys.create(**fields)
+    print(secret)
+    key = keys.keys[secret.split("_")[1]]
+    print(f"key {describe_key(key)} added to {args.file}; the secret above is shown once and stored nowhere; "
+          + RELOAD_NOTE.format(args.file), file=sys.stderr)
+
+
+def describe_key(key) -> str:
+    """`k1a2b3c4d (graybox, "acme", expires 2027-01-31T00:00:00Z)`: what names a key to its owner."""
+    from graytune.server.access.key_schema import format_expiry
+    about = [key.tier] + ([f'"{key.label}"'] if key.label else [])
+    about += [f"expires {format_expiry(key.expires_at)}"] if key.expires_at else []
+    return f"{key.id} ({', '.join(about)})"
+
+
+def list_keys(keys, usage_db: Path) -> None:
+    from graytune.server.access.credentials import utc_now
+    from graytune.server.access.key_schema import format_expiry
+    from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
+    if not keys.keys:
+        print(f"no keys in {keys.path}" + ("" if keys.path.exists() else " (the file does not exist yet)"))
+        return
+    budgets = Budgets(usage_db) if usage_db.exists() else None  # no calls charged yet: nothing used
+    now = utc_now()
+
+    def budget(key, total, kind):
+        used = budgets.used(key.id, kind) if budgets is not None else 0
+        return "-" if total is None else f"{total} used {used}"
+
+    def expiry(key):
+        return "-" if key.expires_at is None else \
+            format_expiry(key.expires_at) + (" (expired)" if key.expired(now) else "")
+    unset = lambda value: "-" if value is None else f"{value:g}"
+    rows = [("ID", "TIER", "LABEL", "EXPIRES", "BUDGET", "RATE/S", "GRADIENT BUDGET", "CLIP", "NOISE")]
+    rows += [(key.id, key.tier, key.label or "-", expiry(key), budget(key, key.budget_samples, SAMPLES),
+              unset(key.rate_per_second), budget(key, key.gradient_budget_samples, GRADIENTS),
+              unset(key.gradient_clip_norm), unset(key.gradient_noise_std)) for key in keys.list()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def default_usage_db(key_file: Path) -> Path:
@@ -201,12 +284,15 @@ def main(argv=None) -> None:
     log = logging.getLogger("graytune.server")
     import torch  # after logging is set up: importing open_clip takes a few seconds
 
-    from graytune.server.service.app import OracleServer, tls_credentials
+    from graytune.server.service.app import OracleServer
+    from graytune.server.access.tls_files import TlsFileError, server_credentials
     from graytune.server.access.auth import AuthInterceptor
     from graytune.server.compute import pretrained as builtin
     from graytune.server.compute.backbone import BackboneSource, load_backbone
     from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
     from graytune.server.access.credentials import KeyFile
+    from graytune.server.access.key_reload import KeyReloader
+    from graytune.server.access.key_schema import KeyFileError
     from graytune.server.service.metrics import ServerMetrics
     from graytune.server.compute.oracle import GradientOracle
     from graytune.server.access.usage import Budgets
@@ -220,6 +306,10 @@ def main(argv=None) -> None:
             fail(f"file not found: {path}")
     if args.keys is not None:
         check_writable((args.usage_db or default_usage_db(args.keys)).parent, "the usage database")
+        try:
+            keys = KeyFile(args.keys)  # every problem of the file, before the backbone loads
+        except KeyFileError as e:
+            fail(*e.problems)
     if args.pretrained and builtin.is_builtin(args.model, args.pretrained):
         check_writable(builtin.cache_dir(), "the cache of built-in weights ($GRAYTUNE_CACHE)")
     if args.threads:
@@ -241,13 +331,15 @@ def main(argv=None) -> None:
         log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)
         auth, budgets = AuthInterceptor(None, args.tier, metrics), None
     else:
-        keys = KeyFile(args.keys)
         auth = AuthInterceptor(keys, metrics=metrics)
         budgets = Budgets(args.usage_db or default_usage_db(args.keys))
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:
         log.warning("serving plaintext: no transport security")
-    tls = None if args.plaintext else tls_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    try:
+        tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except TlsFileError as e:
+        fail(str(e))
     try:
         server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls,
                               args.max_concurrent_calls)
@@ -256,6 +348,9 @@ def main(argv=None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if not args.dev:  # the key file is reloaded when it changes, and on SIGHUP
+        key_reloader = KeyReloader(keys).start()
+        signal.signal(signal.SIGHUP, lambda *_: key_reloader.request())
     server.start()
     if args.metrics_port is not None:
         host, port = metrics.serve(args.host, args.metrics_port)

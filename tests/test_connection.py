@@ -1,4 +1,5 @@
-"""Connecting: retries while the server is unavailable, one error type, clean shutdown."""
+"""Connecting: a server never reached fails after connect_timeout, one that went away is waited
+for up to reconnect_timeout; one error type, clean shutdown."""
 from __future__ import annotations
 
 import socket
@@ -27,13 +28,48 @@ def test_unavailable_server_is_one_clear_error():
     assert failure.value.method == "Describe"
 
 
+def test_an_endpoint_never_reached_fails_after_the_connect_timeout():
+    port = free_port()
+    started = time.monotonic()
+    with OracleClient(f"127.0.0.1:{port}", connect_timeout=2, reconnect_timeout=3600, timeout=5) as oracle:
+        with pytest.raises(OracleError) as failure:
+            oracle.describe()
+    assert time.monotonic() - started < 60, "waited for the reconnect timeout, not the connect timeout"
+    assert failure.value.code == grpc.StatusCode.UNAVAILABLE
+    message = str(failure.value)
+    assert f"could not connect to 127.0.0.1:{port} within 2 s (connection refused)" in message
+    assert "--endpoint" in message
+
+
+def test_a_server_that_went_away_is_waited_for_beyond_the_connect_timeout():
+    """Reached once, the server is waited for up to reconnect_timeout: its restart takes
+    seconds, far more than the connect timeout."""
+    port = free_port()
+    first = LocalServer([*SERVER_ARGS, "--port", str(port)]).start()
+    second = LocalServer([*SERVER_ARGS, "--port", str(port)])
+    try:
+        with OracleClient(first.endpoint, connect_timeout=0.5, reconnect_timeout=300, timeout=30) as oracle:
+            oracle.describe()
+            first.kill()
+            restarter = threading.Thread(target=second.start)
+            restarter.start()
+            try:
+                assert oracle.describe(refresh=True).backbone.name == "graytune-tiny"
+            finally:
+                restarter.join()
+    finally:
+        first.stop()
+        second.stop()
+
+
 def test_client_retries_until_the_server_is_up():
+    """A server not up yet is waited for as long as connect_timeout allows."""
     port = free_port()
     server = LocalServer([*SERVER_ARGS, "--port", str(port)])
     starter = threading.Timer(0.5, server.start)
     starter.start()
     try:
-        with OracleClient(f"127.0.0.1:{port}", reconnect_timeout=120, timeout=30) as oracle:
+        with OracleClient(f"127.0.0.1:{port}", connect_timeout=120, reconnect_timeout=120, timeout=30) as oracle:
             started = time.monotonic()
             assert oracle.describe().backbone.name == "graytune-tiny"
             assert time.monotonic() - started > 0.5  # it did have to wait

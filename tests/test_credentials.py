@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import threading
+from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -13,6 +15,7 @@ from graytune import error_details
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower
+from graytune.server.access.credentials import KeyFile
 from graytune.v1 import oracle_pb2 as pb
 from conftest import wait_until
 
@@ -69,7 +72,7 @@ def test_key_file_holds_hashes_never_secrets(keys):
         assert secret.split("_")[1] in text  # the key id is there
     listing = subprocess.run(server_command() + ["keys", "--file", str(key_file), "list"],
                              capture_output=True, text=True, check=True).stdout
-    assert len(listing.splitlines()) == len(secrets)
+    assert len(listing.splitlines()) == 1 + len(secrets)  # a header, a row per key
     assert not any(secret in listing for secret in secrets.values())
 
 
@@ -198,7 +201,8 @@ def test_budget_runs_out_and_stays_out_after_a_restart(keys):
     listing = subprocess.run(server_command() + ["keys", "--file", str(key_file), "list"],
                              capture_output=True, text=True, check=True).stdout
     budget_id = secrets["budget"].split("_")[1]
-    assert f"{budget_id}\tgraybox\tbudget=10 used=10\t" in listing
+    assert [row.split()[:2] + row.split()[4:7] for row in listing.splitlines() if row.startswith(budget_id)] == [
+        [budget_id, "graybox", "10", "used", "10"]]  # label and expiry unset: "-"
 
 
 def test_audit_log_names_the_key_never_the_secret(keyed_server, keys):
@@ -216,3 +220,103 @@ def test_serving_without_keys_needs_dev_mode():
     result = subprocess.run(server_command() + ["--port", "0"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--keys FILE, or --dev" in result.stderr
+
+
+# Key changes while a server runs: its own key file and server, as these tests revoke and break keys.
+
+@pytest.fixture(scope="module")
+def reloading(tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("reload") / "keys.json"
+    kept = create_key(key_file, "--tier", "graybox", "--label", "kept")
+    with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:
+        yield server, key_file, kept
+
+
+def accepted(server, secret) -> bool:
+    try:
+        with client(server, secret) as oracle:
+            oracle.describe()
+        return True
+    except OracleError as e:
+        assert e.code == grpc.StatusCode.UNAUTHENTICATED, e
+        return False
+
+
+def logged(server, *texts) -> bool:
+    """Whether one line of the server's output holds all of `texts`."""
+    return any(all(text in line for text in texts) for line in list(server.output))
+
+
+def test_a_key_created_after_start_is_accepted_without_a_restart(reloading):
+    server, key_file, _ = reloading
+    secret = create_key(key_file, "--tier", "graybox")
+    wait_until(lambda: logged(server, f"keys reloaded from {key_file}", f"added {secret.split('_')[1]}"),
+               30, "the new key loaded")
+    assert accepted(server, secret)
+
+
+def test_a_revoked_key_is_refused_within_seconds_without_a_restart(reloading):
+    server, key_file, _ = reloading
+    secret = create_key(key_file, "--tier", "graybox")
+    key_id = secret.split("_")[1]
+    wait_until(lambda: logged(server, f"added {key_id}"), 30, "the new key loaded")
+    assert accepted(server, secret)
+    revoked = subprocess.run(server_command() + ["keys", "--file", str(key_file), "revoke", key_id],
+                             capture_output=True, text=True, check=True)
+    assert f"key {key_id} (graybox) revoked: removed from {key_file}" in revoked.stdout
+    wait_until(lambda: logged(server, f"keys reloaded from {key_file}", f"revoked {key_id}"), 30, "the revocation")
+    assert not accepted(server, secret)
+
+
+def test_sighup_reloads_the_keys_and_the_server_survives_it(reloading):
+    server, key_file, kept = reloading
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: logged(server, f"keys reloaded from {key_file} (SIGHUP)"), 30, "the reload on SIGHUP")
+    assert server.process.poll() is None and accepted(server, kept)
+
+
+def test_an_invalid_edit_is_logged_and_the_keys_before_keep_serving(reloading):
+    server, key_file, kept = reloading
+    valid = key_file.read_text()
+    try:
+        key_file.write_text(valid.replace('"tier": "graybox"', '"tier": "gold"', 1))
+        wait_until(lambda: logged(server, "ERROR", f"{key_file}: keys[0] (id ", 'tier: "gold" is not one of'),
+                   30, "the invalid file refused")
+        assert logged(server, "ERROR", "keeping the", f"keys loaded before from {key_file}")
+        assert accepted(server, kept)
+    finally:
+        key_file.write_text(valid)
+    wait_until(lambda: logged(server, f"keys reloaded from {key_file}", "no changes"), 30, "the repaired file")
+
+
+def test_an_expired_key_is_refused(reloading):
+    server, key_file, _ = reloading
+    keys, now = KeyFile(key_file), datetime.now(timezone.utc)
+    expired = keys.create("graybox", expires_at=now - timedelta(seconds=1))
+    live = keys.create("graybox", expires_at=now + timedelta(days=1))
+    for secret in (expired, live):
+        wait_until(lambda: logged(server, "keys reloaded from", "added", secret.split("_")[1]), 30, "a new key loaded")
+    assert not accepted(server, expired) and accepted(server, live)
+
+
+SHA = "0" * 64
+
+
+@pytest.mark.parametrize("text, problems", [
+    ('{"keys": [{"id": "k1", "sha256": "%s", "tier": "graybox", "rate_per_second": 0},'
+     ' {"id": "k1", "sha256": "%s", "tier": "graybox", "budget_samples": "lots"}]}' % (SHA, SHA),
+     ["{file}: keys[0] (id k1): rate_per_second: 0 is not a positive finite number",
+      '{file}: keys[1] (id k1): budget_samples: "lots" is not an integer',
+      "{file}: keys[1] (id k1): id: duplicate of keys[0]"]),
+    ('{"kees": []}', ['{file}: must be a JSON object with exactly one field, "keys", a list of keys (found ["kees"])']),
+    ('{"keys": [\n  {"id": "k1",}\n]}',
+     ["{file}: line 2 column 15: not valid JSON: Expecting property name enclosed in double quotes"]),
+])
+def test_a_server_with_an_invalid_key_file_does_not_start(tmp_path, text, problems):
+    key_file = tmp_path / "keys.json"
+    key_file.write_text(text)
+    result = subprocess.run(server_command() + [*KEYED_ARGS, "--port", "0", "--keys", str(key_file)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("graytune-server: error:")] == [
+        f"graytune-server: error: {problem.format(file=key_file)}" for problem in problems]

@@ -9,8 +9,9 @@
 Every call has a deadline and fails with `OracleError` (one type for every transport or server
 error). While the server is UNAVAILABLE (or cancels the call: see RETRIED) the call waits for it,
 up to `reconnect_timeout` (a restart, a replica taking over), and is sent again with the same
-call id (CALL_ID); a call the key's rate limit refused waits as long as the server says, within
-the same time. Any other refusal is final: `OracleError.reason` says which limit it was.
+call id (CALL_ID). A server this client never reached is waited for `connect_timeout` only, and
+a TLS handshake that fails is an error at once that says which check failed (tls_probe). A call
+the key's rate limit refused waits as long as the server says, within the same time. Any other refusal is final: `OracleError.reason` says which limit it was.
 Tensors travel as chunk streams, in float32 or, per client, in bfloat16/float16 to halve the
 bytes.
 """
@@ -23,6 +24,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import grpc
@@ -31,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import graytune
 from graytune import error_details, tensor_codec
+from graytune.client.transport import tls_probe
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
@@ -47,18 +50,27 @@ CALL_ID = "x-graytune-call-id"
 # 120 s, so a server back from a restart could wait minutes to be noticed. Capped at 5 s here.
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 5000)]
 FIRST_BACKOFF, MAX_BACKOFF = 0.2, 5.0  # between attempts on a connected channel (a proxy's 503)
+# gRPC's words for a call that found no connection to the server (resolving its name, or
+# connecting, failed); an UNAVAILABLE without them came over a connection, from a server reached.
+NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
 
 log = logging.getLogger("graytune.client")
+# What tls_channel_credentials made each credentials object from (gRPC's are opaque): a failed
+# handshake is explained by repeating it with Python's ssl and the same files.
+_TLS_FILES: "weakref.WeakKeyDictionary[grpc.ChannelCredentials, tls_probe.TlsFiles]" = weakref.WeakKeyDictionary()
 
 
 def tls_channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None,
                             key: Optional[str] = None) -> grpc.ChannelCredentials:
-    """TLS to the oracle: `ca` verifies the server (default: the system's roots); `cert` and
-    `key` are this client's certificate for mutual TLS."""
+    """TLS to the oracle: `ca` verifies the server (default: $GRAYTUNE_TLS_CA, else the
+    system's roots); `cert` and `key` are this client's certificate for mutual TLS."""
+    ca = ca or os.environ.get("GRAYTUNE_TLS_CA") or None
     read = lambda path: open(path, "rb").read() if path else None
     if bool(cert) != bool(key):
         raise ValueError("mutual TLS needs both a client certificate and its key")
-    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+    credentials = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+    _TLS_FILES[credentials] = tls_probe.TlsFiles(ca, cert, key)
+    return credentials
 
 
 class OracleError(Exception):
@@ -77,10 +89,11 @@ class OracleClient:
                  chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  api_key: Optional[str] = None, affinity: Optional[str] = None,
-                 tls_server_name: Optional[str] = None):
+                 tls_server_name: Optional[str] = None, connect_timeout: float = 15.0):
         """`timeout`: seconds per attempt of a call. `reconnect_timeout`: seconds one call waits
-        for an unavailable server to come back; `retries` caps its attempts after the first
-        (None: as many as that wait allows; 0: fail on the first error).
+        for an unavailable server to come back; `connect_timeout` (at most `reconnect_timeout`): for
+        a server this client never reached (not up yet, or a wrong host or port); `retries` caps a
+        call's attempts after the first (None: as many as those waits allow; 0: fail on the first error).
         `api_key` defaults to $GRAYTUNE_API_KEY; `credentials` (TLS) to a plaintext channel.
         `affinity` (default: random per client) is sent with every call, so a load balancer that
         hashes it sends a Forward and its Backward to the same replica. `tls_server_name`: the
@@ -97,6 +110,8 @@ class OracleClient:
                         else grpc.insecure_channel(endpoint, options))
         self.stub = _stub(self.channel)
         self.timeout, self.reconnect_timeout, self.retries = timeout, reconnect_timeout, retries
+        self.connection = _Connection(endpoint, credentials, tls_server_name,
+                                      min(connect_timeout, reconnect_timeout))
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
         self._info: Optional[pb.DescribeResponse] = None
         api_key = api_key or os.environ.get("GRAYTUNE_API_KEY")
@@ -137,9 +152,12 @@ class OracleClient:
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2.0,
                                      wait_for_ready=True)
+                self.connection.reached = True
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError as e:
+                if not self.connection.reached:
+                    self.connection.check_handshake("Health.Check")
                 if time.monotonic() > deadline:
                     raise OracleError("Health.Check", e.code(), e.details()) from None
             if time.monotonic() > deadline:
@@ -236,11 +254,14 @@ class OracleClient:
         server, and after the rate limit's refusal for the time it names, then sends the call
         again, with the same call id."""
         metadata = self._metadata + ((CALL_ID, uuid.uuid4().hex),)
-        with _ServerWait(method, self.endpoint, self.channel, self.reconnect_timeout) as wait:
+        with _ServerWait(method, self.connection, self.channel, self.reconnect_timeout) as wait:
             for attempt in itertools.count():
                 try:
-                    return call(metadata)
+                    result = call(metadata)
+                    self.connection.reached = True
+                    return result
                 except grpc.RpcError as e:
+                    self.connection.failed(method, e)
                     refused = error_details.refusal(e)
                     rate_limited = refused.reason == error_details.RATE_LIMITED and refused.retry_after is not None
                     if (e.code() not in RETRIED and not rate_limited) or attempt == self.retries:
@@ -267,14 +288,51 @@ class OracleClient:
         return error.details()
 
 
+class _Connection:
+    """Whether this client's server ever answered it and, until it has, why not: a call that
+    fails UNAVAILABLE before then is looked into with tls_probe, and a handshake that cannot
+    succeed is an OracleError at once, where waiting would only repeat it."""
+
+    def __init__(self, endpoint: str, credentials: Optional[grpc.ChannelCredentials],
+                 server_name: Optional[str], connect_timeout: float):
+        self.endpoint, self.server_name, self.connect_timeout = endpoint, server_name, connect_timeout
+        # Plaintext, or TLS from known files; TLS credentials made elsewhere cannot be repeated.
+        self.probed = credentials is None or credentials in _TLS_FILES
+        self.tls_files = _TLS_FILES.get(credentials) if credentials is not None else None
+        self.reached = False
+        self.unreachable: Optional[str] = None  # why the endpoint refused a connection, last we looked
+
+    def failed(self, method: str, error: grpc.RpcError) -> None:
+        """After a call failed: an answer over a connection to the server, or a failure to make one."""
+        if error.code() == grpc.StatusCode.UNAVAILABLE and any(words in (error.details() or "")
+                                                               for words in NOT_CONNECTED):
+            if not self.reached:
+                self.check_handshake(method)
+        elif error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # this client's own deadline: no answer
+            self.reached = True
+
+    def check_handshake(self, method: str) -> None:
+        """Raises OracleError when the endpoint accepts connections but this client's TLS (or
+        plaintext) cannot work with it; otherwise notes whether it accepts connections at all."""
+        self.unreachable = tls_probe.unreachable(self.endpoint)
+        if self.unreachable is None and self.probed:
+            try:
+                tls_probe.handshake_check(self.endpoint, self.tls_files, self.server_name)
+            except tls_probe.HandshakeFailure as e:
+                raise OracleError(method, grpc.StatusCode.UNAVAILABLE, str(e)) from None
+
+
 class _ServerWait:
     """One call's wait for a server that stopped answering: a backoff sleep, then gRPC's own
     reconnection until a health check gets through, again after each failed attempt, `timeout`
-    seconds in all. Logs one line when the wait begins and one when the server answers.
+    seconds in all. A server never reached is waited for the connection's `connect_timeout`,
+    with the backoff sleeps alone (each attempt looks into why it is not reached).
+    Logs one line when the wait begins and one when the server answers.
     Waits the key's rate limit asks for are counted apart, `timeout` seconds of them too."""
 
-    def __init__(self, method: str, endpoint: str, channel: grpc.Channel, timeout: float):
-        self.method, self.endpoint, self.channel, self.timeout = method, endpoint, channel, timeout
+    def __init__(self, method: str, connection: _Connection, channel: grpc.Channel, timeout: float):
+        self.method, self.connection, self.channel, self.timeout = method, connection, channel, timeout
+        self.endpoint = connection.endpoint
         self.began: Optional[float] = None
         self.backoff = FIRST_BACKOFF
         self.rate_waited = 0.0
@@ -300,16 +358,24 @@ class _ServerWait:
 
     def for_server(self, details: str) -> None:
         """Returns when the next attempt may go; OracleError(UNAVAILABLE) once time is up."""
+        connection = self.connection
         if self.began is None:
             self.began = time.monotonic()
-            log.warning("%s: server %s unavailable (%s); waiting up to %g s for it to come back",
-                        self.method, self.endpoint, details, self.timeout)
-        deadline = self.began + self.timeout
+            if connection.reached:
+                log.warning("%s: server %s unavailable (%s); waiting up to %g s for it to come back",
+                            self.method, self.endpoint, details, self.timeout)
+            else:
+                log.warning("%s: server %s not reached (%s); waiting up to %g s for it to accept connections",
+                            self.method, self.endpoint, connection.unreachable or details,
+                            connection.connect_timeout)
+        deadline = self.began + (self.timeout if connection.reached else connection.connect_timeout)
         time.sleep(max(0.0, min(self.backoff, deadline - time.monotonic())))
         self.backoff = min(2 * self.backoff, MAX_BACKOFF)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise self._gave_up(details)
+        if not connection.reached:
+            return
         # A health check that waits for the connection, not grpc.channel_ready_future: that one's
         # polling thread outlives it by up to 0.2 s and raises "Channel closed!" from the
         # background if the client closes in the meantime (seen at the end of a failover test).
@@ -322,6 +388,11 @@ class _ServerWait:
             # Any other answer came over a connection: the next attempt may go.
 
     def _gave_up(self, details: str) -> OracleError:
+        if not self.connection.reached:
+            return OracleError(self.method, grpc.StatusCode.UNAVAILABLE,
+                               f"could not connect to {self.endpoint} within {self.connection.connect_timeout:g} s "
+                               f"({self.connection.unreachable or details}): is the server running, and are the "
+                               f"endpoint's host and port (--endpoint) right?")
         return OracleError(self.method, grpc.StatusCode.UNAVAILABLE,
                            f"server {self.endpoint} did not come back within {self.timeout:g} s "
                            f"(last error: {details})")
