@@ -249,9 +249,10 @@ class OracleClient:
                         with self._counting:  # the first refusal is logged once, whichever thread gets it
                             first, self._rate_limit_logged = not self._rate_limit_logged, True
                         if first:
-                            log.warning("%s: the server asked this key to wait (%s); calls wait as the server "
-                                        "asks from now on (OracleClient.rate_limited_seconds adds up the waits)",
-                                        method, e.details())
+                            what = ("the key's rate limit refused a call" if refused.reason == error_details.RATE_LIMITED
+                                    else "the key has too many calls in flight")
+                            log.warning("%s: %s (%s); calls wait as the server asks from now on "
+                                        "(OracleClient.rate_limited_seconds adds up the waits)", method, what, e.details())
                         wait.for_rate_limit(e.details(), refused.retry_after, refused.reason)
                         with self._counting:
                             self.rate_limited_seconds += refused.retry_after

@@ -200,6 +200,9 @@ class OracleServicer:
                                  f"{point}: not an entry point of tier '{call.caller.tier}'")
         samples = validation.batch_size(tensors) or len(header.texts)  # what `prepare` will count
         if samples:  # else `prepare` says what is wrong
+            # Refused for its size, not for the budget: a batch too large for any key costs nothing.
+            batched = next((n for n in ("pixels", "token_ids", "context_delta") if n in tensors), "texts")
+            validation.check_batch(batched, samples, limits)
             await self._charge(call, SAMPLES, samples)
         request = await self._in_thread(self.oracle.prepare, tower, tensors, header.texts,
                                         header.grad_inputs if grad_inputs else None, header.prompt_template)
@@ -253,6 +256,7 @@ class OracleServicer:
                         await self.store.refuse_if_spent(caller.key, billed, call.call_id)
                 yield call
             self._settle(call)
+            call.log("OK")  # a no-op where the handler logged already
         except GeneratorExit:  # gRPC closed the reply stream: the caller left while it was sent
             call.scope.cancel()
             self._settle(call)
