@@ -2,6 +2,6 @@
 
     access/    who may call: keys, tiers, budgets, gradient protection, audit
     compute/   what is computed: backbone, towers, request checks, device queue, graph store
-    service/   the gRPC face: servicer, server, Describe, metrics, watchdog
+    service/   the gRPC face (asyncio): servicer, admission, request streams, Describe, metrics
     cli.py     `graytune-server`
 """

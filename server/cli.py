@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from graytune.server.access.tiers import TIERS
@@ -48,15 +48,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve = p.add_argument_group("serving")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     serve.add_argument("--no-merge-batches", action="store_true",
                        help="run each image Forward/Backward alone instead of merging concurrent ones")
     serve.add_argument("--max-concurrent-calls", type=int, default=64,
-                       help="calls in flight, all callers; beyond it RESOURCE_EXHAUSTED")
+                       help="Embed/Forward/Backward calls in flight, all callers; beyond it "
+                            "RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Describe and health never count "
+                            "(default: %(default)s)")
+    serve.add_argument("--max-calls-per-key", type=int, default=8,
+                       help="Embed/Forward/Backward calls in flight per key, so no key takes every "
+                            "slot; not applied with --dev (default: %(default)s)")
+    serve.add_argument("--min-upload-kib-per-second", type=float, default=64.0,
+                       help="a request stream slower than this on average, after --upload-grace, is "
+                            "cut (DEADLINE_EXCEEDED) and its slot freed (default: %(default)s)")
+    serve.add_argument("--upload-grace", type=float, default=10.0,
+                       help="seconds a request stream may take before the minimum rate applies "
+                            "(default: %(default)s)")
+    serve.add_argument("--reflection-streams", type=int, default=0,
+                       help="serve gRPC reflection (for grpcurl and the like), at most this many "
+                            "streams at once; 0: off, as in production (default: %(default)s)")
     serve.add_argument("--keys", type=Path, default=os.environ.get("GRAYTUNE_KEYS") or None,
                        help="API key file (see `graytune-server keys`); required unless --dev")
     serve.add_argument("--usage-db", type=Path, default=os.environ.get("GRAYTUNE_USAGE_DB") or None,
                        help="SQLite file of budget usage (default: beside the key file)")
+    serve.add_argument("--usage-timeout", type=float, default=2.0,
+                       help="seconds a billed call waits for the usage store; then UNAVAILABLE and "
+                            "the client retries (default: %(default)s)")
     serve.add_argument("--dev", action="store_true",
                        help="development mode: no credentials, every caller gets --tier")
     serve.add_argument("--tier", choices=TIERS, default="graybox", help="the callers' tier with --dev")
@@ -76,7 +92,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     limits.add_argument("--max-batch", type=int, default=d.max_batch)
     limits.add_argument("--max-tensor-mb", type=float, default=d.max_tensor_bytes / MB)
     limits.add_argument("--max-graph-mb", type=float, default=d.max_graph_bytes / MB,
-                        help="memory held for pending Backward calls, all callers")
+                        help="memory held for pending Backward calls, all callers; when full, the key "
+                             "holding the most loses its oldest graph (default: %(default)s)")
+    limits.add_argument("--max-graph-mb-per-key", type=float,
+                        help="memory one key's pending graphs may hold (default: no cap of its own; "
+                             "about --max-graph-mb / the keys active at once bounds each)")
     limits.add_argument("--handle-ttl", type=float, default=d.handle_ttl_seconds,
                         help="seconds a graph waits for its Backward")
     limits.add_argument("--max-caption-bytes", type=int, default=d.max_caption_bytes,
@@ -284,18 +304,17 @@ def main(argv=None) -> None:
     log = logging.getLogger("graytune.server")
     import torch  # after logging is set up: importing open_clip takes a few seconds
 
-    from graytune.server.service.app import OracleServer
+    from graytune.server.access.auth import Authenticator
+    from graytune.server.access.credentials import KeyFile
+    from graytune.server.access.key_schema import KeyFileError
     from graytune.server.access.tls_files import TlsFileError, server_credentials
-    from graytune.server.access.auth import AuthInterceptor
+    from graytune.server.access.usage import Budgets
     from graytune.server.compute import pretrained as builtin
     from graytune.server.compute.backbone import BackboneSource, load_backbone
     from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
-    from graytune.server.access.credentials import KeyFile
-    from graytune.server.access.key_reload import KeyReloader
-    from graytune.server.access.key_schema import KeyFileError
-    from graytune.server.service.metrics import ServerMetrics
     from graytune.server.compute.oracle import GradientOracle
-    from graytune.server.access.usage import Budgets
+    from graytune.server.service.metrics import ServerMetrics
+    from graytune.server.service.usage_store import UsageStore
 
     if args.dev == (args.keys is not None):
         fail("give --keys FILE, or --dev for development without credentials")
@@ -310,6 +329,10 @@ def main(argv=None) -> None:
             keys = KeyFile(args.keys)  # every problem of the file, before the backbone loads
         except KeyFileError as e:
             fail(*e.problems)
+    try:  # the certificate files too
+        tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except TlsFileError as e:
+        fail(str(e))
     if args.pretrained and builtin.is_builtin(args.model, args.pretrained):
         check_writable(builtin.cache_dir(), "the cache of built-in weights ($GRAYTUNE_CACHE)")
     if args.threads:
@@ -322,6 +345,7 @@ def main(argv=None) -> None:
         fail(str(e))
     limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
                     max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl,
+                    max_graph_bytes_per_key=None if args.max_graph_mb_per_key is None else int(args.max_graph_mb_per_key * MB),
                     max_call_seconds=args.max_call_seconds, max_caption_bytes=args.max_caption_bytes,
                     max_context_rows=args.max_context_rows)
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
@@ -329,40 +353,61 @@ def main(argv=None) -> None:
     oracle.on_merged_batch = metrics.observe_merged_batch
     if args.dev:
         log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)
-        auth, budgets = AuthInterceptor(None, args.tier, metrics), None
+        auth, store = Authenticator(None, args.tier), None
     else:
-        auth = AuthInterceptor(keys, metrics=metrics)
-        budgets = Budgets(args.usage_db or default_usage_db(args.keys))
+        auth = Authenticator(keys)
+        budgets = Budgets(args.usage_db or default_usage_db(args.keys), busy_timeout=args.usage_timeout)
+        store = UsageStore(budgets, timeout=args.usage_timeout)
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:
         log.warning("serving plaintext: no transport security")
-    try:
-        tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
-    except TlsFileError as e:
-        fail(str(e))
-    try:
-        server = OracleServer(oracle, f"{args.host}:{args.port}", auth, budgets, metrics, args.workers, tls,
-                              args.max_concurrent_calls)
-    except OSError as e:
-        fail(str(e))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if not args.dev:  # the key file is reloaded when it changes, and on SIGHUP
-        key_reloader = KeyReloader(keys).start()
-        signal.signal(signal.SIGHUP, lambda *_: key_reloader.request())
-    server.start()
     if args.metrics_port is not None:
         host, port = metrics.serve(args.host, args.metrics_port)
         log.info("metrics on http://%s:%d/metrics", host, port)
+    asyncio.run(serve(args, oracle, auth, store, metrics, tls))
+
+
+async def serve(args, oracle, auth, store, metrics, tls) -> None:
+    """Serves until SIGTERM or SIGINT, then drains for `--grace` seconds; reloads the key
+    file on SIGHUP and when it changes."""
+    import torch
+    from graytune.server.access.key_reload import KeyReloader
+    from graytune.server.service.admission import Admission
+    from graytune.server.service.app import OracleServer
+    from graytune.server.service.request_stream import UploadPace
+    from graytune.server.service.servicer import OracleServicer
+
+    log = logging.getLogger("graytune.server")
+    # Development mode has one caller: a per-key cap would be the server's cap.
+    admission = Admission(args.max_concurrent_calls, None if args.dev else args.max_calls_per_key)
+    pace = UploadPace(args.min_upload_kib_per_second * 1024, args.upload_grace)
+    servicer = OracleServicer(oracle, auth, admission, store, metrics, pace)
+    try:
+        server = OracleServer(oracle, servicer, f"{args.host}:{args.port}", tls, args.reflection_streams)
+    except OSError as e:
+        fail(str(e))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reloader = None
+    if auth.keys is not None:  # the key file is reloaded when it changes, and on SIGHUP
+        reloader = KeyReloader(auth.keys).start()
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    await server.start()
+    backbone = oracle.backbone
     log.info("backbone %s sha256=%s on %s, %d threads", backbone.name, backbone.sha256[:16],
              backbone.device, torch.get_num_threads())
     # Tests and scripts read this line to learn the port (with --port 0).
     print(f"graytune-server listening on {args.host}:{server.port} "
           f"(backbone {backbone.name}, weights sha256 {backbone.sha256})", flush=True)
-    stop.wait()
+    await stop.wait()
     log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
-    server.stop(args.grace)
+    await server.stop(args.grace)
+    if store is not None:
+        store.close()
+    if reloader is not None:
+        reloader.close()
     log.info("stopped")
 
 

@@ -1,11 +1,15 @@
-"""Budgets in SQLite: charged once per logical call, refunded when the call fails, two kinds."""
+"""Budgets in SQLite: one charge per key, call id and request digest; refunds give back exactly
+what the failed request was charged, once; usage never goes below zero."""
 from __future__ import annotations
+
+import sqlite3
+import threading
 
 import pytest
 
 from graytune.server.access.credentials import ApiKey
-from graytune.server.compute.errors import OverLimit
 from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
+from graytune.server.compute.errors import OverLimit
 
 KEY = ApiKey("k1", "0" * 64, "graybox", budget_samples=100, gradient_budget_samples=10)
 
@@ -15,42 +19,117 @@ def budgets(tmp_path):
     return Budgets(tmp_path / "usage.sqlite")
 
 
-def test_a_call_id_is_charged_once_across_retries_and_restarts(budgets, tmp_path):
-    assert budgets.charge(KEY, 50, "call-1") == 50
-    assert budgets.charge(KEY, 50, "call-1") == 50  # a retry owes the same charge, not another
-    assert Budgets(tmp_path / "usage.sqlite").charge(KEY, 50, "call-1") == 50  # another server process
+def test_a_retry_of_the_same_request_joins_its_charge_across_restarts(budgets, tmp_path):
+    first = budgets.charge(KEY, 50, "call-1", "digest-a")
+    assert (first.samples, first.new) == (50, True)
+    retry = budgets.charge(KEY, 50, "call-1", "digest-a")
+    assert (retry.samples, retry.new) == (50, False)  # a retry owes the same charge, not another
+    again = Budgets(tmp_path / "usage.sqlite").charge(KEY, 50, "call-1", "digest-a")  # another process
+    assert not again.new
     assert budgets.used(KEY.id) == 50
-    budgets.charge(KEY, 50, "call-2")
-    assert budgets.remaining(KEY) == 0
 
 
-def test_a_refund_gives_the_samples_back_and_forgets_the_call(budgets):
-    budgets.charge(KEY, 30, "call-1")
-    budgets.refund(KEY, 30, "call-1")
-    assert budgets.used(KEY.id) == 0
-    assert budgets.charge(KEY, 30, "call-1") == 30  # charged again: the first attempt gave nothing
+def test_a_reused_call_id_with_another_request_is_a_new_charge(budgets):
+    budgets.charge(KEY, 30, "same-id", "digest-a")
+    other = budgets.charge(KEY, 30, "same-id", "digest-b")
+    assert other.new and budgets.used(KEY.id) == 60
+    with pytest.raises(OverLimit, match="40 of 100 samples left and this call needs 41"):
+        budgets.charge(KEY, 41, "same-id", "digest-c")
+
+
+def test_a_failed_request_is_refunded_and_may_be_charged_again(budgets):
+    attempt = budgets.charge(KEY, 30, "call-1", "d")
+    assert budgets.refund(attempt) == 30 and budgets.used(KEY.id) == 0
+    assert budgets.charge(KEY, 30, "call-1", "d").new  # the first attempt gave nothing
     assert budgets.used(KEY.id) == 30
 
 
-def test_the_budget_refuses_a_call_whole_and_charges_nothing(budgets):
-    budgets.charge(KEY, 90, "a")
-    with pytest.raises(OverLimit, match="10 of 100 samples left and this call needs 11"):
-        budgets.charge(KEY, 11, "b")
-    assert budgets.used(KEY.id) == 90
+def test_a_failing_twin_never_refunds_a_served_call(budgets):
+    served = budgets.charge(KEY, 32, "C", "the real request")
+    budgets.settle(served)
+    twin = budgets.charge(KEY, 32, "C", "the real request")  # the same bytes again, then failing
+    assert budgets.refund(twin) == 0
+    bogus = budgets.charge(KEY, 8, "C", "a bogus request")  # the same id, other bytes
+    assert budgets.refund(bogus) == 8
+    assert budgets.refund(bogus) == 0  # a second refund of one attempt gives nothing
+    assert budgets.used(KEY.id) == 32
+
+
+def test_a_charge_held_by_a_retry_in_flight_is_not_given_back(budgets):
+    first = budgets.charge(KEY, 20, "call", "d")
+    retry = budgets.charge(KEY, 20, "call", "d")  # the client retried while the first still ran
+    assert budgets.refund(first) == 0  # the retry may still be served
+    budgets.settle(retry)
+    assert budgets.used(KEY.id) == 20
+    abandoned = budgets.charge(KEY, 5, "other", "d")
+    joined = budgets.charge(KEY, 5, "other", "d")
+    assert budgets.refund(abandoned) == 0 and budgets.refund(joined) == 5  # neither was served
+    assert budgets.used(KEY.id) == 20
+
+
+def test_usage_never_goes_below_zero(budgets, tmp_path):
+    attempts = [budgets.charge(KEY, 4, "twin", "d") for _ in range(8)]
+    for attempt in attempts:
+        budgets.refund(attempt)
+    assert budgets.used(KEY.id) == 0
+    db = sqlite3.connect(tmp_path / "usage.sqlite")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        db.execute("UPDATE usage SET samples = -1 WHERE key_id = ?", (KEY.id,))
+
+
+def test_concurrent_charges_never_overspend(budgets):
+    granted, threads = [], []
+
+    def spend(i):
+        try:
+            granted.append(budgets.charge(KEY, 7, f"call-{i}", "d"))
+        except OverLimit:
+            pass
+    for i in range(30):
+        threads.append(threading.Thread(target=spend, args=(i,)))
+        threads[-1].start()
+    for t in threads:
+        t.join(60)
+    assert len(granted) == 100 // 7 and budgets.used(KEY.id) == 7 * (100 // 7)
+
+
+def test_a_spent_key_is_refused_before_its_request_unless_the_call_was_charged(budgets):
+    budgets.charge(KEY, 100, "last", "d")
+    budgets.refuse_if_spent(KEY, SAMPLES, "last")  # the retry of the call that spent it goes on
+    with pytest.raises(OverLimit, match="0 of 100 samples left; budgets do not refill"):
+        budgets.refuse_if_spent(KEY, SAMPLES, "new")
+    budgets.refuse_if_spent(KEY, GRADIENTS, "new")  # the other budget is untouched
 
 
 def test_gradient_samples_are_a_budget_of_their_own(budgets):
-    budgets.charge(KEY, 100, "embed")
-    assert budgets.charge(KEY, 10, "embed", GRADIENTS) == 10  # same call id, other kind
+    budgets.charge(KEY, 100, "embed", "d")
+    assert budgets.charge(KEY, 10, "embed", "d", GRADIENTS).new  # same call id, other kind
     with pytest.raises(OverLimit, match="gradient samples"):
-        budgets.charge(KEY, 1, "more", GRADIENTS)
+        budgets.charge(KEY, 1, "more", "d", GRADIENTS)
     assert (budgets.used(KEY.id, SAMPLES), budgets.used(KEY.id, GRADIENTS)) == (100, 10)
 
 
 def test_call_ids_are_forgotten_after_a_day(tmp_path):
     now = [1000.0]
     budgets = Budgets(tmp_path / "usage.sqlite", clock=lambda: now[0])
-    budgets.charge(KEY, 5, "old")
+    budgets.charge(KEY, 5, "old", "d")
     now[0] += 2 * 24 * 3600
-    budgets.charge(KEY, 5, "new")  # prunes what is older than a day
-    assert budgets.charge(KEY, 5, "old") == 5 and budgets.used(KEY.id) == 15
+    budgets.charge(KEY, 5, "new", "d")  # prunes what is older than a day
+    assert budgets.charge(KEY, 5, "old", "d").new and budgets.used(KEY.id) == 15
+
+
+def test_a_version_1_file_keeps_its_usage(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);
+        CREATE TABLE gradient_usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);
+        CREATE TABLE charges (key_id TEXT NOT NULL, call_id TEXT NOT NULL, kind TEXT NOT NULL,
+                              samples INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (key_id, call_id, kind));
+        INSERT INTO usage VALUES ('k1', 60), ('k2', -256);
+        INSERT INTO gradient_usage VALUES ('k1', 3);
+    """)
+    db.close()
+    budgets = Budgets(path)
+    assert (budgets.used("k1"), budgets.used("k1", GRADIENTS), budgets.used("k2")) == (60, 3, 0)
+    assert Budgets(path).used("k1") == 60  # opened again: migrated once

@@ -19,9 +19,9 @@ import grpc
 import pytest
 import torch
 
-from graytune import tensor_codec
+from graytune import error_details
 from graytune.client.transport.local_server import LocalServer
-from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
@@ -70,40 +70,37 @@ def test_concurrent_clients_get_the_gradients_they_get_alone(server):
         assert relative_error(b, a) > 100 * ROUNDING_BOUND, name
 
 
-def test_calls_beyond_the_concurrency_limit_are_refused_while_others_run():
-    def held_open(sent, release):  # a Forward whose last chunk waits: it occupies a slot until released
-        yield pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE))
-        *head, last = tensor_codec.tensor_to_chunks("pixels", torch.randn(2, 3, 32, 32), chunk_bytes=4096)
-        for chunk in head:
-            yield pb.InputMessage(chunk=chunk)
-        sent.set()
-        release.wait(60)
-        yield pb.InputMessage(chunk=last)
+def test_calls_beyond_the_concurrency_limit_are_refused_while_describe_and_health_answer():
+    release = threading.Event()
 
-    with LocalServer([*SERVER_ARGS, "--max-concurrent-calls", "1"]) as server:
+    def held_open():  # an Embed whose request never ends: it holds the server's only slot
+        yield pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE))
+        release.wait(60)
+
+    with LocalServer([*SERVER_ARGS, "--max-concurrent-calls", "1", "--upload-grace", "60"]) as server:
         with grpc.insecure_channel(server.endpoint) as channel:
             stub = pb_grpc.GradientOracleStub(channel)
-            for attempt in range(10):
-                release, sent = threading.Event(), threading.Event()
-                slow = stub.Embed(held_open(sent, release), timeout=60)
-                slow.add_done_callback(lambda call: sent.set())  # refused: its chunks are never all sent
-                assert sent.wait(60)
-                # The probe follows the held call on the same connection, so the server sees the
-                # held call first: no wait for "long enough" is needed.
-                try:
-                    stub.Describe(pb.DescribeRequest(), timeout=60)
-                except grpc.RpcError as refused:
-                    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    break
-                # The probe got the only slot, so the held call did not: on a busy machine the
-                # server may still count the start-up readiness check when the held call arrives.
+            held = stub.Embed(held_open(), timeout=60)
+            try:
+                with OracleClient(server.endpoint, retries=0) as oracle:
+                    # The held call takes its slot before reading anything, so once a probe is
+                    # refused the slot is known to be held; until then the probe may come first.
+                    for _ in range(100):
+                        try:
+                            oracle.embed_images(torch.randn(1, 3, 32, 32))
+                        except OracleError as refused:
+                            assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                            assert refused.reason == error_details.TOO_MANY_CALLS
+                            assert "--max-concurrent-calls" in refused.details
+                            break
+                    else:
+                        pytest.fail("the held call never took the server's only slot")
+                    assert oracle.describe(refresh=True).embed_dim > 0  # never counted, never refused
+                    oracle.wait_ready(10)  # the health check neither
+            finally:
                 release.set()
-                with pytest.raises(grpc.RpcError) as first:
-                    list(slow)
-                assert first.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            else:
-                pytest.fail("the held call never got the server's only slot")
-            release.set()
-            assert len(list(slow)) > 1  # the held call completes normally
-            with OracleClient(server.endpoint) as oracle:
-                assert oracle.describe(refresh=True).embed_dim > 0  # and the slot is free again
+            with pytest.raises(grpc.RpcError) as ended:
+                list(held)
+            assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # a header and no pixels
+            with OracleClient(server.endpoint, retries=0) as oracle:
+                assert oracle.embed_images(torch.randn(1, 3, 32, 32)).shape[0] == 1  # the slot is free again

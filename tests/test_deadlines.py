@@ -68,7 +68,8 @@ def test_a_stalled_stream_is_ended_at_the_servers_call_limit(short_calls):
         with pytest.raises(grpc.RpcError) as failure:
             list(pb_grpc.GradientOracleStub(channel).Embed(stalled(), timeout=30))
         release.set()
-    assert failure.value.code() == grpc.StatusCode.CANCELLED
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--max-call-seconds" in failure.value.details()
     assert 1.0 <= time.monotonic() - started < 10
     lines = lambda: [line for line in short_calls.output if "method=Embed" in line and "DEADLINE_EXCEEDED" in line]
     wait_until(lines, 60, "the expired call's audit line")

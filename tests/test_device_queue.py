@@ -113,9 +113,9 @@ def test_a_group_waits_for_a_member_still_arriving():
     device, batches = DeviceQueue(linger=0.0, arrival_wait=30.0), []
     run_group = lambda works: batches.append(len(works)) or [None] * len(works)
     try:
-        with device.arriving("g"):  # this thread is receiving a member's tensors
+        with device.arriving("g") as arrival:  # a member's tensors still being received
             first = take_up(device, "a", Work(group="g", run_group=run_group))
-            device.submit("b", Work(group="g", run_group=run_group))
+            device.submit("b", Work(group="g", run_group=run_group), arrival=arrival)
         first.join(10)
         assert batches == [2]
     finally:

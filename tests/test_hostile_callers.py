@@ -171,7 +171,7 @@ def test_an_enormous_call_id_is_refused_and_not_echoed(logged, channel):
 @pytest.mark.parametrize("letters", [40_000, 200_000])
 def test_a_long_caption_is_refused_before_tokenising(logged, channel, letters):
     messages = [pb.InputMessage(header=pb.InputHeader(tower=pb.TEXT, texts=["x" * letters]))]
-    expect_refused(logged, channel, "Embed", messages, "texts[0]", f"{letters} bytes", "limit of 4096")
+    expect_refused(logged, channel, "Embed", messages, "texts[0]", f"{letters} bytes", "limit of 2475")
 
 
 # -- 6: a retried call is charged once; a failed call is refunded --------------------------------

@@ -263,17 +263,18 @@ class OracleClient:
                 except grpc.RpcError as e:
                     self.connection.failed(method, e)
                     refused = error_details.refusal(e)
-                    rate_limited = refused.reason == error_details.RATE_LIMITED and refused.retry_after is not None
+                    rate_limited = refused.reason in error_details.WAITED_OUT and refused.retry_after is not None
                     if (e.code() not in RETRIED and not rate_limited) or attempt == self.retries:
                         raise OracleError(method, e.code(), self._explained(e), refused.reason) from None
                     if rate_limited:
                         with self._counting:  # the first refusal is logged once, whichever thread gets it
                             first, self._rate_limit_logged = not self._rate_limit_logged, True
                         if first:
-                            log.warning("%s: the key's rate limit refused a call (%s); calls wait as the server "
-                                        "asks from now on (OracleClient.rate_limited_seconds adds up the waits)",
-                                        method, e.details())
-                        wait.for_rate_limit(e.details(), refused.retry_after)
+                            what = ("the key's rate limit refused a call" if refused.reason == error_details.RATE_LIMITED
+                                    else "the key has too many calls in flight")
+                            log.warning("%s: %s (%s); calls wait as the server asks from now on "
+                                        "(OracleClient.rate_limited_seconds adds up the waits)", method, what, e.details())
+                        wait.for_rate_limit(e.details(), refused.retry_after, refused.reason)
                         with self._counting:
                             self.rate_limited_seconds += refused.retry_after
                     else:
@@ -328,7 +329,8 @@ class _ServerWait:
     seconds in all. A server never reached is waited for the connection's `connect_timeout`,
     with the backoff sleeps alone (each attempt looks into why it is not reached).
     Logs one line when the wait begins and one when the server answers.
-    Waits the key's rate limit asks for are counted apart, `timeout` seconds of them too."""
+    Waits the server asks for (the key's rate limit, its calls in flight) are counted apart,
+    `timeout` seconds of them too."""
 
     def __init__(self, method: str, connection: _Connection, channel: grpc.Channel, timeout: float):
         self.method, self.connection, self.channel, self.timeout = method, connection, channel, timeout
@@ -346,13 +348,13 @@ class _ServerWait:
             log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint,
                         time.monotonic() - self.began)
 
-    def for_rate_limit(self, details: str, delay: float) -> None:
+    def for_rate_limit(self, details: str, delay: float, reason: str) -> None:
         """Sleeps the `delay` the server asked for; OracleError(RESOURCE_EXHAUSTED) instead when
         this call's waits would pass `timeout` seconds."""
         if self.rate_waited + delay > self.timeout:
             raise OracleError(self.method, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{details} (this call waited {self.rate_waited:.1f} s of {self.timeout:g} s already)",
-                              error_details.RATE_LIMITED)
+                              reason)
         time.sleep(delay)
         self.rate_waited += delay
 

@@ -20,6 +20,8 @@ DOMAIN = "graytune.v1"
 BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"    # the key's budget is spent; budgets do not refill
 RATE_LIMITED = "RATE_LIMITED"            # the key's calls per second; RetryInfo says when
 GRAPH_TOO_LARGE = "GRAPH_TOO_LARGE"      # one batch's graph is over the cap of graphs held
+TOO_MANY_CALLS = "TOO_MANY_CALLS"        # the key's (or the server's) calls in flight; RetryInfo says when
+WAITED_OUT = (RATE_LIMITED, TOO_MANY_CALLS)  # refusals a client waits out for the RetryInfo's delay
 
 
 class Refusal(NamedTuple):

@@ -1,12 +1,25 @@
-"""Per-key query budgets (persisted, so a restart does not refill them) and rate limits.
+"""Per-key query budgets, persisted in SQLite so a restart does not refill them.
 
 Two budgets per key, each optional: samples embedded (Embed and Forward) and gradient samples
-(Backward: what model extraction needs most). They live in SQLite: each charge is one durable
-transaction, and several server processes may share the file.
+(Backward: what model extraction needs most). Several server processes may share the file.
 
-A charge is made once per logical call: the client sends the same call id on every retry of a
-call, and a call id already charged (by a server that died before answering, say) is not
-charged again. A call that fails is refunded, so a caller pays for what it received.
+Charging is exactly-once per logical call and cannot be gamed:
+- A charge is identified by (key, call id, kind, digest of the request). The client sends the
+  same call id on every retry of a call; a retry of the *same request* (same digest) joins the
+  earlier charge instead of paying again. A call id reused for another request is another
+  digest, so it is charged as a new call (Stripe's idempotency keys, made lenient: refusing it
+  would strand a client whose retry legitimately differs, e.g. a Backward after re-running
+  Forward).
+- The charge is reserved before the work (one transaction checks and adds it, so concurrent
+  calls cannot overspend) and settled when the reply has been handed to gRPC. Each attempt on a
+  charge holds it; a failed attempt lets go of it, and the charge is given back only when no
+  attempt holds it any more and none was served. So a refund returns exactly what was charged
+  for this request, once, and never what another request (or a served twin) paid.
+- Usage never goes below zero: the tables refuse it (CHECK) and refunds clamp.
+
+Every method is blocking and thread-safe (a connection per thread, no process-wide lock): the
+server runs them on its own store threads with a time limit, never on a thread other callers
+need (see servicer.UsageStore).
 """
 from __future__ import annotations
 
@@ -14,7 +27,9 @@ import contextlib
 import sqlite3
 import threading
 import time
-from typing import Dict, Iterator, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
 
 from graytune import error_details
 from graytune.server.access.credentials import ApiKey
@@ -22,119 +37,178 @@ from graytune.server.compute.errors import OverLimit
 
 SAMPLES, GRADIENTS = "samples", "gradient samples"
 CALL_ID_SECONDS = 24 * 3600  # how long a charged call id is remembered (clients retry for minutes)
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS gradient_usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS charges (key_id TEXT NOT NULL, call_id TEXT NOT NULL, kind TEXT NOT NULL,
-                                    samples INTEGER NOT NULL, at REAL NOT NULL,
-                                    PRIMARY KEY (key_id, call_id, kind));
-CREATE INDEX IF NOT EXISTS charges_at ON charges (at);
-"""
+SCHEMA_VERSION = 2
 TABLES = {SAMPLES: "usage", GRADIENTS: "gradient_usage"}
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL CHECK (samples >= 0));
+CREATE TABLE IF NOT EXISTS gradient_usage (key_id TEXT PRIMARY KEY,
+                                           samples INTEGER NOT NULL CHECK (samples >= 0));
+CREATE TABLE IF NOT EXISTS call_charges (
+    key_id TEXT NOT NULL, call_id TEXT NOT NULL, kind TEXT NOT NULL, digest TEXT NOT NULL,
+    samples INTEGER NOT NULL CHECK (samples >= 0),
+    holders INTEGER NOT NULL CHECK (holders >= 0),  -- attempts in flight on this charge
+    served INTEGER NOT NULL DEFAULT 0,              -- 1 once an attempt's reply was handed over
+    at REAL NOT NULL,
+    PRIMARY KEY (key_id, call_id, kind, digest));
+CREATE INDEX IF NOT EXISTS call_charges_at ON call_charges (at);
+"""
+# Version 1 (no version table): usage tables without CHECK, charges without digest or holders.
+# Its remembered call ids are dropped (a retry across the upgrade is charged again).
+MIGRATE_FROM_1 = """
+DROP TABLE IF EXISTS charges;
+ALTER TABLE usage RENAME TO usage_v1;
+ALTER TABLE gradient_usage RENAME TO gradient_usage_v1;
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt's hold on a charge: what `settle` or `refund` must be told."""
+    key_id: str
+    call_id: str
+    kind: str
+    digest: str
+    samples: int  # the charge this attempt holds
+    new: bool  # False: it joined an earlier attempt's charge (a retry), and paid nothing itself
 
 
 class Budgets:
-    def __init__(self, path, clock=time.time):
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-        self.clock = clock
+    def __init__(self, path, clock=time.time, busy_timeout: float = 30.0):
+        """`busy_timeout`: seconds a statement waits for another process's write lock."""
+        self.path, self.clock, self.busy_timeout = str(path), clock, busy_timeout
+        self._local = threading.local()
         self._pruned = 0.0
+        with self._transaction() as db:
+            _migrate(db)
 
     def used(self, key_id: str, kind: str = SAMPLES) -> int:
-        with self._lock:
-            return self._used(key_id, kind)
+        return _used(self._db(), key_id, kind)  # a WAL read: never waits for a writer
 
     def remaining(self, key: ApiKey, kind: str = SAMPLES) -> Optional[int]:
         budget = _budget(key, kind)
         return None if budget is None else max(0, budget - self.used(key.id, kind))
 
-    def charge(self, key: ApiKey, samples: int, call_id: str = "", kind: str = SAMPLES) -> int:
-        """Counts `samples` against the key's budget of `kind`, or refuses the call whole.
-        Returns the samples now owed by this call: its earlier charge when `call_id` was
-        charged before (a retry), never a second one."""
+    def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
+        """Refuses a call before its request is read when the key has nothing left of `kind`,
+        unless `call_id` holds a charge already (the retry of a call that was charged)."""
+        if self.remaining(key, kind) == 0 and not self._db().execute(
+                "SELECT 1 FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ?",
+                (key.id, call_id, kind)).fetchone():
+            raise _spent(key, kind, _budget(key, kind), _budget(key, kind))
+
+    def charge(self, key: ApiKey, samples: int, call_id: str, digest: str,
+               kind: str = SAMPLES) -> Optional[Attempt]:
+        """Reserves `samples` of the key's budget of `kind` for this request, or refuses the
+        call whole (OverLimit). None for a key without that budget."""
         budget = _budget(key, kind)
         if budget is None:
-            return 0
-        with self._lock, self._transaction():
-            if call_id:
-                row = self._db.execute("SELECT samples FROM charges WHERE key_id = ? AND call_id = ? "
-                                       "AND kind = ?", (key.id, call_id, kind)).fetchone()
-                if row is not None:
-                    return row[0]
-            used = self._used(key.id, kind)
+            return None
+        ident = (key.id, call_id, kind, digest)
+        with self._transaction() as db:
+            row = db.execute("SELECT samples FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ? "
+                             "AND digest = ?", ident).fetchone()
+            if row is not None:  # a retry of this very request: it joins the earlier charge
+                db.execute("UPDATE call_charges SET holders = holders + 1 WHERE key_id = ? AND call_id = ? "
+                           "AND kind = ? AND digest = ?", ident)
+                return Attempt(*ident, row[0], new=False)
+            used = _used(db, key.id, kind)
             if used + samples > budget:
-                raise OverLimit(
-                    f"budget: key {key.id} has {budget - used} of {budget} {kind} left and this "
-                    f"call needs {samples}; budgets do not refill, ask the model owner for more",
-                    error_details.BUDGET_EXHAUSTED)
-            self._add(key.id, kind, samples)
-            if call_id:
-                self._db.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?)",
-                                 (key.id, call_id, kind, samples, self.clock()))
-            self._prune()
-        return samples
+                raise _spent(key, kind, budget, used, samples)
+            _add(db, key.id, kind, samples)
+            db.execute("INSERT INTO call_charges VALUES (?, ?, ?, ?, ?, 1, 0, ?)", (*ident, samples, self.clock()))
+            self._prune(db)
+        return Attempt(*ident, samples, new=True)
 
-    def refund(self, key: ApiKey, samples: int, call_id: str = "", kind: str = SAMPLES) -> None:
-        """Gives back a failed call's charge; its call id may be charged again."""
-        with self._lock, self._transaction():
-            self._add(key.id, kind, -samples)
-            if call_id:
-                self._db.execute("DELETE FROM charges WHERE key_id = ? AND call_id = ? AND kind = ?",
-                                 (key.id, call_id, kind))
+    def settle(self, attempt: Attempt) -> None:
+        """The attempt's reply was handed over: the charge stands for good."""
+        with self._transaction() as db:
+            db.execute("UPDATE call_charges SET holders = MAX(0, holders - 1), served = 1 WHERE key_id = ? "
+                       "AND call_id = ? AND kind = ? AND digest = ?", _ident(attempt))
 
-    def _used(self, key_id: str, kind: str) -> int:
-        row = self._db.execute(f"SELECT samples FROM {TABLES[kind]} WHERE key_id = ?", (key_id,)).fetchone()
-        return row[0] if row else 0
+    def refund(self, attempt: Attempt) -> int:
+        """The attempt failed before its reply was complete: it lets go of the charge, which is
+        given back when no other attempt holds it and none was served. -> samples given back."""
+        with self._transaction() as db:
+            db.execute("UPDATE call_charges SET holders = MAX(0, holders - 1) WHERE key_id = ? AND call_id = ? "
+                       "AND kind = ? AND digest = ?", _ident(attempt))
+            row = db.execute("SELECT samples, holders, served FROM call_charges WHERE key_id = ? AND call_id = ? "
+                             "AND kind = ? AND digest = ?", _ident(attempt)).fetchone()
+            if row is None or row[1] > 0 or row[2]:
+                return 0
+            db.execute("DELETE FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ? AND digest = ?",
+                       _ident(attempt))
+            db.execute(f"UPDATE {TABLES[attempt.kind]} SET samples = MAX(0, samples - ?) WHERE key_id = ?",
+                       (row[0], attempt.key_id))
+            return row[0]
 
-    def _add(self, key_id: str, kind: str, samples: int) -> None:
-        self._db.execute(f"INSERT INTO {TABLES[kind]} VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE "
-                         "SET samples = samples + excluded.samples", (key_id, samples))
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
 
-    def _prune(self) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _prune(self, db: sqlite3.Connection) -> None:
         """Forgets call ids older than CALL_ID_SECONDS, at most once a minute."""
         now = self.clock()
         if now - self._pruned > 60:
-            self._db.execute("DELETE FROM charges WHERE at < ?", (now - CALL_ID_SECONDS,))
+            db.execute("DELETE FROM call_charges WHERE at < ?", (now - CALL_ID_SECONDS,))
             self._pruned = now
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+
+def _migrate(db: sqlite3.Connection) -> None:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    old = "usage" in tables and "schema_version" not in tables
+    if old:
+        _run(db, MIGRATE_FROM_1)
+    _run(db, SCHEMA)
+    if old:
+        for kind, table in TABLES.items():
+            db.execute(f"INSERT INTO {table} SELECT key_id, MAX(0, samples) FROM {table}_v1")
+            db.execute(f"DROP TABLE {table}_v1")
+    if db.execute("SELECT version FROM schema_version").fetchone() is None:
+        db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    """Statements one by one (`executescript` would commit the open transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _ident(attempt: Attempt) -> tuple:
+    return attempt.key_id, attempt.call_id, attempt.kind, attempt.digest
+
+
+def _used(db: sqlite3.Connection, key_id: str, kind: str) -> int:
+    row = db.execute(f"SELECT samples FROM {TABLES[kind]} WHERE key_id = ?", (key_id,)).fetchone()
+    return row[0] if row else 0
+
+
+def _add(db: sqlite3.Connection, key_id: str, kind: str, samples: int) -> None:
+    db.execute(f"INSERT INTO {TABLES[kind]} VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE "
+               "SET samples = samples + excluded.samples", (key_id, samples))
 
 
 def _budget(key: ApiKey, kind: str) -> Optional[int]:
     return key.budget_samples if kind == SAMPLES else key.gradient_budget_samples
 
 
-class RateLimiter:
-    """A token bucket per key: `rate_per_second` calls per second, bursts up to one second's worth."""
-
-    def __init__(self, clock=time.monotonic):
-        self.clock = clock
-        self._buckets: Dict[str, list] = {}  # key id -> [tokens, last refill time]
-        self._lock = threading.Lock()
-
-    def acquire(self, key: ApiKey) -> None:
-        rate = key.rate_per_second
-        if rate is None:
-            return
-        capacity = max(1.0, rate)
-        with self._lock:
-            now = self.clock()
-            tokens, last = self._buckets.get(key.id, [capacity, now])
-            tokens = min(capacity, tokens + (now - last) * rate)
-            if tokens < 1.0:
-                self._buckets[key.id] = [tokens, now]
-                wait = (1.0 - tokens) / rate
-                raise OverLimit(f"rate: key {key.id} is limited to {rate:g} calls/s; the next call "
-                                f"is allowed in {wait:.2f} s", error_details.RATE_LIMITED, retry_after=wait)
-            self._buckets[key.id] = [tokens - 1.0, now]
+def _spent(key: ApiKey, kind: str, budget: int, used: int, samples: Optional[int] = None) -> OverLimit:
+    needs = "" if samples is None else f" and this call needs {samples}"
+    return OverLimit(f"budget: key {key.id} has {budget - used} of {budget} {kind} left{needs}; budgets do "
+                     f"not refill, ask the model owner for more", error_details.BUDGET_EXHAUSTED)

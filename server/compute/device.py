@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Hashable, List, Optional
+from typing import Any, Callable, Deque, Dict, Hashable, Iterator, List, Optional
 
 from graytune.server.compute.errors import CallerGone, DeadlineExceeded, ShuttingDown
 
@@ -71,7 +71,7 @@ class DeviceQueue:
         self.linger = linger
         self.arrival_wait = arrival_wait
         self._pending: "OrderedDict[str, Deque[Work]]" = OrderedDict()
-        self._arriving: Dict[int, Hashable] = {}  # receiving thread -> group of its coming work
+        self._arriving: Dict[object, Hashable] = {}  # token -> group of a work being received
         self._ready = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="device", daemon=True)
@@ -82,29 +82,30 @@ class DeviceQueue:
         return self.submit(caller, Work(run=lambda: fn(*args)), deadline)
 
     @contextlib.contextmanager
-    def arriving(self, group: Hashable):
-        """Announces that this thread is receiving a work of `group`. Until it submits the work
-        (or leaves this block), a batch of that group waits for it, up to `arrival_wait` s."""
-        me = threading.get_ident()
+    def arriving(self, group: Hashable) -> Iterator[object]:
+        """Announces a work of `group` on its way (its request still being received). Until it
+        is submitted with the token this yields (or the block ends), a batch of that group
+        waits for it, up to `arrival_wait` s."""
+        token = object()
         with self._ready:
-            self._arriving[me] = group
+            self._arriving[token] = group
         try:
-            yield
+            yield token
         finally:
             with self._ready:
-                if self._arriving.pop(me, None) is not None:
+                if self._arriving.pop(token, None) is not None:
                     self._ready.notify_all()
 
     def submit(self, caller: str, work: Work, deadline: Optional[float] = None,
-               scope: Optional[CancelScope] = None):
+               scope: Optional[CancelScope] = None, arrival: Optional[object] = None):
         """Queues the work and waits for its result. Work not yet started when `deadline`
         (time.monotonic) passes is dropped: DeadlineExceeded; when `scope` is cancelled (the
         caller left): CallerGone; when the queue closes: ShuttingDown. Started work runs to
-        its end."""
+        its end. `arrival`: the token `arriving` gave for this work, now arrived."""
         with self._ready:
             if self._closed:
                 raise ShuttingDown("the server is shutting down; retry against a restarted server")
-            self._arriving.pop(threading.get_ident(), None)
+            self._arriving.pop(arrival, None)
             self._pending.setdefault(caller, deque()).append(work)
             self._ready.notify_all()
         if scope is not None:

@@ -30,3 +30,11 @@ class CallerGone(Exception):
 
 class ShuttingDown(Exception):
     """The server stopped before the call's work started (UNAVAILABLE: retry elsewhere)."""
+
+
+class StoreUnavailable(Exception):
+    """The usage store did not answer in time (UNAVAILABLE: the client retries, same call id)."""
+
+
+class UploadStalled(TimeoutError):
+    """The request stream fell below the server's minimum upload rate (DEADLINE_EXCEEDED)."""

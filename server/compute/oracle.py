@@ -35,7 +35,8 @@ class GradientOracle:
         self.backbone = backbone
         self.limits = limits
         self.merge_batches = merge_batches
-        self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds)
+        self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds,
+                                max_bytes_per_owner=limits.max_graph_bytes_per_key)
         self.device = DeviceQueue(max_samples=limits.max_batch)
         # Calls in the last merged image Forward batch: the next batch waits briefly for as
         # many, so concurrent trainers stay in step rather than alternate small batches.
@@ -98,8 +99,9 @@ class GradientOracle:
         return contextlib.nullcontext()
 
     # `record`, when given, is the servicer's record of the call: its `deadline` (time.monotonic
-    # or None) bounds the wait for the device, its `scope` drops the work if the caller leaves;
-    # it receives `device_seconds`, the call's time on the device thread.
+    # or None) bounds the wait for the device, its `scope` drops the work if the caller leaves,
+    # its `arrival` is the token `receiving` gave; it receives `device_seconds`, the call's time
+    # on the device thread.
     def embed(self, request: "Request", owner: str = "", out_dtype: torch.dtype = torch.float32,
               record=None) -> torch.Tensor:
         """-> (B, E) embeddings."""
@@ -113,7 +115,7 @@ class GradientOracle:
             group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
             return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,
                                                   samples=request.samples, expected=self._forward_calls),
-                                      _deadline(record), _scope(record))
+                                      _deadline(record), _scope(record), _arrival(record))
         return self._on_device(owner, record, self._forward, request, owner, out_dtype)
 
     def backward(self, handle: str, tensors: Tensors, owner: str,
@@ -141,7 +143,7 @@ class GradientOracle:
             finally:
                 if record is not None:
                     record.device_seconds = time.perf_counter() - start
-        return self.device.submit(owner, Work(run=timed), _deadline(record), _scope(record))
+        return self.device.submit(owner, Work(run=timed), _deadline(record), _scope(record), _arrival(record))
 
     def _forward_images(self, works: List[Work]) -> list:
         """Image Forward calls of several callers as one batch; a graph slice (handle) each."""
@@ -232,6 +234,10 @@ class _Call:
 
 def _deadline(record) -> Optional[float]:
     return None if record is None else record.deadline
+
+
+def _arrival(record) -> Optional[object]:
+    return None if record is None else record.arrival
 
 
 def _scope(record) -> Optional[CancelScope]:

@@ -24,6 +24,7 @@ class Limits:
     max_message_bytes: int = 8 << 20  # gRPC receive limit; tensors travel in chunks below it
     chunk_bytes: int = 1 << 20
     max_graph_bytes: int = 4 << 30
+    max_graph_bytes_per_key: Optional[int] = None  # None: a key may hold all of max_graph_bytes
     handle_ttl_seconds: float = 120.0
     max_extra_tokens: int = 16
     max_deep_prompt_tokens: int = 16  # per layer

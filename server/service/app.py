@@ -1,44 +1,37 @@
-"""Builds and runs the gRPC server: oracle service, health checking, reflection."""
+"""Builds and runs the gRPC server (grpc.aio): oracle service, health checking, reflection.
+
+gRPC's own `maximum_concurrent_rpcs` is not used: it counts every call, the health check and
+Describe included, so one caller's streams could get those refused. The servicer's admission
+caps billed calls per key and in all; health and Describe are always answered.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from concurrent import futures
-from pathlib import Path
 from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from graytune.server.access.auth import AuthInterceptor
-from graytune.server.service.metrics import ServerMetrics
 from graytune.server.compute.oracle import GradientOracle
+from graytune.server.service.reflection_cap import ReflectionCap
 from graytune.server.service.servicer import OracleServicer, add_to_server
-from graytune.server.access.usage import Budgets
 from graytune.v1 import oracle_pb2
 
 log = logging.getLogger("graytune.server")
 SERVICE_NAME = oracle_pb2.DESCRIPTOR.services_by_name["GradientOracle"].full_name
 
 
-def tls_credentials(cert: Path, key: Path, client_ca: Optional[Path] = None) -> grpc.ServerCredentials:
-    """TLS from PEM files; with `client_ca`, mutual TLS: clients must show a certificate it signed."""
-    return grpc.ssl_server_credentials(
-        [(Path(key).read_bytes(), Path(cert).read_bytes())],
-        root_certificates=Path(client_ca).read_bytes() if client_ca else None,
-        require_client_auth=client_ca is not None)
-
-
 class OracleServer:
-    """The oracle on a port, with its health service and graph sweeper."""
+    """The oracle on a port, with its health service and graph sweeper. Built, started and
+    stopped inside the event loop that serves it."""
 
-    def __init__(self, oracle: GradientOracle, address: str, auth: AuthInterceptor,
-                 budgets: Optional[Budgets] = None, metrics: Optional[ServerMetrics] = None,
-                 workers: int = 8, tls: Optional[grpc.ServerCredentials] = None,
-                 max_concurrent_calls: Optional[int] = None):
+    def __init__(self, oracle: GradientOracle, servicer: OracleServicer, address: str,
+                 tls: Optional[grpc.ServerCredentials] = None, reflection_streams: int = 0):
         """`tls`: server credentials (TLS, or mutual TLS); None serves plaintext.
-        Calls beyond `max_concurrent_calls` in flight get RESOURCE_EXHAUSTED from gRPC."""
+        `reflection_streams`: gRPC reflection with at most this many streams at once; 0: off."""
         limits = oracle.limits
         options = [
             # Chunks stay far below these; they only bound what one message may cost.
@@ -48,15 +41,15 @@ class OracleServer:
             # connections with the first: a Backward would land where its Forward never was.
             ("grpc.so_reuseport", 0),
         ]
-        self.oracle = oracle
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
-                                  interceptors=[auth], maximum_concurrent_rpcs=max_concurrent_calls)
-        self.servicer = OracleServicer(oracle, budgets, metrics=metrics)
-        add_to_server(self.servicer, self.server)
-        self.health = health.HealthServicer()
+        self.oracle, self.servicer = oracle, servicer
+        interceptors = [ReflectionCap(reflection_streams)] if reflection_streams else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
+        add_to_server(servicer, self.server)
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if reflection_streams:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         try:
             self.port = (self.server.add_secure_port(address, tls) if tls is not None
                          else self.server.add_insecure_port(address))
@@ -67,17 +60,17 @@ class OracleServer:
                           f"this host's")
         self._stop_sweeper = threading.Event()
 
-    def start(self) -> None:
-        self.server.start()
+    async def start(self) -> None:
+        await self.server.start()
         self.oracle.store.run_sweeper(self._stop_sweeper)
         for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace_seconds: float) -> None:
+    async def stop(self, grace_seconds: float) -> None:
         """Stops accepting calls, lets in-flight ones finish within the grace period; calls
         still queued for the device then end UNAVAILABLE (refunded, with their audit lines)."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace_seconds).wait()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
         self._stop_sweeper.set()
-        self.oracle.device.close()
-        self.servicer.wait_idle(timeout=5.0)
+        await asyncio.to_thread(self.oracle.device.close)
+        await self.servicer.wait_idle(timeout=5.0)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Dict, Optional
+from typing import List, Optional
 
 from graytune.server.access.auth import Caller
+from graytune.server.access.usage import Attempt
 from graytune.server.compute.device import CancelScope
 from graytune.server.service.metrics import ServerMetrics
 
@@ -22,11 +23,17 @@ class CallRecord:
         self.method, self.caller, self.metrics = method, caller, metrics
         self.deadline = deadline  # time.monotonic by which the call must be done
         self.call_id = call_id  # the client's id of the logical call, the same on its retries
+        self.billed: Optional[str] = None  # the budget kind the call is charged in, if any
+        self.digest = ""  # of the request's bytes: binds the call id to this request
         self.samples = self.bytes_in = self.bytes_out = 0
-        self.charged: Dict[str, int] = {}  # budget kind -> samples this call owes
+        self.attempts: List[Attempt] = []  # this attempt's holds on budget charges
+        self.replied = False  # the reply's last message was handed to gRPC: the call is served
+        self.expired = False  # ended by the server's limit on call time
         self.device_seconds = 0.0
         self.scope = CancelScope()  # the call's device work, dropped if the caller leaves
+        self.arrival: Optional[object] = None  # the device queue's token while its tensors arrive
         self.start = time.perf_counter()
+        self.began = time.monotonic()
         self._logged = threading.Lock()
 
     def log(self, status: str, detail: str = "") -> None:
@@ -38,7 +45,8 @@ class CallRecord:
             self.metrics.observe(self.method, self.caller.tier, status, self.samples, self.bytes_in,
                                  self.bytes_out, seconds, self.device_seconds)
         level = logging.INFO if status == "OK" else logging.WARNING
-        charged = " ".join(f"charged_{kind.replace(' ', '_')}={n}" for kind, n in self.charged.items())
+        # What this attempt paid: a retry that joined an earlier attempt's charge paid nothing.
+        charged = " ".join(f"charged_{a.kind.replace(' ', '_')}={a.samples if a.new else 0}" for a in self.attempts)
         log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
                 "status=%s latency_ms=%.1f device_ms=%.1f%s%s%s", self.method, self.caller.id,
                 self.caller.tier, self.samples, self.bytes_in, self.bytes_out, status, seconds * 1e3,

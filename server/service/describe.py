@@ -1,13 +1,15 @@
 """Describe: what a caller needs to build inputs for this backbone, and what it may do."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import graytune
 from graytune.server.access.auth import Caller
 from graytune.server.compute.backbone import Backbone
 from graytune.server.access.tiers import ENTRY_POINTS, may_differentiate
-from graytune.server.access.usage import GRADIENTS, Budgets
+from graytune.server.access import rate_limit
+from graytune.server.access.usage import GRADIENTS, SAMPLES
+from graytune.server.service.request_stream import UploadPace
 from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
 
@@ -17,14 +19,16 @@ from graytune.v1 import oracle_pb2 as pb
 CHARGES = pb.Charges(per_image=1, per_caption=1, per_context=1, per_gradient_row=1)
 
 
-def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budgets]) -> pb.DescribeResponse:
+def describe(b: Backbone, limits: Limits, caller: Caller, remaining: Dict[str, Optional[int]],
+             max_calls_per_key: Optional[int], pace: UploadPace) -> pb.DescribeResponse:
+    """`remaining`: budget kind -> what the key has left (None: the store did not answer)."""
     key = caller.key
-    budget = {} if key is None or key.budget_samples is None else {
-        "budget_samples": key.budget_samples, "budget_remaining": budgets.remaining(key)}
-    rate = {} if key is None or key.rate_per_second is None else {"rate_per_second": key.rate_per_second}
-    gradients = {} if key is None or key.gradient_budget_samples is None else {
-        "gradient_budget_samples": key.gradient_budget_samples,
-        "gradient_budget_remaining": budgets.remaining(key, GRADIENTS)}
+    budget = {} if key is None or key.budget_samples is None else _budget(
+        "budget", key.budget_samples, remaining.get(SAMPLES))
+    rate = {} if key is None or key.rate_per_second is None else {
+        "rate_per_second": key.rate_per_second, "rate_limit_scope": rate_limit.SCOPE}
+    gradients = {} if key is None or key.gradient_budget_samples is None else _budget(
+        "gradient_budget", key.gradient_budget_samples, remaining.get(GRADIENTS))
     protection = {} if key is None else {name: getattr(key, name) for name in
                                          ("gradient_clip_norm", "gradient_noise_std")
                                          if getattr(key, name) is not None}
@@ -59,6 +63,14 @@ def describe(b: Backbone, limits: Limits, caller: Caller, budgets: Optional[Budg
                          max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
                          max_call_seconds=limits.max_call_seconds,
                          max_caption_bytes=limits.max_caption_bytes,
-                         max_context_rows=limits.max_context_rows),
+                         max_context_rows=limits.max_context_rows,
+                         max_calls_per_key=max_calls_per_key or 0,
+                         max_graph_bytes_per_key=limits.max_graph_bytes_per_key or 0,
+                         min_upload_bytes_per_second=pace.min_bytes_per_second,
+                         upload_grace_seconds=pace.grace_seconds),
         charges=CHARGES,
         caller_id=caller.id, **budget, **rate, **gradients, **protection)
+
+
+def _budget(name: str, total: int, remaining: Optional[int]) -> dict:
+    return {f"{name}_samples": total, **({} if remaining is None else {f"{name}_remaining": remaining})}

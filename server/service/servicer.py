@@ -1,40 +1,54 @@
-"""gRPC face of the oracle: streams in, tensors assembled, statuses out, one log line per call.
+"""gRPC face of the oracle (grpc.aio): streams in, tensors assembled, statuses out, one log
+line per call.
+
+Every call is a coroutine on one event loop: a slow or idle stream holds a few KB and no
+thread. What blocks runs elsewhere and is awaited: validation, tokenising and the oracle's
+calls on the call threads (which wait for the one device thread), the usage store on its own
+threads with a time limit. A call is admitted in this order, each step before anything
+costlier: its key (UNAUTHENTICATED), its rate, a slot of its key's calls in flight, its budget
+(a spent key is refused before its request is read); then the request is read at a minimum
+pace, the charge is reserved for the request's digest, and the work runs.
 
 Requests arrive as raw bytes (see `add_to_server`) and are parsed here, so a message that is
-not valid protobuf is the caller's error (INVALID_ARGUMENT) with an audit line, not gRPC's
-INTERNAL. Every call runs inside `_call`, which turns whatever happens into a precise status:
-an exception no handler expected ends as INTERNAL with a generic message, its traceback in the
-log and an audit line, and never as gRPC's UNKNOWN.
+not valid protobuf is the caller's error (INVALID_ARGUMENT) with an audit line. Every call runs
+inside `_call`, which turns whatever happens into a precise status: an exception no handler
+expected ends as INTERNAL with a generic message, its traceback in the log, and never as
+gRPC's UNKNOWN.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import re
-import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Iterator, Optional, Tuple
 
 import grpc
 import torch
-from google.protobuf.message import DecodeError
 
 from graytune import error_details, tensor_codec
-from graytune.server.access.auth import CURRENT_CALLER
+from graytune.server.access.auth import UNAUTHENTICATED_MESSAGE, UNKNOWN_CALLER, Authenticator
+from graytune.server.access.gradient_guard import protect
+from graytune.server.access.rate_limit import RateLimiter
+from graytune.server.access.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
+from graytune.server.access.usage import GRADIENTS, SAMPLES
+from graytune.server.compute import validation
+from graytune.server.compute.errors import (CallerGone, DeadlineExceeded, HandleExpired, InputError, OverLimit,
+                                            ShuttingDown, StoreUnavailable, UploadStalled)
+from graytune.server.compute.oracle import GradientOracle
+from graytune.server.service.admission import Admission
 from graytune.server.service.call_record import CallRecord
 from graytune.server.service.describe import describe
-from graytune.server.compute.errors import (CallerGone, DeadlineExceeded, HandleExpired, InputError, OverLimit,
-                                    ShuttingDown)
-from graytune.server.access.gradient_guard import protect
 from graytune.server.service.metrics import ServerMetrics
-from graytune.server.compute.oracle import GradientOracle
-from graytune.server.access.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
-from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets, RateLimiter
-from graytune.server.compute.validation import TOWER_INPUTS, check_header, check_names
-from graytune.server.service.watchdog import Watchdog
-from graytune.tensor_codec import TensorAssembler, TensorFormatError, shown
+from graytune.server.service.request_stream import UploadPace, parse, read_stream
+from graytune.server.service.usage_store import UsageStore
+from graytune.tensor_codec import TensorFormatError, shown
 from graytune.v1 import oracle_pb2 as pb
-from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
 log = logging.getLogger("graytune.server")
 TOWERS = {pb.IMAGE: "image", pb.TEXT: "text"}
@@ -45,9 +59,11 @@ STATUS_OF = {  # what can go wrong with a call -> its gRPC status
     TensorFormatError: grpc.StatusCode.INVALID_ARGUMENT,
     HandleExpired: grpc.StatusCode.ABORTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UploadStalled: grpc.StatusCode.DEADLINE_EXCEEDED,
     OverLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
     CallerGone: grpc.StatusCode.CANCELLED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -55,37 +71,6 @@ class CallFailed(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code = code
-
-
-def parse(message_type, data: bytes, what: str):
-    try:
-        return message_type.FromString(data)
-    except DecodeError as e:
-        raise InputError(f"{what}: not a valid {message_type.DESCRIPTOR.name} ({e})") from None
-
-
-def read_stream(messages: Iterable[bytes], message_type, max_tensor_bytes: int,
-                on_header: Callable[[object], None] = lambda header: None) -> Tuple[object, Dict[str, torch.Tensor]]:
-    """Serialized messages: a header, then tensor chunks -> (header, {name: tensor})."""
-    header, assembler = None, TensorAssembler(max_tensor_bytes)
-    for i, data in enumerate(messages):
-        chunk = tensor_codec.read_chunk(data)  # the usual message, its bytes not copied
-        message = parse(message_type, data, f"message {i}") if chunk is None else None
-        kind = "chunk" if chunk else message.WhichOneof("kind")
-        if kind == "header":
-            if header is not None:
-                raise InputError("header: sent twice")
-            header = message.header
-            on_header(header)
-        elif kind == "chunk":
-            if header is None:
-                raise InputError("header: must be the first message of the stream")
-            assembler.add(chunk or message.chunk)
-        else:
-            raise InputError("message: neither header nor chunk")
-    if header is None:
-        raise InputError("header: missing")
-    return header, assembler.finish()
 
 
 def output_dtype(wire_dtype: int) -> torch.dtype:
@@ -97,69 +82,82 @@ def output_dtype(wire_dtype: int) -> torch.dtype:
     return tensor_codec.TORCH_DTYPES[wire_dtype]
 
 
-class OracleServicer(pb_grpc.GradientOracleServicer):
-    """The four calls, for the caller the auth interceptor found (`CURRENT_CALLER`)."""
+class OracleServicer:
+    """The four calls of graytune.v1.GradientOracle."""
 
-    def __init__(self, oracle: GradientOracle, budgets: Optional[Budgets] = None,
-                 rate_limiter: Optional[RateLimiter] = None, metrics: Optional[ServerMetrics] = None):
-        self.oracle = oracle
-        self.budgets = budgets
-        self.metrics = metrics
+    def __init__(self, oracle: GradientOracle, auth: Authenticator, admission: Admission,
+                 store: Optional[UsageStore] = None, metrics: Optional[ServerMetrics] = None,
+                 pace: UploadPace = UploadPace(), rate_limiter: Optional[RateLimiter] = None):
+        self.oracle, self.auth, self.admission, self.store = oracle, auth, admission, store
+        self.metrics, self.pace = metrics, pace
         self.rate_limiter = rate_limiter or RateLimiter()
-        self.watchdog = Watchdog()
+        # Each admitted call holds at most one of these threads, while it waits for the device.
+        self._threads = ThreadPoolExecutor(admission.max_calls, thread_name_prefix="call")
         self._active = 0  # calls inside `_call`
-        self._idle = threading.Condition()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    def wait_idle(self, timeout: float) -> bool:
+    async def wait_idle(self, timeout: float) -> bool:
         """Waits until no call is inside its handler (each has its status and audit line)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._active == 0, timeout)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     # -- the four calls ------------------------------------------------------------------
-    def Describe(self, request: bytes, context):
-        with self._call("Describe", context) as call:
+    async def Describe(self, request: bytes, context):
+        async with self._call("Describe", context) as call:
             parse(pb.DescribeRequest, request, "request")
-            response = describe(self.oracle.backbone, self.oracle.limits, call.caller, self.budgets)
+            key, remaining = call.caller.key, {}
+            if key is not None and self.store is not None:
+                remaining = {kind: await self.store.remaining(key, kind) for kind in (SAMPLES, GRADIENTS)}
+            response = describe(self.oracle.backbone, self.oracle.limits, call.caller, remaining,
+                                self.admission.max_calls_per_key, self.pace)
             call.log("OK")
             return response
 
-    def Embed(self, request_iterator, context):
-        with self._call("Embed", context) as call:
-            request, header = self._read_inputs(request_iterator, call)
+    async def Embed(self, requests, context):
+        async with self._call("Embed", context, billed=SAMPLES) as call:
+            request, header = await self._read_inputs(requests, call)
             dtype = output_dtype(header.output_dtype)
-            self._charge(call, SAMPLES, request.samples)
-            embeddings = self.oracle.embed(request, call.caller.id, dtype, record=call)
+            embeddings = await self._in_thread(self.oracle.embed, request, call.caller.id, dtype, record=call)
             call.samples = embeddings.shape[0]
-            yield from self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call)
+            for message in self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call):
+                yield message
 
-    def Forward(self, request_iterator, context):
-        with self._call("Forward", context) as call, contextlib.ExitStack() as receiving:
+    async def Forward(self, requests, context):
+        async with self._call("Forward", context, billed=SAMPLES) as call:
             self._require_gradients(call)
-            # From its header on, a call on its way can join the device's next merged batch.
-            request, header = self._read_inputs(
-                request_iterator, call, grad_inputs=True, on_header=lambda header: receiving.enter_context(
-                    self.oracle.receiving(TOWERS.get(header.tower))))
-            dtype = output_dtype(header.output_dtype)
-            self._charge(call, SAMPLES, request.samples)
-            handle, embeddings = self.oracle.forward(request, call.caller.id, dtype, record=call)
+            with contextlib.ExitStack() as receiving:
+                def announce(header):  # from its header on, the call can join the device's next merged batch
+                    call.arrival = receiving.enter_context(self.oracle.receiving(TOWERS.get(header.tower)))
+                request, header = await self._read_inputs(requests, call, grad_inputs=True, on_header=announce)
+                dtype = output_dtype(header.output_dtype)
+                handle, embeddings = await self._in_thread(self.oracle.forward, request, call.caller.id, dtype,
+                                                           record=call)
             call.samples = embeddings.shape[0]
             out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
-            yield from self._respond(out_header, {"embeddings": embeddings}, call)
+            for message in self._respond(out_header, {"embeddings": embeddings}, call):
+                yield message
 
-    def Backward(self, request_iterator, context):
-        with self._call("Backward", context) as call:
+    async def Backward(self, requests, context):
+        async with self._call("Backward", context, billed=GRADIENTS) as call:
             self._require_gradients(call)
-            header, tensors = self._read(request_iterator, pb.BackwardMessage, call)
+            header, tensors = await self._read(requests, pb.BackwardMessage, call)
             dtype = output_dtype(header.output_dtype)
             embeddings = tensors.get("embeddings")
-            if embeddings is not None and embeddings.dim() > 0:  # else `backward` says what is wrong
-                self._charge(call, GRADIENTS, int(embeddings.shape[0]))
-            grads = self.oracle.backward(header.handle, tensors, call.caller.id, dtype, record=call)
+            rows = int(embeddings.shape[0]) if embeddings is not None and embeddings.dim() > 0 else 0
+            if rows:  # else `backward` says what is wrong
+                await self._charge(call, GRADIENTS, rows)
+            grads = await self._in_thread(self.oracle.backward, header.handle, tensors, call.caller.id, dtype,
+                                          record=call)
             key = call.caller.key
             if key is not None:
                 grads = protect(grads, key.gradient_clip_norm, key.gradient_noise_std)
-            call.samples = int(embeddings.shape[0])
-            yield from self._respond(pb.OutputHeader(), grads, call)
+            call.samples = rows
+            for message in self._respond(pb.OutputHeader(), grads, call):
+                yield message
 
     # -- plumbing ------------------------------------------------------------------------
     def _require_gradients(self, call) -> None:
@@ -167,88 +165,146 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
             raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                              f"tier '{call.caller.tier}' receives no gradients; use Embed")
 
-    def _read(self, request_iterator, message_type, call, on_header=lambda header: None):
-        header, tensors = read_stream(request_iterator, message_type, self.oracle.limits.max_tensor_bytes,
-                                      on_header)
+    async def _in_thread(self, fn, *args, **kwargs):
+        """fn on a call thread (it blocks: tokenising, waiting for the device), awaited."""
+        return await asyncio.wrap_future(self._threads.submit(functools.partial(fn, *args, **kwargs)))
+
+    async def _read(self, requests, message_type, call, on_header=lambda header: None):
+        digest = hashlib.sha256(call.method.encode()) if call.billed else None
+        header, tensors = await read_stream(requests, message_type, self.oracle.limits.max_tensor_bytes, self.pace,
+                                            call.began, digest, on_header)
+        call.digest = "" if digest is None else digest.hexdigest()
         call.bytes_in = sum(t.nbytes for t in tensors.values())
         return header, tensors
 
-    def _read_inputs(self, request_iterator, call, grad_inputs: bool = False, on_header=lambda header: None):
-        """-> (checked oracle Request, header), refused before any device work or charge."""
+    async def _read_inputs(self, requests, call, grad_inputs: bool = False, on_header=lambda header: None):
+        """-> (checked oracle Request, header). Tier and budget refuse it before the work;
+        validation and tokenising run on a call thread."""
+        limits = self.oracle.limits
+
         def check_then(header):
-            check_header(header.texts, header.grad_inputs, self.oracle.limits, header.prompt_template)
+            validation.check_header(header.texts, header.grad_inputs, limits, header.prompt_template)
             on_header(header)
 
-        header, tensors = self._read(request_iterator, pb.InputMessage, call, check_then)
+        header, tensors = await self._read(requests, pb.InputMessage, call, check_then)
         tower = TOWERS.get(header.tower)
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")
         # Unknown inputs are bad input (INVALID_ARGUMENT), to be told apart from known ones the
         # tier does not allow (PERMISSION_DENIED); the oracle checks names again with shapes.
-        check_names(tensors, TOWER_INPUTS[tower], f"the {tower} tower")
+        validation.check_names(tensors, validation.TOWER_INPUTS[tower], f"the {tower} tower")
         allowed = ENTRY_POINTS[call.caller.tier]
         for point in input_entry_points(tower, tensors, bool(header.texts)):
             if point not in allowed:
                 raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
                                  f"{point}: not an entry point of tier '{call.caller.tier}'")
-        request = self.oracle.prepare(tower, tensors, header.texts,
-                                      header.grad_inputs if grad_inputs else None, header.prompt_template)
+        samples = validation.batch_size(tensors) or len(header.texts)  # what `prepare` will count
+        if samples:  # else `prepare` says what is wrong
+            # Refused for its size, not for the budget: a batch too large for any key costs nothing.
+            batched = next((n for n in ("pixels", "token_ids", "context_delta") if n in tensors), "texts")
+            validation.check_batch(batched, samples, limits)
+            await self._charge(call, SAMPLES, samples)
+        request = await self._in_thread(self.oracle.prepare, tower, tensors, header.texts,
+                                        header.grad_inputs if grad_inputs else None, header.prompt_template)
         return request, header
 
-    def _charge(self, call, kind: str, samples: int) -> None:
-        if self.budgets is not None and call.caller.key is not None:
-            call.charged[kind] = self.budgets.charge(call.caller.key, samples, call.call_id, kind)
-
-    def _refund(self, call) -> None:
-        for kind, samples in call.charged.items():  # empty unless budgets charged it
-            if samples:
-                self.budgets.refund(call.caller.key, samples, call.call_id, kind)
-        call.charged = {}
+    async def _charge(self, call, kind: str, samples: int) -> None:
+        if self.store is not None and call.caller.key is not None:
+            attempt = await self.store.charge(call.caller.key, samples, call.call_id, call.digest, kind)
+            if attempt is not None:
+                call.attempts.append(attempt)
 
     def _respond(self, header, tensors, call) -> Iterator[bytes]:
-        """The response stream, serialized: the header, then the tensors' chunk messages."""
+        """The response stream, serialized: the header, then the tensors' chunk messages. The
+        call is served once its last message is handed to gRPC, whether or not the caller
+        stays to read the status."""
         header.device_seconds = call.device_seconds
-        yield pb.OutputMessage(header=header).SerializeToString()
+        messages = [pb.OutputMessage(header=header).SerializeToString()]
         for name, tensor in tensors.items():
             call.bytes_out += tensor.nbytes
-            yield from tensor_codec.tensor_to_messages(name, tensor, self.oracle.limits.chunk_bytes)
-        call.log("OK")
+            messages.extend(tensor_codec.tensor_to_messages(name, tensor, self.oracle.limits.chunk_bytes))
+        for i, message in enumerate(messages):
+            call.replied = i == len(messages) - 1
+            yield message
 
-    @contextlib.contextmanager
-    def _call(self, method: str, context):
-        """The call's record, its deadline and cancellation; every way it can end -> a status,
-        an audit line and, unless it ended OK, a refund of what it was charged."""
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, context, billed: Optional[str] = None) -> AsyncIterator[CallRecord]:
+        """The call's record, admission, deadline and cancellation; every way it can end -> a
+        status, an audit line, and its charges settled (served) or refunded (not served)."""
         limit = self.oracle.limits.max_call_seconds
         client_limit = context.time_remaining()  # None without a client deadline
         seconds = limit if client_limit is None else min(limit, client_limit)
         metadata = dict(context.invocation_metadata())
-        call = CallRecord(method, CURRENT_CALLER.get(), self.metrics, deadline=time.monotonic() + seconds)
-        watch = self.watchdog.watch(call.deadline, lambda: self._expire(call, context, limit))
-        # When the call ends, any way: a caller gone drops its queued work (a no-op once done).
-        context.add_callback(lambda: (self.watchdog.done(watch), call.scope.cancel()))
-        with self._idle:
-            self._active += 1
+        caller = self.auth.caller_for(metadata.items())
+        call = CallRecord(method, caller or UNKNOWN_CALLER, self.metrics, deadline=time.monotonic() + seconds)
+        call.billed = billed
+        task = asyncio.current_task()
+        timer = asyncio.get_running_loop().call_later(seconds, self._expire, call, task)
+        self._active += 1
+        self._idle.clear()
         try:
-            call.call_id = _call_id(metadata.get(CALL_ID_HEADER))
-            if call.caller.key is not None:
-                self.rate_limiter.acquire(call.caller.key)
-            yield call
+            async with contextlib.AsyncExitStack() as admitted:
+                if caller is None:
+                    raise CallFailed(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+                # A call without an id is its own logical call: a repeat of it is charged again.
+                call.call_id = _call_id(metadata.get(CALL_ID_HEADER)) or f"~{uuid.uuid4().hex}"
+                if caller.key is not None:
+                    self.rate_limiter.acquire(caller.key)
+                if billed:
+                    admitted.enter_context(self.admission.slot(caller.id))
+                    if self.store is not None and caller.key is not None:
+                        await self.store.refuse_if_spent(caller.key, billed, call.call_id)
+                yield call
+            self._settle(call)
+            call.log("OK")  # a no-op where the handler logged already
         except GeneratorExit:  # gRPC closed the reply stream: the caller left while it was sent
-            self._refund(call)
-            call.log("CANCELLED", "the caller left while the reply was sent")
-            raise
-        except Exception as e:
-            code, message = self._status_of(e, call)
-            self._refund(call)  # failed calls cost nothing
-            call.log(code.name, message)  # a no-op after the watchdog's line
-            if isinstance(e, OverLimit):  # which limit, for programs, and when to retry
-                context.abort_with_status(error_details.status(code, message, e.reason, e.retry_after))
+            call.scope.cancel()
+            self._settle(call)
+            if call.replied:
+                call.log("OK", "the caller left after the whole reply")
+            elif call.expired:
+                call.log("DEADLINE_EXCEEDED", f"call still running after its deadline (the server's limit is "
+                                              f"{limit:g} s, --max-call-seconds); cancelled")
             else:
-                context.abort(code, message)
+                call.log("CANCELLED", "the caller left while the reply was sent")
+            raise
+        except asyncio.CancelledError:  # the caller left, or the call passed its limit
+            call.scope.cancel()
+            self._settle(call)
+            if not call.expired:
+                call.log("CANCELLED", "the caller left")
+                raise
+            task.uncancel()
+            await self._fail(call, context, DeadlineExceeded(
+                f"call still running after its deadline (the server's limit is {limit:g} s, "
+                f"--max-call-seconds); cancelled"))
+        except Exception as e:
+            await self._fail(call, context, e)
         finally:
-            with self._idle:
-                self._active -= 1
-                self._idle.notify_all()
+            timer.cancel()
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    def _settle(self, call: CallRecord) -> None:
+        """Served calls keep their charges; the others let go of them (refunds in the background)."""
+        for attempt in call.attempts:
+            if call.replied:
+                self.store.settle(attempt)
+            else:
+                self.store.refund_later(attempt)
+        if not call.replied:
+            call.attempts = []  # the audit line shows no charge for an attempt that was not served
+
+    async def _fail(self, call: CallRecord, context, e: Exception) -> None:
+        code, message = self._status_of(e, call)
+        for attempt in call.attempts:  # failed calls cost nothing; awaited, so Describe sees it at once
+            await self.store.refund(attempt)
+        call.attempts = []
+        call.log(code.name, message)
+        if isinstance(e, OverLimit):  # which limit, for programs, and when to retry
+            await context.abort_with_status(error_details.status(code, message, e.reason, e.retry_after))
+        await context.abort(code, message)
 
     @staticmethod
     def _status_of(e: Exception, call: CallRecord) -> Tuple[grpc.StatusCode, str]:
@@ -257,19 +313,18 @@ class OracleServicer(pb_grpc.GradientOracleServicer):
         for kind, code in STATUS_OF.items():
             if isinstance(e, kind):
                 return code, str(e)
-        if isinstance(e, grpc.RpcError):  # the stream broke: the client left, or the watchdog cancelled
-            return grpc.StatusCode.CANCELLED, "the request stream ended early"
         # A bug of ours: the caller gets no detail, the log gets all of it.
+        if isinstance(e, grpc.RpcError):  # the request stream broke: the client left
+            return grpc.StatusCode.CANCELLED, "the request stream ended early"
         log.error("call method=%s caller=%s: unexpected error", call.method, call.caller.id, exc_info=e)
         return grpc.StatusCode.INTERNAL, "internal error; the server's log has the details"
 
     @staticmethod
-    def _expire(call: CallRecord, context, limit: float) -> None:
-        """The watchdog's verdict on a call past its deadline: logged, then cancelled."""
-        if context.is_active():
-            call.log("DEADLINE_EXCEEDED", f"call still running after its deadline (the server's "
-                                          f"limit is {limit:g} s, --max-call-seconds); cancelled")
-            context.cancel()
+    def _expire(call: CallRecord, task: asyncio.Task) -> None:
+        """The call passed its limit: its queued device work is dropped and its coroutine cancelled."""
+        call.expired = True
+        call.scope.cancel()
+        task.cancel()
 
 
 def _call_id(value: Optional[str]) -> str:
@@ -280,7 +335,7 @@ def _call_id(value: Optional[str]) -> str:
     return value
 
 
-def add_to_server(servicer: OracleServicer, server: grpc.Server) -> None:
+def add_to_server(servicer: OracleServicer, server: grpc.aio.Server) -> None:
     """Registers the servicer with requests left as bytes (parsed by the servicer itself), and
     streamed responses sent as the servicer serialized them (`_respond`)."""
     service = pb.DESCRIPTOR.services_by_name["GradientOracle"]

@@ -156,7 +156,7 @@ class PromptTemplate(_message.Message):
     def __init__(self, name: _Optional[str] = ..., context_tokens: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens", "max_call_seconds", "max_caption_bytes", "max_context_rows")
+    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens", "max_call_seconds", "max_caption_bytes", "max_context_rows", "max_calls_per_key", "min_upload_bytes_per_second", "upload_grace_seconds", "max_graph_bytes_per_key")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,10 @@ class Limits(_message.Message):
     MAX_CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_CAPTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    MIN_UPLOAD_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAPH_BYTES_PER_KEY_FIELD_NUMBER: _ClassVar[int]
     max_batch: int
     max_tensor_bytes: int
     max_message_bytes: int
@@ -177,7 +181,11 @@ class Limits(_message.Message):
     max_call_seconds: float
     max_caption_bytes: int
     max_context_rows: int
-    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., max_caption_bytes: _Optional[int] = ..., max_context_rows: _Optional[int] = ...) -> None: ...
+    max_calls_per_key: int
+    min_upload_bytes_per_second: float
+    upload_grace_seconds: float
+    max_graph_bytes_per_key: int
+    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., max_caption_bytes: _Optional[int] = ..., max_context_rows: _Optional[int] = ..., max_calls_per_key: _Optional[int] = ..., min_upload_bytes_per_second: _Optional[float] = ..., upload_grace_seconds: _Optional[float] = ..., max_graph_bytes_per_key: _Optional[int] = ...) -> None: ...
 
 class Charges(_message.Message):
     __slots__ = ("per_image", "per_caption", "per_context", "per_gradient_row")
@@ -192,7 +200,7 @@ class Charges(_message.Message):
     def __init__(self, per_image: _Optional[int] = ..., per_caption: _Optional[int] = ..., per_context: _Optional[int] = ..., per_gradient_row: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients", "charges")
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "rate_limit_scope", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients", "charges")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +214,7 @@ class DescribeResponse(_message.Message):
     BUDGET_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     RATE_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_SCOPE_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_BUDGET_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
@@ -225,10 +234,11 @@ class DescribeResponse(_message.Message):
     budget_samples: int
     budget_remaining: int
     rate_per_second: float
+    rate_limit_scope: str
     gradient_budget_samples: int
     gradient_budget_remaining: int
     gradient_clip_norm: float
     gradient_noise_std: float
     gradients: bool
     charges: Charges
-    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ..., charges: _Optional[_Union[Charges, _Mapping]] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., rate_limit_scope: _Optional[str] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ..., charges: _Optional[_Union[Charges, _Mapping]] = ...) -> None: ...

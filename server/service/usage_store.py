@@ -1,0 +1,81 @@
+"""The usage store as the event loop sees it: each operation on a store thread, within a
+time limit, so no caller waits on another's lock.
+
+A store that does not answer within `timeout` seconds (another process holding its write
+lock, a slow disk) makes billed calls UNAVAILABLE (the client retries with the same call id)
+— never free, never INTERNAL. A charge that completes after its call gave up on it is let go
+again, so a slow store never bills a call that was not served.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+from graytune.server.access.credentials import ApiKey
+from graytune.server.access.usage import Attempt, Budgets
+from graytune.server.compute.errors import StoreUnavailable
+
+log = logging.getLogger("graytune.server")
+
+
+class UsageStore:
+    def __init__(self, budgets: Budgets, timeout: float = 2.0, threads: int = 4):
+        self.budgets, self.timeout = budgets, timeout
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="usage")
+
+    async def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
+        await self._run("check the budget", self.budgets.refuse_if_spent, key, kind, call_id)
+
+    async def charge(self, key: ApiKey, samples: int, call_id: str, digest: str, kind: str) -> Optional[Attempt]:
+        return await self._run("charge", self.budgets.charge, key, samples, call_id, digest, kind,
+                               on_late=self._let_go)
+
+    async def remaining(self, key: ApiKey, kind: str) -> Optional[int]:
+        """The budget left, or None when the store does not answer in time (Describe says less)."""
+        try:
+            return await self._run("read usage", self.budgets.remaining, key, kind)
+        except StoreUnavailable:
+            return None
+
+    def settle(self, attempt: Attempt) -> None:
+        """Marks the charge served, in the background: nothing waits on it."""
+        self._background("settle", self.budgets.settle, attempt)
+
+    async def refund(self, attempt: Attempt) -> None:
+        try:
+            await self._run("refund", self.budgets.refund, attempt)
+        except StoreUnavailable:  # the store is slow: the refund still happens when it answers
+            pass
+
+    def refund_later(self, attempt: Attempt) -> None:
+        """A refund from a call that can no longer wait (its caller left)."""
+        self._background("refund", self.budgets.refund, attempt)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, what: str, fn: Callable, *args, on_late: Optional[Callable] = None):
+        future = self._pool.submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except asyncio.TimeoutError:
+            if on_late is not None:
+                future.add_done_callback(on_late)
+            raise StoreUnavailable(f"usage store: no answer within {self.timeout:g} s to {what} "
+                                   f"(--usage-timeout); retry the call") from None
+        except sqlite3.OperationalError as e:  # "database is locked" after the busy timeout
+            raise StoreUnavailable(f"usage store: {e} (while trying to {what}); retry the call") from None
+
+    def _let_go(self, future) -> None:
+        """A charge made after its call stopped waiting for it: refunded at once."""
+        if not future.cancelled() and future.exception() is None and future.result() is not None:
+            self._background("refund a late charge", self.budgets.refund, future.result())
+
+    def _background(self, what: str, fn: Callable, *args) -> None:
+        def logged(future):
+            if not future.cancelled() and future.exception() is not None:
+                log.error("usage store: could not %s: %s", what, future.exception())
+        self._pool.submit(fn, *args).add_done_callback(logged)
