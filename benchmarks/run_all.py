@@ -32,6 +32,7 @@ SUITE = (
     ("craft_queries", "speed", ["craft_queries.py"]),
     ("fuzz", "robustness", ["fuzz.py", "--cases", "2000"]),
     ("soak", "robustness", ["soak.py", "--minutes", "5"]),
+    ("abuse", "robustness", ["abuse.py"]),
     ("gradient_protection", "robustness", ["gradient_protection.py"]),
 )
 WRITES_NO_RESULTS = {"owner_model"}  # prints its report; the weights go to the cache

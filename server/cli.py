@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import os
 import signal
 import sys
@@ -356,7 +357,11 @@ def main(argv=None) -> None:
         auth, store = Authenticator(None, args.tier), None
     else:
         auth = Authenticator(keys)
-        budgets = Budgets(args.usage_db or default_usage_db(args.keys), busy_timeout=args.usage_timeout)
+        usage_db = args.usage_db or default_usage_db(args.keys)
+        try:
+            budgets = Budgets(usage_db, busy_timeout=args.usage_timeout)
+        except sqlite3.Error as e:  # locked by another process while its schema needs creating, or not SQLite
+            fail(f"the usage database {usage_db}: {e}")
         store = UsageStore(budgets, timeout=args.usage_timeout)
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:

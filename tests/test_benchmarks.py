@@ -95,6 +95,15 @@ def test_the_fuzz_benchmark_counts_statuses_and_checks_health(tmp_path):
     assert result["unknown_or_internal"] == 0 and result["violations"] == [] and result["health"] == "SERVING"
 
 
+def test_the_abuse_benchmark_measures_a_victim_under_each_case(tmp_path):
+    run_benchmark("abuse.py", "--seconds", "2", "--cases", "baseline,many-streams,tokenizer", "--out", str(tmp_path))
+    result = written(tmp_path, "abuse")
+    assert list(result["cases"]) == ["baseline", "many-streams", "tokenizer"]
+    for case in result["cases"].values():
+        assert case["calls"] > 0 and case["p50_ms"] <= case["p99_ms"]
+        assert case["failures"] == 0 and case["unhealthy_checks"] == 0 and case["rss_after_mib"] > 0
+
+
 def test_the_suite_command_names_real_scripts_and_refuses_unknown_parts():
     sys.path.insert(0, str(BENCHMARKS))
     try:

@@ -78,12 +78,14 @@ def test_client_retries_until_the_server_is_up():
         assert server.stop() == 0  # SIGTERM: drained and exited cleanly
 
 
-def test_health_and_reflection_are_served(server):
+def test_health_and_reflection_are_served():
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
         ProtoReflectionDescriptorDatabase
 
-    with grpc.insecure_channel(server.endpoint) as channel:
+    # Reflection is off unless the owner turns it on (tests/test_abuse.py checks the default).
+    with LocalServer([*SERVER_ARGS, "--reflection-streams", "2"]) as server, \
+            grpc.insecure_channel(server.endpoint) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(service="graytune.v1.GradientOracle"), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -9,7 +9,8 @@ import torch
 
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
 from graytune import error_details
-from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph, graph_bytes
+from graytune.server.compute.graph_memory import graph_bytes
+from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph
 
 TTL = 60.0
 

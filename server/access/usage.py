@@ -79,8 +79,9 @@ class Budgets:
         self.path, self.clock, self.busy_timeout = str(path), clock, busy_timeout
         self._local = threading.local()
         self._pruned = 0.0
-        with self._transaction() as db:
-            _migrate(db)
+        if not _current(self._db()):  # a read: a current file never waits for another's write lock
+            with self._transaction() as db:
+                _migrate(db)
 
     def used(self, key_id: str, kind: str = SAMPLES) -> int:
         return _used(self._db(), key_id, kind)  # a WAL read: never waits for a writer
@@ -167,6 +168,11 @@ class Budgets:
         if now - self._pruned > 60:
             db.execute("DELETE FROM call_charges WHERE at < ?", (now - CALL_ID_SECONDS,))
             self._pruned = now
+
+
+def _current(db: sqlite3.Connection) -> bool:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return "schema_version" in tables and db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -20,7 +20,7 @@ store no longer holds (evicted, or older than `ttl_seconds`: a sweeper thread fr
 when no call arrives) gets `HandleExpired`, which the client answers by running Forward again:
 the backbone is deterministic, so the recomputed gradient is the same.
 
-Evicted and expired graphs leave the process too (`return_freed_memory_to_the_os`): glibc
+Evicted and expired graphs leave the process too (graph_memory.return_freed_memory_to_the_os): glibc
 otherwise keeps their pages in the heap, and the server's RSS grew twice the bytes held.
 
 A handle carries a MAC of its sequence number and its owner under this instance's secret, so
@@ -30,9 +30,6 @@ answer whether it was never issued, is held for another caller, or was consumed 
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import hmac
 import re
@@ -41,12 +38,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 
 from graytune import error_details
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
+from graytune.server.compute.graph_memory import return_freed_memory_to_the_os
 from graytune.tensor_codec import shown
 
 HANDLE = re.compile(r"(?P<instance>[0-9a-f]{8})\.(?P<seq>[0-9]{1,18})\.(?P<mac>[0-9a-f]{16})", re.ASCII)
@@ -72,57 +70,6 @@ class HeldGraph:
     @property
     def num_rows(self) -> int:
         return 1 if self.rows is None else self.rows.stop - self.rows.start
-
-
-class StorageBytes:
-    """Bytes of distinct storages, each counted once; storages in `exclude` never."""
-
-    def __init__(self, exclude: Set[int]):
-        self._exclude = exclude
-        self._seen: Set[int] = set()
-        self.nbytes = 0
-
-    def add(self, *tensors: torch.Tensor) -> None:
-        for t in tensors:
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen and key not in self._exclude:
-                self._seen.add(key)
-                self.nbytes += storage.nbytes()
-
-
-@contextlib.contextmanager
-def graph_bytes(exclude_storages: Set[int]) -> Iterator[StorageBytes]:
-    """Counts the storages autograd saves for backward inside the block (parameters excluded);
-    add the graph's leaves and output after it, for all that the graph keeps alive."""
-    counted = StorageBytes(exclude_storages)
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        counted.add(t)
-        # Detached: a saved output returned as itself would hold its own grad_fn, a reference
-        # cycle autograd cannot free (every graph leaked). Backward needs only the values.
-        return t.detach()
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield counted
-
-
-def _malloc_trim() -> Callable[[int], int]:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return lambda pad: 0  # not glibc: nothing to ask
-
-
-_TRIM = _malloc_trim()
-
-
-def return_freed_memory_to_the_os() -> None:
-    """Hands the heap's free pages back to the OS (glibc's malloc_trim: ~1 ms). glibc's own
-    dynamic mmap threshold keeps freed activations in the heap: evicting graphs without this,
-    the server's RSS grew 2.0x the bytes held, 0.95-1.0x with it. (A fixed mmap threshold does as
-    well but made every step 2.5x slower: each activation's pages faulted in afresh.)"""
-    _TRIM(0)
 
 
 def split_by_rows(nbytes: int, graphs: Iterable[HeldGraph]) -> Dict[str, int]:

@@ -21,7 +21,8 @@ from graytune.server.compute import validation
 from graytune.server.compute.backbone import Backbone
 from graytune.server.compute.device import CancelScope, DeviceQueue, Work
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
-from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph, graph_bytes
+from graytune.server.compute.graph_memory import graph_bytes
+from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph
 from graytune.server.compute.validation import Limits
 
 Tensors = Dict[str, torch.Tensor]

@@ -71,6 +71,11 @@ def wrong_rank(draw, spec, case, t):
     return reshaped(case, t, tuple(shape), "wrong_rank")
 
 
+@tensor_mutation(lambda t: len(t.shape) > 0)
+def zero_dim(draw, spec, case, t):  # a scalar where a batch, a vector or a grid was due
+    return reshaped(case, t, (), "zero_dim")
+
+
 @tensor_mutation(lambda t: any(d is not None for d in t.expected))
 def wrong_size(draw, spec, case, t):
     i = draw(st.sampled_from([i for i, d in enumerate(t.expected) if d is not None]))
@@ -358,7 +363,7 @@ def enormous_metadata(draw, spec, case):
 
 
 SEMANTIC = [
-    wrong_rank, wrong_size, over_limit, zero_size, dtype, non_finite, token_out_of_range, declared_shape,
+    wrong_rank, zero_dim, wrong_size, over_limit, zero_size, dtype, non_finite, token_out_of_range, declared_shape,
     bytes_short, bytes_extra, rename, duplicate, drop_required, tower, output_dtype, texts_on_image,
     long_caption, too_many_texts, texts_and_token_ids, grad_inputs, handle_use, garbage_handle,
     forward_zero_extra, credentials, enormous_metadata]
