@@ -11,7 +11,8 @@ error). While the server is UNAVAILABLE (or cancels the call: see RETRIED) the c
 up to `reconnect_timeout` (a restart, a replica taking over), and is sent again with the same
 call id (CALL_ID). A server this client never reached is waited for `connect_timeout` only, and
 a TLS handshake that fails is an error at once that says which check failed (tls_probe). A call
-the key's rate limit refused waits as long as the server says, within the same time. Any other refusal is final: `OracleError.reason` says which limit it was.
+refused for the key's rate or its calls in flight waits as long as the server says, within the
+same time. Any other refusal is final: `OracleError.reason` says which limit it was.
 Tensors travel as chunk streams, in float32 or, per client, in bfloat16/float16 to halve the
 bytes.
 """

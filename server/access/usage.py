@@ -87,7 +87,7 @@ class Budgets:
         return _used(self._db(), key_id, kind)  # a WAL read: never waits for a writer
 
     def remaining(self, key: ApiKey, kind: str = SAMPLES) -> Optional[int]:
-        budget = _budget(key, kind)
+        budget = budget_of(key, kind)
         return None if budget is None else max(0, budget - self.used(key.id, kind))
 
     def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
@@ -96,13 +96,13 @@ class Budgets:
         if self.remaining(key, kind) == 0 and not self._db().execute(
                 "SELECT 1 FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ?",
                 (key.id, call_id, kind)).fetchone():
-            raise _spent(key, kind, _budget(key, kind), _budget(key, kind))
+            raise _spent(key, kind, budget_of(key, kind), budget_of(key, kind))
 
     def charge(self, key: ApiKey, samples: int, call_id: str, digest: str,
                kind: str = SAMPLES) -> Optional[Attempt]:
         """Reserves `samples` of the key's budget of `kind` for this request, or refuses the
         call whole (OverLimit). None for a key without that budget."""
-        budget = _budget(key, kind)
+        budget = budget_of(key, kind)
         if budget is None:
             return None
         ident = (key.id, call_id, kind, digest)
@@ -210,7 +210,7 @@ def _add(db: sqlite3.Connection, key_id: str, kind: str, samples: int) -> None:
                "SET samples = samples + excluded.samples", (key_id, samples))
 
 
-def _budget(key: ApiKey, kind: str) -> Optional[int]:
+def budget_of(key: ApiKey, kind: str) -> Optional[int]:
     return key.budget_samples if kind == SAMPLES else key.gradient_budget_samples
 
 

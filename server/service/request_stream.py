@@ -48,7 +48,7 @@ async def read_stream(messages: AsyncIterator[bytes], message_type, max_tensor_b
     header, assembler, received, index = None, TensorAssembler(max_tensor_bytes), 0, 0
     stream = messages.__aiter__()
     while True:
-        data = await _next(stream, pace.due(start, received + 1) - time.monotonic(), received, start, pace)
+        data = await _next(stream, pace.due(start, received + 1), received, start, pace)
         if data is None:
             break
         received += len(data)
@@ -75,13 +75,15 @@ async def read_stream(messages: AsyncIterator[bytes], message_type, max_tensor_b
     return header, assembler.finish()
 
 
-async def _next(stream, seconds: float, received: int, start: float, pace: UploadPace) -> Optional[bytes]:
-    """The next message, None at the end of the stream; UploadStalled when it is overdue."""
+async def _next(stream, due: float, received: int, start: float, pace: UploadPace) -> Optional[bytes]:
+    """The next message, None at the end of the stream; UploadStalled when it is overdue
+    (`due`: time.monotonic, the event loop's clock)."""
     try:
-        return await asyncio.wait_for(stream.__anext__(), max(seconds, 0.0))
+        async with asyncio.timeout_at(due):  # a timer, not a task, per message
+            return await stream.__anext__()
     except StopAsyncIteration:
         return None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UploadStalled(
             f"request stream: {received} bytes in {time.monotonic() - start:.1f} s, below the server's "
             f"minimum upload rate of {pace.min_bytes_per_second / 1024:g} KiB/s after the first "

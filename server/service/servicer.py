@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -36,7 +37,7 @@ from graytune.server.access.auth import UNAUTHENTICATED_MESSAGE, UNKNOWN_CALLER,
 from graytune.server.access.gradient_guard import protect
 from graytune.server.access.rate_limit import RateLimiter
 from graytune.server.access.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
-from graytune.server.access.usage import GRADIENTS, SAMPLES
+from graytune.server.access.usage import GRADIENTS, SAMPLES, budget_of
 from graytune.server.compute import validation
 from graytune.server.compute.errors import (CallerGone, DeadlineExceeded, HandleExpired, InputError, OverLimit,
                                             ShuttingDown, StoreUnavailable, UploadStalled)
@@ -170,7 +171,10 @@ class OracleServicer:
         return await asyncio.wrap_future(self._threads.submit(functools.partial(fn, *args, **kwargs)))
 
     async def _read(self, requests, message_type, call, on_header=lambda header: None):
-        digest = hashlib.sha256(call.method.encode()) if call.billed else None
+        # The digest (a few ms per 10 MB) only where a charge will be made of it.
+        key = call.caller.key
+        charged = self.store is not None and key is not None and call.billed and budget_of(key, call.billed) is not None
+        digest = hashlib.sha256(call.method.encode()) if charged else None
         header, tensors = await read_stream(requests, message_type, self.oracle.limits.max_tensor_bytes, self.pace,
                                             call.began, digest, on_header)
         call.digest = "" if digest is None else digest.hexdigest()
@@ -215,17 +219,20 @@ class OracleServicer:
                 call.attempts.append(attempt)
 
     def _respond(self, header, tensors, call) -> Iterator[bytes]:
-        """The response stream, serialized: the header, then the tensors' chunk messages. The
-        call is served once its last message is handed to gRPC, whether or not the caller
-        stays to read the status."""
+        """The response stream, serialized: the header, then the tensors' chunk messages, made
+        as they are sent. The call is served once its last message is handed to gRPC, whether
+        or not the caller stays to read the status."""
         header.device_seconds = call.device_seconds
-        messages = [pb.OutputMessage(header=header).SerializeToString()]
-        for name, tensor in tensors.items():
-            call.bytes_out += tensor.nbytes
-            messages.extend(tensor_codec.tensor_to_messages(name, tensor, self.oracle.limits.chunk_bytes))
-        for i, message in enumerate(messages):
-            call.replied = i == len(messages) - 1
+        call.bytes_out = sum(t.nbytes for t in tensors.values())
+        messages = itertools.chain(
+            [pb.OutputMessage(header=header).SerializeToString()],
+            *(tensor_codec.tensor_to_messages(name, t, self.oracle.limits.chunk_bytes) for name, t in tensors.items()))
+        message = next(messages)
+        for following in messages:  # one message ahead, to know which is the last
             yield message
+            message = following
+        call.replied = True
+        yield message
 
     @contextlib.asynccontextmanager
     async def _call(self, method: str, context, billed: Optional[str] = None) -> AsyncIterator[CallRecord]:

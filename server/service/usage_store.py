@@ -25,6 +25,8 @@ class UsageStore:
     def __init__(self, budgets: Budgets, timeout: float = 2.0, threads: int = 4):
         self.budgets, self.timeout = budgets, timeout
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="usage")
+        # Describe's reads have threads of their own: a flood of Describe calls cannot delay a charge.
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="usage-read")
 
     async def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
         await self._run("check the budget", self.budgets.refuse_if_spent, key, kind, call_id)
@@ -36,7 +38,7 @@ class UsageStore:
     async def remaining(self, key: ApiKey, kind: str) -> Optional[int]:
         """The budget left, or None when the store does not answer in time (Describe says less)."""
         try:
-            return await self._run("read usage", self.budgets.remaining, key, kind)
+            return await self._run("read usage", self.budgets.remaining, key, kind, pool=self._readers)
         except StoreUnavailable:
             return None
 
@@ -56,9 +58,11 @@ class UsageStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
 
-    async def _run(self, what: str, fn: Callable, *args, on_late: Optional[Callable] = None):
-        future = self._pool.submit(fn, *args)
+    async def _run(self, what: str, fn: Callable, *args, on_late: Optional[Callable] = None,
+                   pool: Optional[ThreadPoolExecutor] = None):
+        future = (pool or self._pool).submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except asyncio.TimeoutError:
