@@ -71,21 +71,25 @@ def test_concurrent_clients_get_the_gradients_they_get_alone(server):
 
 
 def test_calls_beyond_the_concurrency_limit_are_refused_while_describe_and_health_answer():
-    release = threading.Event()
+    releases = []
 
-    def held_open():  # an Embed whose request never ends: it holds the server's only slot
+    def held_open(release):  # an Embed whose request never ends: it holds the server's only slot
         yield pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE))
         release.wait(60)
+
+    def hold(stub):
+        releases.append(threading.Event())
+        return stub.Embed(held_open(releases[-1]), timeout=60)
 
     with LocalServer([*SERVER_ARGS, "--max-concurrent-calls", "1", "--upload-grace", "60"]) as server:
         with grpc.insecure_channel(server.endpoint) as channel:
             stub = pb_grpc.GradientOracleStub(channel)
-            held = stub.Embed(held_open(), timeout=60)
+            held = hold(stub)
             try:
                 with OracleClient(server.endpoint, retries=0) as oracle:
-                    # The held call takes its slot before reading anything, so once a probe is
-                    # refused the slot is known to be held; until then the probe may come first.
-                    for _ in range(100):
+                    # A probe that comes first takes the slot, and the held call is refused: hold
+                    # again. Once a probe is refused, the held call is known to have the slot.
+                    for _ in range(200):
                         try:
                             oracle.embed_images(torch.randn(1, 3, 32, 32))
                         except OracleError as refused:
@@ -93,12 +97,16 @@ def test_calls_beyond_the_concurrency_limit_are_refused_while_describe_and_healt
                             assert refused.reason == error_details.TOO_MANY_CALLS
                             assert "--max-concurrent-calls" in refused.details
                             break
+                        if held.done():
+                            assert held.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                            held = hold(stub)
                     else:
                         pytest.fail("the held call never took the server's only slot")
                     assert oracle.describe(refresh=True).embed_dim > 0  # never counted, never refused
                     oracle.wait_ready(10)  # the health check neither
             finally:
-                release.set()
+                for release in releases:
+                    release.set()
             with pytest.raises(grpc.RpcError) as ended:
                 list(held)
             assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # a header and no pixels

@@ -146,7 +146,8 @@ def test_a_handle_never_crosses_between_keys(keyed_server, keys):
 
 def test_rate_limit_says_when_the_next_call_is_allowed(keyed_server, keys):
     with client(keyed_server, keys[1]["slow"]) as oracle:  # retries=0: the refusal itself
-        oracle.describe()
+        info = oracle.describe()
+        assert (info.rate_per_second, info.rate_limit_scope) == (0.001, "process")  # each replica counts its own
         error = refusal_of(lambda: oracle.describe(refresh=True))
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == error_details.RATE_LIMITED
     assert "0.001 calls/s" in error.details and "allowed in" in error.details
