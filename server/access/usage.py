@@ -39,6 +39,7 @@ SAMPLES, GRADIENTS = "samples", "gradient samples"
 CALL_ID_SECONDS = 24 * 3600  # how long a charged call id is remembered (clients retry for minutes)
 SCHEMA_VERSION = 2
 TABLES = {SAMPLES: "usage", GRADIENTS: "gradient_usage"}
+THIS_CHARGE = "key_id = ? AND call_id = ? AND kind = ? AND digest = ?"  # one charge, by its identity
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (key_id TEXT PRIMARY KEY, samples INTEGER NOT NULL CHECK (samples >= 0));
@@ -107,11 +108,9 @@ class Budgets:
             return None
         ident = (key.id, call_id, kind, digest)
         with self._transaction() as db:
-            row = db.execute("SELECT samples FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ? "
-                             "AND digest = ?", ident).fetchone()
+            row = db.execute(f"SELECT samples FROM call_charges WHERE {THIS_CHARGE}", ident).fetchone()
             if row is not None:  # a retry of this very request: it joins the earlier charge
-                db.execute("UPDATE call_charges SET holders = holders + 1 WHERE key_id = ? AND call_id = ? "
-                           "AND kind = ? AND digest = ?", ident)
+                db.execute(f"UPDATE call_charges SET holders = holders + 1 WHERE {THIS_CHARGE}", ident)
                 return Attempt(*ident, row[0], new=False)
             used = _used(db, key.id, kind)
             if used + samples > budget:
@@ -124,21 +123,19 @@ class Budgets:
     def settle(self, attempt: Attempt) -> None:
         """The attempt's reply was handed over: the charge stands for good."""
         with self._transaction() as db:
-            db.execute("UPDATE call_charges SET holders = MAX(0, holders - 1), served = 1 WHERE key_id = ? "
-                       "AND call_id = ? AND kind = ? AND digest = ?", _ident(attempt))
+            db.execute(f"UPDATE call_charges SET holders = MAX(0, holders - 1), served = 1 WHERE {THIS_CHARGE}",
+                       _ident(attempt))
 
     def refund(self, attempt: Attempt) -> int:
         """The attempt failed before its reply was complete: it lets go of the charge, which is
         given back when no other attempt holds it and none was served. -> samples given back."""
+        ident = _ident(attempt)
         with self._transaction() as db:
-            db.execute("UPDATE call_charges SET holders = MAX(0, holders - 1) WHERE key_id = ? AND call_id = ? "
-                       "AND kind = ? AND digest = ?", _ident(attempt))
-            row = db.execute("SELECT samples, holders, served FROM call_charges WHERE key_id = ? AND call_id = ? "
-                             "AND kind = ? AND digest = ?", _ident(attempt)).fetchone()
+            db.execute(f"UPDATE call_charges SET holders = MAX(0, holders - 1) WHERE {THIS_CHARGE}", ident)
+            row = db.execute(f"SELECT samples, holders, served FROM call_charges WHERE {THIS_CHARGE}", ident).fetchone()
             if row is None or row[1] > 0 or row[2]:
                 return 0
-            db.execute("DELETE FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ? AND digest = ?",
-                       _ident(attempt))
+            db.execute(f"DELETE FROM call_charges WHERE {THIS_CHARGE}", ident)
             db.execute(f"UPDATE {TABLES[attempt.kind]} SET samples = MAX(0, samples - ?) WHERE key_id = ?",
                        (row[0], attempt.key_id))
             return row[0]

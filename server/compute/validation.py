@@ -43,10 +43,13 @@ class Limits:
     max_context_rows: int = 2048
 
 
+BATCHED_INPUTS = ("pixels", "token_ids", "context_delta")  # whose first dimension is a request's batch
+
+
 def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
     """Samples in a request, before validation: the first dimension of its batched input
     (for context_delta, the candidate contexts: one sample each, whatever the class names)."""
-    for name in ("pixels", "token_ids", "context_delta"):
+    for name in BATCHED_INPUTS:
         if name in tensors and tensors[name].dim() > 0:
             return int(tensors[name].shape[0])
     return 0

@@ -112,7 +112,8 @@ class OracleServicer:
             parse(pb.DescribeRequest, request, "request")
             key, remaining = call.caller.key, {}
             if key is not None and self.store is not None:
-                remaining = {kind: await self.store.remaining(key, kind) for kind in (SAMPLES, GRADIENTS)}
+                remaining = {kind: await self.store.remaining(key, kind) for kind in (SAMPLES, GRADIENTS)
+                             if budget_of(key, kind) is not None}
             response = describe(self.oracle.backbone, self.oracle.limits, call.caller, remaining,
                                 self.admission.max_calls_per_key, self.pace)
             call.log("OK")
@@ -205,7 +206,7 @@ class OracleServicer:
         samples = validation.batch_size(tensors) or len(header.texts)  # what `prepare` will count
         if samples:  # else `prepare` says what is wrong
             # Refused for its size, not for the budget: a batch too large for any key costs nothing.
-            batched = next((n for n in ("pixels", "token_ids", "context_delta") if n in tensors), "texts")
+            batched = next((n for n in validation.BATCHED_INPUTS if n in tensors), "texts")
             validation.check_batch(batched, samples, limits)
             await self._charge(call, SAMPLES, samples)
         request = await self._in_thread(self.oracle.prepare, tower, tensors, header.texts,
