@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import itertools
 import logging
 import re
@@ -46,7 +45,7 @@ from graytune.server.service.admission import Admission
 from graytune.server.service.call_record import CallRecord
 from graytune.server.service.describe import describe
 from graytune.server.service.metrics import ServerMetrics
-from graytune.server.service.request_stream import UploadPace, parse, read_stream
+from graytune.server.service.request_stream import RequestDigest, UploadPace, parse, read_stream
 from graytune.server.service.usage_store import UsageStore
 from graytune.tensor_codec import TensorFormatError, shown
 from graytune.v1 import oracle_pb2 as pb
@@ -92,7 +91,8 @@ class OracleServicer:
         self.oracle, self.auth, self.admission, self.store = oracle, auth, admission, store
         self.metrics, self.pace = metrics, pace
         self.rate_limiter = rate_limiter or RateLimiter()
-        # Each admitted call holds at most one of these threads, while it waits for the device.
+        # Each admitted call holds at most one of these threads at a time: hashing its request
+        # as it arrives, then while it waits for the device.
         self._threads = ThreadPoolExecutor(admission.max_calls, thread_name_prefix="call")
         self._active = 0  # calls inside `_call`
         self._idle = asyncio.Event()
@@ -172,13 +172,13 @@ class OracleServicer:
         return await asyncio.wrap_future(self._threads.submit(functools.partial(fn, *args, **kwargs)))
 
     async def _read(self, requests, message_type, call, on_header=lambda header: None):
-        # The digest (a few ms per 10 MB) only where a charge will be made of it.
+        # The digest (~1 ms per MiB, on a call thread) only where a charge will be made of it.
         key = call.caller.key
         charged = self.store is not None and key is not None and call.billed and budget_of(key, call.billed) is not None
-        digest = hashlib.sha256(call.method.encode()) if charged else None
+        digest = RequestDigest(call.method, self._threads) if charged else None
         header, tensors = await read_stream(requests, message_type, self.oracle.limits.max_tensor_bytes, self.pace,
                                             call.began, digest, on_header)
-        call.digest = "" if digest is None else digest.hexdigest()
+        call.digest = "" if digest is None else await digest.hexdigest()
         call.bytes_in = sum(t.nbytes for t in tensors.values())
         return header, tensors
 
