@@ -52,9 +52,7 @@ class RequestDigest:
         self._pending: Optional[asyncio.Future] = None  # the update in flight: updates run in order
 
     async def add(self, data: bytes) -> None:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        await self._settle()
         if len(data) < self.INLINE_BYTES:
             self._update(data)
         else:
@@ -65,10 +63,14 @@ class RequestDigest:
         self._hash.update(data)
 
     async def hexdigest(self) -> str:
+        await self._settle()
+        return self._hash.hexdigest()
+
+    async def _settle(self) -> None:
+        """Waits for the update in flight, if any."""
         if self._pending is not None:
             await self._pending
             self._pending = None
-        return self._hash.hexdigest()
 
 
 async def read_stream(messages: AsyncIterator[bytes], message_type, max_tensor_bytes: int, pace: UploadPace,
