@@ -18,6 +18,7 @@ Prints per case the victim's p50/p99 latency, its calls, whether health stayed S
 server's resident memory before and after; writes OUT/abuse.json and OUT/abuse.png (--out,
 default benchmarks/results).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,33 +28,43 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from evidence.memory import status_bytes
-from evidence.output import RESULTS, plt, save_results
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
-MIB = 2 ** 20
+from evidence.memory import status_bytes
+from evidence.output import RESULTS, plt, save_results
+
+MIB = 2**20
 MIN_CALLS = 5  # the victim's calls per case at least, however short the case
-SERVER_ARGS = ("--plaintext", "--threads", "1", "--log-level", "WARNING", "--reflection-streams", "4",
-               "--max-graph-mb", "200")
+SERVER_ARGS = (
+    "--plaintext",
+    "--threads",
+    "1",
+    "--log-level",
+    "WARNING",
+    "--reflection-streams",
+    "4",
+    "--max-graph-mb",
+    "200",
+)
 
 
 class Abuse:
     """Threads that load the server until `stop` is set."""
 
-    def __init__(self, endpoint: str, secrets: Dict[str, str]):
+    def __init__(self, endpoint: str, secrets: dict[str, str]):
         self.endpoint, self.secrets, self.stop = endpoint, secrets, threading.Event()
-        self.threads: List[threading.Thread] = []
+        self.threads: list[threading.Thread] = []
         self.channel = grpc.insecure_channel(endpoint)
         self.stub = pb_grpc.GradientOracleStub(self.channel)
 
@@ -77,22 +88,26 @@ class Abuse:
     def trickle(self, who: str) -> None:
         def messages():  # a tensor of 12 KB declared, then sent 4 bytes at a time
             yield pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE))
-            yield pb.InputMessage(chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32, shape=[1, 3, 32, 32],
-                                                       data=bytes(4)))
+            yield pb.InputMessage(
+                chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32, shape=[1, 3, 32, 32], data=bytes(4))
+            )
             while not self.stop.wait(5.0):
                 yield pb.InputMessage(chunk=pb.TensorChunk(name="pixels", data=bytes(4)))
+
         list(self.stub.Embed(messages(), metadata=self.metadata(who), timeout=600))
 
     def held_open(self) -> None:
         def messages():
             yield pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE))
             self.stop.wait(600)
+
         list(self.stub.Embed(messages(), metadata=self.metadata("abuser"), timeout=600))
 
     def reflection(self) -> None:
         def requests():
             yield reflection_pb2.ServerReflectionRequest(list_services="")
             self.stop.wait(600)
+
         list(reflection_pb2_grpc.ServerReflectionStub(self.channel).ServerReflectionInfo(requests(), timeout=600))
 
     def long_captions(self) -> None:
@@ -118,7 +133,7 @@ class Abuse:
             t.join(30)
 
 
-CASES: Dict[str, Callable[[Abuse], None]] = {
+CASES: dict[str, Callable[[Abuse], None]] = {
     "baseline": lambda a: None,
     "reflection": lambda a: a.spawn(16, a.reflection),
     "slow-senders": lambda a: a.spawn(16, lambda: a.trickle("abuser")),
@@ -132,8 +147,10 @@ CASES: Dict[str, Callable[[Abuse], None]] = {
 def victim(endpoint: str, secret: str, seconds: float) -> dict:
     """The victim's Embed latencies and health answers while the abuse runs."""
     latencies, unhealthy, failures = [], 0, 0
-    with OracleClient(endpoint, api_key=secret, retries=0, timeout=30) as oracle, \
-            grpc.insecure_channel(endpoint) as channel:
+    with (
+        OracleClient(endpoint, api_key=secret, retries=0, timeout=30) as oracle,
+        grpc.insecure_channel(endpoint) as channel,
+    ):
         health = health_pb2_grpc.HealthStub(channel)
         until = time.monotonic() + seconds
         while time.monotonic() < until or len(latencies) + failures < MIN_CALLS:
@@ -148,14 +165,25 @@ def victim(endpoint: str, secret: str, seconds: float) -> dict:
                 unhealthy += serving != health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
                 unhealthy += 1
-    quantiles = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [float("nan")] * 99
-    return {"calls": len(latencies), "failures": failures, "unhealthy_checks": unhealthy,
-            "p50_ms": 1e3 * quantiles[49], "p99_ms": 1e3 * quantiles[98]}
+    quantiles = (
+        statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [float("nan")] * 99
+    )
+    return {
+        "calls": len(latencies),
+        "failures": failures,
+        "unhealthy_checks": unhealthy,
+        "p50_ms": 1e3 * quantiles[49],
+        "p99_ms": 1e3 * quantiles[98],
+    }
 
 
 def create_key(key_file: Path, *args: str) -> str:
-    return subprocess.run(server_command() + ["keys", "--file", str(key_file), "create", *args],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        server_command() + ["keys", "--file", str(key_file), "create", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def main(argv=None) -> int:
@@ -171,9 +199,11 @@ def main(argv=None) -> int:
     results = {"settings": {"seconds": args.seconds, "server_args": list(SERVER_ARGS)}, "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         key_file = Path(tmp) / "keys.json"
-        secrets = {"victim": create_key(key_file, "--tier", "graybox"),
-                   "abuser": create_key(key_file, "--tier", "graybox", "--budget", "100000000"),
-                   "spent": create_key(key_file, "--tier", "graybox", "--budget", "0")}
+        secrets = {
+            "victim": create_key(key_file, "--tier", "graybox"),
+            "abuser": create_key(key_file, "--tier", "graybox", "--budget", "100000000"),
+            "spent": create_key(key_file, "--tier", "graybox", "--budget", "0"),
+        }
         with LocalServer([*SERVER_ARGS, "--keys", str(key_file)]) as server:
             pid = server.process.pid
             for case in cases:
@@ -186,16 +216,19 @@ def main(argv=None) -> int:
                     abuse.end()
                 result.update(rss_before_mib=before / MIB, rss_after_mib=status_bytes(pid) / MIB)
                 results["cases"][case] = result
-                print(f"{case:>13}: victim p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                      f"{result['calls']:5d} calls  {result['failures']} failed  "
-                      f"{result['unhealthy_checks']} health checks not SERVING  RSS "
-                      f"{result['rss_before_mib']:.0f} -> {result['rss_after_mib']:.0f} MiB", flush=True)
+                print(
+                    f"{case:>13}: victim p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                    f"{result['calls']:5d} calls  {result['failures']} failed  "
+                    f"{result['unhealthy_checks']} health checks not SERVING  RSS "
+                    f"{result['rss_before_mib']:.0f} -> {result['rss_after_mib']:.0f} MiB",
+                    flush=True,
+                )
     save_results(args.out, "abuse", results, lambda: draw(results["cases"]))
     failed = any(r["failures"] or r["unhealthy_checks"] for r in results["cases"].values())
     return 1 if failed else 0
 
 
-def draw(cases: Dict[str, dict]) -> "plt.Figure":
+def draw(cases: dict[str, dict]) -> plt.Figure:
     fig, (latency, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = list(cases)
     x = range(len(names))

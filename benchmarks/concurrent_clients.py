@@ -13,6 +13,7 @@ once with --no-merge-batches, so the effect of merging is measured in the same r
 resident memory is sampled during the concurrent rounds (its peak while N clients hold graphs).
 Writes OUT/concurrent_clients.json and .png (--out, default benchmarks/results).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,16 @@ from pathlib import Path
 
 import torch
 
+from graytune.openmp import wait_passively
+
 from evidence.memory import PeakMemory
 from evidence.output import RESULTS, plt, save_results
-
 
 
 def run_client(args) -> None:
     from graytune.client.transport.oracle_client import OracleClient
     from graytune.client.transport.remote import RemoteImageTower
+
     with OracleClient(args.endpoint) as oracle:
         size = oracle.describe().image.height
         tower = RemoteImageTower(oracle)
@@ -44,17 +47,32 @@ def run_client(args) -> None:
         start = time.perf_counter()
         for _ in range(args.steps):
             tower(pixels).sum().backward()
-        print(json.dumps({"seconds": time.perf_counter() - start,
-                          "samples": args.steps * args.batch}), flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - start, "samples": args.steps * args.batch}), flush=True)
 
 
 def run_round(endpoint: str, clients: int, batch: int, steps: int) -> float:
     """Aggregate samples/s of `clients` processes started together."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    procs = [subprocess.Popen([sys.executable, __file__, "--client", "--endpoint", endpoint,
-                               "--batch", str(batch), "--steps", str(steps)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(clients)]
+    env = wait_passively(dict(os.environ))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                "--endpoint",
+                endpoint,
+                "--batch",
+                str(batch),
+                "--steps",
+                str(steps),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(clients)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     start = time.perf_counter()
@@ -68,14 +86,19 @@ def run_round(endpoint: str, clients: int, batch: int, steps: int) -> float:
     return sum(r["samples"] for r in results) / wall
 
 
-def figure(results: list) -> "plt.Figure":
+def figure(results: list) -> plt.Figure:
     counts = [row["clients"] for row in results[0]["rows"]]
     fig, (rate, memory) = plt.subplots(1, 2, figsize=(10, 3.8))
     for r in results:
         label = "merged" if r["merge_batches"] else "one by one"
         rate.plot(counts, [row["samples_per_s"] for row in r["rows"]], marker="o", label=f"N clients, {label}")
-        rate.plot(counts, [row["one_client_samples_per_s"] for row in r["rows"]], linestyle="--", marker=".",
-                  label=f"one client, N x batch, {label}")
+        rate.plot(
+            counts,
+            [row["one_client_samples_per_s"] for row in r["rows"]],
+            linestyle="--",
+            marker=".",
+            label=f"one client, N x batch, {label}",
+        )
         memory.plot(counts, [row["server_peak_rss"] / 2**20 for row in r["rows"]], marker="o", label=label)
     rate.set(xlabel="concurrent clients", ylabel="samples/s (Forward + Backward)", xticks=counts)
     memory.set(xlabel="concurrent clients", ylabel="server peak RSS, MiB", xticks=counts)
@@ -99,17 +122,21 @@ def main() -> None:
     if args.client:
         return run_client(args)
     from graytune.client.transport.local_server import LocalServer
-    print(f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client, "
-          f"medians of {args.repeats} paired rounds")
+
+    print(
+        f"{args.model}: Forward + Backward of pixels, {args.steps} steps per client, "
+        f"medians of {args.repeats} paired rounds"
+    )
     counts = [int(n) for n in args.clients.split(",")]
     results = []
     for merge in (True, False):
         flags = [] if merge else ["--no-merge-batches"]
-        with LocalServer(["--dev", "--plaintext", "--model", args.model, "--log-level", "WARNING",
-                          *flags]) as server:
+        with LocalServer(["--dev", "--plaintext", "--model", args.model, "--log-level", "WARNING", *flags]) as server:
             print(f"\nconcurrent image calls {'merged into one batch' if merge else 'run one by one'}")
-            print(f"{'clients':>8}{'batch each':>12}{'samples/s':>11}{'one client, batch':>19}"
-                  f"{'samples/s':>11}{'ratio (min-max)':>22}{'server peak MiB':>17}")
+            print(
+                f"{'clients':>8}{'batch each':>12}{'samples/s':>11}{'one client, batch':>19}"
+                f"{'samples/s':>11}{'ratio (min-max)':>22}{'server peak MiB':>17}"
+            )
             rows = []
             for clients in counts:
                 pairs, peak = [], 0
@@ -119,18 +146,32 @@ def main() -> None:
                     peak = max(peak, memory.peak)
                     pairs.append((together, run_round(server.endpoint, 1, clients * args.batch, args.steps)))
                 ratios = [together / alone for together, alone in pairs]
-                row = {"clients": clients, "batch": args.batch,
-                       "samples_per_s": statistics.median(t for t, _ in pairs),
-                       "one_client_samples_per_s": statistics.median(a for _, a in pairs),
-                       "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                       "server_peak_rss": peak}
+                row = {
+                    "clients": clients,
+                    "batch": args.batch,
+                    "samples_per_s": statistics.median(t for t, _ in pairs),
+                    "one_client_samples_per_s": statistics.median(a for _, a in pairs),
+                    "ratio": statistics.median(ratios),
+                    "ratio_min": min(ratios),
+                    "ratio_max": max(ratios),
+                    "server_peak_rss": peak,
+                }
                 rows.append(row)
-                print(f"{clients:>8}{args.batch:>12}{row['samples_per_s']:>11.1f}"
-                      f"{clients * args.batch:>19}{row['one_client_samples_per_s']:>11.1f}"
-                      f"{row['ratio']:>9.3f} ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})"
-                      f"{peak / 2**20:>17.0f}")
-            results.append({"model": args.model, "merge_batches": merge, "steps": args.steps,
-                            "repeats": args.repeats, "rows": rows})
+                print(
+                    f"{clients:>8}{args.batch:>12}{row['samples_per_s']:>11.1f}"
+                    f"{clients * args.batch:>19}{row['one_client_samples_per_s']:>11.1f}"
+                    f"{row['ratio']:>9.3f} ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})"
+                    f"{peak / 2**20:>17.0f}"
+                )
+            results.append(
+                {
+                    "model": args.model,
+                    "merge_batches": merge,
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                    "rows": rows,
+                }
+            )
     print(f"\nwritten to {save_results(args.out, 'concurrent_clients', results, lambda: figure(results))} and its .png")
 
 

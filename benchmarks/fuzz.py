@@ -13,6 +13,7 @@ unplanned ones per RPC (a pair with few distinct cases, like Describe's, may run
 Writes OUT/fuzz.json and OUT/fuzz.png (statuses; --out, default benchmarks/results). Exits 1
 when any case violates the properties.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def masked(text: str) -> str:
 class Violation:
     """One kind of violation: how often, with which RPCs and mutations, and the case that
     showed it with the fewest mutations (the closest to a minimal reproduction)."""
+
     count: int = 0
     seen: collections.Counter = field(default_factory=collections.Counter)  # "rpc:mutation" -> cases
     case: object = None
@@ -75,13 +77,20 @@ class Tally:
                 v.case, v.report = case, report(result, problems)
 
     def summary(self, seconds: float, health: str) -> dict:
-        return {"cases": sum(self.codes.values()), "seconds": seconds, "statuses": dict(self.codes.most_common()),
-                "unknown_or_internal": sum(self.codes[c.name] for c in IMPRECISE),
-                "longest_message_chars": len(self.longest.message) if self.longest else 0,
-                "bystander_slowest_s": self.slowest, "bystander_bound_s": self.target.delay_bound,
-                "violations": [{"problem": problem, "message": message, "cases": v.count, "example": v.report}
-                               for (problem, message), v in sorted(self.violations.items())],
-                "health": health or "SERVING"}
+        return {
+            "cases": sum(self.codes.values()),
+            "seconds": seconds,
+            "statuses": dict(self.codes.most_common()),
+            "unknown_or_internal": sum(self.codes[c.name] for c in IMPRECISE),
+            "longest_message_chars": len(self.longest.message) if self.longest else 0,
+            "bystander_slowest_s": self.slowest,
+            "bystander_bound_s": self.target.delay_bound,
+            "violations": [
+                {"problem": problem, "message": message, "cases": v.count, "example": v.report}
+                for (problem, message), v in sorted(self.violations.items())
+            ],
+            "health": health or "SERVING",
+        }
 
     def print(self, seconds: float) -> None:
         n = sum(self.codes.values())
@@ -90,27 +99,39 @@ class Tally:
         for code, count in self.codes.most_common():
             print(f"{code:<20}{count:>7}")
         print(f"\nUNKNOWN or INTERNAL: {sum(self.codes[c.name] for c in IMPRECISE)}")
-        print(f"longest status message: {len(self.longest.message)} characters "
-              f"({self.longest.code.name}: {self.longest.message[:100]!r})")
-        print(f"another caller's slowest Embed: {self.slowest:.3f} s (bound {self.target.delay_bound:.2f} s, "
-              f"baseline median {self.target.baseline * 1000:.1f} ms)")
+        print(
+            f"longest status message: {len(self.longest.message)} characters "
+            f"({self.longest.code.name}: {self.longest.message[:100]!r})"
+        )
+        print(
+            f"another caller's slowest Embed: {self.slowest:.3f} s (bound {self.target.delay_bound:.2f} s, "
+            f"baseline median {self.target.baseline * 1000:.1f} ms)"
+        )
         cases = sum(v.count for v in self.violations.values())
         print(f"violations: {cases} cases, {len(self.violations)} distinct")
         for (problem, message), v in sorted(self.violations.items()):
             seen = ", ".join(f"{kind} ×{n}" for kind, n in v.seen.most_common(8))
             more = f" and {len(v.seen) - 8} more" if len(v.seen) > 8 else ""
-            print(f"\n[{v.count} cases] {problem}: {message!r}\n  seen with: {seen}{more}\n"
-                  f"  the fewest mutations: {v.report}")
+            print(
+                f"\n[{v.count} cases] {problem}: {message!r}\n  seen with: {seen}{more}\n"
+                f"  the fewest mutations: {v.report}"
+            )
 
 
-def figure(summary: dict) -> "plt.Figure":
+def figure(summary: dict) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     codes = summary["statuses"]
-    ax.barh(list(codes), list(codes.values()), color=["tab:red" if c in {i.name for i in IMPRECISE} else "tab:blue"
-                                                      for c in codes])
+    ax.barh(
+        list(codes),
+        list(codes.values()),
+        color=["tab:red" if c in {i.name for i in IMPRECISE} else "tab:blue" for c in codes],
+    )
     ax.set_xscale("log")
-    ax.set(xlabel="cases", title=f"{summary['cases']} hostile cases: {summary['unknown_or_internal']} UNKNOWN or "
-                                 f"INTERNAL, server {summary['health']}")
+    ax.set(
+        xlabel="cases",
+        title=f"{summary['cases']} hostile cases: {summary['unknown_or_internal']} UNKNOWN or "
+        f"INTERNAL, server {summary['health']}",
+    )
     fig.tight_layout()
     return fig
 
@@ -125,12 +146,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, harness(Path(tmp), SERVER_ARGS) as target:
         tally = Tally(target)
         for rpc, first, n in runs(args.cases):
+
             @each_case(target.spec, rpc, first, n, salt=args.seed)
             def each(case):
                 tally.add(case, target.run(case))
+
             each()
-            print(f"{sum(tally.codes.values())} cases, {time.perf_counter() - start:.0f} s: "
-                  f"{rpc} {first.name if first else 'any'}", file=sys.stderr, flush=True)
+            print(
+                f"{sum(tally.codes.values())} cases, {time.perf_counter() - start:.0f} s: "
+                f"{rpc} {first.name if first else 'any'}",
+                file=sys.stderr,
+                flush=True,
+            )
         seconds = time.perf_counter() - start
         tally.print(seconds)
         health = target.health()

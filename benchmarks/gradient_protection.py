@@ -19,34 +19,39 @@ protection removes their share of the gain. Noise is drawn by the server from an
 seed: noisy rows vary from run to run. Writes OUT/gradient_protection.json and .png (--out,
 default benchmarks/results).
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # client and server share the cores
+from graytune.openmp import wait_passively
+
+wait_passively()  # client and server share the cores
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from evidence.output import RESULTS, plt, save_results  # noqa: E402
-from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP  # noqa: E402
-from graytune.client.data.digits import write_digits  # noqa: E402
+from graytune.client.data.batches import batch_indices  # noqa: E402
+from graytune.client.demo.digits import write_digits  # noqa: E402
+from graytune.client.methods.graybox.config import GrayboxConfig  # noqa: E402
+from graytune.client.methods.graybox.model import GrayboxCLIP  # noqa: E402
+from graytune.client.methods.graybox.options import DGAOptions  # noqa: E402
 from graytune.client.tasks.retrieval.data import collate  # noqa: E402
 from graytune.client.tasks.retrieval.task import contrastive_step_loss, load_dataset  # noqa: E402
-from graytune.client.training.batches import batch_indices  # noqa: E402
 from graytune.client.training.loop import TrainConfig, train  # noqa: E402
+from graytune.client.training.run_dir import RunDir  # noqa: E402
 from graytune.client.transport.local_server import LocalServer, server_command  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
+from evidence.output import RESULTS, plt, save_results  # noqa: E402
+
 # The pixel gradient of the demo's first batches with no protection (the run prints both again):
 PIXEL_NORM = 0.03  # median per-sample L2 norm, over 3 x 32 x 32 values
-PIXEL_RMS = 6e-4   # per-element root mean square
+PIXEL_RMS = 6e-4  # per-element root mean square
 KEYS = {  # label: (clip norm, noise std); the same numbers also bound the text shift and tokens
     "none": (None, None),
     "clip 1x": (PIXEL_NORM, None),
@@ -66,10 +71,15 @@ def create_keys(key_file: Path, labels) -> dict:
     secrets = {}
     for label in labels:
         clip, noise = KEYS[label]
-        flags = ["--gradient-clip", str(clip)] * (clip is not None) + ["--gradient-noise", str(noise)] * (noise is not None)
+        flags = ["--gradient-clip", str(clip)] * (clip is not None) + ["--gradient-noise", str(noise)] * (
+            noise is not None
+        )
         secrets[label] = subprocess.run(
             server_command() + ["keys", "--file", str(key_file), "create", "--tier", "graybox", *flags],
-            capture_output=True, text=True, check=True).stdout.strip()
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     return secrets
 
 
@@ -85,12 +95,13 @@ def pixel_gradient_scale(oracle: OracleClient, cfg: TrainConfig, batches: int = 
 
     oracle.backward = recording_backward  # this instance only, for these batches
     try:
-        dataset = load_dataset(cfg.train_data, oracle, img_key=cfg.csv_img_key, caption_key=cfg.csv_caption_key,
-                               separator=cfg.csv_separator)
+        dataset = load_dataset(cfg.train_data, oracle, **cfg.csv.reader("img_key", "caption_key", "separator"))
         torch.manual_seed(cfg.seed)
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+        model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle), oracle)
         for step in range(batches):
-            pixels, captions = collate([dataset[i] for i in batch_indices(len(dataset), cfg.batch_size, cfg.seed, step)])
+            pixels, captions = collate(
+                [dataset[i] for i in batch_indices(len(dataset), cfg.batch_size, cfg.seed, step)]
+            )
             contrastive_step_loss(model, pixels, captions).backward()
     finally:
         del oracle.backward  # the instance attribute: back to the class's method
@@ -102,11 +113,11 @@ def run(endpoint: str, secret: str, cfg: TrainConfig) -> dict:
     """Trains with one key; -> {"zero_shot": metrics, "fine_tuned": metrics}."""
     with OracleClient(endpoint, api_key=secret) as oracle:
         fine_tuned = train(oracle, cfg, overwrite=True, progress=False)
-    records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(cfg.output_dir).records()
     return {"zero_shot": next(r for r in records if r["kind"] == "zero_shot"), "fine_tuned": fine_tuned}
 
 
-def gain_kept(result: dict, baseline: dict, metric: str) -> Optional[float]:
+def gain_kept(result: dict, baseline: dict, metric: str) -> float | None:
     """Fine-tuned minus zero-shot, as a fraction of the unprotected run's gain (None: it had none)."""
     gain = baseline["fine_tuned"][metric] - baseline["zero_shot"][metric]
     return None if gain == 0 else (result["fine_tuned"][metric] - result["zero_shot"][metric]) / gain
@@ -125,13 +136,17 @@ def report(results: dict) -> None:
         print(f"{label:<22}{fmt(clip):>7}{fmt(noise):>8}  {zs}  {ft}  {fmt(gain_kept(r, base, METRICS[0])):>9}")
 
 
-def figure(keys: dict) -> "plt.Figure":
+def figure(keys: dict) -> plt.Figure:
     """Gain kept per key, image->text and text->image."""
     fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.8 / len(METRICS)
     for k, metric in enumerate(METRICS):
-        ax.bar([i + (k - (len(METRICS) - 1) / 2) * width for i in range(len(keys))],
-               [r["gain_kept"][metric] or 0.0 for r in keys.values()], width, label=metric)  # None: no gain
+        ax.bar(
+            [i + (k - (len(METRICS) - 1) / 2) * width for i in range(len(keys))],
+            [r["gain_kept"][metric] or 0.0 for r in keys.values()],
+            width,
+            label=metric,
+        )  # None: no gain
     ax.axhline(1.0, color="grey", linestyle=":")
     ax.set_xticks(range(len(keys)), list(keys), rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="fraction of the unprotected gain kept", title="what gradient protection costs the demo fine-tune")
@@ -145,15 +160,26 @@ def measure(workdir: Path, labels, steps: int, batch_size: int, lr: float) -> di
     data = write_digits(workdir / "data")
     secrets = create_keys(workdir / "keys.json", labels)
     config = lambda label: TrainConfig(
-        train_data=str(data["train"]), val_data=str(data["val"]), output_dir=str(workdir / "runs" / label.replace(" ", "_")),
-        steps=steps, batch_size=batch_size, lr=lr, eval_every=steps, save_every=steps)
+        train_data=str(data["train"]),
+        val_data=str(data["val"]),
+        output_dir=str(workdir / "runs" / label.replace(" ", "_")),
+        batch_size=batch_size,
+        eval_every=steps,
+        save_every=steps,
+        options=DGAOptions(steps=steps, lr=lr),
+    )
     # Building the MNIST-pretrained weights the first time takes minutes on busy cores.
-    with LocalServer(["--plaintext", "--keys", str(workdir / "keys.json"), "--pretrained", "mnist",
-                      "--log-level", "WARNING"], startup_timeout=1800) as server:
+    with LocalServer(
+        ["--plaintext", "--keys", str(workdir / "keys.json"), "--pretrained", "mnist", "--log-level", "WARNING"],
+        startup_timeout=1800,
+    ) as server:
         with OracleClient(server.endpoint, api_key=secrets["none"]) as oracle:
             norm, rms = pixel_gradient_scale(oracle, config("none"))
-        print(f"pixel gradient, no protection: median per-sample norm {norm:.3g} (levels assume {PIXEL_NORM}), "
-              f"per-element RMS {rms:.3g} (levels assume {PIXEL_RMS})", flush=True)
+        print(
+            f"pixel gradient, no protection: median per-sample norm {norm:.3g} (levels assume {PIXEL_NORM}), "
+            f"per-element RMS {rms:.3g} (levels assume {PIXEL_RMS})",
+            flush=True,
+        )
         results = {}
         for label, secret in secrets.items():
             print(f"key: {label}", flush=True)
@@ -177,13 +203,28 @@ def main() -> None:
         measured = measure(args.workdir or Path(tmp), labels, args.steps, args.batch_size, args.lr)
     results = measured["results"]
     report(results)
-    keys = {label: {"clip": KEYS[label][0], "noise": KEYS[label][1], **r,
-                    "gain_kept": {m: gain_kept(r, results["none"], m) for m in METRICS}}
-            for label, r in results.items()}
-    written = save_results(args.out, "gradient_protection",
-                           {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                            "pixel_norm": measured["pixel_norm"], "pixel_rms": measured["pixel_rms"], "keys": keys},
-                           lambda: figure(keys))
+    keys = {
+        label: {
+            "clip": KEYS[label][0],
+            "noise": KEYS[label][1],
+            **r,
+            "gain_kept": {m: gain_kept(r, results["none"], m) for m in METRICS},
+        }
+        for label, r in results.items()
+    }
+    written = save_results(
+        args.out,
+        "gradient_protection",
+        {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "pixel_norm": measured["pixel_norm"],
+            "pixel_rms": measured["pixel_rms"],
+            "keys": keys,
+        },
+        lambda: figure(keys),
+    )
     print(f"written to {written} and its .png")
 
 

@@ -11,9 +11,11 @@ deep prompts are offered. Methods: linear probe, DGA, LGA, CraFT (for --classes 
 client runs in a fresh process, so its resident memory is its own: Python, torch, the gRPC
 client and the modules. Writes OUT/memory.json and .png (--out, default benchmarks/results).
 """
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,64 +26,87 @@ from pathlib import Path
 from evidence.memory import status_bytes
 from evidence.output import RESULTS, plt, save_results
 
-METHODS = ("linear-probe", "graybox-dga", "graybox-lga", "craft")
-MIB = 2 ** 20
+METHODS = ("linear-probe", "graybox-dga", "graybox-lga", "craft")  # as adapter_config.json names them
+MIB = 2**20
 
 
 def client_modules(endpoint: str, method: str, classes: int) -> dict:
     """In this (fresh) process: the method's modules built against the server, saved as a
     customer's adapter -> parameters, file bytes, resident memory."""
-    from graytune.client.adapters.graybox import AdapterConfig
-    from graytune.client.adapters.models import build_model
-    from graytune.client.training.checkpoint import save_adapters
+    from graytune.client.methods.adapter_dir import save_adapters
+    from graytune.client.methods.registry import build_model, saved_method
     from graytune.client.transport.oracle_client import OracleClient
 
     with OracleClient(endpoint) as oracle:
-        config = AdapterConfig.for_oracle(oracle, method, classes=classes,
-                                          task={"classnames": [f"class {i}" for i in range(classes)]})
+        chosen = saved_method(method)
+        config = dataclasses.replace(
+            chosen.adapter_config(oracle, chosen.options(), seed=0),
+            classes=classes,
+            task={"classnames": [f"class {i}" for i in range(classes)]},
+        )
         model = build_model(config, oracle)
         with tempfile.TemporaryDirectory() as tmp:
             save_adapters(Path(tmp) / "adapter", model)
             file_bytes = (Path(tmp) / "adapter" / "adapters.safetensors").stat().st_size
-        return {"parameters": sum(t.numel() for t in model.state_dict().values()),  # what is deployed
-                "file_bytes": file_bytes, "rss": status_bytes(os.getpid())}
+        return {
+            "parameters": sum(t.numel() for t in model.state_dict().values()),  # what is deployed
+            "file_bytes": file_bytes,
+            "rss": status_bytes(os.getpid()),
+        }
 
 
 def in_process_backbone(arch: str) -> dict:
     """In this (fresh) process: the backbone loaded as the server loads it."""
     from graytune.server.compute.backbone import BackboneSource, load_backbone
+
     backbone = load_backbone(BackboneSource(model=arch))
     return {"parameters": sum(p.numel() for p in backbone.model.parameters()), "rss": status_bytes(os.getpid())}
 
 
 def in_fresh_process(*argv: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, __file__, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def measure(arch: str, methods, classes: int) -> dict:
     from graytune.client.transport.local_server import LocalServer
+
     backbone = in_fresh_process("--worker-backbone", arch)
-    with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", "--model", arch,
-                      "--log-level", "WARNING"]) as server:
-        methods = {m: in_fresh_process("--worker-client", m, "--endpoint", server.endpoint,
-                                       "--classes", str(classes)) for m in methods}
+    with LocalServer(
+        ["--dev", "--plaintext", "--tier", "graybox-plus", "--model", arch, "--log-level", "WARNING"]
+    ) as server:
+        methods = {
+            m: in_fresh_process("--worker-client", m, "--endpoint", server.endpoint, "--classes", str(classes))
+            for m in methods
+        }
         server_rss = status_bytes(server.process.pid)
     return {"model": arch, "classes": classes, "backbone": {**backbone, "server_rss": server_rss}, "methods": methods}
 
 
 def report(result: dict) -> None:
     b = result["backbone"]
-    print(f"\n{result['model']}: backbone {b['parameters']:,} parameters ({4 * b['parameters'] / MIB:.1f} MiB "
-          f"float32); in-process RSS {b['rss'] / MIB:.0f} MiB, server RSS {b['server_rss'] / MIB:.0f} MiB")
-    print(f"  {'method':<14}{'parameters':>12}{'% backbone':>12}{'file KiB':>10}{'client RSS MiB':>16}{'÷ in-process':>14}")
+    print(
+        f"\n{result['model']}: backbone {b['parameters']:,} parameters ({4 * b['parameters'] / MIB:.1f} MiB "
+        f"float32); in-process RSS {b['rss'] / MIB:.0f} MiB, server RSS {b['server_rss'] / MIB:.0f} MiB"
+    )
+    print(
+        f"  {'method':<14}{'parameters':>12}{'% backbone':>12}{'file KiB':>10}{'client RSS MiB':>16}"
+        f"{'÷ in-process':>14}"
+    )
     for name, m in result["methods"].items():
-        print(f"  {name:<14}{m['parameters']:>12,}{100 * m['parameters'] / b['parameters']:>12.3f}"
-              f"{m['file_bytes'] / 1024:>10.1f}{m['rss'] / MIB:>16.0f}{m['rss'] / b['rss']:>14.2f}")
+        print(
+            f"  {name:<14}{m['parameters']:>12,}{100 * m['parameters'] / b['parameters']:>12.3f}"
+            f"{m['file_bytes'] / 1024:>10.1f}{m['rss'] / MIB:>16.0f}{m['rss'] / b['rss']:>14.2f}"
+        )
 
 
-def figure(results: list) -> "plt.Figure":
+def figure(results: list) -> plt.Figure:
     fig, (params, rss) = plt.subplots(1, 2, figsize=(11, 4))
     methods = list(results[0]["methods"])
     width = 0.8 / (len(methods) + 1)

@@ -9,6 +9,7 @@ into --out and its summary to stdout, then a table of what ran, its exit code an
 A benchmark that fails does not stop the rest; the exit code is 1 when any failed. The log of
 each run is kept in OUT/logs/<name>.log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ WRITES_NO_RESULTS = {"owner_model"}  # prints its report; the weights go to the 
 def run(name: str, argv: list, out: Path) -> tuple:
     """Runs one benchmark, its output both to this terminal and to OUT/logs/NAME.log -> (exit code, minutes)."""
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(HERE / argv[0]), *argv[1:]] + ([] if name in WRITES_NO_RESULTS else ["--out", str(out)])
+    command = [sys.executable, str(HERE / argv[0]), *argv[1:]] + (
+        [] if name in WRITES_NO_RESULTS else ["--out", str(out)]
+    )
     print(f"\n=== {name}: {' '.join(argv)}", flush=True)
     started = time.monotonic()
     with open(out / "logs" / f"{name}.log", "w") as log:
@@ -53,8 +56,9 @@ def run(name: str, argv: list, out: Path) -> tuple:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--only", help="parts to run, comma-separated: accuracy, speed, robustness")
     p.add_argument("--skip", default="", help="benchmarks to leave out, comma-separated")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -64,8 +68,11 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown parts or benchmarks: {sorted(unknown)}")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    done = [(name, *run(name, script, args.out)) for name, part, script in SUITE
-            if (not parts or part in parts) and name not in skipped]
+    done = [
+        (name, *run(name, script, args.out))
+        for name, part, script in SUITE
+        if (not parts or part in parts) and name not in skipped
+    ]
     print(f"\n{'benchmark':<22}{'exit':>5}{'minutes':>9}")
     for name, code, minutes in done:
         print(f"{name:<22}{code:>5}{minutes:>9.1f}")

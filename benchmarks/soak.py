@@ -14,8 +14,10 @@ difference between two samples).
 Writes OUT/soak.json (settings, summary, samples) and OUT/soak.png (--out, default
 benchmarks/results), and prints one line whose figure is the RSS growth over the samples taken
 from the end of the warm-up (counted from the clients' start) to the end of the run: the median
-of their last fifth over the median of their first fifth. The target is under 5%; the exit code is 1 when it is missed or a client failed.
+of their last fifth over the median of their first fifth. The target is under 5%; the exit code is
+1 when it is missed or a client failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,36 +30,39 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, List
 
 import torch
+
+from graytune.openmp import wait_passively
 
 from evidence.memory import status_bytes
 from evidence.output import RESULTS, plt, save_results
 
 TARGET_GROWTH_PERCENT = 5.0
 METRICS_LINE = re.compile(r"metrics on (http://\S+/metrics)")
-MIB = 2 ** 20
+MIB = 2**20
 
 
 # -- client ----------------------------------------------------------------------------------
 def run_client(args) -> None:
-    from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
-    from graytune.client.transport.oracle_client import OracleClient
+    from graytune.client.methods.graybox.config import GrayboxConfig
+    from graytune.client.methods.graybox.model import GrayboxCLIP
     from graytune.client.tasks.retrieval.task import contrastive_step_loss
+    from graytune.client.transport.oracle_client import OracleClient
 
     torch.set_num_threads(1)  # the server needs the cores more
     g = torch.Generator().manual_seed(args.seed)
     steps = 0
     with OracleClient(args.endpoint) as oracle:
         image = oracle.describe().image
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+        model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle), oracle)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         while time.time() < args.until:
             pixels = torch.randn(args.batch, 3, image.height, image.width, generator=g)
             # New captions every step: anything the server kept per distinct text would grow.
-            captions = [f"item {n} from client {args.seed}"
-                        for n in torch.randint(10 ** 9, (args.batch,), generator=g).tolist()]
+            captions = [
+                f"item {n} from client {args.seed}" for n in torch.randint(10**9, (args.batch,), generator=g).tolist()
+            ]
             loss = contrastive_step_loss(model, pixels, captions)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -71,9 +76,10 @@ def run_client(args) -> None:
 
 
 # -- driver ----------------------------------------------------------------------------------
-def scrape(url: str) -> Dict[str, float]:
+def scrape(url: str) -> dict[str, float]:
     """Graphs and bytes held, calls answered and calls not answered OK, from the metrics."""
     from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     out = {"graphs_held": 0.0, "graph_bytes_held": 0.0, "calls": 0.0, "calls_not_ok": 0.0}
     for family in text_string_to_metric_families(text):
@@ -86,8 +92,9 @@ def scrape(url: str) -> Dict[str, float]:
     return out
 
 
-def sample_while_running(pid: int, url: str, clients: List[subprocess.Popen], interval: float,
-                         start: float) -> List[dict]:
+def sample_while_running(
+    pid: int, url: str, clients: list[subprocess.Popen], interval: float, start: float
+) -> list[dict]:
     """Samples from `start` (time.monotonic, when the clients were started) until they have all ended."""
     samples = []
     while True:
@@ -102,52 +109,68 @@ def sample_while_running(pid: int, url: str, clients: List[subprocess.Popen], in
         time.sleep(max(0.0, start + len(samples) * interval - time.monotonic()))
 
 
-def summarise(samples: List[dict], args, client_steps: list, failed: List[int]) -> dict:
+def summarise(samples: list[dict], args, client_steps: list, failed: list[int]) -> dict:
     """The growth figure is taken from the end of the warm-up to the end of the load (clients
     take a moment to stop after it)."""
     loaded = [s for s in samples if args.warmup_seconds <= s["t"] <= args.minutes * 60]
     if len(loaded) < 10:
-        raise SystemExit(f"only {len(loaded)} samples after the warm-up: run longer, or lower "
-                         "--warmup-seconds or --interval")
+        raise SystemExit(
+            f"only {len(loaded)} samples after the warm-up: run longer, or lower --warmup-seconds or --interval"
+        )
     rss, fifth = [s["rss_bytes"] for s in loaded], len(loaded) // 5
     first, last = statistics.median(rss[:fifth]), statistics.median(rss[-fifth:])
     growth = 100 * (last - first) / first
-    return {"clients": args.clients, "minutes": args.minutes, "warmup_seconds": args.warmup_seconds,
-            "batch": args.batch, "client_steps": client_steps, "failed_clients": failed,
-            "calls": samples[-1]["calls"], "calls_not_ok": samples[-1]["calls_not_ok"],
-            "calls_per_s_median": statistics.median(s["calls_per_s"] for s in loaded),
-            "max_graphs_held": max(s["graphs_held"] for s in samples),
-            "max_graph_bytes_held": max(s["graph_bytes_held"] for s in samples),
-            "rss_after_warmup": first, "rss_at_end": last, "growth_percent": growth,
-            "met_target": growth < TARGET_GROWTH_PERCENT and not failed}
+    return {
+        "clients": args.clients,
+        "minutes": args.minutes,
+        "warmup_seconds": args.warmup_seconds,
+        "batch": args.batch,
+        "client_steps": client_steps,
+        "failed_clients": failed,
+        "calls": samples[-1]["calls"],
+        "calls_not_ok": samples[-1]["calls_not_ok"],
+        "calls_per_s_median": statistics.median(s["calls_per_s"] for s in loaded),
+        "max_graphs_held": max(s["graphs_held"] for s in samples),
+        "max_graph_bytes_held": max(s["graph_bytes_held"] for s in samples),
+        "rss_after_warmup": first,
+        "rss_at_end": last,
+        "growth_percent": growth,
+        "met_target": growth < TARGET_GROWTH_PERCENT and not failed,
+    }
 
 
 def summary_line(s: dict) -> str:
     verdict = "met" if s["growth_percent"] < TARGET_GROWTH_PERCENT else "MISSED"
-    return (f"soak: {s['clients']} clients x {s['minutes']:g} min, "
-            f"{sum(n or 0 for n in s['client_steps'])} steps, {s['calls']:.0f} calls "
-            f"(median {s['calls_per_s_median']:.1f}/s, {s['calls_not_ok']:.0f} not OK), graphs held "
-            f"<= {s['max_graphs_held']:.0f} ({s['max_graph_bytes_held'] / MIB:.1f} MiB); server RSS "
-            f"{s['rss_after_warmup'] / MIB:.1f} -> {s['rss_at_end'] / MIB:.1f} MiB after the "
-            f"{s['warmup_seconds']:g} s warm-up: {s['growth_percent']:+.2f}% (target < "
-            f"{TARGET_GROWTH_PERCENT:g}%: {verdict})"
-            + (f"; clients {s['failed_clients']} FAILED" if s["failed_clients"] else ""))
+    return (
+        f"soak: {s['clients']} clients x {s['minutes']:g} min, "
+        f"{sum(n or 0 for n in s['client_steps'])} steps, {s['calls']:.0f} calls "
+        f"(median {s['calls_per_s_median']:.1f}/s, {s['calls_not_ok']:.0f} not OK), graphs held "
+        f"<= {s['max_graphs_held']:.0f} ({s['max_graph_bytes_held'] / MIB:.1f} MiB); server RSS "
+        f"{s['rss_after_warmup'] / MIB:.1f} -> {s['rss_at_end'] / MIB:.1f} MiB after the "
+        f"{s['warmup_seconds']:g} s warm-up: {s['growth_percent']:+.2f}% (target < "
+        f"{TARGET_GROWTH_PERCENT:g}%: {verdict})"
+        + (f"; clients {s['failed_clients']} FAILED" if s["failed_clients"] else "")
+    )
 
 
-def figure(samples: List[dict], summary: dict, warmup: float) -> "plt.Figure":
+def figure(samples: list[dict], summary: dict, warmup: float) -> plt.Figure:
     t = [s["t"] for s in samples]
     fig, (rss_ax, graph_ax, calls_ax) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     rss_ax.plot(t, [s["rss_bytes"] / MIB for s in samples], label="sampled")
-    for key, style, label in (("rss_after_warmup", ":", "median, first fifth after warm-up"),
-                              ("rss_at_end", "--", "median, last fifth")):
+    for key, style, label in (
+        ("rss_after_warmup", ":", "median, first fifth after warm-up"),
+        ("rss_at_end", "--", "median, last fifth"),
+    ):
         rss_ax.axhline(summary[key] / MIB, linestyle=style, color="grey", label=label)
     graph_ax.plot(t, [s["graphs_held"] for s in samples], label="graphs held")
     bytes_ax = graph_ax.twinx()
     bytes_ax.plot(t, [s["graph_bytes_held"] / MIB for s in samples], color="tab:orange")
     bytes_ax.set_ylabel("graph MiB held", color="tab:orange")
     calls_ax.plot(t, [s["calls_per_s"] for s in samples])
-    rss_ax.set(ylabel="server RSS, MiB", title=f"clients: {summary['clients']}, RSS growth after the "
-                                              f"warm-up: {summary['growth_percent']:+.1f}%")
+    rss_ax.set(
+        ylabel="server RSS, MiB",
+        title=f"clients: {summary['clients']}, RSS growth after the warm-up: {summary['growth_percent']:+.1f}%",
+    )
     graph_ax.set(ylabel="graphs held")
     calls_ax.set(ylabel="calls/s", xlabel="seconds")
     for ax in (rss_ax, graph_ax, calls_ax):
@@ -175,19 +198,40 @@ def main() -> None:
         return run_client(args)
     from graytune.client.transport.local_server import LocalServer
 
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # clients wait on the server's cores
+    env = wait_passively(dict(os.environ))  # clients wait on the server's cores
     with LocalServer(["--dev", "--plaintext", "--metrics-port", "0", "--log-level", "INFO"]) as server:
         url = next(m.group(1) for m in map(METRICS_LINE.search, list(server.output)) if m)
         start, until = time.monotonic(), time.time() + args.minutes * 60  # one end for all clients
-        clients = [subprocess.Popen([sys.executable, __file__, "--client", "--endpoint", server.endpoint,
-                                     "--until", str(until), "--seed", str(i), "--batch", str(args.batch)],
-                                    stdout=subprocess.PIPE, text=True, env=env)
-                   for i in range(args.clients)]
+        clients = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--client",
+                    "--endpoint",
+                    server.endpoint,
+                    "--until",
+                    str(until),
+                    "--seed",
+                    str(i),
+                    "--batch",
+                    str(args.batch),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for i in range(args.clients)
+        ]
         samples = sample_while_running(server.process.pid, url, clients, args.interval, start)
     steps = [json.loads(c.stdout.read() or "{}").get("steps") for c in clients]
     summary = summarise(samples, args, steps, [i for i, c in enumerate(clients) if c.wait() != 0])
-    save_results(args.out, "soak", {"summary": summary, "samples": samples},
-                 lambda: figure(samples, summary, args.warmup_seconds))
+    save_results(
+        args.out,
+        "soak",
+        {"summary": summary, "samples": samples},
+        lambda: figure(samples, summary, args.warmup_seconds),
+    )
     print(summary_line(summary) + f"; {args.out / 'soak.png'}")
     sys.exit(0 if summary["met_target"] else 1)
 

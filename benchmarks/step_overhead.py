@@ -26,6 +26,7 @@ captions), and peak memory. Each model is measured --runs times, each with a fre
 workers, and the ratios' spread over runs is printed. Writes OUT/step_overhead.json and .png
 (--out, default benchmarks/results).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,10 @@ from pathlib import Path
 
 import torch
 
+from graytune.client.methods.graybox.config import GrayboxConfig
+from graytune.client.methods.graybox.options import DGAOptions, LGAOptions
+from graytune.openmp import wait_passively
+
 from evidence.memory import status_bytes
 from evidence.output import RESULTS, plt, save_results
 from evidence.wire import tcp_bytes
@@ -48,10 +53,10 @@ MODELS = {  # name: (OpenCLIP architecture, image size, default batch, default r
     "vit-b-32": ("ViT-B-32", 224, 16, 5),
     "tiny": ("graytune-tiny", 32, 8, 5),  # the smoke test's
 }
-METHODS = {  # name: AdapterConfig settings of the step's modules
-    "dga": {},
-    "input": {"adapters": "input"},
-    "lga": {"method": "graybox-lga"},  # its depth: every layer the backbone offers
+METHODS = {  # name: the step's modules (LGA's depth: every layer the backbone offers)
+    "dga": DGAOptions(),
+    "input": DGAOptions(adapters="input"),
+    "lga": LGAOptions(),
 }
 WIRE = ("float32", "bfloat16")
 
@@ -60,9 +65,9 @@ WIRE = ("float32", "bfloat16")
 def build_step(args):
     """graytune.client.training.loop's step (train_step) on the DGA adapters, with the batches
     of `graytune train`'s data pipeline (--data) or fixed pixels."""
-    from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+    from graytune.client.methods.gradient import cosine_with_warmup, train_step
+    from graytune.client.methods.graybox.model import GrayboxCLIP
     from graytune.client.tasks.retrieval.task import RetrievalTask
-    from graytune.client.training.loop import cosine_with_warmup, train_step
 
     torch.manual_seed(0)
     if args.data_csv:
@@ -71,23 +76,39 @@ def build_step(args):
         pixels = torch.randn(args.batch, 3, args.size, args.size)  # (B, 3, H, W)
         captions = [f"a photo of item number {i}." for i in range(args.batch)]
         batches = iter(lambda: (pixels, captions), None)
-    settings = dict(METHODS[args.method])
+    options = METHODS[args.method]
     if args.worker == "in-process":
         from graytune.server.compute.backbone import BackboneSource, load_backbone
+
         backbone = load_backbone(BackboneSource(model=args.model))
-        if settings.get("method") == "graybox-lga":  # what for_oracle reads from Describe
-            settings["deep_prompt_depth"] = min(backbone.image.prompt_depth, backbone.text.prompt_depth)
-        config = AdapterConfig(embed_dim=backbone.embed_dim, token_width=backbone.text.token_width,
-                               image_token_width=backbone.image.token_width, backbone_name=backbone.name,
-                               backbone_sha256=backbone.sha256, **settings)
+        deep = {}
+        if isinstance(options, LGAOptions):  # what for_oracle reads from Describe
+            deep = {
+                "deep_prompt_depth": min(backbone.image.prompt_depth, backbone.text.prompt_depth),
+                "deep_prompt_tokens": options.deep_prompt_tokens,
+            }
+        config = GrayboxConfig(
+            embed_dim=backbone.embed_dim,
+            token_width=backbone.text.token_width,
+            image_token_width=backbone.image.token_width,
+            backbone_name=backbone.name,
+            backbone_sha256=backbone.sha256,
+            method="graybox-lga" if deep else "graybox-dga",
+            adapters=options.adapters,
+            pixel_layers=options.pixel_layers,
+            pixel_channels=options.pixel_channels,
+            extra_tokens=options.extra_tokens,
+            **deep,
+        )
         model = GrayboxCLIP(config, oracle=None)
         model.image_tower = LocalImageTower(backbone)
         model.text_tower = LocalTextTower(backbone)
         oracle = None
     else:
         from graytune.client.transport.oracle_client import OracleClient
+
         oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype))
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, **settings), oracle)
+        model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle, options), oracle)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(10, 10**6))
     task = RetrievalTask(oracle)
@@ -95,18 +116,22 @@ def build_step(args):
     def step() -> int:
         """One step -> the bytes of its captions (sent as text, the rest of the minimum is tensors)."""
         batch = next(batches)
-        train_step(task, model, batch, optimizer, schedule)
+        train_step(task.loss, model, batch, optimizer, schedule)
         return sum(len(c.encode()) for c in batch[1])
+
     return step, oracle
 
 
 def data_batches(args):
     """`graytune train`'s batches of the JPEG data set, made by DataLoader workers."""
+    from graytune.client.data.batches import step_batches
     from graytune.client.data.preprocess import Preprocess
     from graytune.client.tasks.retrieval.data import ImageCaptionDataset
-    from graytune.client.training.batches import step_batches
+
     # The backbone's preprocessing (OpenCLIP's defaults for these models), as Describe reports it.
-    preprocess = Preprocess(args.size, args.size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    preprocess = Preprocess(
+        args.size, args.size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    )
     dataset = ImageCaptionDataset(args.data_csv, preprocess)
     return step_batches(dataset, args.batch, seed=0, first=0, end=10**6, workers=args.loader_workers)
 
@@ -115,6 +140,7 @@ def write_jpeg_data(folder: Path, count: int = 512) -> Path:
     """scikit-learn's digits as 256 x 256 colour JPEGs with captions (once); -> the CSV."""
     from PIL import Image
     from sklearn.datasets import load_digits
+
     csv = folder / "train.csv"
     if csv.exists():
         return csv
@@ -126,7 +152,9 @@ def write_jpeg_data(folder: Path, count: int = 512) -> Path:
         ink = torch.from_numpy(digits.images[i] / 16).float()  # (8, 8)
         colour = torch.rand(3, generator=rng)
         image = (ink[None] * colour[:, None, None] * 255).byte().permute(1, 2, 0).numpy()  # (8, 8, 3)
-        Image.fromarray(image).resize((256, 256), Image.Resampling.BICUBIC).save(folder / "images" / f"{i}.jpg", quality=90)
+        Image.fromarray(image).resize((256, 256), Image.Resampling.BICUBIC).save(
+            folder / "images" / f"{i}.jpg", quality=90
+        )
         rows.append(f"images/{i}.jpg\ta photo of the digit {digits.target[i]}.\n")
     csv.write_text("filepath\ttitle\n" + "".join(rows))
     return csv
@@ -150,8 +178,7 @@ class LocalTextTower(torch.nn.Module):
 
     def forward(self, texts, shift=None, extra_tokens=None, deep_prompts=None) -> torch.Tensor:
         k = 0 if extra_tokens is None else extra_tokens.shape[0]
-        return self.backbone.encode_text(self.backbone.text.tokenize(list(texts), k), shift, extra_tokens,
-                                         deep_prompts)
+        return self.backbone.encode_text(self.backbone.text.tokenize(list(texts), k), shift, extra_tokens, deep_prompts)
 
 
 def run_worker(args) -> None:
@@ -170,18 +197,32 @@ def run_worker(args) -> None:
         tcp_after = oracle and tcp_bytes(os.getpid(), port)
         up, down, in_calls, device = [getattr(oracle, c, 0) - b for c, b in zip(counters, before)]
         wire = [a - b for a, b in zip(tcp_after, tcp_before)] if tcp_before and tcp_after else [None, None]
-        print(json.dumps({"seconds": seconds, "up": up, "down": down, "device": device,
-                          "transport": in_calls - device, "client": seconds - in_calls,
-                          "minimum_bytes": up + down + text_bytes, "wire_up": wire[0], "wire_down": wire[1],
-                          "peak_rss": status_bytes(os.getpid(), "VmHWM")}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "up": up,
+                    "down": down,
+                    "device": device,
+                    "transport": in_calls - device,
+                    "client": seconds - in_calls,
+                    "minimum_bytes": up + down + text_bytes,
+                    "wire_up": wire[0],
+                    "wire_down": wire[1],
+                    "peak_rss": status_bytes(os.getpid(), "VmHWM"),
+                }
+            ),
+            flush=True,
+        )
 
 
 # -- driver ----------------------------------------------------------------------------------
 class Worker:
     def __init__(self, label: str, argv, env):
         self.label = label
-        self.proc = subprocess.Popen([sys.executable, __file__, *argv], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, *argv], env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"worker {label} failed to start")
         self.results = []
@@ -204,13 +245,19 @@ def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data:
 
     arch, size, _, _ = MODELS[name]
     common = ["--model", arch, "--size", str(size), "--batch", str(batch), "--method", method, *data]
-    with LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", "--model", arch,
-                      "--log-level", "WARNING"]) as server:
+    with LocalServer(
+        ["--dev", "--plaintext", "--tier", "graybox-plus", "--model", arch, "--log-level", "WARNING"]
+    ) as server:
         workers = [Worker("in-process", ["--worker", "in-process", *common], dict(os.environ))]
         for wire in WIRE:
-            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-            workers.append(Worker(f"remote {wire}", ["--worker", "remote", "--endpoint", server.endpoint,
-                                                     "--wire-dtype", wire, *common], env))
+            env = wait_passively(dict(os.environ))
+            workers.append(
+                Worker(
+                    f"remote {wire}",
+                    ["--worker", "remote", "--endpoint", server.endpoint, "--wire-dtype", wire, *common],
+                    env,
+                )
+            )
         try:
             for _ in range(warmup):
                 for w in workers:
@@ -218,7 +265,7 @@ def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data:
             for w in workers:
                 w.results.clear()
             for rep in range(reps):  # rotate the order so no variant always follows another
-                for w in workers[rep % len(workers):] + workers[:rep % len(workers)]:
+                for w in workers[rep % len(workers) :] + workers[: rep % len(workers)]:
                     w.step()
             server_peak = status_bytes(server.process.pid, "VmHWM")
         finally:
@@ -231,14 +278,32 @@ def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data:
         # Paired by round: each step over the in-process step of its own round, robust to drift.
         paired = sorted(r["seconds"] / b["seconds"] for r, b in zip(w.results, base))
         quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
-        rows.append({"variant": w.label, "median_s": med("seconds"),
-                     "ratio": med("seconds") / statistics.median(b["seconds"] for b in base),
-                     "paired_q1": quartiles[0], "paired_q3": quartiles[-1],
-                     "client_s": med("client"), "device_s": med("device"), "transport_s": med("transport"),
-                     "up_bytes": w.results[-1]["up"], "down_bytes": w.results[-1]["down"],
-                     "wire_over_minimum": wire_over_minimum(w.results)})
-    return {"model": name, "arch": arch, "method": method, "batch": batch, "reps": reps, "rows": rows, "data": bool(data),
-            "server_peak_rss": server_peak, "in_process_peak_rss": base[-1]["peak_rss"]}
+        rows.append(
+            {
+                "variant": w.label,
+                "median_s": med("seconds"),
+                "ratio": med("seconds") / statistics.median(b["seconds"] for b in base),
+                "paired_q1": quartiles[0],
+                "paired_q3": quartiles[-1],
+                "client_s": med("client"),
+                "device_s": med("device"),
+                "transport_s": med("transport"),
+                "up_bytes": w.results[-1]["up"],
+                "down_bytes": w.results[-1]["down"],
+                "wire_over_minimum": wire_over_minimum(w.results),
+            }
+        )
+    return {
+        "model": name,
+        "arch": arch,
+        "method": method,
+        "batch": batch,
+        "reps": reps,
+        "rows": rows,
+        "data": bool(data),
+        "server_peak_rss": server_peak,
+        "in_process_peak_rss": base[-1]["peak_rss"],
+    }
 
 
 def wire_over_minimum(steps: list):
@@ -250,37 +315,52 @@ def wire_over_minimum(steps: list):
 
 def report(result: dict) -> None:
     batches = "JPEG files through the DataLoader" if result["data"] else "fixed pixels"
-    print(f"\n{result['model']} ({result['arch']}, {result['method']}, batch {result['batch']} of {batches}, "
-          f"{result['reps']} interleaved reps)")
-    print(f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
-          f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'wire ÷ min':>12}")
+    print(
+        f"\n{result['model']} ({result['arch']}, {result['method']}, batch {result['batch']} of {batches}, "
+        f"{result['reps']} interleaved reps)"
+    )
+    print(
+        f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
+        f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'wire ÷ min':>12}"
+    )
     for r in result["rows"]:
         remote = r["variant"] != "in-process"
-        split = (f"{r['client_s']:>10.3f}{r['device_s']:>10.3f}{r['transport_s']:>8.3f}" if remote
-                 else f"{'':>10}{'':>10}{'':>8}")
-        print(f"  {r['variant']:<17}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
-              f"{r['paired_q1']:>8.3f}-{r['paired_q3']:.3f}{split}"
-              f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}"
-              + (f"{r['wire_over_minimum']:>12.4f}" if r["wire_over_minimum"] else ""))
-    print(f"  peak RSS: server {result['server_peak_rss'] / 2**20:.0f} MiB, "
-          f"in-process trainer {result['in_process_peak_rss'] / 2**20:.0f} MiB")
-    print("  client s: the trainer's own work; server s: the server's device thread; "
-          "wire s: the rest of the calls (serialisation, gRPC, queueing); MB: tensor bytes; wire ÷ min: TCP "
-          "bytes both ways ÷ the step's tensors and captions")
+        split = (
+            f"{r['client_s']:>10.3f}{r['device_s']:>10.3f}{r['transport_s']:>8.3f}"
+            if remote
+            else f"{'':>10}{'':>10}{'':>8}"
+        )
+        print(
+            f"  {r['variant']:<17}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
+            f"{r['paired_q1']:>8.3f}-{r['paired_q3']:.3f}{split}"
+            f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}"
+            + (f"{r['wire_over_minimum']:>12.4f}" if r["wire_over_minimum"] else "")
+        )
+    print(
+        f"  peak RSS: server {result['server_peak_rss'] / 2**20:.0f} MiB, "
+        f"in-process trainer {result['in_process_peak_rss'] / 2**20:.0f} MiB"
+    )
+    print(
+        "  client s: the trainer's own work; server s: the server's device thread; "
+        "wire s: the rest of the calls (serialisation, gRPC, queueing); MB: tensor bytes; wire ÷ min: TCP "
+        "bytes both ways ÷ the step's tensors and captions"
+    )
 
 
 def across_runs(runs: list) -> dict:
     """Per variant, its ratio in each run (a fresh server and workers each time) and their spread."""
     variants = [r["variant"] for r in runs[0]["rows"]]
     ratios = {v: [next(r["ratio"] for r in run["rows"] if r["variant"] == v) for run in runs] for v in variants}
-    return {v: {"ratios": rs, "median": statistics.median(rs), "min": min(rs), "max": max(rs)} for v, rs in ratios.items()}
+    return {
+        v: {"ratios": rs, "median": statistics.median(rs), "min": min(rs), "max": max(rs)} for v, rs in ratios.items()
+    }
 
 
 def case_label(case: dict) -> str:
     return f"{case['model']} {case['method']} ×{case['batch']}"
 
 
-def figure(results: list) -> "plt.Figure":
+def figure(results: list) -> plt.Figure:
     """Left: each remote variant's step time ÷ the in-process step, one dot per run, per case.
     Right: where the last run's median remote step goes."""
     fig, (ratio_ax, split_ax) = plt.subplots(1, 2, figsize=(5 + 3 * len(results), 4))
@@ -289,20 +369,31 @@ def figure(results: list) -> "plt.Figure":
         for j, variant in enumerate(f"remote {wire}" for wire in WIRE):  # colours in WIRE's order
             spread = model["across_runs"][variant]
             x = i + 0.2 * (j - 0.5)
-            ratio_ax.scatter([x] * len(spread["ratios"]), spread["ratios"], color=f"C{j}",
-                             label=variant if i == 0 else None)
+            ratio_ax.scatter(
+                [x] * len(spread["ratios"]), spread["ratios"], color=f"C{j}", label=variant if i == 0 else None
+            )
             ratio_ax.hlines(spread["median"], x - 0.08, x + 0.08, color=f"C{j}")
         for row in model["runs"][-1]["rows"][1:]:
             labels.append(case_label(model).replace(" ", "\n", 1) + f"\n{row['variant'].replace('remote ', '')}")
             bottom = 0.0
             for k, part in enumerate(("client_s", "device_s", "transport_s")):
                 # client_s is the step less the calls' time, negative when concurrent calls overlap
-                split_ax.bar(labels[-1], max(row[part], 0.0), bottom=bottom, color=f"C{k + 2}",
-                             label=part[:-2].replace("transport", "wire") if len(labels) == 1 else None)
+                split_ax.bar(
+                    labels[-1],
+                    max(row[part], 0.0),
+                    bottom=bottom,
+                    color=f"C{k + 2}",
+                    label=part[:-2].replace("transport", "wire") if len(labels) == 1 else None,
+                )
                 bottom += max(row[part], 0.0)
             in_process = model["runs"][-1]["rows"][0]["median_s"]
-            split_ax.hlines(in_process, len(labels) - 1.4, len(labels) - 0.6, color="black",
-                            label="in-process step" if len(labels) == 1 else None)
+            split_ax.hlines(
+                in_process,
+                len(labels) - 1.4,
+                len(labels) - 0.6,
+                color="black",
+                label="in-process step" if len(labels) == 1 else None,
+            )
     ratio_ax.axhline(1.0, color="grey", linestyle=":")
     ratio_ax.set_xticks(range(len(results)), [case_label(m).replace(" ", "\n", 1) for m in results])
     ratio_ax.set(ylabel="remote step ÷ in-process step", title="step overhead, one dot per run")
@@ -318,8 +409,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="small-224,vit-b-32", help=f"comma-separated of {list(MODELS)}")
     p.add_argument("--methods", default="dga", help=f"comma-separated of {list(METHODS)}")
-    p.add_argument("--batches", help="comma-separated batch sizes (default: per model, " + ", ".join(
-        f"{name} {spec[2]}" for name, spec in MODELS.items()) + ")")
+    p.add_argument(
+        "--batches",
+        help="comma-separated batch sizes (default: per model, "
+        + ", ".join(f"{name} {spec[2]}" for name, spec in MODELS.items())
+        + ")",
+    )
     p.add_argument("--reps", type=int, help="interleaved repetitions per run (default: per model)")
     p.add_argument("--runs", type=int, default=3, help="runs per case, each with a fresh server and workers")
     p.add_argument("--warmup", type=int, default=2)
@@ -344,7 +439,9 @@ def main() -> None:
             p.error(f"--{option}: unknown {sorted(unknown)}; known: {list(known)}")
     data = []
     if args.data:
-        csv = write_jpeg_data(Path(os.environ.get("GRAYTUNE_CACHE", Path.home() / ".cache" / "graytune")) / "bench-jpegs")
+        csv = write_jpeg_data(
+            Path(os.environ.get("GRAYTUNE_CACHE", Path.home() / ".cache" / "graytune")) / "bench-jpegs"
+        )
         data = ["--data-csv", str(csv), "--loader-workers", str(args.loader_workers)]
     results = []
     for name in args.models.split(","):
@@ -356,9 +453,14 @@ def main() -> None:
                     runs.append(bench_case(name, method, batch, args.reps or MODELS[name][3], args.warmup, data))
                     report(runs[-1])
                 case = {"model": name, "method": method, "batch": batch, "runs": runs, "across_runs": across_runs(runs)}
-                print(f"\n{case_label(case)} over {args.runs} runs: " + "; ".join(
-                    f"{v} {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
-                    for v, s in case["across_runs"].items() if v != "in-process"))
+                print(
+                    f"\n{case_label(case)} over {args.runs} runs: "
+                    + "; ".join(
+                        f"{v} {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+                        for v, s in case["across_runs"].items()
+                        if v != "in-process"
+                    )
+                )
                 results.append(case)
     print(f"\nwritten to {save_results(args.out, 'step_overhead', results, lambda: figure(results))} and its .png")
 

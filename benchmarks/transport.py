@@ -19,23 +19,25 @@ several runs each with a fresh server (runs of one setup differ by ±10% here, s
 ratio is not a measurement). Reports MB/s (bytes up + down over the round trip) and tensor ÷ raw
 (target ≥ 0.9) per run and their median. Writes OUT/transport.json and OUT/transport.png.
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Iterator, List
 
 import grpc
 import torch
 
-from evidence.output import RESULTS, plt, save_results
 from graytune import tensor_codec
+from graytune.openmp import wait_passively
+
+from evidence.output import RESULTS, plt, save_results
 
 CHUNK = tensor_codec.DEFAULT_CHUNK_BYTES
 LIMITS = [("grpc.max_receive_message_length", 8 * CHUNK), ("grpc.max_send_message_length", 8 * CHUNK)]
@@ -46,7 +48,7 @@ def raw_chunks(buffer) -> Iterator[bytes]:
     """`buffer`'s bytes in chunks, each copied once (as tensor_to_messages copies them)."""
     view = memoryview(buffer).cast("B")
     for start in range(0, len(view), CHUNK):
-        yield bytes(view[start:start + CHUNK])
+        yield bytes(view[start : start + CHUNK])
 
 
 def raw_echo(requests, context):
@@ -66,8 +68,10 @@ def tensor_echo(requests, context):
 
 def serve() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=LIMITS)
-    handlers = {"Raw": grpc.stream_stream_rpc_method_handler(raw_echo, identity, identity),
-                "Tensor": grpc.stream_stream_rpc_method_handler(tensor_echo, identity, identity)}
+    handlers = {
+        "Raw": grpc.stream_stream_rpc_method_handler(raw_echo, identity, identity),
+        "Tensor": grpc.stream_stream_rpc_method_handler(tensor_echo, identity, identity),
+    }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -96,13 +100,16 @@ class Client:
 
 def measure(client: Client, megabytes: int, reps: int) -> dict:
     tensor = torch.randn(megabytes * (1 << 20) // 4)  # (N,) float32
-    modes = {"raw": lambda: client.raw_round_trip(tensor),
-             "tensor float32": lambda: client.tensor_round_trip(tensor, torch.float32),
-             "tensor bfloat16": lambda: client.tensor_round_trip(tensor, torch.bfloat16)}
+    modes = {
+        "raw": lambda: client.raw_round_trip(tensor),
+        "tensor float32": lambda: client.tensor_round_trip(tensor, torch.float32),
+        "tensor bfloat16": lambda: client.tensor_round_trip(tensor, torch.bfloat16),
+    }
     nbytes = tensor.numel() * tensor.element_size()
     wire_bytes = {"raw": nbytes, "tensor float32": nbytes, "tensor bfloat16": nbytes // 2}
     if bytes(client.raw_round_trip(tensor)) != tensor.numpy().tobytes() or not torch.equal(
-            client.tensor_round_trip(tensor, torch.float32), tensor):
+        client.tensor_round_trip(tensor, torch.float32), tensor
+    ):
         raise SystemExit(f"{megabytes} MB: an echo came back different from what was sent")
     seconds = {m: [] for m in modes}
     for rep in range(reps + 1):  # the first round warms the connection up and is dropped
@@ -112,16 +119,20 @@ def measure(client: Client, megabytes: int, reps: int) -> dict:
             if rep:
                 seconds[mode].append(time.perf_counter() - start)
     medians = {m: statistics.median(s) for m, s in seconds.items()}
-    return {"megabytes": megabytes, "reps": reps, "seconds": seconds,
-            "MB_per_s": {m: 2 * wire_bytes[m] / medians[m] / 1e6 for m in modes},
-            "tensor_float32_over_raw": medians["raw"] / medians["tensor float32"],
-            "bfloat16_time_over_float32": medians["tensor bfloat16"] / medians["tensor float32"]}
+    return {
+        "megabytes": megabytes,
+        "reps": reps,
+        "seconds": seconds,
+        "MB_per_s": {m: 2 * wire_bytes[m] / medians[m] / 1e6 for m in modes},
+        "tensor_float32_over_raw": medians["raw"] / medians["tensor float32"],
+        "bfloat16_time_over_float32": medians["tensor bfloat16"] / medians["tensor float32"],
+    }
 
 
 RATIOS = ("tensor_float32_over_raw", "bfloat16_time_over_float32")
 
 
-def one_run(sizes: List[int], reps: int) -> List[dict]:
+def one_run(sizes: list[int], reps: int) -> list[dict]:
     """`measure` for each size against a fresh echo server in a process of its own."""
     server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
     try:
@@ -136,18 +147,21 @@ def one_run(sizes: List[int], reps: int) -> List[dict]:
         server.wait()
 
 
-def across_runs(runs: List[dict]) -> dict:
+def across_runs(runs: list[dict]) -> dict:
     """One size's runs (each its own server): per mode the runs' median MB/s; per ratio, each
     run's value and their spread."""
-    out = {"megabytes": runs[0]["megabytes"], "runs": runs,
-           "MB_per_s": {m: statistics.median(r["MB_per_s"][m] for r in runs) for m in runs[0]["MB_per_s"]}}
+    out = {
+        "megabytes": runs[0]["megabytes"],
+        "runs": runs,
+        "MB_per_s": {m: statistics.median(r["MB_per_s"][m] for r in runs) for m in runs[0]["MB_per_s"]},
+    }
     for key in RATIOS:
         values = [r[key] for r in runs]
         out[key] = {"per_run": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
     return out
 
 
-def figure(results: list) -> "plt.Figure":
+def figure(results: list) -> plt.Figure:
     """MB/s per mode, one dot per run, the line through the runs' medians."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sizes = [r["megabytes"] for r in results]
@@ -181,14 +195,16 @@ def main(argv=None) -> list:
     print(f"{'MB':>4}{'raw MB/s':>10}{'f32 MB/s':>10}{'bf16 MB/s':>11}   f32 / raw: median (runs)   bf16 time / f32")
     for r in results:
         rate, ratio, bf16 = r["MB_per_s"], r["tensor_float32_over_raw"], r["bfloat16_time_over_float32"]
-        print(f"{r['megabytes']:>4}{rate['raw']:>10.0f}{rate['tensor float32']:>10.0f}{rate['tensor bfloat16']:>11.0f}"
-              f"   {ratio['median']:.3f} ({' '.join(f'{x:.3f}' for x in ratio['per_run'])})"
-              f"   {bf16['median']:.3f}")
+        print(
+            f"{r['megabytes']:>4}{rate['raw']:>10.0f}{rate['tensor float32']:>10.0f}{rate['tensor bfloat16']:>11.0f}"
+            f"   {ratio['median']:.3f} ({' '.join(f'{x:.3f}' for x in ratio['per_run'])})"
+            f"   {bf16['median']:.3f}"
+        )
     save_results(args.out, "transport", results, lambda: figure(results))
     print(f"written to {args.out}/transport.{{json,png}}")
     return results
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    wait_passively()
     sys.exit(0 if main() else 1)

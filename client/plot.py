@@ -6,23 +6,25 @@ metrics of every evaluation (step 0: zero-shot).
 
 Needs matplotlib (`pip install 'graytune[plot]'`).
 """
+
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
-from graytune.client.training.checkpoint import write_file_atomically
+from graytune.client.data.files import write_file_atomically
+from graytune.client.training.run_dir import METRICS, RunDir
 
 RECALLS = ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5")
 
 
-def read_metrics(run_dir: Path) -> Dict[str, List[dict]]:
+def read_metrics(run_dir: Path) -> dict[str, list[dict]]:
     """{"train": [...], "eval": [... zero-shot first]} from a run directory's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
+    run = RunDir(run_dir)
+    path = run.path / METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics; is {run_dir} a `graytune train` run directory?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = run.records()
     train = [r for r in records if r["kind"] == "train"]
     evals = sorted((r for r in records if r["kind"] in ("zero_shot", "eval")), key=lambda r: r["step"])
     if not train and not evals:
@@ -30,7 +32,7 @@ def read_metrics(run_dir: Path) -> Dict[str, List[dict]]:
     return {"train": train, "eval": evals}
 
 
-def smooth(values: Sequence[float], window: int) -> List[float]:
+def smooth(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over `window` steps: the loss of one batch is noisy."""
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -42,6 +44,7 @@ def smooth(values: Sequence[float], window: int) -> List[float]:
 def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
     """One figure: loss, learning rate and recall curves of each run; written atomically."""
     import matplotlib
+
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -50,19 +53,19 @@ def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
     for name, metrics in runs.items():
         steps = [r["step"] for r in metrics["train"]]
         losses = [r["loss"] for r in metrics["train"]]
-        line, = loss_ax.plot(steps, losses, alpha=0.25)
+        (line,) = loss_ax.plot(steps, losses, alpha=0.25)
         loss_ax.plot(steps, smooth(losses, 20), color=line.get_color(), label=name)
         lr_ax.plot(steps, [r["lr"] for r in metrics["train"]], label=name)
         for key, style in zip(RECALLS, ("-o", "-s", "--o", "--s")):
             evals = [r for r in metrics["eval"] if key in r]
             # One run: a colour per metric. Several: a colour per run, a line style per metric.
             label, color = (key, None) if len(runs) == 1 else (f"{name}: {key}", line.get_color())
-            recall_ax.plot([r["step"] for r in evals], [r[key] for r in evals], style, label=label,
-                           color=color)
+            recall_ax.plot([r["step"] for r in evals], [r[key] for r in evals], style, label=label, color=color)
     loss_ax.set(title="training loss (line: mean of 20 steps)", xlabel="step", ylabel="loss")
     lr_ax.set(title="learning rate", xlabel="step")
-    recall_ax.set(title="retrieval on the validation set (step 0: zero-shot)", xlabel="step",
-                  ylabel="recall", ylim=(0, 1.02))
+    recall_ax.set(
+        title="retrieval on the validation set (step 0: zero-shot)", xlabel="step", ylabel="recall", ylim=(0, 1.02)
+    )
     for ax in (loss_ax, lr_ax, recall_ax):
         ax.grid(alpha=0.3)
         if ax.has_data():

@@ -1,24 +1,26 @@
 """graytune-server: serve a frozen OpenCLIP backbone as a gradient oracle.
 
-    graytune-server keys --file keys.json create --tier graybox --budget 100000
-    graytune-server --keys keys.json                  # built-in tiny model, random weights
-    graytune-server --dev --plaintext                 # no credentials, no TLS: development only
-    graytune-server health                            # exit 0 when serving (container checks)
-    graytune-server --model ViT-B-32 --pretrained laion2b_s34b_b79k
-    graytune-server --model ViT-B-32 --weights /models/vit-b-32.safetensors
+graytune-server keys --file keys.json create --tier graybox --budget 100000
+graytune-server --keys keys.json                  # built-in tiny model, random weights
+graytune-server --dev --plaintext                 # no credentials, no TLS: development only
+graytune-server health                            # exit 0 when serving (container checks)
+graytune-server audit --log server.log            # per key: calls, samples, gradients, refusals
+graytune-server --model ViT-B-32 --pretrained laion2b_s34b_b79k
+graytune-server --model ViT-B-32 --weights /models/vit-b-32.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import sqlite3
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
-from graytune.server.access.tiers import TIERS
+from graytune.contract import GRAYBOX, PROTOCOL_VERSION, TIERS
 from graytune.server.compute.validation import Limits
 
 MB = 1 << 20
@@ -26,86 +28,174 @@ MB = 1 << 20
 
 def parse_args(argv=None) -> argparse.Namespace:
     import graytune
-    p = argparse.ArgumentParser(prog="graytune-server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version",
-                   version=f"graytune-server {graytune.__version__} (protocol {graytune.PROTOCOL_VERSION})")
+
+    p = argparse.ArgumentParser(
+        prog="graytune-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--version", action="version", version=f"graytune-server {graytune.__version__} (protocol {PROTOCOL_VERSION})"
+    )
     model = p.add_argument_group("backbone")
-    model.add_argument("--model", default=os.environ.get("GRAYTUNE_MODEL", "graytune-tiny"),
-                       help="OpenCLIP architecture name (default: %(default)s)")
-    model.add_argument("--pretrained", default=os.environ.get("GRAYTUNE_PRETRAINED") or None,
-                       help="OpenCLIP pretrained tag, fetched from the hub")
-    model.add_argument("--weights", type=Path, default=os.environ.get("GRAYTUNE_WEIGHTS") or None,
-                       help="local .safetensors or .pt weights for --model")
+    model.add_argument(
+        "--model",
+        default=os.environ.get("GRAYTUNE_MODEL", "graytune-tiny"),
+        help="OpenCLIP architecture name (default: %(default)s)",
+    )
+    model.add_argument(
+        "--pretrained",
+        default=os.environ.get("GRAYTUNE_PRETRAINED") or None,
+        help="OpenCLIP pretrained tag, fetched from the hub",
+    )
+    model.add_argument(
+        "--weights",
+        type=Path,
+        default=os.environ.get("GRAYTUNE_WEIGHTS") or None,
+        help="local .safetensors or .pt weights for --model",
+    )
     model.add_argument("--model-config", type=Path, help="architecture JSON file (its stem names the model)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random init without weights")
     model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    model.add_argument("--precision", choices=["fp32", "amp_bf16", "amp_fp16"], default="fp32",
-                       help="autocast on the GPU (default: %(default)s)")
+    model.add_argument(
+        "--precision",
+        choices=["fp32", "amp_bf16", "amp_fp16"],
+        default="fp32",
+        help="autocast on the GPU (default: %(default)s)",
+    )
     model.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    model.add_argument("--prompt-template", action="append", dest="prompt_templates", metavar="TEXT",
-                       help="a template whose context tokens callers may shift (CraFT's black-box "
-                            "prompt search); repeat for more (default: 'a photo of a')")
+    model.add_argument(
+        "--prompt-template",
+        action="append",
+        dest="prompt_templates",
+        metavar="TEXT",
+        help="a template whose context tokens callers may shift (CraFT's black-box "
+        "prompt search); repeat for more (default: 'a photo of a')",
+    )
     serve = p.add_argument_group("serving")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    serve.add_argument("--no-merge-batches", action="store_true",
-                       help="run each image Forward/Backward alone instead of merging concurrent ones")
-    serve.add_argument("--max-concurrent-calls", type=int, default=64,
-                       help="Embed/Forward/Backward calls in flight, all callers; beyond it "
-                            "RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Describe and health never count "
-                            "(default: %(default)s)")
-    serve.add_argument("--max-calls-per-key", type=int, default=8,
-                       help="Embed/Forward/Backward calls in flight per key, so no key takes every "
-                            "slot; not applied with --dev (default: %(default)s)")
-    serve.add_argument("--min-upload-kib-per-second", type=float, default=64.0,
-                       help="a request stream slower than this on average, after --upload-grace, is "
-                            "cut (DEADLINE_EXCEEDED) and its slot freed (default: %(default)s)")
-    serve.add_argument("--upload-grace", type=float, default=10.0,
-                       help="seconds a request stream may take before the minimum rate applies "
-                            "(default: %(default)s)")
-    serve.add_argument("--reflection-streams", type=int, default=0,
-                       help="serve gRPC reflection (for grpcurl and the like), at most this many "
-                            "streams at once; 0: off, as in production (default: %(default)s)")
-    serve.add_argument("--keys", type=Path, default=os.environ.get("GRAYTUNE_KEYS") or None,
-                       help="API key file (see `graytune-server keys`); required unless --dev")
-    serve.add_argument("--usage-db", type=Path, default=os.environ.get("GRAYTUNE_USAGE_DB") or None,
-                       help="SQLite file of budget usage (default: beside the key file)")
-    serve.add_argument("--usage-timeout", type=float, default=2.0,
-                       help="seconds a billed call waits for the usage store; then UNAVAILABLE and "
-                            "the client retries (default: %(default)s)")
-    serve.add_argument("--dev", action="store_true",
-                       help="development mode: no credentials, every caller gets --tier")
-    serve.add_argument("--tier", choices=TIERS, default="graybox", help="the callers' tier with --dev")
+    serve.add_argument(
+        "--no-merge-batches",
+        action="store_true",
+        help="run each image Forward/Backward alone instead of merging concurrent ones",
+    )
+    serve.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        default=64,
+        help="Embed/Forward/Backward calls in flight, all callers; beyond it "
+        "RESOURCE_EXHAUSTED (TOO_MANY_CALLS). Describe and health never count "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-calls-per-key",
+        type=int,
+        default=8,
+        help="Embed/Forward/Backward calls in flight per key, so no key takes every "
+        "slot; not applied with --dev (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--min-upload-kib-per-second",
+        type=float,
+        default=64.0,
+        help="a request stream slower than this on average, after --upload-grace, is "
+        "cut (DEADLINE_EXCEEDED) and its slot freed (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--upload-grace",
+        type=float,
+        default=10.0,
+        help="seconds a request stream may take before the minimum rate applies (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--reflection-streams",
+        type=int,
+        default=0,
+        help="serve gRPC reflection (for grpcurl and the like), at most this many "
+        "streams at once; 0: off, as in production (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--keys",
+        type=Path,
+        default=os.environ.get("GRAYTUNE_KEYS") or None,
+        help="API key file (see `graytune-server keys`); required unless --dev",
+    )
+    serve.add_argument(
+        "--usage-db",
+        type=Path,
+        default=os.environ.get("GRAYTUNE_USAGE_DB") or None,
+        help="SQLite file of budget usage (default: beside the key file)",
+    )
+    serve.add_argument(
+        "--usage-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a billed call waits for the usage store; then UNAVAILABLE and "
+        "the client retries (default: %(default)s)",
+    )
+    serve.add_argument("--dev", action="store_true", help="development mode: no credentials, every caller gets --tier")
+    serve.add_argument("--tier", choices=TIERS, default=GRAYBOX, help="the callers' tier with --dev")
     tls = p.add_argument_group("transport security")
-    tls.add_argument("--tls-cert", type=Path, default=os.environ.get("GRAYTUNE_TLS_CERT") or None,
-                     help="server certificate chain (PEM)")
-    tls.add_argument("--tls-key", type=Path, default=os.environ.get("GRAYTUNE_TLS_KEY") or None,
-                     help="server private key (PEM)")
-    tls.add_argument("--tls-client-ca", type=Path, default=os.environ.get("GRAYTUNE_TLS_CLIENT_CA") or None,
-                     help="CA that signs client certificates: mutual TLS")
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=os.environ.get("GRAYTUNE_TLS_CERT") or None,
+        help="server certificate chain (PEM)",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, default=os.environ.get("GRAYTUNE_TLS_KEY") or None, help="server private key (PEM)"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=os.environ.get("GRAYTUNE_TLS_CLIENT_CA") or None,
+        help="CA that signs client certificates: mutual TLS",
+    )
     tls.add_argument("--plaintext", action="store_true", help="serve without TLS (trusted networks only)")
-    serve.add_argument("--metrics-port", type=int, default=os.environ.get("GRAYTUNE_METRICS_PORT") or None,
-                       help="serve Prometheus metrics over HTTP on this port (default: off)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=os.environ.get("GRAYTUNE_METRICS_PORT") or None,
+        help="serve Prometheus metrics over HTTP on this port (default: off)",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")
     limits = p.add_argument_group("limits")
     d = Limits()
     limits.add_argument("--max-batch", type=int, default=d.max_batch)
     limits.add_argument("--max-tensor-mb", type=float, default=d.max_tensor_bytes / MB)
-    limits.add_argument("--max-graph-mb", type=float, default=d.max_graph_bytes / MB,
-                        help="memory held for pending Backward calls, all callers; when full, the key "
-                             "holding the most loses its oldest graph (default: %(default)s)")
-    limits.add_argument("--max-graph-mb-per-key", type=float,
-                        help="memory one key's pending graphs may hold (default: no cap of its own; "
-                             "about --max-graph-mb / the keys active at once bounds each)")
-    limits.add_argument("--handle-ttl", type=float, default=d.handle_ttl_seconds,
-                        help="seconds a graph waits for its Backward")
-    limits.add_argument("--max-caption-bytes", type=int, default=d.max_caption_bytes,
-                        help="UTF-8 bytes per caption, checked before tokenising (default: %(default)s)")
-    limits.add_argument("--max-context-rows", type=int, default=d.max_context_rows,
-                        help="candidate contexts x class names in one context_delta call (default: %(default)s)")
-    limits.add_argument("--max-call-seconds", type=float, default=d.max_call_seconds,
-                        help="a call still running this long is ended (DEADLINE_EXCEEDED or cancelled)")
+    limits.add_argument(
+        "--max-graph-mb",
+        type=float,
+        default=d.max_graph_bytes / MB,
+        help="memory held for pending Backward calls, all callers; when full, the key "
+        "holding the most loses its oldest graph (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-graph-mb-per-key",
+        type=float,
+        help="memory one key's pending graphs may hold (default: no cap of its own; "
+        "about --max-graph-mb / the keys active at once bounds each)",
+    )
+    limits.add_argument(
+        "--handle-ttl", type=float, default=d.handle_ttl_seconds, help="seconds a graph waits for its Backward"
+    )
+    limits.add_argument(
+        "--max-caption-bytes",
+        type=int,
+        default=d.max_caption_bytes,
+        help="UTF-8 bytes per caption, checked before tokenising (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-context-rows",
+        type=int,
+        default=d.max_context_rows,
+        help="candidate contexts x class names in one context_delta call (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-call-seconds",
+        type=float,
+        default=d.max_call_seconds,
+        help="a call still running this long is ended (DEADLINE_EXCEEDED or cancelled)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -125,21 +215,31 @@ def check_writable(folder: Path, what: str) -> None:
         writable = False
     if not writable:
         uid = os.getuid()
-        fail(f"{what}: cannot write to {folder} as uid {uid}; make it writable by that uid (in a "
-             f"container, the host folder mounted there: `sudo chown -R {uid}:{os.getgid()} HOST_FOLDER`)")
+        fail(
+            f"{what}: cannot write to {folder} as uid {uid}; make it writable by that uid (in a "
+            f"container, the host folder mounted there: `sudo chown -R {uid}:{os.getgid()} HOST_FOLDER`)"
+        )
 
 
 # `keys create`'s flags, by the ApiKey field they set: errors name the flag the owner typed.
-KEY_FLAGS = {"tier": "--tier", "label": "--label", "expires_at": "--expires", "budget_samples": "--budget",
-             "gradient_budget_samples": "--gradient-budget", "rate_per_second": "--rate",
-             "gradient_clip_norm": "--gradient-clip", "gradient_noise_std": "--gradient-noise"}
+KEY_FLAGS = {
+    "tier": "--tier",
+    "label": "--label",
+    "expires_at": "--expires",
+    "budget_samples": "--budget",
+    "gradient_budget_samples": "--gradient-budget",
+    "rate_per_second": "--rate",
+    "gradient_clip_norm": "--gradient-clip",
+    "gradient_noise_std": "--gradient-noise",
+}
 RELOAD_NOTE = "a server running with --keys {} reloads it within seconds (or at once on SIGHUP)"
 
 
 def keys_main(argv) -> None:
     """graytune-server keys create|list|revoke: manage the API key file."""
     from graytune.server.access.credentials import KeyFile
-    from graytune.server.access.key_schema import KeyFileError, MAX_LABEL_CHARS
+    from graytune.server.access.key_schema import MAX_LABEL_CHARS, KeyFileError
+
     p = argparse.ArgumentParser(prog="graytune-server keys", description=keys_main.__doc__)
     p.add_argument("--file", type=Path, required=True, help="the key file (created if absent)")
     sub = p.add_subparsers(dest="action", required=True)
@@ -147,19 +247,27 @@ def keys_main(argv) -> None:
     create.add_argument("--tier", choices=TIERS, required=True)
     create.add_argument("--label", help=f"whose key it is: printable text, at most {MAX_LABEL_CHARS} characters")
     expiry = create.add_mutually_exclusive_group()
-    expiry.add_argument("--expires", metavar="WHEN", type=expiry_time,
-                        help="refused from then on: a UTC date (2027-01-31: from 00:00 UTC that day) or an "
-                             "ISO-8601 time with a zone (2027-01-31T12:00:00+01:00)")
-    expiry.add_argument("--expires-in", metavar="N{m,h,d}", type=expiry_after,
-                        help="refused after this long, e.g. 90m, 12h, 30d")
+    expiry.add_argument(
+        "--expires",
+        metavar="WHEN",
+        type=expiry_time,
+        help="refused from then on: a UTC date (2027-01-31: from 00:00 UTC that day) or an "
+        "ISO-8601 time with a zone (2027-01-31T12:00:00+01:00)",
+    )
+    expiry.add_argument(
+        "--expires-in", metavar="N{m,h,d}", type=expiry_after, help="refused after this long, e.g. 90m, 12h, 30d"
+    )
     create.add_argument("--budget", type=int, help="samples of Embed/Forward over the key's life (0: frozen)")
-    create.add_argument("--gradient-budget", type=int,
-                        help="samples of Backward (gradients) over the key's life")
+    create.add_argument("--gradient-budget", type=int, help="samples of Backward (gradients) over the key's life")
     create.add_argument("--rate", type=float, help="calls per second (> 0)")
-    create.add_argument("--gradient-clip", type=float,
-                        help="rescale each returned gradient (per sample and input) to at most this L2 norm")
-    create.add_argument("--gradient-noise", type=float,
-                        help="add Gaussian noise of this standard deviation to returned gradients")
+    create.add_argument(
+        "--gradient-clip",
+        type=float,
+        help="rescale each returned gradient (per sample and input) to at most this L2 norm",
+    )
+    create.add_argument(
+        "--gradient-noise", type=float, help="add Gaussian noise of this standard deviation to returned gradients"
+    )
     listing = sub.add_parser("list", help="key ids, tiers, labels, expiry, limits and budget used (never secrets)")
     listing.add_argument("--usage-db", type=Path, help="the server's --usage-db, if not the default")
     revoke = sub.add_parser("revoke", help="remove a key")
@@ -178,22 +286,28 @@ def keys_main(argv) -> None:
             key = keys.revoke(args.key_id)
         except KeyError:
             fail(f"{args.file}: no key '{args.key_id}' (`graytune-server keys --file {args.file} list` shows them)")
-        print(f"key {describe_key(key)} revoked: removed from {args.file}; " + RELOAD_NOTE.format(args.file)
-              + " and refuses it from then on")
+        print(
+            f"key {describe_key(key)} revoked: removed from {args.file}; "
+            + RELOAD_NOTE.format(args.file)
+            + " and refuses it from then on"
+        )
 
 
 def expiry_time(text: str):
     from graytune.server.access.key_schema import parse_expiry
+
     try:
         return parse_expiry(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{e}; give a date (2027-01-31) or an ISO-8601 time with a zone")
+        raise argparse.ArgumentTypeError(f"{e}; give a date (2027-01-31) or an ISO-8601 time with a zone") from None
 
 
 def expiry_after(text: str):
     import re
     from datetime import timedelta
+
     from graytune.server.access.credentials import utc_now
+
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text)
     if match is None or float(match[1]) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration with a unit: 90m, 12h or 30d")
@@ -204,10 +318,17 @@ def expiry_after(text: str):
 def create_key(keys, args) -> None:
     from graytune.server.access.credentials import utc_now
     from graytune.server.access.key_schema import value_problems
-    fields = dict(tier=args.tier, label=args.label, expires_at=args.expires or args.expires_in,
-                  budget_samples=args.budget, gradient_budget_samples=args.gradient_budget,
-                  rate_per_second=args.rate, gradient_clip_norm=args.gradient_clip,
-                  gradient_noise_std=args.gradient_noise)
+
+    fields = dict(
+        tier=args.tier,
+        label=args.label,
+        expires_at=args.expires or args.expires_in,
+        budget_samples=args.budget,
+        gradient_budget_samples=args.gradient_budget,
+        rate_per_second=args.rate,
+        gradient_clip_norm=args.gradient_clip,
+        gradient_noise_std=args.gradient_noise,
+    )
     problems = [f"{KEY_FLAGS[name]}: {problem}" for name, problem in value_problems(fields)]
     if fields["expires_at"] is not None and fields["expires_at"] <= utc_now():
         problems.append(f"--expires: {fields['expires_at']:%Y-%m-%dT%H:%M:%SZ} is in the past")
@@ -216,13 +337,17 @@ def create_key(keys, args) -> None:
     secret = keys.create(**fields)
     print(secret)
     key = keys.keys[secret.split("_")[1]]
-    print(f"key {describe_key(key)} added to {args.file}; the secret above is shown once and stored nowhere; "
-          + RELOAD_NOTE.format(args.file), file=sys.stderr)
+    print(
+        f"key {describe_key(key)} added to {args.file}; the secret above is shown once and stored nowhere; "
+        + RELOAD_NOTE.format(args.file),
+        file=sys.stderr,
+    )
 
 
 def describe_key(key) -> str:
     """`k1a2b3c4d (graybox, "acme", expires 2027-01-31T00:00:00Z)`: what names a key to its owner."""
     from graytune.server.access.key_schema import format_expiry
+
     about = [key.tier] + ([f'"{key.label}"'] if key.label else [])
     about += [f"expires {format_expiry(key.expires_at)}"] if key.expires_at else []
     return f"{key.id} ({', '.join(about)})"
@@ -232,6 +357,7 @@ def list_keys(keys, usage_db: Path) -> None:
     from graytune.server.access.credentials import utc_now
     from graytune.server.access.key_schema import format_expiry
     from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
+
     if not keys.keys:
         print(f"no keys in {keys.path}" + ("" if keys.path.exists() else " (the file does not exist yet)"))
         return
@@ -243,13 +369,28 @@ def list_keys(keys, usage_db: Path) -> None:
         return "-" if total is None else f"{total} used {used}"
 
     def expiry(key):
-        return "-" if key.expires_at is None else \
-            format_expiry(key.expires_at) + (" (expired)" if key.expired(now) else "")
+        return (
+            "-"
+            if key.expires_at is None
+            else format_expiry(key.expires_at) + (" (expired)" if key.expired(now) else "")
+        )
+
     unset = lambda value: "-" if value is None else f"{value:g}"
     rows = [("ID", "TIER", "LABEL", "EXPIRES", "BUDGET", "RATE/S", "GRADIENT BUDGET", "CLIP", "NOISE")]
-    rows += [(key.id, key.tier, key.label or "-", expiry(key), budget(key, key.budget_samples, SAMPLES),
-              unset(key.rate_per_second), budget(key, key.gradient_budget_samples, GRADIENTS),
-              unset(key.gradient_clip_norm), unset(key.gradient_noise_std)) for key in keys.list()]
+    rows += [
+        (
+            key.id,
+            key.tier,
+            key.label or "-",
+            expiry(key),
+            budget(key, key.budget_samples, SAMPLES),
+            unset(key.rate_per_second),
+            budget(key, key.gradient_budget_samples, GRADIENTS),
+            unset(key.gradient_clip_norm),
+            unset(key.gradient_noise_std),
+        )
+        for key in keys.list()
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -263,27 +404,40 @@ def health_main(argv) -> None:
     """graytune-server health: exit 0 when the server's gRPC health check says SERVING."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     env = os.environ.get
     p = argparse.ArgumentParser(prog="graytune-server health", description=health_main.__doc__)
     p.add_argument("--address", default=f"127.0.0.1:{env('GRAYTUNE_PORT', '50051')}")
     p.add_argument("--tls-ca", default=env("GRAYTUNE_HEALTH_TLS_CA"), help="CA of the server certificate")
     p.add_argument("--tls-cert", default=env("GRAYTUNE_HEALTH_TLS_CERT"), help="client certificate (mTLS)")
     p.add_argument("--tls-key", default=env("GRAYTUNE_HEALTH_TLS_KEY"), help="client key (mTLS)")
-    p.add_argument("--tls-host", default=env("GRAYTUNE_HEALTH_HOST"),
-                   help="the host name the server certificate is verified against, when it does not "
-                        "name the address checked (default: $GRAYTUNE_HEALTH_HOST, else the address)")
+    p.add_argument(
+        "--tls-host",
+        default=env("GRAYTUNE_HEALTH_HOST"),
+        help="the host name the server certificate is verified against, when it does not "
+        "name the address checked (default: $GRAYTUNE_HEALTH_HOST, else the address)",
+    )
     p.add_argument("--timeout", type=float, default=5.0)
     args = p.parse_args(argv)
-    read = lambda path: open(path, "rb").read() if path else None
+    read = lambda path: Path(path).read_bytes() if path else None
     options = [("grpc.ssl_target_name_override", args.tls_host)] if args.tls_host else []
-    channel = (grpc.secure_channel(args.address, grpc.ssl_channel_credentials(
-                   read(args.tls_ca), read(args.tls_key), read(args.tls_cert)), options)
-               if args.tls_ca else grpc.insecure_channel(args.address))
+    channel = (
+        grpc.secure_channel(
+            args.address,
+            grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert)),
+            options,
+        )
+        if args.tls_ca
+        else grpc.insecure_channel(args.address)
+    )
     try:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
     except grpc.RpcError as e:
-        hint = ("; if the server certificate names a host rather than this address, set "
-                "GRAYTUNE_HEALTH_HOST to that name") if args.tls_ca and not args.tls_host else ""
+        hint = (
+            ("; if the server certificate names a host rather than this address, set GRAYTUNE_HEALTH_HOST to that name")
+            if args.tls_ca and not args.tls_host
+            else ""
+        )
         fail(f"{args.address}: {e.code().name}: {e.details()}{hint}")
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
@@ -298,19 +452,19 @@ def main(argv=None) -> None:
         return health_main(argv[1:])
     if argv[:1] == ["audit"]:
         from graytune.server.access.audit import main as audit_main
+
         return audit_main(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("graytune.server")
     import torch  # after logging is set up: importing open_clip takes a few seconds
 
+    from graytune.server import pretraining
     from graytune.server.access.auth import Authenticator
     from graytune.server.access.credentials import KeyFile
     from graytune.server.access.key_schema import KeyFileError
     from graytune.server.access.tls_files import TlsFileError, server_credentials
     from graytune.server.access.usage import Budgets
-    from graytune.server.compute import pretrained as builtin
     from graytune.server.compute.backbone import BackboneSource, load_backbone
     from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
     from graytune.server.compute.oracle import GradientOracle
@@ -334,21 +488,25 @@ def main(argv=None) -> None:
         tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     except TlsFileError as e:
         fail(str(e))
-    if args.pretrained and builtin.is_builtin(args.model, args.pretrained):
-        check_writable(builtin.cache_dir(), "the cache of built-in weights ($GRAYTUNE_CACHE)")
+    if args.pretrained and pretraining.is_builtin(args.model, args.pretrained):
+        check_writable(pretraining.cache_dir(), "the cache of built-in weights ($GRAYTUNE_CACHE)")
     if args.threads:
         torch.set_num_threads(args.threads)
     source = BackboneSource(args.model, args.pretrained, args.weights, args.model_config, args.seed)
     try:
-        backbone = load_backbone(source, args.device, args.precision,
-                                 args.prompt_templates or DEFAULT_TEMPLATES)
+        backbone = load_backbone(source, args.device, args.precision, args.prompt_templates or DEFAULT_TEMPLATES)
     except (FileNotFoundError, ValueError, RuntimeError, ModuleNotFoundError) as e:
         fail(str(e))
-    limits = Limits(max_batch=args.max_batch, max_tensor_bytes=int(args.max_tensor_mb * MB),
-                    max_graph_bytes=int(args.max_graph_mb * MB), handle_ttl_seconds=args.handle_ttl,
-                    max_graph_bytes_per_key=None if args.max_graph_mb_per_key is None else int(args.max_graph_mb_per_key * MB),
-                    max_call_seconds=args.max_call_seconds, max_caption_bytes=args.max_caption_bytes,
-                    max_context_rows=args.max_context_rows)
+    limits = Limits(
+        max_batch=args.max_batch,
+        max_tensor_bytes=int(args.max_tensor_mb * MB),
+        max_graph_bytes=int(args.max_graph_mb * MB),
+        handle_ttl_seconds=args.handle_ttl,
+        max_graph_bytes_per_key=None if args.max_graph_mb_per_key is None else int(args.max_graph_mb_per_key * MB),
+        max_call_seconds=args.max_call_seconds,
+        max_caption_bytes=args.max_caption_bytes,
+        max_context_rows=args.max_context_rows,
+    )
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
     oracle.on_merged_batch = metrics.observe_merged_batch
@@ -376,6 +534,7 @@ async def serve(args, oracle, auth, store, metrics, tls) -> None:
     """Serves until SIGTERM or SIGINT, then drains for `--grace` seconds; reloads the key
     file on SIGHUP and when it changes."""
     import torch
+
     from graytune.server.access.key_reload import KeyReloader
     from graytune.server.service.admission import Admission
     from graytune.server.service.app import OracleServer
@@ -401,11 +560,19 @@ async def serve(args, oracle, auth, store, metrics, tls) -> None:
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
     await server.start()
     backbone = oracle.backbone
-    log.info("backbone %s sha256=%s on %s, %d threads", backbone.name, backbone.sha256[:16],
-             backbone.device, torch.get_num_threads())
+    log.info(
+        "backbone %s sha256=%s on %s, %d threads",
+        backbone.name,
+        backbone.sha256[:16],
+        backbone.device,
+        torch.get_num_threads(),
+    )
     # Tests and scripts read this line to learn the port (with --port 0).
-    print(f"graytune-server listening on {args.host}:{server.port} "
-          f"(backbone {backbone.name}, weights sha256 {backbone.sha256})", flush=True)
+    print(
+        f"graytune-server listening on {args.host}:{server.port} "
+        f"(backbone {backbone.name}, weights sha256 {backbone.sha256})",
+        flush=True,
+    )
     await stop.wait()
     log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
     await server.stop(args.grace)

@@ -1,12 +1,15 @@
 """Shared fixtures: real server processes on free ports, the same backbone in-process, data."""
+
 from __future__ import annotations
 
 import os
 import time
 
+from graytune.openmp import wait_passively
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
 os.environ.pop("GRAYTUNE_API_KEY", None)  # a developer's own key must not reach the tests' servers
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the test process mostly waits on servers
+wait_passively()  # the test process mostly waits on servers
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -36,8 +39,7 @@ def server():
 @pytest.fixture(scope="session")
 def pretrained_server(cache_dir):
     """graytune-tiny pretrained on MNIST: a backbone that knows digits, for training tests."""
-    with LocalServer([*SERVER_ARGS, "--pretrained", "mnist"],
-                     env={"GRAYTUNE_CACHE": str(cache_dir)}) as s:
+    with LocalServer([*SERVER_ARGS, "--pretrained", "mnist"], env={"GRAYTUNE_CACHE": str(cache_dir)}) as s:
         yield s
 
 
@@ -51,13 +53,15 @@ def oracle(server):
 def backbone():
     """The default server's backbone, built in this process for reference gradients."""
     from graytune.server.compute.backbone import BackboneSource, load_backbone
+
     return load_backbone(BackboneSource())
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """scikit-learn's digits as an image-caption data set: {'train': csv, 'val': csv}."""
-    from graytune.client.data.digits import write_digits
+    from graytune.client.demo.digits import write_digits
+
     return write_digits(tmp_path_factory.mktemp("digits"))
 
 

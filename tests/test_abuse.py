@@ -1,6 +1,7 @@
 """A hostile caller with a valid key (or none), against a real keyed server over real gRPC: it
 cannot be served without paying, and cannot starve another key, the health check or Describe.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -11,17 +12,28 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from test_credentials import create_key
 
 from graytune import error_details, tensor_codec
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
-from test_credentials import create_key
 
 PER_KEY = 4
-ARGS = ("--plaintext", "--threads", "1", "--log-level", "WARNING", "--max-calls-per-key", str(PER_KEY),
-        "--upload-grace", "1", "--usage-timeout", "1")
+ARGS = (
+    "--plaintext",
+    "--threads",
+    "1",
+    "--log-level",
+    "WARNING",
+    "--max-calls-per-key",
+    str(PER_KEY),
+    "--upload-grace",
+    "1",
+    "--usage-timeout",
+    "1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +64,10 @@ def metadata(secret: str, call_id: str = None) -> list:
 
 
 def image_request(pixels: torch.Tensor) -> list:
-    return [pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE)),
-            *(pb.InputMessage(chunk=c) for c in tensor_codec.tensor_to_chunks("pixels", pixels))]
+    return [
+        pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE)),
+        *(pb.InputMessage(chunk=c) for c in tensor_codec.tensor_to_chunks("pixels", pixels)),
+    ]
 
 
 def used(server, secret, gradients=False) -> int:
@@ -81,8 +95,14 @@ def test_failing_twins_never_refund_a_served_backward(server, keys, stub):
     before = used(server, abuser, gradients=True)
 
     def backward(handle):
-        return [pb.BackwardMessage(header=pb.BackwardHeader(handle=handle)),
-                *(pb.BackwardMessage(chunk=c) for c in tensor_codec.tensor_to_chunks("embeddings", torch.ones_like(embeddings)))]
+        return [
+            pb.BackwardMessage(header=pb.BackwardHeader(handle=handle)),
+            *(
+                pb.BackwardMessage(chunk=c)
+                for c in tensor_codec.tensor_to_chunks("embeddings", torch.ones_like(embeddings))
+            ),
+        ]
+
     list(stub.Backward(iter(backward(handle)), metadata=metadata(abuser, "C")))
     codes = []
 
@@ -91,7 +111,10 @@ def test_failing_twins_never_refund_a_served_backward(server, keys, stub):
             list(stub.Backward(iter(request), metadata=metadata(abuser, "C")))
         except grpc.RpcError as e:
             codes.append(e.code())
-    twins = [threading.Thread(target=twin, args=(backward(h),)) for h in [handle] * 4 + ["00000000.1.0123456789abcdef"] * 4]
+
+    twins = [
+        threading.Thread(target=twin, args=(backward(h),)) for h in [handle] * 4 + ["00000000.1.0123456789abcdef"] * 4
+    ]
     for t in twins:
         t.start()
     for t in twins:
@@ -116,6 +139,7 @@ def test_a_spent_key_is_refused_before_it_sends_anything(server, keys, stub):
     def nothing_yet():
         release.wait(60)
         yield from ()
+
     call = stub.Embed(nothing_yet(), metadata=metadata(keys[1]["spent"]), timeout=60)
     try:
         with pytest.raises(grpc.RpcError) as refused:
@@ -161,11 +185,14 @@ def test_reflection_is_off_unless_the_owner_turns_it_on(server, keys):
 
     def list_services(endpoint):  # a reflection stream held open until `release`
         channels.append(grpc.insecure_channel(endpoint))
+
         def requests():
             yield reflection_pb2.ServerReflectionRequest(list_services="")
             release.wait(60)
-        streams.append(reflection_pb2_grpc.ServerReflectionStub(channels[-1]).ServerReflectionInfo(
-            requests(), timeout=60))
+
+        streams.append(
+            reflection_pb2_grpc.ServerReflectionStub(channels[-1]).ServerReflectionInfo(requests(), timeout=60)
+        )
         return next(streams[-1])
 
     try:

@@ -1,18 +1,19 @@
 """Every tier can use the CLI for what it may do, and a method it may not run is refused from
 Describe, before any sample of the key's budget is spent and before a run directory exists."""
+
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
-from test_credentials import KEYED_ARGS, create_key
 
 BUDGET = 100_000
 
@@ -21,8 +22,10 @@ BUDGET = 100_000
 def tiers(tmp_path_factory):
     """A server with one budgeted key per tier: (server, {tier: secret})."""
     key_file = tmp_path_factory.mktemp("keys") / "keys.json"
-    secrets = {tier: create_key(key_file, "--tier", tier, "--budget", str(BUDGET))
-               for tier in ("blackbox", "graybox", "graybox-plus")}
+    secrets = {
+        tier: create_key(key_file, "--tier", tier, "--budget", str(BUDGET))
+        for tier in ("blackbox", "graybox", "graybox-plus")
+    }
     with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:
         yield server, secrets
 
@@ -34,8 +37,12 @@ def remaining(server, secret) -> int:
 
 def graytune(server, secret, *args):
     env = {**os.environ, "GRAYTUNE_API_KEY": secret}
-    return subprocess.run([sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", server.endpoint],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", server.endpoint],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def test_zero_shot_eval_works_for_every_tier(tiers, digits):
@@ -55,8 +62,18 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
     server, secrets = tiers
     before = remaining(server, secrets["blackbox"])
     run_dir = tmp_path / "run"
-    result = graytune(server, secrets["blackbox"], "train", "--train-data", digits["train"],
-                      "--val-data", digits["val"], "--output-dir", str(run_dir), "--no-progress")
+    result = graytune(
+        server,
+        secrets["blackbox"],
+        "train",
+        "--train-data",
+        digits["train"],
+        "--val-data",
+        digits["val"],
+        "--output-dir",
+        str(run_dir),
+        "--no-progress",
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -70,8 +87,19 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
 def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp_path):
     server, secrets = tiers
     before = remaining(server, secrets["graybox"])
-    result = graytune(server, secrets["graybox"], "train", "--train-data", digits["train"],
-                      "--output-dir", str(tmp_path / "run"), "--deep-prompt-depth", "1")
+    result = graytune(
+        server,
+        secrets["graybox"],
+        "train",
+        "--train-data",
+        digits["train"],
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--method",
+        "lga",
+        "--deep-prompt-depth",
+        "1",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "deep_prompt_depth 1" in result.stderr and "tier 'graybox'" in result.stderr
     assert remaining(server, secrets["graybox"]) == before
@@ -81,33 +109,58 @@ def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp
 def test_evaluating_graybox_adapters_with_a_blackbox_key_is_refused_before_it_pays(tiers, digits, tmp_path):
     server, secrets = tiers
     run_dir = tmp_path / "run"
-    trained = graytune(server, secrets["graybox"], "train", "--train-data", digits["train"],
-                       "--output-dir", str(run_dir), "--steps", "1", "--batch-size", "8", "--no-progress")
+    trained = graytune(
+        server,
+        secrets["graybox"],
+        "train",
+        "--train-data",
+        digits["train"],
+        "--output-dir",
+        str(run_dir),
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    )
     assert trained.returncode == 0, trained.stderr
     before = remaining(server, secrets["blackbox"])
-    result = graytune(server, secrets["blackbox"], "eval", "--val-data", digits["val"],
-                      "--adapter", str(run_dir / "adapter"))
+    result = graytune(
+        server, secrets["blackbox"], "eval", "--val-data", digits["val"], "--adapter", str(run_dir / "adapter")
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot run evaluation of graybox-dga adapters" in result.stderr
     assert "gradients" not in result.stderr, "evaluation needs the inputs, not gradients"
     assert remaining(server, secrets["blackbox"]) == before
 
 
-@pytest.mark.parametrize("line, damage, message", [
-    (4, lambda image: image.unlink(), "no such image file"),
-    (2, lambda image: image.write_text("not an image"), "cannot read image .*: cannot identify image file"),
-])
+@pytest.mark.parametrize(
+    "line, damage, message",
+    [
+        (4, lambda image: image.unlink(), "no such image file"),
+        (2, lambda image: image.write_text("not an image"), "cannot read image .*: cannot identify image file"),
+    ],
+)
 def test_bad_data_is_refused_in_one_line_before_any_call_is_billed(tiers, tmp_path, line, damage, message):
-    from graytune.client.data.digits import write_digits
+    from graytune.client.demo.digits import write_digits
+
     server, secrets = tiers
     data = write_digits(tmp_path / "data")
     image = open(data["train"]).read().splitlines()[line - 1].split("\t")[0]
     damage(tmp_path / "data" / image)  # line 2 is the first row: always decoded by the check
     before = remaining(server, secrets["graybox"])
-    result = graytune(server, secrets["graybox"], "train", "--train-data", data["train"],
-                      "--output-dir", str(tmp_path / "run"), "--no-progress")
+    result = graytune(
+        server,
+        secrets["graybox"],
+        "train",
+        "--train-data",
+        data["train"],
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    errors = [l for l in result.stderr.splitlines() if "error" in l]
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and re.search(rf"train\.csv, line {line}: {message}", errors[0]), result.stderr
     assert image in errors[0]
     assert remaining(server, secrets["graybox"]) == before

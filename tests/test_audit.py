@@ -1,4 +1,5 @@
 """graytune-server audit: per-key counts read from a real server's log match the calls made."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,14 @@ import time
 
 import pytest
 import torch
+from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.access.audit import parse_line
 from graytune.v1 import oracle_pb2 as pb
+
 from conftest import wait_until
-from test_credentials import KEYED_ARGS, create_key
 
 E = 128  # graytune-tiny's embedding width
 
@@ -32,8 +34,10 @@ def session(tmp_path_factory):
     """A keyed server's log after known calls by keys a and b (graybox), c (blackbox) and no key;
     with what each key's client counted on the wire."""
     key_file = tmp_path_factory.mktemp("audit") / "keys.json"
-    secrets = {name: create_key(key_file, "--tier", tier)
-               for name, tier in (("a", "graybox"), ("b", "graybox"), ("c", "blackbox"))}
+    secrets = {
+        name: create_key(key_file, "--tier", tier)
+        for name, tier in (("a", "graybox"), ("b", "graybox"), ("c", "blackbox"))
+    }
     start = time.strftime("%Y-%m-%d %H:%M:%S")
     wire = {}
     with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:
@@ -66,8 +70,9 @@ def session(tmp_path_factory):
 
 
 def audit(*args, stdin=None) -> str:
-    result = subprocess.run(server_command() + ["audit", *args], input=stdin, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        server_command() + ["audit", *args], input=stdin, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -79,24 +84,29 @@ def test_one_key_from_a_log_file(session):
     assert start <= first < last <= end
     bytes_sent, bytes_received = session["wire"]["a"]
     assert report == {
-        "key": session["ids"]["a"], "tier": "graybox", "calls": 5,
+        "key": session["ids"]["a"],
+        "tier": "graybox",
+        "calls": 5,
         "calls_by_method": {"Embed": 3, "Forward": 1, "Backward": 1},
-        "samples_embedded": 3 + 2 + 4, "gradient_samples": 4,
+        "samples_embedded": 3 + 2 + 4,
+        "gradient_samples": 4,
         "refusals": {"INVALID_ARGUMENT": 1},
         # Payload bytes: the refused call's pixels arrived too; it sent nothing back.
-        "bytes_in": bytes_sent, "bytes_out": bytes_received,
+        "bytes_in": bytes_sent,
+        "bytes_out": bytes_received,
     }
     assert bytes_sent == 4 * (3 * 3 * 32 * 32 + 4 * 3 * 32 * 32 + 4 * E + 2 * 3 * 31 * 32)
 
 
 def test_every_key_from_stdin_among_other_lines(session):
     text = session["log"].read_text()
-    noise = ("not a log line\n\x00\x01 call method=\n"
-             "2026-01-01 00:00:00,000 INFO other: call method=Embed caller=\n")
+    noise = "not a log line\n\x00\x01 call method=\n2026-01-01 00:00:00,000 INFO other: call method=Embed caller=\n"
     report = json.loads(audit("--log", "-", "--json", stdin=noise + text + noise))
     ids = session["ids"]
-    summary = [(u["key"], u["calls"], u["calls_by_method"], u["samples_embedded"],
-                u["gradient_samples"], u["refusals"]) for u in report]
+    summary = [
+        (u["key"], u["calls"], u["calls_by_method"], u["samples_embedded"], u["gradient_samples"], u["refusals"])
+        for u in report
+    ]
     assert summary == [  # heaviest gradient users first
         (ids["b"], 5, {"Describe": 1, "Forward": 2, "Backward": 2}, 2 + 3, 2 + 3, {}),
         (ids["a"], 5, {"Embed": 3, "Forward": 1, "Backward": 1}, 9, 4, {"INVALID_ARGUMENT": 1}),
@@ -112,13 +122,23 @@ def test_an_unknown_key_has_no_calls(session):
     assert report["calls"] == 0 and report["first_seen"] is None
 
 
-@pytest.mark.parametrize("detail", [
-    "\"it's caller=kevil status=OK samples=999\"",
-    "'say \\'caller=kevil\\' samples=999'",
-])
+@pytest.mark.parametrize(
+    "detail",
+    [
+        '"it\'s caller=kevil status=OK samples=999"',
+        "'say \\'caller=kevil\\' samples=999'",
+    ],
+)
 def test_text_in_a_detail_is_never_read_as_fields(detail):
-    line = ("web-1  | 2026-11-24 10:00:02,100 WARNING graytune.server: call call_id=7 method=Embed "
-            f"caller=ka tier=graybox samples=0 bytes_in=10 bytes_out=0 status=INVALID_ARGUMENT detail={detail}")
+    line = (
+        "web-1  | 2026-11-24 10:00:02,100 WARNING graytune.server: call call_id=7 method=Embed "
+        f"caller=ka tier=graybox samples=0 bytes_in=10 bytes_out=0 status=INVALID_ARGUMENT detail={detail}"
+    )
     fields = parse_line(line)
-    assert (fields["caller"], fields["status"], fields["samples"], fields["call_id"], fields["time"]) == \
-        ("ka", "INVALID_ARGUMENT", "0", "7", "2026-11-24 10:00:02,100")
+    assert (fields["caller"], fields["status"], fields["samples"], fields["call_id"], fields["time"]) == (
+        "ka",
+        "INVALID_ARGUMENT",
+        "0",
+        "7",
+        "2026-11-24 10:00:02,100",
+    )

@@ -1,4 +1,5 @@
 """The owner loads weights from local files and architecture JSON; bad sources fail clearly."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.server.compute.backbone import BUILTIN_CONFIGS, BackboneSource, load_backbone, weights_sha256
+
 from conftest import SERVER_ARGS
 
 
@@ -32,8 +34,9 @@ def test_server_serves_a_local_weights_file(other_weights, tmp_path, suffix):
         with OracleClient(server.endpoint) as oracle:
             assert oracle.describe().backbone.sha256 == weights_sha256(other_weights)
             pixels = torch.randn(2, 3, 32, 32)
-            torch.testing.assert_close(oracle.embed_images(pixels),
-                                       other_weights.eval().encode_image(pixels), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                oracle.embed_images(pixels), other_weights.eval().encode_image(pixels), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_architecture_json_file_names_the_model(tmp_path):
@@ -52,8 +55,12 @@ def test_backbone_is_frozen(backbone):
 
 
 def test_missing_weights_file_stops_the_server_with_a_message(tmp_path):
-    result = subprocess.run(server_command() + ["--dev", "--plaintext", "--port", "0", "--weights", str(tmp_path / "nope.pt")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        server_command() + ["--dev", "--plaintext", "--port", "0", "--weights", str(tmp_path / "nope.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "graytune-server: error: weights file not found" in result.stderr
     assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ names the field (and the limit, where there is one), and the server keeps servin
 Driven through OracleClient where the client can produce the bad request, and through the raw
 stub with hand-built message streams where it cannot. All servers are real processes.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,6 +21,7 @@ from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
+
 from conftest import SERVER_ARGS
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -35,9 +37,11 @@ SMALL_GRAPH_ARGS = ("--max-graph-mb", "0.001")
 def extra_servers():
     """Two servers with tight limits and one of tier graybox-plus (every input), started side
     by side (each takes seconds to import)."""
-    servers = {"limited": LocalServer([*SERVER_ARGS, *LIMITED_ARGS]),
-               "small_graph": LocalServer([*SERVER_ARGS, *SMALL_GRAPH_ARGS]),
-               "plus": LocalServer([*SERVER_ARGS, "--tier", "graybox-plus"])}
+    servers = {
+        "limited": LocalServer([*SERVER_ARGS, *LIMITED_ARGS]),
+        "small_graph": LocalServer([*SERVER_ARGS, *SMALL_GRAPH_ARGS]),
+        "plus": LocalServer([*SERVER_ARGS, "--tier", "graybox-plus"]),
+    }
     errors = []
 
     def start(s):
@@ -97,9 +101,9 @@ def limited_info(limited) -> pb.DescribeResponse:
 @pytest.fixture(scope="module")
 def stub(server):
     """The raw stub on the default server, allowed to send more than its receive limit."""
-    channel = grpc.insecure_channel(server.endpoint, [
-        ("grpc.max_send_message_length", 256 << 20),
-        ("grpc.max_receive_message_length", 256 << 20)])
+    channel = grpc.insecure_channel(
+        server.endpoint, [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+    )
     yield pb_grpc.GradientOracleStub(channel)
     channel.close()
 
@@ -117,8 +121,9 @@ def assert_still_serving(endpoint: str) -> None:
     """Describe and a valid Embed answer, with the same results as before the bad call."""
     with client(endpoint) as c:
         described = c.describe()
-        pixels = torch.linspace(-2, 2, 3 * described.image.height * described.image.width) \
-            .reshape(1, 3, described.image.height, described.image.width)
+        pixels = torch.linspace(-2, 2, 3 * described.image.height * described.image.width).reshape(
+            1, 3, described.image.height, described.image.width
+        )
         embeddings = c.embed_images(pixels)
     assert embeddings.shape == (1, described.embed_dim)
     assert bool(torch.isfinite(embeddings).all())
@@ -181,6 +186,7 @@ def other_handle(handle: str, seq: int) -> str:
 def _pixels_cases():
     def shape(*dims):
         return lambda i: torch.zeros(*[d(i) if callable(d) else d for d in dims])
+
     H = lambda i: i.image.height
     W = lambda i: i.image.width
     nan = lambda v: lambda i: image_like(i).index_put_((torch.tensor([0]),) * 4, torch.tensor(v))
@@ -203,16 +209,17 @@ PIXELS_CASES = _pixels_cases()
 
 
 @pytest.mark.parametrize("method", ["Embed", "Forward"])
-@pytest.mark.parametrize("make,fragments", [c[1:] for c in PIXELS_CASES],
-                         ids=[c[0] for c in PIXELS_CASES])
+@pytest.mark.parametrize("make,fragments", [c[1:] for c in PIXELS_CASES], ids=[c[0] for c in PIXELS_CASES])
 def test_bad_pixels(server, oracle, info, method, make, fragments):
     h, w = info.image.height, info.image.width
     fmt = dict(h=h, w=w, h1=h + 1, h2=h // 2, w2=w // 2)
     pixels = make(info)
-    call = (lambda: oracle.embed_images(pixels)) if method == "Embed" else \
-        (lambda: oracle.forward(pb.IMAGE, {"pixels": pixels}))
-    details = expect_error(server.endpoint, call, INVALID, "pixels",
-                           *[f.format(**fmt) for f in fragments])
+    call = (
+        (lambda: oracle.embed_images(pixels))
+        if method == "Embed"
+        else (lambda: oracle.forward(pb.IMAGE, {"pixels": pixels}))
+    )
+    details = expect_error(server.endpoint, call, INVALID, "pixels", *[f.format(**fmt) for f in fragments])
     if "shape" in fragments[0]:
         assert f"(*, 3, {h}, {w})" in details  # names the expected shape too
 
@@ -222,14 +229,17 @@ def test_pixels_0d(server, oracle):
 
 
 def test_image_without_pixels(server, stub):
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE)]),
-                 INVALID, "pixels", "missing")
+    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE)]), INVALID, "pixels", "missing")
 
 
 def test_image_tower_with_texts(server, stub, info):
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE, texts=["a cat"]), *in_chunks("pixels", image_like(info))]),
-        INVALID, "texts", "image tower")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE, texts=["a cat"]), *in_chunks("pixels", image_like(info))]),
+        INVALID,
+        "texts",
+        "image tower",
+    )
 
 
 # -- limits: batch, tensor bytes, graph bytes, message bytes -------------------------------------
@@ -242,21 +252,33 @@ def test_pixels_batch_over_limit(limited, limited_info, method):
         assert ok.shape == (max_batch, limited_info.embed_dim)
         pixels = image_like(limited_info, max_batch + 1)
         assert pixels.nbytes <= limited_info.limits.max_tensor_bytes  # the batch limit is hit
-        call = (lambda: c.embed_images(pixels)) if method == "Embed" else \
-            (lambda: c.forward(pb.IMAGE, {"pixels": pixels}))
-        expect_error(limited.endpoint, call, INVALID, "pixels",
-                     f"batch of {max_batch + 1}", f"limit of {max_batch}")
+        call = (
+            (lambda: c.embed_images(pixels)) if method == "Embed" else (lambda: c.forward(pb.IMAGE, {"pixels": pixels}))
+        )
+        expect_error(limited.endpoint, call, INVALID, "pixels", f"batch of {max_batch + 1}", f"limit of {max_batch}")
 
 
 def test_text_batch_over_limit(limited, limited_info):
     n = limited_info.limits.max_batch + 1
     L = limited_info.text.context_length
     with client(limited.endpoint) as c:
-        expect_error(limited.endpoint, lambda: c.embed_texts(["a cat"] * n), INVALID,
-                     "texts", f"batch of {n}", f"limit of {n - 1}")
+        expect_error(
+            limited.endpoint,
+            lambda: c.embed_texts(["a cat"] * n),
+            INVALID,
+            "texts",
+            f"batch of {n}",
+            f"limit of {n - 1}",
+        )
         ids = torch.zeros(n, L, dtype=torch.int64)
-        expect_error(limited.endpoint, lambda: c.embed_texts(token_ids=ids), INVALID,
-                     "token_ids", f"batch of {n}", f"limit of {n - 1}")
+        expect_error(
+            limited.endpoint,
+            lambda: c.embed_texts(token_ids=ids),
+            INVALID,
+            "token_ids",
+            f"batch of {n}",
+            f"limit of {n - 1}",
+        )
 
 
 def test_tensor_over_limit_via_client(limited, limited_info):
@@ -265,25 +287,42 @@ def test_tensor_over_limit_via_client(limited, limited_info):
     pixels = image_like(limited_info, limit // per_image + 1)
     assert pixels.nbytes > limit
     with client(limited.endpoint) as c:
-        expect_error(limited.endpoint, lambda: c.embed_images(pixels), INVALID,
-                     "pixels", str(pixels.nbytes), f"limit of {limit} bytes")
-        extra = torch.zeros(limit // (4 * limited_info.text.token_width) + 1,
-                            limited_info.text.token_width)
-        expect_error(limited.endpoint, lambda: c.embed_texts(["a"], extra_tokens=extra), INVALID,
-                     "extra_tokens", f"limit of {limit} bytes")
+        expect_error(
+            limited.endpoint,
+            lambda: c.embed_images(pixels),
+            INVALID,
+            "pixels",
+            str(pixels.nbytes),
+            f"limit of {limit} bytes",
+        )
+        extra = torch.zeros(limit // (4 * limited_info.text.token_width) + 1, limited_info.text.token_width)
+        expect_error(
+            limited.endpoint,
+            lambda: c.embed_texts(["a"], extra_tokens=extra),
+            INVALID,
+            "extra_tokens",
+            f"limit of {limit} bytes",
+        )
 
 
 def test_tensor_over_limit_declared_only(limited, limited_info):
     """A huge declared shape is refused from the first chunk, before its bytes are sent."""
     limit = limited_info.limits.max_tensor_bytes
     h, w = limited_info.image.height, limited_info.image.width
-    head = pb.InputMessage(chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32,
-                                                shape=[1 << 20, 3, h, w], data=bytes(16)))
+    head = pb.InputMessage(
+        chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32, shape=[1 << 20, 3, h, w], data=bytes(16))
+    )
     channel = grpc.insecure_channel(limited.endpoint)
     try:
         s = pb_grpc.GradientOracleStub(channel)
-        expect_error(limited.endpoint, lambda: raw(s.Embed, [in_header(tower=pb.IMAGE), head]),
-                     INVALID, "pixels", str((1 << 20) * 3 * h * w * 4), f"limit of {limit} bytes")
+        expect_error(
+            limited.endpoint,
+            lambda: raw(s.Embed, [in_header(tower=pb.IMAGE), head]),
+            INVALID,
+            "pixels",
+            str((1 << 20) * 3 * h * w * 4),
+            f"limit of {limit} bytes",
+        )
     finally:
         channel.close()
 
@@ -294,12 +333,21 @@ def test_graph_over_limit(small_graph):
         cap = i.limits.max_graph_bytes
         assert cap == int(0.001 * (1 << 20))
         assert c.embed_images(image_like(i)).shape == (1, i.embed_dim)  # Embed keeps no graph
-        expect_error(small_graph.endpoint, lambda: c.forward(pb.IMAGE, {"pixels": image_like(i)}),
-                     EXHAUSTED, "graph", f"{cap} bytes")
+        expect_error(
+            small_graph.endpoint,
+            lambda: c.forward(pb.IMAGE, {"pixels": image_like(i)}),
+            EXHAUSTED,
+            "graph",
+            f"{cap} bytes",
+        )
         shift = torch.zeros(i.text.token_width)
-        expect_error(small_graph.endpoint,
-                     lambda: c.forward(pb.TEXT, {"shift": shift}, texts=["a cat"]),
-                     EXHAUSTED, "graph", f"{cap} bytes")
+        expect_error(
+            small_graph.endpoint,
+            lambda: c.forward(pb.TEXT, {"shift": shift}, texts=["a cat"]),
+            EXHAUSTED,
+            "graph",
+            f"{cap} bytes",
+        )
 
 
 def test_message_over_receive_limit(server, stub, info):
@@ -307,11 +355,11 @@ def test_message_over_receive_limit(server, stub, info):
     h, w = info.image.height, info.image.width
     size = limit + 1024
     batch = math.ceil(size / (3 * h * w * 4))
-    chunk = pb.InputMessage(chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32,
-                                                 shape=[batch, 3, h, w], data=bytes(size)))
+    chunk = pb.InputMessage(
+        chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32, shape=[batch, 3, h, w], data=bytes(size))
+    )
     assert chunk.ByteSize() > limit
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]),
-                 EXHAUSTED, str(limit))
+    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]), EXHAUSTED, str(limit))
 
 
 # -- text inputs -------------------------------------------------------------------------------
@@ -333,6 +381,7 @@ def _text_cases():
             t = torch.randn(*[d(i) if callable(d) else d for d in shape])
             t.view(-1)[len(t.view(-1)) // 2] = v
             return t
+
         return make
 
     T = ["a cat"]
@@ -343,49 +392,53 @@ def _text_cases():
         ("shift_2d", T, {"shift": lambda i: torch.zeros(1, D(i))}, ("shift", "({D},)")),
         ("shift_nan", T, {"shift": poison((D,), float("nan"))}, ("shift", "NaN or Inf")),
         ("shift_inf", T, {"shift": poison((D,), float("inf"))}, ("shift", "NaN or Inf")),
-        ("shift_int64", T, {"shift": lambda i: torch.zeros(D(i), dtype=torch.int64)},
-         ("shift", "dtype int64")),
-        ("extra_too_many", T, {"extra_tokens": lambda i: torch.zeros(K(i) + 1, D(i))},
-         ("extra_tokens", "{K1} tokens", "1 to {K}")),
-        ("extra_wrong_width", T, {"extra_tokens": lambda i: torch.zeros(2, D(i) + 1)},
-         ("extra_tokens", "(*, {D})")),
+        ("shift_int64", T, {"shift": lambda i: torch.zeros(D(i), dtype=torch.int64)}, ("shift", "dtype int64")),
+        (
+            "extra_too_many",
+            T,
+            {"extra_tokens": lambda i: torch.zeros(K(i) + 1, D(i))},
+            ("extra_tokens", "{K1} tokens", "1 to {K}"),
+        ),
+        ("extra_wrong_width", T, {"extra_tokens": lambda i: torch.zeros(2, D(i) + 1)}, ("extra_tokens", "(*, {D})")),
         ("extra_1d", T, {"extra_tokens": lambda i: torch.zeros(D(i))}, ("extra_tokens", "(*, {D})")),
         ("extra_nan", T, {"extra_tokens": poison((2, D), float("nan"))}, ("extra_tokens", "NaN or Inf")),
         ("ids_at_vocab", (), {"token_ids": lambda i: ids(i, V(i))}, ("token_ids", "[0, {V})")),
         ("ids_negative", (), {"token_ids": lambda i: ids(i, -1)}, ("token_ids", "[0, {V})")),
         ("ids_huge", (), {"token_ids": lambda i: ids(i, 1 << 40)}, ("token_ids", "[0, {V})")),
-        ("ids_float32", (), {"token_ids": lambda i: ids(i, dtype=torch.float32)},
-         ("token_ids", "dtype float32", "int64")),
-        ("ids_uint8", (), {"token_ids": lambda i: ids(i, dtype=torch.uint8)},
-         ("token_ids", "dtype uint8", "int64")),
+        (
+            "ids_float32",
+            (),
+            {"token_ids": lambda i: ids(i, dtype=torch.float32)},
+            ("token_ids", "dtype float32", "int64"),
+        ),
+        ("ids_uint8", (), {"token_ids": lambda i: ids(i, dtype=torch.uint8)}, ("token_ids", "dtype uint8", "int64")),
         ("ids_short", (), {"token_ids": lambda i: ids(i, length=L(i) - 1)}, ("token_ids", "(*, {L})")),
         ("ids_long", (), {"token_ids": lambda i: ids(i, length=L(i) + 1)}, ("token_ids", "(*, {L})")),
         ("ids_1d", (), {"token_ids": lambda i: ids(i)[0]}, ("token_ids", "(*, {L})")),
         ("texts_and_ids", T, {"token_ids": lambda i: ids(i)}, ("texts", "token_ids", "exactly one")),
-        ("neither_but_shift", (), {"shift": lambda i: torch.zeros(D(i))},
-         ("texts", "token_ids", "exactly one")),
+        ("neither_but_shift", (), {"shift": lambda i: torch.zeros(D(i))}, ("texts", "token_ids", "exactly one")),
     ]
 
 
 TEXT_CASES = _text_cases()
 
 
-@pytest.mark.parametrize("texts,make,fragments", [c[1:] for c in TEXT_CASES],
-                         ids=[c[0] for c in TEXT_CASES])
+@pytest.mark.parametrize("texts,make,fragments", [c[1:] for c in TEXT_CASES], ids=[c[0] for c in TEXT_CASES])
 def test_bad_text_inputs(server, oracle, info, texts, make, fragments):
     t = info.text
-    fmt = dict(D=t.token_width, L=t.context_length, V=t.vocab_size, K=t.max_extra_tokens,
-               K1=t.max_extra_tokens + 1)
+    fmt = dict(D=t.token_width, L=t.context_length, V=t.vocab_size, K=t.max_extra_tokens, K1=t.max_extra_tokens + 1)
     tensors = {name: m(info) for name, m in make.items()}
-    expect_error(server.endpoint, lambda: oracle.embed_texts(texts, **tensors), INVALID,
-                 *[f.format(**fmt) for f in fragments])
+    expect_error(
+        server.endpoint, lambda: oracle.embed_texts(texts, **tensors), INVALID, *[f.format(**fmt) for f in fragments]
+    )
 
 
 def test_text_inputs_at_their_limits_are_accepted(oracle, info):
     """The refusals above are the limits, not a blanket refusal of these inputs."""
     t = info.text
-    e = oracle.embed_texts(["a cat"], shift=torch.zeros(t.token_width),
-                           extra_tokens=torch.zeros(t.max_extra_tokens, t.token_width))
+    e = oracle.embed_texts(
+        ["a cat"], shift=torch.zeros(t.token_width), extra_tokens=torch.zeros(t.max_extra_tokens, t.token_width)
+    )
     assert e.shape == (1, info.embed_dim)
     ids = torch.zeros(1, t.context_length, dtype=torch.int64)
     ids[0, 0], ids[0, 1], ids[0, 2] = t.vocab_size - 2, t.vocab_size - 3, t.vocab_size - 1
@@ -393,24 +446,28 @@ def test_text_inputs_at_their_limits_are_accepted(oracle, info):
 
 
 def test_neither_texts_nor_token_ids(server, oracle):
-    expect_error(server.endpoint, lambda: oracle.embed_texts([]), INVALID,
-                 "texts", "token_ids", "exactly one")
+    expect_error(server.endpoint, lambda: oracle.embed_texts([]), INVALID, "texts", "token_ids", "exactly one")
 
 
 def test_caption_too_long(server, oracle, info):
     """Refused from its words, before BPE: each word is a token at the least."""
     L = info.text.context_length
     long = " ".join(["a"] * L)  # L words + start + end of text
-    expect_error(server.endpoint, lambda: oracle.embed_texts(["a photo of a cat", long]), INVALID,
-                 f"texts[1]: at least {L + 2} tokens + 0 extra tokens exceed the context length {L}")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.embed_texts(["a photo of a cat", long]),
+        INVALID,
+        f"texts[1]: at least {L + 2} tokens + 0 extra tokens exceed the context length {L}",
+    )
 
 
 def test_caption_of_one_enormous_word_too_long(server, oracle, info):
     """A word within --max-caption-bytes that BPE would spend ~0.4 s on."""
     L, limit = info.text.context_length, info.limits.max_caption_bytes
     word = "".join(chr(ord("a") + (i * 7 + i // 26) % 26) for i in range(limit))
-    expect_error(server.endpoint, lambda: oracle.embed_texts([word]), INVALID,
-                 "texts[0]: at least", f"context length {L}")
+    expect_error(
+        server.endpoint, lambda: oracle.embed_texts([word]), INVALID, "texts[0]: at least", f"context length {L}"
+    )
 
 
 def test_caption_fits_alone_but_not_with_extra_tokens(server, oracle, info):
@@ -420,13 +477,22 @@ def test_caption_fits_alone_but_not_with_extra_tokens(server, oracle, info):
     assert oracle.embed_texts([caption]).shape == (1, info.embed_dim)
     fits = oracle.embed_texts(["a cat", caption], extra_tokens=torch.zeros(k - 1, D))
     assert fits.shape == (2, info.embed_dim)
-    expect_error(server.endpoint,
-                 lambda: oracle.embed_texts(["a cat", caption], extra_tokens=torch.zeros(k, D)),
-                 INVALID, "texts[1]", f"{k} extra tokens", f"context length {L}")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.embed_texts(["a cat", caption], extra_tokens=torch.zeros(k, D)),
+        INVALID,
+        "texts[1]",
+        f"{k} extra tokens",
+        f"context length {L}",
+    )
     # Forward checks the same, before any graph is built.
-    expect_error(server.endpoint,
-                 lambda: oracle.forward(pb.TEXT, {"extra_tokens": torch.zeros(k, D)}, [caption]),
-                 INVALID, "texts[0]", f"context length {L}")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.forward(pb.TEXT, {"extra_tokens": torch.zeros(k, D)}, [caption]),
+        INVALID,
+        "texts[0]",
+        f"context length {L}",
+    )
 
 
 def test_token_ids_fit_alone_but_not_with_extra_tokens(server, oracle, info):
@@ -434,11 +500,15 @@ def test_token_ids_fit_alone_but_not_with_extra_tokens(server, oracle, info):
     k = min(4, info.text.max_extra_tokens)
     ids = torch.ones(1, L, dtype=torch.int64)
     ids[0, 0], ids[0, L - k] = V - 2, V - 1  # end of text at L - k: room for k - 1 extra tokens
-    assert oracle.embed_texts(token_ids=ids, extra_tokens=torch.zeros(k - 1, D)).shape == \
-        (1, info.embed_dim)
-    expect_error(server.endpoint,
-                 lambda: oracle.embed_texts(token_ids=ids, extra_tokens=torch.zeros(k, D)),
-                 INVALID, "token_ids", f"{k} extra tokens", f"context length {L}")
+    assert oracle.embed_texts(token_ids=ids, extra_tokens=torch.zeros(k - 1, D)).shape == (1, info.embed_dim)
+    expect_error(
+        server.endpoint,
+        lambda: oracle.embed_texts(token_ids=ids, extra_tokens=torch.zeros(k, D)),
+        INVALID,
+        "token_ids",
+        f"{k} extra tokens",
+        f"context length {L}",
+    )
 
 
 # -- degenerate tensors: 0-d, a dimension of size 0, a wrong rank ---------------------------------
@@ -455,13 +525,25 @@ def _valid_inputs(info) -> dict:
         "shift": (caption, {}, (D,), torch.float32),
         "extra_tokens": (caption, {}, (2, D), torch.float32),
         "text deep_prompts": (caption, {}, (1, 2, D), torch.float32),
-        "context_delta": (dict(tower=pb.TEXT, texts=["cat"], prompt_template=template.name), {},
-                          (1, template.context_tokens, D), torch.float32),
+        "context_delta": (
+            dict(tower=pb.TEXT, texts=["cat"], prompt_template=template.name),
+            {},
+            (1, template.context_tokens, D),
+            torch.float32,
+        ),
     }
 
 
-RANKS = {"pixels": 4, "image deep_prompts": 3, "token_ids": 2, "shift": 1, "extra_tokens": 2,
-         "text deep_prompts": 3, "context_delta": 3, "embeddings": 2}
+RANKS = {
+    "pixels": 4,
+    "image deep_prompts": 3,
+    "token_ids": 2,
+    "shift": 1,
+    "extra_tokens": 2,
+    "text deep_prompts": 3,
+    "context_delta": 3,
+    "embeddings": 2,
+}
 DEGENERATE = ["0-d", "(0,)", "rank + 1", "rank - 1"]
 
 
@@ -471,11 +553,12 @@ def degenerate(shape: tuple, kind: str) -> tuple:
     if kind in named:
         return named[kind]
     i = int(kind.split()[-1])
-    return shape[:i] + (0,) + shape[i + 1:]
+    return shape[:i] + (0,) + shape[i + 1 :]
 
 
-DEGENERATE_CASES = [(name, kind) for name, rank in RANKS.items()
-                    for kind in DEGENERATE + [f"dimension {i}" for i in range(rank)]]
+DEGENERATE_CASES = [
+    (name, kind) for name, rank in RANKS.items() for kind in DEGENERATE + [f"dimension {i}" for i in range(rank)]
+]
 
 
 @pytest.mark.parametrize("name,kind", DEGENERATE_CASES, ids=[f"{n}-{k}" for n, k in DEGENERATE_CASES])
@@ -492,8 +575,11 @@ def test_degenerate_tensor(plus, name, kind):
         else:
             header, others, shape, dtype = _valid_inputs(info)[name]
             bad = torch.zeros(degenerate(shape, kind), dtype=dtype)
-            messages = [in_header(**header), *[m for n, t in others.items() for m in in_chunks(n, t)],
-                        *in_chunks(field, bad)]
+            messages = [
+                in_header(**header),
+                *[m for n, t in others.items() for m in in_chunks(n, t)],
+                *in_chunks(field, bad),
+            ]
             call = lambda: raw(s.Embed, messages)
         expect_error(plus.endpoint, call, INVALID, field)
 
@@ -515,43 +601,68 @@ def test_unknown_tensor_name(server, stub, info, tower):
 
 def test_unknown_tensor_name_in_backward(server, oracle, stub, info):
     _, handle, emb = forward_image(oracle, info)
-    expect_error(server.endpoint, lambda: raw(stub.Backward, [
-        bw_header(handle), *bw_chunks(torch.ones_like(emb)), *bw_chunks(torch.zeros(4), "weights")]),
-        INVALID, "weights", "Backward")
+    expect_error(
+        server.endpoint,
+        lambda: raw(
+            stub.Backward, [bw_header(handle), *bw_chunks(torch.ones_like(emb)), *bw_chunks(torch.zeros(4), "weights")]
+        ),
+        INVALID,
+        "weights",
+        "Backward",
+    )
     assert set(oracle.backward(handle, torch.ones_like(emb))) == {"pixels"}  # not consumed
 
 
 @pytest.mark.parametrize("rpc", ["Embed", "Forward"])
 def test_missing_header(server, stub, info, rpc):
-    expect_error(server.endpoint, lambda: raw(getattr(stub, rpc), in_chunks("pixels", _pixels(info))),
-                 INVALID, "header", "first message")
+    expect_error(
+        server.endpoint,
+        lambda: raw(getattr(stub, rpc), in_chunks("pixels", _pixels(info))),
+        INVALID,
+        "header",
+        "first message",
+    )
     expect_error(server.endpoint, lambda: raw(getattr(stub, rpc), []), INVALID, "header", "missing")
 
 
 def test_missing_header_in_backward(server, oracle, stub, info):
     _, handle, emb = forward_image(oracle, info)
-    expect_error(server.endpoint, lambda: raw(stub.Backward, bw_chunks(torch.ones_like(emb))),
-                 INVALID, "header", "first message")
+    expect_error(
+        server.endpoint, lambda: raw(stub.Backward, bw_chunks(torch.ones_like(emb))), INVALID, "header", "first message"
+    )
     expect_error(server.endpoint, lambda: raw(stub.Backward, []), INVALID, "header", "missing")
-    expect_error(server.endpoint, lambda: raw(stub.Backward, [bw_header(handle)]),
-                 INVALID, "embeddings", "missing")
-    assert oracle.backward(handle, torch.ones_like(emb))["pixels"].shape == (1, 3, info.image.height,
-                                                                            info.image.width)
+    expect_error(server.endpoint, lambda: raw(stub.Backward, [bw_header(handle)]), INVALID, "embeddings", "missing")
+    assert oracle.backward(handle, torch.ones_like(emb))["pixels"].shape == (1, 3, info.image.height, info.image.width)
 
 
 def test_header_sent_twice(server, stub, info):
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE), in_header(tower=pb.IMAGE), *in_chunks("pixels", _pixels(info))]),
-        INVALID, "header", "twice")
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE), *in_chunks("pixels", _pixels(info)), in_header(tower=pb.IMAGE)]),
-        INVALID, "header", "twice")
+    expect_error(
+        server.endpoint,
+        lambda: raw(
+            stub.Embed, [in_header(tower=pb.IMAGE), in_header(tower=pb.IMAGE), *in_chunks("pixels", _pixels(info))]
+        ),
+        INVALID,
+        "header",
+        "twice",
+    )
+    expect_error(
+        server.endpoint,
+        lambda: raw(
+            stub.Embed, [in_header(tower=pb.IMAGE), *in_chunks("pixels", _pixels(info)), in_header(tower=pb.IMAGE)]
+        ),
+        INVALID,
+        "header",
+        "twice",
+    )
 
 
 def test_message_with_neither_header_nor_chunk(server, stub, info):
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE), pb.InputMessage(), *in_chunks("pixels", _pixels(info))]),
-        INVALID, "neither header nor chunk")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), pb.InputMessage(), *in_chunks("pixels", _pixels(info))]),
+        INVALID,
+        "neither header nor chunk",
+    )
 
 
 def test_stream_ended_early(server, stub, info):
@@ -559,90 +670,146 @@ def test_stream_ended_early(server, stub, info):
     full = pixels.nbytes
     first = in_chunks("pixels", pixels, chunk_bytes=full // 2)[0]
     assert list(first.chunk.shape) == list(pixels.shape) and len(first.chunk.data) == full // 2
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), first]),
-                 INVALID, "pixels", f"{full // 2} of {full} bytes")
-    expect_error(server.endpoint, lambda: raw(stub.Forward, [in_header(tower=pb.IMAGE), first]),
-                 INVALID, "pixels", f"{full // 2} of {full} bytes")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), first]),
+        INVALID,
+        "pixels",
+        f"{full // 2} of {full} bytes",
+    )
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Forward, [in_header(tower=pb.IMAGE), first]),
+        INVALID,
+        "pixels",
+        f"{full // 2} of {full} bytes",
+    )
 
 
 def test_next_tensor_before_previous_complete(server, stub, info):
     pixels = _pixels(info)
     half = in_chunks("pixels", pixels, chunk_bytes=pixels.nbytes // 2)[0]
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE), half, *in_chunks("pixels2", pixels)]),
-        INVALID, "pixels", f"{pixels.nbytes // 2} of {pixels.nbytes} bytes")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), half, *in_chunks("pixels2", pixels)]),
+        INVALID,
+        "pixels",
+        f"{pixels.nbytes // 2} of {pixels.nbytes} bytes",
+    )
 
 
 def test_more_bytes_than_declared(server, stub, info):
     pixels = _pixels(info)
     chunk = in_chunks("pixels", pixels)[0]
     chunk.chunk.data += b"\0" * 8
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]),
-                 INVALID, "pixels", "more bytes", f"{pixels.nbytes + 8} > {pixels.nbytes}")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]),
+        INVALID,
+        "pixels",
+        "more bytes",
+        f"{pixels.nbytes + 8} > {pixels.nbytes}",
+    )
     # A further chunk after the tensor is complete starts it again.
     trailing = pb.InputMessage(chunk=pb.TensorChunk(name="pixels", data=b"\0" * 8))
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE), *in_chunks("pixels", pixels), trailing]),
-        INVALID, "pixels", "sent twice")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), *in_chunks("pixels", pixels), trailing]),
+        INVALID,
+        "pixels",
+        "sent twice",
+    )
 
 
 @pytest.mark.parametrize("dtype", [pb.DATA_TYPE_UNSPECIFIED, 42])
 def test_chunk_with_unknown_dtype(server, stub, info, dtype):
     chunk = in_chunks("pixels", _pixels(info))[0]
     chunk.chunk.dtype = dtype
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]),
-                 INVALID, "pixels", "dtype")
+    expect_error(
+        server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]), INVALID, "pixels", "dtype"
+    )
 
 
 def test_chunk_with_negative_dimension(server, stub, info):
-    chunk = pb.InputMessage(chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32,
-                                                 shape=[-1, 3, info.image.height, info.image.width]))
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]),
-                 INVALID, "pixels", "negative")
+    chunk = pb.InputMessage(
+        chunk=pb.TensorChunk(name="pixels", dtype=pb.FLOAT32, shape=[-1, 3, info.image.height, info.image.width])
+    )
+    expect_error(
+        server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]), INVALID, "pixels", "negative"
+    )
 
 
 def test_chunk_without_name(server, stub, info):
     chunk = in_chunks("", _pixels(info))[0]
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]),
-                 INVALID, "without a name")
+    expect_error(
+        server.endpoint, lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE), chunk]), INVALID, "without a name"
+    )
 
 
 # -- header fields -----------------------------------------------------------------------------
 @pytest.mark.parametrize("rpc", ["Embed", "Forward"])
 @pytest.mark.parametrize("dtype", [pb.UINT8, pb.INT64])
 def test_output_dtype_refused(server, stub, info, rpc, dtype):
-    expect_error(server.endpoint, lambda: raw(getattr(stub, rpc), [
-        in_header(tower=pb.IMAGE, output_dtype=dtype), *in_chunks("pixels", _pixels(info))]),
-        INVALID, "output_dtype", pb.DataType.Name(dtype))
+    expect_error(
+        server.endpoint,
+        lambda: raw(
+            getattr(stub, rpc), [in_header(tower=pb.IMAGE, output_dtype=dtype), *in_chunks("pixels", _pixels(info))]
+        ),
+        INVALID,
+        "output_dtype",
+        pb.DataType.Name(dtype),
+    )
 
 
 def test_output_dtype_out_of_enum(server, stub, info):
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(tower=pb.IMAGE, output_dtype=99), *in_chunks("pixels", _pixels(info))]),
-        INVALID, "output_dtype")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(tower=pb.IMAGE, output_dtype=99), *in_chunks("pixels", _pixels(info))]),
+        INVALID,
+        "output_dtype",
+    )
 
 
 def test_tower_unspecified(server, stub, info):
-    expect_error(server.endpoint, lambda: raw(stub.Embed, [
-        in_header(), *in_chunks("pixels", _pixels(info))]), INVALID, "tower", "IMAGE or TEXT")
-    expect_error(server.endpoint, lambda: raw(stub.Forward, [
-        in_header(tower=pb.TOWER_UNSPECIFIED, texts=["a cat"])]), INVALID, "tower")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Embed, [in_header(), *in_chunks("pixels", _pixels(info))]),
+        INVALID,
+        "tower",
+        "IMAGE or TEXT",
+    )
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Forward, [in_header(tower=pb.TOWER_UNSPECIFIED, texts=["a cat"])]),
+        INVALID,
+        "tower",
+    )
 
 
 def test_grad_inputs_naming_a_non_input(server, oracle, info):
     D = info.text.token_width
-    expect_error(server.endpoint,
-                 lambda: oracle.forward(pb.IMAGE, {"pixels": _pixels(info)}, grad_inputs=["weights"]),
-                 INVALID, "grad_inputs", "'weights'")
-    expect_error(server.endpoint,
-                 lambda: oracle.forward(pb.TEXT, {"shift": torch.zeros(D)}, ["a cat"],
-                                        grad_inputs=["extra_tokens"]),
-                 INVALID, "grad_inputs", "'extra_tokens'")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.forward(pb.IMAGE, {"pixels": _pixels(info)}, grad_inputs=["weights"]),
+        INVALID,
+        "grad_inputs",
+        "'weights'",
+    )
+    expect_error(
+        server.endpoint,
+        lambda: oracle.forward(pb.TEXT, {"shift": torch.zeros(D)}, ["a cat"], grad_inputs=["extra_tokens"]),
+        INVALID,
+        "grad_inputs",
+        "'extra_tokens'",
+    )
     ids = oracle_ids(info)
-    expect_error(server.endpoint,
-                 lambda: oracle.forward(pb.TEXT, {"token_ids": ids, "shift": torch.zeros(D)},
-                                        grad_inputs=["token_ids"]),
-                 INVALID, "grad_inputs", "'token_ids'")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.forward(pb.TEXT, {"token_ids": ids, "shift": torch.zeros(D)}, grad_inputs=["token_ids"]),
+        INVALID,
+        "grad_inputs",
+        "'token_ids'",
+    )
 
 
 def oracle_ids(info) -> torch.Tensor:
@@ -652,56 +819,82 @@ def oracle_ids(info) -> torch.Tensor:
 
 
 def test_forward_with_nothing_differentiable(server, oracle, info):
-    expect_error(server.endpoint, lambda: oracle.forward(pb.TEXT, {}, ["a cat"]),
-                 INVALID, "grad_inputs", "Embed")
-    expect_error(server.endpoint, lambda: oracle.forward(pb.TEXT, {"token_ids": oracle_ids(info)}),
-                 INVALID, "grad_inputs", "Embed")
+    expect_error(server.endpoint, lambda: oracle.forward(pb.TEXT, {}, ["a cat"]), INVALID, "grad_inputs", "Embed")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.forward(pb.TEXT, {"token_ids": oracle_ids(info)}),
+        INVALID,
+        "grad_inputs",
+        "Embed",
+    )
 
 
 # -- Backward ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [
-    lambda h: "",
-    lambda h: "nonsense",
-    lambda h: "a.b.c",
-    lambda h: h.rsplit(".", 1)[0],
-    lambda h: h + ".1",
-    lambda h: h + "0",
-    lambda h: h.replace(".", ".-", 1),
-    lambda h: other_handle(h, "\u00b2"),  # a unicode digit, not an ASCII one
-    lambda h: other_handle(h, "\u0661"),
-    lambda h: "x" * 10_000,
-], ids=["empty", "word", "three_words", "two_parts", "four_parts", "long_token",
-        "negative_seq", "superscript_seq", "arabic_seq", "huge"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda h: "",
+        lambda h: "nonsense",
+        lambda h: "a.b.c",
+        lambda h: h.rsplit(".", 1)[0],
+        lambda h: h + ".1",
+        lambda h: h + "0",
+        lambda h: h.replace(".", ".-", 1),
+        lambda h: other_handle(h, "\u00b2"),  # a unicode digit, not an ASCII one
+        lambda h: other_handle(h, "\u0661"),
+        lambda h: "x" * 10_000,
+    ],
+    ids=[
+        "empty",
+        "word",
+        "three_words",
+        "two_parts",
+        "four_parts",
+        "long_token",
+        "negative_seq",
+        "superscript_seq",
+        "arabic_seq",
+        "huge",
+    ],
+)
 def test_backward_malformed_handle(server, oracle, stub, info, make):
     _, handle, emb = forward_image(oracle, info)
     bad = make(handle)
-    details = expect_error(server.endpoint, lambda: oracle.backward(bad, torch.ones_like(emb)),
-                           INVALID, "handle", "malformed")
+    details = expect_error(
+        server.endpoint, lambda: oracle.backward(bad, torch.ones_like(emb)), INVALID, "handle", "malformed"
+    )
     assert len(details) < 500  # the echo of the handle is bounded
     assert set(oracle.backward(handle, torch.ones_like(emb))) == {"pixels"}
 
 
 def test_backward_unknown_well_formed_handle(server, oracle, info):
     _, handle, emb = forward_image(oracle, info)
-    for seq in (10 ** 12, 0):
+    for seq in (10**12, 0):
         unknown = other_handle(handle, seq)
-        expect_error(server.endpoint, lambda: oracle.backward(unknown, torch.ones_like(emb)),
-                     INVALID, "handle", "unknown")
+        expect_error(
+            server.endpoint, lambda: oracle.backward(unknown, torch.ones_like(emb)), INVALID, "handle", "unknown"
+        )
     assert set(oracle.backward(handle, torch.ones_like(emb))) == {"pixels"}
 
 
 def test_backward_handle_of_another_instance(server, oracle, limited, limited_info, info):
     with client(limited.endpoint) as c:
         _, foreign, emb = forward_image(c, limited_info)
-    expect_error(server.endpoint, lambda: oracle.backward(foreign, torch.ones_like(emb)),
-                 ABORTED, "handle", "another server instance")
+    expect_error(
+        server.endpoint,
+        lambda: oracle.backward(foreign, torch.ones_like(emb)),
+        ABORTED,
+        "handle",
+        "another server instance",
+    )
 
 
 def test_backward_consumed_handle(server, oracle, info):
     _, handle, emb = forward_image(oracle, info)
     oracle.backward(handle, torch.ones_like(emb))
-    expect_error(server.endpoint, lambda: oracle.backward(handle, torch.ones_like(emb)),
-                 ABORTED, "handle", "no longer held")
+    expect_error(
+        server.endpoint, lambda: oracle.backward(handle, torch.ones_like(emb)), ABORTED, "handle", "no longer held"
+    )
 
 
 def _fresh_gradient(oracle, info, batch, grad):
@@ -709,19 +902,33 @@ def _fresh_gradient(oracle, info, batch, grad):
     return oracle.backward(handle, grad)["pixels"]
 
 
-@pytest.mark.parametrize("bad", [
-    lambda g: g[:, :-1], lambda g: torch.cat([g, g[:1]]), lambda g: g[0], lambda g: g[None],
-    lambda g: g.to(torch.int64), lambda g: torch.where(g > 0, float("nan"), g),
-    lambda g: torch.where(g > 0, float("inf"), g), lambda g: torch.where(g > 0, -float("inf"), g),
-], ids=["narrow", "batch_plus_one", "1d", "3d", "int64", "nan", "inf", "minus_inf"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda g: g[:, :-1],
+        lambda g: torch.cat([g, g[:1]]),
+        lambda g: g[0],
+        lambda g: g[None],
+        lambda g: g.to(torch.int64),
+        lambda g: torch.where(g > 0, float("nan"), g),
+        lambda g: torch.where(g > 0, float("inf"), g),
+        lambda g: torch.where(g > 0, -float("inf"), g),
+    ],
+    ids=["narrow", "batch_plus_one", "1d", "3d", "int64", "nan", "inf", "minus_inf"],
+)
 def test_backward_bad_gradient_then_handle_still_works(server, oracle, info, bad):
     batch, E = 2, info.embed_dim
     _, handle, emb = forward_image(oracle, info, batch)
     assert emb.shape == (batch, E)
     grad = torch.randn(batch, E, generator=torch.Generator().manual_seed(1))
     wrong = bad(grad)
-    fragment = "dtype int64" if wrong.dtype == torch.int64 else \
-        f"({batch}, {E})" if wrong.shape != grad.shape else "NaN or Inf"
+    fragment = (
+        "dtype int64"
+        if wrong.dtype == torch.int64
+        else f"({batch}, {E})"
+        if wrong.shape != grad.shape
+        else "NaN or Inf"
+    )
     expect_error(server.endpoint, lambda: oracle.backward(handle, wrong), INVALID, "embeddings", fragment)
     grads = oracle.backward(handle, grad)  # checked before consuming: the handle still works
     assert torch.equal(grads["pixels"], _fresh_gradient(oracle, info, batch, grad))
@@ -730,17 +937,25 @@ def test_backward_bad_gradient_then_handle_still_works(server, oracle, info, bad
 @pytest.mark.parametrize("dtype", [pb.UINT8, pb.INT64])
 def test_backward_output_dtype_refused(server, oracle, stub, info, dtype):
     _, handle, emb = forward_image(oracle, info)
-    expect_error(server.endpoint, lambda: raw(stub.Backward, [
-        bw_header(handle, output_dtype=dtype), *bw_chunks(torch.ones_like(emb))]),
-        INVALID, "output_dtype", pb.DataType.Name(dtype))
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Backward, [bw_header(handle, output_dtype=dtype), *bw_chunks(torch.ones_like(emb))]),
+        INVALID,
+        "output_dtype",
+        pb.DataType.Name(dtype),
+    )
     assert set(oracle.backward(handle, torch.ones_like(emb))) == {"pixels"}
 
 
 def test_backward_header_twice(server, oracle, stub, info):
     _, handle, emb = forward_image(oracle, info)
-    expect_error(server.endpoint, lambda: raw(stub.Backward, [
-        bw_header(handle), bw_header(handle), *bw_chunks(torch.ones_like(emb))]),
-        INVALID, "header", "twice")
+    expect_error(
+        server.endpoint,
+        lambda: raw(stub.Backward, [bw_header(handle), bw_header(handle), *bw_chunks(torch.ones_like(emb))]),
+        INVALID,
+        "header",
+        "twice",
+    )
     assert set(oracle.backward(handle, torch.ones_like(emb))) == {"pixels"}
 
 
@@ -751,8 +966,14 @@ def test_expired_handle_is_aborted(limited, limited_info):
     with client(limited.endpoint) as c:
         _, handle, emb = forward_image(c, limited_info)
         time.sleep(ttl + 0.3)
-        expect_error(limited.endpoint, lambda: c.backward(handle, torch.ones_like(emb)),
-                     ABORTED, "handle", "no longer held", f"{ttl:g} s")
+        expect_error(
+            limited.endpoint,
+            lambda: c.backward(handle, torch.ones_like(emb)),
+            ABORTED,
+            "handle",
+            "no longer held",
+            f"{ttl:g} s",
+        )
 
 
 class RecordingClient(OracleClient):

@@ -1,5 +1,6 @@
 """Speed benchmarks at toy size, so none of them rots; their figures are never asserted (timings
 are not pass/fail), only that each runs and writes what it says it writes."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,23 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_the_transport_benchmark_echoes_every_mode_at_toy_size(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "transport.py"), "--sizes", "1", "--reps", "2",
-                           "--runs", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "transport.py"),
+            "--sizes",
+            "1",
+            "--reps",
+            "2",
+            "--runs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [result] = json.loads((tmp_path / "transport.json").read_text())
     assert result["megabytes"] == 1 and len(result["runs"]) == 2
@@ -31,8 +47,9 @@ def test_the_transport_benchmark_echoes_every_mode_at_toy_size(tmp_path):
 
 def run_benchmark(script: str, *args: str, env=None, expect=0) -> subprocess.CompletedProcess:
     """Runs benchmarks/SCRIPT; its exit code must be `expect` (None: checked by the caller)."""
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=900, env=env)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=900, env=env
+    )
     assert expect is None or done.returncode == expect, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
@@ -44,8 +61,21 @@ def written(out: Path, name: str):
 
 
 def test_the_step_overhead_benchmark_splits_a_tiny_step_and_counts_its_wire_bytes(tmp_path):
-    run_benchmark("step_overhead.py", "--models", "tiny", "--methods", "dga,lga", "--runs", "1", "--reps", "1",
-                  "--warmup", "0", "--out", str(tmp_path))
+    run_benchmark(
+        "step_overhead.py",
+        "--models",
+        "tiny",
+        "--methods",
+        "dga,lga",
+        "--runs",
+        "1",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(tmp_path),
+    )
     model, lga = written(tmp_path, "step_overhead")
     assert (model["model"], model["method"], model["batch"], lga["method"]) == ("tiny", "dga", 8, "lga")
     assert len(model["runs"]) == 1
@@ -62,8 +92,21 @@ def test_the_step_overhead_benchmark_splits_a_tiny_step_and_counts_its_wire_byte
 
 
 def test_the_concurrent_clients_benchmark_measures_rate_and_memory_both_ways(tmp_path):
-    run_benchmark("concurrent_clients.py", "--model", "graytune-tiny", "--clients", "2", "--batch", "2",
-                  "--steps", "1", "--repeats", "1", "--out", str(tmp_path))
+    run_benchmark(
+        "concurrent_clients.py",
+        "--model",
+        "graytune-tiny",
+        "--clients",
+        "2",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
     results = written(tmp_path, "concurrent_clients")
     assert [r["merge_batches"] for r in results] == [True, False]
     for r in results:
@@ -72,16 +115,40 @@ def test_the_concurrent_clients_benchmark_measures_rate_and_memory_both_ways(tmp
 
 
 def test_the_soak_benchmark_samples_a_short_run(tmp_path):
-    done = run_benchmark("soak.py", "--clients", "1", "--minutes", "0.25", "--warmup-seconds", "3",
-                         "--interval", "0.5", "--batch", "2", "--out", str(tmp_path), expect=None)
+    done = run_benchmark(
+        "soak.py",
+        "--clients",
+        "1",
+        "--minutes",
+        "0.25",
+        "--warmup-seconds",
+        "3",
+        "--interval",
+        "0.5",
+        "--batch",
+        "2",
+        "--out",
+        str(tmp_path),
+        expect=None,
+    )
     result = written(tmp_path, "soak")
     assert result["summary"]["failed_clients"] == [] and len(result["samples"]) >= 10
     assert "target < 5%" in done.stdout and done.returncode == (0 if result["summary"]["met_target"] else 1)
 
 
 def test_the_gradient_protection_benchmark_trains_once_per_key(cache_dir, tmp_path):
-    run_benchmark("gradient_protection.py", "--keys", "none,clip 0.1x", "--steps", "2", "--batch-size", "8",
-                  "--out", str(tmp_path), env={**os.environ, "GRAYTUNE_CACHE": str(cache_dir)})
+    run_benchmark(
+        "gradient_protection.py",
+        "--keys",
+        "none,clip 0.1x",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path),
+        env={**os.environ, "GRAYTUNE_CACHE": str(cache_dir)},
+    )
     result = written(tmp_path, "gradient_protection")
     assert set(result["keys"]) == {"none", "clip 0.1x"} and result["keys"]["clip 0.1x"]["clip"] > 0
     # The unprotected key keeps all of its own gain, or there was none to keep in two steps.

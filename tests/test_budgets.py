@@ -1,5 +1,6 @@
 """Budgets in SQLite: one charge per key, call id and request digest; refunds give back exactly
 what the failed request was charged, once; usage never goes below zero."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -85,6 +86,7 @@ def test_concurrent_charges_never_overspend(budgets):
             granted.append(budgets.charge(KEY, 7, f"call-{i}", "d"))
         except OverLimit:
             pass
+
     for i in range(30):
         threads.append(threading.Thread(target=spend, args=(i,)))
         threads[-1].start()

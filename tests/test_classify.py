@@ -1,5 +1,6 @@
 """Few-shot classification: metrics against hand-computed cases, data errors naming file and
 field, and training through the real server (DGA, a linear probe with a blackbox key)."""
+
 from __future__ import annotations
 
 import json
@@ -10,23 +11,28 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from test_credentials import KEYED_ARGS, create_key
 
-from conftest import wait_until
 from graytune.client.data.tables import DataError
 from graytune.client.tasks.classify.data import few_shot_split, read_classnames, read_labeled, read_templates
 from graytune.client.tasks.classify.metrics import classification_metrics, true_class_rank
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient
-from test_credentials import KEYED_ARGS, create_key
 
+from conftest import wait_until
 
 # -- metrics ---------------------------------------------------------------------------------
 
+
 def test_top_k_and_per_class_accuracy_by_hand():
-    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0, -1.0, -2.0],   # label 0: rank 0
-                           [3.0, 1.0, 2.0, 0.0, -1.0, -2.0],   # label 1: rank 2
-                           [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],     # label 0: rank 5
-                           [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])    # label 1: tied with class 0, rank 0
+    logits = torch.tensor(
+        [
+            [3.0, 1.0, 2.0, 0.0, -1.0, -2.0],  # label 0: rank 0
+            [3.0, 1.0, 2.0, 0.0, -1.0, -2.0],  # label 1: rank 2
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # label 0: rank 5
+            [1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )  # label 1: tied with class 0, rank 0
     labels = torch.tensor([0, 1, 0, 1])
     assert true_class_rank(logits, labels).tolist() == [0, 2, 5, 0]
     metrics = classification_metrics(logits, labels, list("abcdef"))
@@ -46,6 +52,7 @@ def test_metrics_refuse_mismatched_shapes():
 
 # -- data ------------------------------------------------------------------------------------
 
+
 def write_folders(root, counts: dict):
     for name, count in counts.items():
         (root / name).mkdir(parents=True)
@@ -60,7 +67,12 @@ def test_class_folders_give_sorted_classes_and_labels(tmp_path):
     images, classes = read_labeled(root)
     assert classes == ["cat", "golden_retriever"]
     assert [(os.path.basename(i.path), i.label) for i in images] == [
-        ("000.png", 0), ("001.png", 0), ("002.png", 0), ("000.png", 1), ("001.png", 1)]
+        ("000.png", 0),
+        ("001.png", 0),
+        ("002.png", 0),
+        ("000.png", 1),
+        ("001.png", 1),
+    ]
 
 
 def test_labels_as_names_or_indices_of_a_classnames_file(tmp_path):
@@ -71,10 +83,13 @@ def test_labels_as_names_or_indices_of_a_classnames_file(tmp_path):
     assert images[0].where.endswith("data.csv, line 2")
 
 
-@pytest.mark.parametrize("row, message", [
-    ("c.png\tbird", r"data\.csv, line 3: unknown label 'bird': not one of the 2 class names, nor an index below 2"),
-    ("c.png\t2", r"data\.csv, line 3: unknown label '2'"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("c.png\tbird", r"data\.csv, line 3: unknown label 'bird': not one of the 2 class names, nor an index below 2"),
+        ("c.png\t2", r"data\.csv, line 3: unknown label '2'"),
+    ],
+)
 def test_an_unknown_label_names_its_file_and_line(tmp_path, row, message):
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     (tmp_path / "data.csv").write_text(f"filepath\tlabel\na.png\tdog\n{row}\n")
@@ -126,10 +141,15 @@ def test_repeated_class_names_are_refused(tmp_path):
 
 # -- through the real server -------------------------------------------------------------------
 
+
 def graytune(endpoint, *args, key=None):
     env = {**os.environ, "GRAYTUNE_API_KEY": key} if key else os.environ
-    return subprocess.run([sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", endpoint],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", endpoint],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def records(run_dir):
@@ -137,9 +157,27 @@ def records(run_dir):
 
 
 def classify_args(digits, run_dir, *extra):
-    return ("train", "--task", "classify", "--shots", "8", "--train-data", digits["train_labels"],
-            "--val-data", digits["val_labels"], "--output-dir", str(run_dir), "--steps", "20",
-            "--eval-every", "20", "--save-every", "20", "--no-progress", *extra)
+    return (
+        "train",
+        "--task",
+        "classify",
+        "--shots",
+        "8",
+        "--train-data",
+        digits["train_labels"],
+        "--val-data",
+        digits["val_labels"],
+        "--output-dir",
+        str(run_dir),
+        "--steps",
+        "20",
+        "--eval-every",
+        "20",
+        "--save-every",
+        "20",
+        "--no-progress",
+        *extra,
+    )
 
 
 def test_dga_classification_beats_zero_shot_and_eval_reproduces_it(pretrained_server, digits, tmp_path):
@@ -151,12 +189,23 @@ def test_dga_classification_beats_zero_shot_and_eval_reproduces_it(pretrained_se
     run, zero_shot = logged[0], logged[1]
     assert (run["kind"], run["task"], run["method"], run["train_samples"]) == ("run", "classify", "graybox-dga", 80)
     assert zero_shot["kind"] == "zero_shot" and final["top1"] > zero_shot["top1"], (zero_shot, final)
-    assert set(final["per_class_accuracy"]) == {"zero", "one", "two", "three", "four", "five", "six",
-                                                "seven", "eight", "nine"}
+    assert set(final["per_class_accuracy"]) == {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }
     assert logged[-1]["oracle/Forward_samples"] == 20 * (32 + 10), "32 images and 10 class prompts a step"
 
-    evaluated = graytune(pretrained_server.endpoint, "eval", "--adapter", str(run_dir / "adapter"),
-                         "--val-data", digits["val_labels"])
+    evaluated = graytune(
+        pretrained_server.endpoint, "eval", "--adapter", str(run_dir / "adapter"), "--val-data", digits["val_labels"]
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     # The same adapters on the same images; the server batches calls differently, and float
     # rounding may flip a near-tie: allow one image of the 359 either way.
@@ -173,11 +222,15 @@ def test_a_class_with_too_few_images_is_refused_before_any_call(pretrained_serve
 def test_a_blackbox_key_trains_a_linear_probe_without_a_gradient_call(cache_dir, digits, tmp_path):
     key_file, log = tmp_path / "keys.json", tmp_path / "server.log"
     secret = create_key(key_file, "--tier", "blackbox", "--budget", "100000")
-    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"],
-                     env={"GRAYTUNE_CACHE": str(cache_dir)}, log_file=str(log)) as server:
+    with LocalServer(
+        [*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"],
+        env={"GRAYTUNE_CACHE": str(cache_dir)},
+        log_file=str(log),
+    ) as server:
         run_dir = tmp_path / "run"
-        result = graytune(server.endpoint, *classify_args(digits, run_dir, "--method", "linear-probe",
-                                                          "--lr", "0.01"), key=secret)
+        result = graytune(
+            server.endpoint, *classify_args(digits, run_dir, "--method", "linear-probe", "--lr", "0.01"), key=secret
+        )
         assert result.returncode == 0, result.stderr
         with OracleClient(server.endpoint, api_key=secret) as oracle:
             charged = 100000 - oracle.describe().budget_remaining
@@ -189,9 +242,14 @@ def test_a_blackbox_key_trains_a_linear_probe_without_a_gradient_call(cache_dir,
     val_images = len(open(digits["val_labels"]).read().splitlines()) - 1
     # Every image and class prompt embedded once for the whole run, charged once.
     assert final["oracle/Embed_samples"] == charged == 80 + val_images + 10
-    report = json.loads(subprocess.run(
-        server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"],
-        capture_output=True, text=True, check=True).stdout)
+    report = json.loads(
+        subprocess.run(
+            server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert set(report["calls_by_method"]) == {"Describe", "Embed"}, report
     assert report["gradient_samples"] == 0 and report["samples_embedded"] == charged
 
@@ -199,10 +257,10 @@ def test_a_blackbox_key_trains_a_linear_probe_without_a_gradient_call(cache_dir,
 def test_output_adapters_train_with_a_blackbox_key_charged_each_input_once(cache_dir, digits, tmp_path):
     key_file = tmp_path / "keys.json"
     secret = create_key(key_file, "--tier", "blackbox", "--budget", "100000")
-    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"],
-                     env={"GRAYTUNE_CACHE": str(cache_dir)}) as server:
-        result = graytune(server.endpoint, *classify_args(digits, tmp_path / "run", "--adapters", "output"),
-                          key=secret)
+    with LocalServer(
+        [*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"], env={"GRAYTUNE_CACHE": str(cache_dir)}
+    ) as server:
+        result = graytune(server.endpoint, *classify_args(digits, tmp_path / "run", "--adapters", "output"), key=secret)
         assert result.returncode == 0, result.stderr
         with OracleClient(server.endpoint, api_key=secret) as oracle:
             charged = 100000 - oracle.describe().budget_remaining

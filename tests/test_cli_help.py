@@ -1,4 +1,5 @@
 """Every option of every `graytune` command explains itself and shows its default."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,13 @@ import sys
 import pytest
 
 from graytune.client.cli import build_parser
+from graytune.client.data.tables import CsvFormat
+from graytune.client.methods.registry import METHODS
+from graytune.client.options import defaults, flag_name, option_fields
+from graytune.client.tasks import TASKS, task_class
+from graytune.client.training.loop import TrainConfig
 
-COMMANDS = ("info", "data", "train", "eval", "plot", "demo")
+COMMANDS = ("info", "data", "train", "eval", "embed", "predict", "plot", "demo")
 
 
 def option_blocks(help_text: str) -> dict:
@@ -41,12 +47,100 @@ def test_every_option_has_help_and_a_default(command):
             assert "default" in block, f"{command} {action.option_strings[0]}: no default shown"
 
 
+def train_help(*argv: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", "train", *argv, "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_train_help_shows_the_real_defaults():
-    result = subprocess.run([sys.executable, "-m", "graytune.client.cli", "train", "--help"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0
-    blocks = option_blocks(result.stdout)
-    for option, default in (("--steps", "100"), ("--lr", "0.001"), ("--wd", "0.0"), ("--seed", "0"),
-                            ("--batch-size", "32"), ("--warmup", "10"), ("--pixel-layers", "2"),
-                            ("--deep-prompt-depth", "0"), ("--resume", "off")):
+    blocks = {**option_blocks(train_help()), **option_blocks(train_help("--method", "lga"))}
+    for option, default in (
+        ("--steps", "100"),
+        ("--lr", "0.001"),
+        ("--wd", "0.0"),
+        ("--seed", "0"),
+        ("--batch-size", "32"),
+        ("--warmup", "10"),
+        ("--pixel-layers", "2"),
+        ("--deep-prompt-depth", "0"),
+        ("--resume", "off"),
+    ):
         assert f"(default: {default})" in blocks[option], blocks[option]
+
+
+RUN_FLAGS = {
+    "--endpoint",
+    "--timeout",
+    "--reconnect-timeout",
+    "--wire-dtype",
+    "--tls",
+    "--tls-ca",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-server-name",
+    "--task",
+    "--csv-img-key",
+    "--csv-caption-key",
+    "--csv-label-key",
+    "--csv-separator",
+    "--train-data",
+    "--output-dir",
+    "--val-data",
+    "--batch-size",
+    "--eval-every",
+    "--save-every",
+    "--seed",
+    "--report-to",
+    "--method",
+    "--resume",
+    "--overwrite",
+    "--no-progress",
+    "-h",
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_help_shows_the_chosen_methods_options_only(method):
+    shown = set(option_blocks(train_help("--method", method)))
+    assert shown - RUN_FLAGS == {flag_name(f.name) for f in option_fields(METHODS[method].options)}
+
+
+@pytest.mark.parametrize(
+    "argv, refusal",
+    [
+        (
+            ("--method", "craft", "--wd", "0.1"),
+            "--method craft has no --wd (a flag of --method dga, lga, linear-probe)",
+        ),
+        (("--method", "dga", "--popsize", "10"), "--method dga has no --popsize (a flag of --method craft)"),
+        (("--method", "linear-probe", "--deep-prompt-depth", "2"), "--method linear-probe has no --deep-prompt-depth"),
+        (("--task", "retrieval", "--shots", "4"), "--task retrieval has no --shots (a flag of --task classify)"),
+    ],
+)
+def test_a_flag_of_another_method_or_task_is_refused_in_one_line(argv, refusal):
+    result = subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", "train", "--train-data", "x.csv", "--output-dir", "run", *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and refusal in result.stderr, result.stderr
+    assert "it takes" in result.stderr
+
+
+def test_the_command_lines_defaults_are_the_dataclasses():
+    """No default is written twice: each flag's default is its dataclass field's."""
+    for method in METHODS:
+        for task in TASKS:
+            train = subparser(build_parser(["train", "--method", method, "--task", task]), "train")
+            parsed = {a.dest: tuple(a.default) if isinstance(a.default, list) else a.default for a in train._actions}
+            for cls in (TrainConfig, CsvFormat, METHODS[method].options, task_class(task).Options):
+                for name, default in defaults(cls).items():
+                    assert parsed[name] == default, (method, task, name)
+
+
+def subparser(parser, command: str):
+    return next(a for a in parser._actions if a.dest == "command").choices[command]

@@ -11,6 +11,7 @@ bit. Rounding and cross-talk are told apart by the relative L2 error of each gra
 - cross-talk: another caller's rows in this caller's gradient differ from its own at O(1),
   which the test measures directly on two deliberately different callers.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,10 +26,11 @@ from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
+
 from conftest import SERVER_ARGS, relative_error
 
 CLIENTS = 4
-ROUNDING_BOUND = 40 * 512 * 2.0 ** -24  # relative L2 error a reordered float32 step can show
+ROUNDING_BOUND = 40 * 512 * 2.0**-24  # relative L2 error a reordered float32 step can show
 
 
 def one_step(endpoint: str, seed: int):

@@ -1,11 +1,13 @@
 """A step's tower calls run on threads of their own, in the caller's grad mode."""
+
 from __future__ import annotations
 
 import threading
 
 import torch
 
-from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.methods.graybox.config import GrayboxConfig
+from graytune.client.methods.graybox.model import GrayboxCLIP
 from graytune.client.tasks.retrieval.task import contrastive_step_loss
 from graytune.client.transport.concurrent import concurrently
 
@@ -26,8 +28,9 @@ def test_results_come_back_in_order_and_in_the_callers_grad_mode():
 def test_an_evaluation_under_no_grad_stays_gradient_free(oracle, digits):
     from graytune.client.data.preprocess import preprocess_for
     from graytune.client.tasks.retrieval.data import ImageCaptionDataset
+
     batch = ImageCaptionDataset(digits["train"], preprocess_for(oracle)).batch(range(4))
-    model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+    model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle), oracle)
     with torch.no_grad():
         contrastive_step_loss(model, *batch)
     assert (oracle.calls["Embed"], oracle.calls["Forward"]) == (2, 0)

@@ -1,5 +1,6 @@
 """Connecting: a server never reached fails after connect_timeout, one that went away is waited
 for up to reconnect_timeout; one error type, clean shutdown."""
+
 from __future__ import annotations
 
 import socket
@@ -11,6 +12,7 @@ import pytest
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
+
 from conftest import SERVER_ARGS
 
 
@@ -80,18 +82,24 @@ def test_client_retries_until_the_server_is_up():
 
 def test_health_and_reflection_are_served():
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
-        ProtoReflectionDescriptorDatabase
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     # Reflection is off unless the owner turns it on (tests/test_abuse.py checks the default).
-    with LocalServer([*SERVER_ARGS, "--reflection-streams", "2"]) as server, \
-            grpc.insecure_channel(server.endpoint) as channel:
+    with (
+        LocalServer([*SERVER_ARGS, "--reflection-streams", "2"]) as server,
+        grpc.insecure_channel(server.endpoint) as channel,
+    ):
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(service="graytune.v1.GradientOracle"), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert "graytune.v1.GradientOracle" in services
         assert "grpc.health.v1.Health" in services
-        methods = {m.name for m in ProtoReflectionDescriptorDatabase(channel)
-                   .FindFileContainingSymbol("graytune.v1.GradientOracle").service[0].method}
+        methods = {
+            m.name
+            for m in ProtoReflectionDescriptorDatabase(channel)
+            .FindFileContainingSymbol("graytune.v1.GradientOracle")
+            .service[0]
+            .method
+        }
         assert methods == {"Describe", "Embed", "Forward", "Backward"}

@@ -2,6 +2,7 @@
 here): its COPY lines staged into a folder, its `pip install` commands run in a fresh venv with
 its build arguments; the server from that venv must then serve a caller and pass the health
 check. A dependency the image lacks, or a file it does not copy, fails here."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ IGNORED_ENV = {"PIP_NO_CACHE_DIR"}
 
 def instructions(dockerfile: Path) -> list:
     """[(INSTRUCTION, arguments)], continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
-                                           if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip()]
 
 
@@ -65,8 +69,13 @@ def build(dockerfile: Path, root: Path) -> tuple:
             for command in expand(value).split("&&"):
                 words = shlex.split(command)
                 if words[:2] == ["pip", "install"]:
-                    subprocess.run([str(python / "bin" / "pip"), *words[1:]], cwd=workdir, check=True,
-                                   capture_output=True, env={**os.environ, **env})
+                    subprocess.run(
+                        [str(python / "bin" / "pip"), *words[1:]],
+                        cwd=workdir,
+                        check=True,
+                        capture_output=True,
+                        env={**os.environ, **env},
+                    )
                 else:
                     assert words[0] in OS_COMMANDS, f"RUN {command}: this test does not know it"
         elif instruction == "ENTRYPOINT":
@@ -88,14 +97,16 @@ def test_the_images_environment_serves_gradients_and_passes_its_health_check(ima
     assert entrypoint[0] == "graytune-server"
     server_exe = str(python / "bin" / entrypoint[0])
     with LocalServer(["--dev", "--plaintext", "--threads", "1"], command=[server_exe]) as server:
-        health = subprocess.run([server_exe, "health", "--address", server.endpoint],
-                                capture_output=True, text=True, timeout=120)
+        health = subprocess.run(
+            [server_exe, "health", "--address", server.endpoint], capture_output=True, text=True, timeout=120
+        )
         with OracleClient(server.endpoint) as oracle:
             info = oracle.describe()
             pixels = torch.randn(2, 3, info.image.height, info.image.width, requires_grad=True)
             RemoteImageTower(oracle)(pixels).sum().backward()
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
-    installed = subprocess.run([str(python / "bin" / "pip"), "list", "--format", "freeze"],
-                               capture_output=True, text=True, check=True).stdout
+    installed = subprocess.run(
+        [str(python / "bin" / "pip"), "list", "--format", "freeze"], capture_output=True, text=True, check=True
+    ).stdout
     assert "graytune==" in installed and "pytest==" not in installed, "the server extra only"

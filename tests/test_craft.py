@@ -1,6 +1,7 @@
 """CraFT: its losses by hand, its search resumable bit for bit, and training with a blackbox key
 through real server processes (no gradient call, budget agreement, the end of a budget,
 determinism, resume after SIGKILL, eval and predict of the result)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,18 +17,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-
-from conftest import wait_until
-from graytune.client.craft.losses import prompt_fitness, refinement_loss
-from graytune.client.craft.model import RefinementMLP
-from graytune.client.craft.search import PromptSearch, SearchSettings
-from graytune.client.transport.local_server import LocalServer, server_command
-from graytune.client.transport.oracle_client import OracleClient
 from test_classify import graytune, records
 from test_credentials import KEYED_ARGS, create_key
 
+from graytune.client.methods.craft.losses import prompt_fitness, refinement_loss
+from graytune.client.methods.craft.model import RefinementMLP
+from graytune.client.methods.craft.options import CraftOptions
+from graytune.client.methods.craft.search import PromptSearch
+from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.oracle_client import OracleClient
+
+from conftest import wait_until
 
 # -- the modules, in-process ------------------------------------------------------------------
+
 
 def test_fitness_and_refinement_losses_by_hand():
     g = torch.Generator().manual_seed(0)
@@ -40,8 +43,9 @@ def test_fitness_and_refinement_losses_by_hand():
         assert torch.allclose(fitness[p], F.cross_entropy(prompt[p], labels) + 0.1 * kl, atol=1e-6)
     q, r = prompt[0].softmax(-1), refined[0].softmax(-1)
     kl = (q * (q.log() - r.log())).sum(-1).mean()  # KL(prompt || refined)
-    assert torch.allclose(refinement_loss(refined[0], prompt[0], labels, 0.1),
-                          F.cross_entropy(refined[0], labels) + 0.1 * kl, atol=1e-6)
+    assert torch.allclose(
+        refinement_loss(refined[0], prompt[0], labels, 0.1), F.cross_entropy(refined[0], labels) + 0.1 * kl, atol=1e-6
+    )
 
 
 def test_refinement_starts_as_the_identity():
@@ -54,7 +58,7 @@ def sphere(candidates: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_search_is_a_function_of_its_seed_and_resumes_bit_for_bit():
-    settings = SearchSettings(popsize=8, sigma=0.5)
+    settings = CraftOptions(popsize=8, sigma=0.5)
     whole = PromptSearch(16, settings, seed=3)
     asked = []
     for _ in range(6):
@@ -78,11 +82,33 @@ def test_the_search_is_a_function_of_its_seed_and_resumes_bit_for_bit():
 
 # -- training through the oracle with a blackbox key --------------------------------------------
 
+
 def craft_args(digits, run_dir, *extra):
-    return ("train", "--task", "classify", "--method", "craft", "--shots", "16", "--popsize", "8",
-            "--queries", "160", "--train-data", digits["train_labels"], "--val-data", digits["val_labels"],
-            "--output-dir", str(run_dir), "--eval-every", "20", "--save-every", "4", "--no-progress",
-            "--workers", "0", *extra)
+    return (
+        "train",
+        "--task",
+        "classify",
+        "--method",
+        "craft",
+        "--shots",
+        "16",
+        "--popsize",
+        "8",
+        "--queries",
+        "160",
+        "--train-data",
+        digits["train_labels"],
+        "--val-data",
+        digits["val_labels"],
+        "--output-dir",
+        str(run_dir),
+        "--eval-every",
+        "20",
+        "--save-every",
+        "4",
+        "--no-progress",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +116,15 @@ def blackbox(cache_dir, tmp_path_factory):
     """A keyed server with the MNIST-pretrained backbone and its log file; the keys by budget."""
     folder = tmp_path_factory.mktemp("craft-server")
     key_file, log = folder / "keys.json", folder / "server.log"
-    secrets = {budget: create_key(key_file, "--tier", "blackbox", "--budget", str(budget))
-               for budget in (100000, 200000, 300000, 453)}
-    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"],
-                     env={"GRAYTUNE_CACHE": str(cache_dir)}, log_file=str(log)) as server:
+    secrets = {
+        budget: create_key(key_file, "--tier", "blackbox", "--budget", str(budget))
+        for budget in (100000, 200000, 300000, 453)
+    }
+    with LocalServer(
+        [*KEYED_ARGS, "--keys", str(key_file), "--pretrained", "mnist"],
+        env={"GRAYTUNE_CACHE": str(cache_dir)},
+        log_file=str(log),
+    ) as server:
         yield server, secrets, log
 
 
@@ -103,9 +134,14 @@ def charged(server, secret, budget) -> int:
 
 
 def audit(log, secret) -> dict:
-    return json.loads(subprocess.run(
-        server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"],
-        capture_output=True, text=True, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
 
 
 def test_craft_beats_zero_shot_with_no_gradient_call_and_counts_what_was_charged(blackbox, digits, tmp_path):
@@ -125,13 +161,15 @@ def test_craft_beats_zero_shot_with_no_gradient_call_and_counts_what_was_charged
     # once, the class prompts once for zero-shot, one sample per candidate context
     val_images = len(open(digits["val_labels"]).read().splitlines()) - 1
     assert final["oracle/Embed_samples"] == charged(server, secret, 100000) == 160 + val_images + 10 + 160
-    wait_until(lambda: audit(log, secret)["samples_embedded"] == final["oracle/Embed_samples"], 30,
-               "the audit log's last line")
+    wait_until(
+        lambda: audit(log, secret)["samples_embedded"] == final["oracle/Embed_samples"], 30, "the audit log's last line"
+    )
     report = audit(log, secret)
     assert set(report["calls_by_method"]) == {"Describe", "Embed"}, report
     assert report["gradient_samples"] == 0
-    evaluated = graytune(server.endpoint, "eval", "--adapter", str(run_dir / "adapter"), "--val-data",
-                         digits["val_labels"], key=secret)
+    evaluated = graytune(
+        server.endpoint, "eval", "--adapter", str(run_dir / "adapter"), "--val-data", digits["val_labels"], key=secret
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     # the same prompt and MLP on the same images; a near-tie may flip under other batching
     assert abs(json.loads(evaluated.stdout)["top1"] - final["top1"]) <= 1 / val_images + 1e-9
@@ -144,9 +182,12 @@ def test_the_same_seed_gives_the_same_result_and_a_killed_run_resumes_to_it(blac
     key = secrets[200000]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert graytune(server.endpoint, *craft_args(digits, whole), key=key).returncode == 0
-    run = subprocess.Popen([sys.executable, "-m", "graytune.client.cli", *craft_args(digits, killed),
-                            "--endpoint", server.endpoint], env={**os.environ, "GRAYTUNE_API_KEY": key},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "graytune.client.cli", *craft_args(digits, killed), "--endpoint", server.endpoint],
+        env={**os.environ, "GRAYTUNE_API_KEY": key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = killed / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
@@ -165,8 +206,13 @@ def test_the_same_seed_gives_the_same_result_and_a_killed_run_resumes_to_it(blac
     val_images = len(open(digits["val_labels"]).read().splitlines()) - 1
     assert charged(server, other, 300000) - spent == (20 - step) * 8 + val_images
     expected = load_file(str(whole / "adapter" / "adapters.safetensors"))
-    assert set(expected) == {"z", "refine.net.0.weight", "refine.net.0.bias", "refine.net.2.weight",
-                             "refine.net.2.bias"}
+    assert set(expected) == {
+        "z",
+        "refine.net.0.weight",
+        "refine.net.0.bias",
+        "refine.net.2.weight",
+        "refine.net.2.bias",
+    }
     got = load_file(str(killed / "adapter" / "adapters.safetensors"))
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
@@ -185,9 +231,18 @@ def test_a_spent_budget_ends_the_run_cleanly_with_the_last_prompt_saved(blackbox
     assert charged(server, key, 453) == 449
     assert (run_dir / "latest").read_text().strip() == "checkpoints/step_0000005"
     assert (run_dir / "adapter" / "adapters.safetensors").is_file()
-    predicted = graytune(server.endpoint, "predict", "--adapter", str(run_dir / "adapter"), "--images",
-                         digits["val_labels"], "--out", str(tmp_path / "classes.csv"), "--no-progress",
-                         key=secrets[300000])
+    predicted = graytune(
+        server.endpoint,
+        "predict",
+        "--adapter",
+        str(run_dir / "adapter"),
+        "--images",
+        digits["val_labels"],
+        "--out",
+        str(tmp_path / "classes.csv"),
+        "--no-progress",
+        key=secrets[300000],
+    )
     assert predicted.returncode == 0, predicted.stderr
     rows = (tmp_path / "classes.csv").read_text().splitlines()
     assert len(rows) == 1 + 359 and rows[0].startswith("id,prediction,score,")
@@ -195,9 +250,25 @@ def test_a_spent_budget_ends_the_run_cleanly_with_the_last_prompt_saved(blackbox
 
 def test_the_queries_benchmark_runs_at_toy_size_one_call_per_generation(cache_dir, tmp_path):
     benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "craft_queries.py"
-    subprocess.run([sys.executable, str(benchmark), "--queries", "24", "--popsize", "8",
-                    "--shots", "1", "--eval-every", "1", "--out", str(tmp_path)],
-                   check=True, capture_output=True, env={**os.environ, "GRAYTUNE_CACHE": str(cache_dir)})
+    subprocess.run(
+        [
+            sys.executable,
+            str(benchmark),
+            "--queries",
+            "24",
+            "--popsize",
+            "8",
+            "--shots",
+            "1",
+            "--eval-every",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "GRAYTUNE_CACHE": str(cache_dir)},
+    )
     summary = json.loads((tmp_path / "craft_queries.json").read_text())
     assert summary["curve"]["queries"] == [0, 8, 16, 24] and summary["generations"] == 3
     assert summary["oracle_calls_per_generation"] == [1]  # a generation is one round trip
@@ -207,12 +278,18 @@ def test_the_queries_benchmark_runs_at_toy_size_one_call_per_generation(cache_di
 
 
 def test_a_generation_over_the_servers_rows_limit_is_split_over_calls(digits):
-    from graytune.client.adapters.graybox import AdapterConfig
-    from graytune.client.craft.model import CraftClassifier
     from test_context_prompts import ROUNDING
-    with LocalServer(["--dev", "--plaintext", "--threads", "1", "--tier", "blackbox",
-                      "--max-context-rows", "20"]) as server, OracleClient(server.endpoint) as oracle:
-        config = AdapterConfig.for_oracle(oracle, method="craft", craft={"intrinsic_dim": 16})
+
+    from graytune.client.methods.craft.model import CraftClassifier
+    from graytune.client.methods.registry import method
+
+    with (
+        LocalServer(
+            ["--dev", "--plaintext", "--threads", "1", "--tier", "blackbox", "--max-context-rows", "20"]
+        ) as server,
+        OracleClient(server.endpoint) as oracle,
+    ):
+        config = method("craft").adapter_config(oracle, CraftOptions(intrinsic_dim=16), seed=0)
         classnames = ["zero", "one", "two"]
         config = dataclasses.replace(config, classes=3, task={"name": "classify", "classnames": classnames})
         model = CraftClassifier(config, oracle)
@@ -220,11 +297,12 @@ def test_a_generation_over_the_servers_rows_limit_is_split_over_calls(digits):
         together = model.class_embeddings_of(z)  # 8 x 3 rows: calls of 6 candidates (18 rows), then 2
         assert together.shape == (8, 3, oracle.describe().embed_dim)
         assert oracle.usage() == {"Embed_calls": 2, "Embed_samples": 8}
-        alone = torch.cat([model.class_embeddings_of(z[i:i + 1]) for i in range(8)])
+        alone = torch.cat([model.class_embeddings_of(z[i : i + 1]) for i in range(8)])
         assert (together - alone).norm() / alone.norm() < ROUNDING
         with pytest.raises(ValueError, match="21 classes: the server embeds at most 20 prompts per call"):
-            CraftClassifier(dataclasses.replace(config, classes=21, task={"name": "classify",
-                                                                          "classnames": ["c"] * 21}), oracle)
+            CraftClassifier(
+                dataclasses.replace(config, classes=21, task={"name": "classify", "classnames": ["c"] * 21}), oracle
+            )
 
 
 class Pixels:
@@ -242,15 +320,20 @@ class Pixels:
 
 
 def test_saved_image_features_are_reused_only_for_the_same_images_and_backbone():
-    from graytune.client.adapters.graybox import AdapterConfig
-    from graytune.client.craft.loop import image_features
-    from graytune.client.craft.model import CraftClassifier
     from test_context_prompts import ROUNDING
-    with LocalServer(["--dev", "--plaintext", "--threads", "1", "--tier", "blackbox"]) as server, \
-            OracleClient(server.endpoint) as oracle:
-        config = AdapterConfig.for_oracle(oracle, method="craft", craft={"intrinsic_dim": 16})
-        model = CraftClassifier(dataclasses.replace(config, classes=2, task={"name": "classify", "classnames": ["a", "b"]}),
-                                oracle)
+
+    from graytune.client.methods.craft.model import CraftClassifier
+    from graytune.client.methods.craft.trainer import image_features
+    from graytune.client.methods.registry import method
+
+    with (
+        LocalServer(["--dev", "--plaintext", "--threads", "1", "--tier", "blackbox"]) as server,
+        OracleClient(server.endpoint) as oracle,
+    ):
+        config = method("craft").adapter_config(oracle, CraftOptions(intrinsic_dim=16), seed=0)
+        model = CraftClassifier(
+            dataclasses.replace(config, classes=2, task={"name": "classify", "classnames": ["a", "b"]}), oracle
+        )
         size = oracle.describe().image.height
         pixels = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
         saved = image_features(model, Pixels(pixels), 2, "backbone a")

@@ -1,11 +1,12 @@
 """Credentials, tiers, budgets and rate limits, against real servers started with a key file."""
+
 from __future__ import annotations
 
 import logging
 import signal
 import subprocess
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -17,14 +18,19 @@ from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower
 from graytune.server.access.credentials import KeyFile
 from graytune.v1 import oracle_pb2 as pb
+
 from conftest import wait_until
 
 KEYED_ARGS = ("--plaintext", "--threads", "1", "--log-level", "INFO")
 
 
 def create_key(key_file, *args) -> str:
-    result = subprocess.run(server_command() + ["keys", "--file", str(key_file), "create", *args],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        server_command() + ["keys", "--file", str(key_file), "create", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -70,8 +76,9 @@ def test_key_file_holds_hashes_never_secrets(keys):
     for secret in secrets.values():
         assert secret.startswith("gt_") and secret not in text
         assert secret.split("_")[1] in text  # the key id is there
-    listing = subprocess.run(server_command() + ["keys", "--file", str(key_file), "list"],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        server_command() + ["keys", "--file", str(key_file), "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert len(listing.splitlines()) == 1 + len(secrets)  # a header, a row per key
     assert not any(secret in listing for secret in secrets.values())
 
@@ -171,6 +178,7 @@ def test_calls_refused_together_by_the_rate_limit_log_it_once(keyed_server, keys
         def call():
             together.wait()
             oracle.describe(refresh=True)
+
         threads = [threading.Thread(target=call) for _ in range(3)]  # a burst of one: two or three refused
         with caplog.at_level(logging.WARNING, logger="graytune.client.transport.oracle_client"):
             for thread in threads:
@@ -199,19 +207,24 @@ def test_budget_runs_out_and_stays_out_after_a_restart(keys):
             assert (info.budget_samples, info.budget_remaining) == (10, 4)
             oracle.embed_images(pixels(4))
             assert code_of(lambda: oracle.embed_images(pixels(1)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    listing = subprocess.run(server_command() + ["keys", "--file", str(key_file), "list"],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        server_command() + ["keys", "--file", str(key_file), "list"], capture_output=True, text=True, check=True
+    ).stdout
     budget_id = secrets["budget"].split("_")[1]
     assert [row.split()[:2] + row.split()[4:7] for row in listing.splitlines() if row.startswith(budget_id)] == [
-        [budget_id, "graybox", "10", "used", "10"]]  # label and expiry unset: "-"
+        [budget_id, "graybox", "10", "used", "10"]
+    ]  # label and expiry unset: "-"
 
 
 def test_audit_log_names_the_key_never_the_secret(keyed_server, keys):
     secret = keys[1]["graybox"]
     with client(keyed_server, secret) as oracle:
         oracle.embed_images(torch.randn(3, 3, 32, 32))
-    lines = lambda: [l for l in keyed_server.output
-                     if "method=Embed" in l and f"caller={secret.split('_')[1]}" in l and "samples=3" in l]
+    lines = lambda: [
+        line
+        for line in keyed_server.output
+        if "method=Embed" in line and f"caller={secret.split('_')[1]}" in line and "samples=3" in line
+    ]
     wait_until(lines, 60, "the call's audit line")  # the reply may arrive before the log line
     assert "status=OK" in lines()[-1]
     assert not any(secret in line for line in keyed_server.output)
@@ -224,6 +237,7 @@ def test_serving_without_keys_needs_dev_mode():
 
 
 # Key changes while a server runs: its own key file and server, as these tests revoke and break keys.
+
 
 @pytest.fixture(scope="module")
 def reloading(tmp_path_factory):
@@ -251,8 +265,11 @@ def logged(server, *texts) -> bool:
 def test_a_key_created_after_start_is_accepted_without_a_restart(reloading):
     server, key_file, _ = reloading
     secret = create_key(key_file, "--tier", "graybox")
-    wait_until(lambda: logged(server, f"keys reloaded from {key_file}", f"added {secret.split('_')[1]}"),
-               30, "the new key loaded")
+    wait_until(
+        lambda: logged(server, f"keys reloaded from {key_file}", f"added {secret.split('_')[1]}"),
+        30,
+        "the new key loaded",
+    )
     assert accepted(server, secret)
 
 
@@ -262,8 +279,12 @@ def test_a_revoked_key_is_refused_within_seconds_without_a_restart(reloading):
     key_id = secret.split("_")[1]
     wait_until(lambda: logged(server, f"added {key_id}"), 30, "the new key loaded")
     assert accepted(server, secret)
-    revoked = subprocess.run(server_command() + ["keys", "--file", str(key_file), "revoke", key_id],
-                             capture_output=True, text=True, check=True)
+    revoked = subprocess.run(
+        server_command() + ["keys", "--file", str(key_file), "revoke", key_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"key {key_id} (graybox) revoked: removed from {key_file}" in revoked.stdout
     wait_until(lambda: logged(server, f"keys reloaded from {key_file}", f"revoked {key_id}"), 30, "the revocation")
     assert not accepted(server, secret)
@@ -282,9 +303,14 @@ def test_an_invalid_edit_is_logged_and_the_keys_before_keep_serving(reloading):
     try:
         key_file.write_text(valid.replace('"tier": "graybox"', '"tier": "gold"', 1))
         # Two lines, each read from the server's output as it comes: wait for both.
-        wait_until(lambda: logged(server, "ERROR", f"{key_file}: keys[0] (id ", 'tier: "gold" is not one of')
-                   and logged(server, "ERROR", "keeping the", f"keys loaded before from {key_file}"),
-                   30, "the invalid file refused and the keys before kept")
+        wait_until(
+            lambda: (
+                logged(server, "ERROR", f"{key_file}: keys[0] (id ", 'tier: "gold" is not one of')
+                and logged(server, "ERROR", "keeping the", f"keys loaded before from {key_file}")
+            ),
+            30,
+            "the invalid file refused and the keys before kept",
+        )
         assert accepted(server, kept)
     finally:
         key_file.write_text(valid)
@@ -293,7 +319,7 @@ def test_an_invalid_edit_is_logged_and_the_keys_before_keep_serving(reloading):
 
 def test_an_expired_key_is_refused(reloading):
     server, key_file, _ = reloading
-    keys, now = KeyFile(key_file), datetime.now(timezone.utc)
+    keys, now = KeyFile(key_file), datetime.now(UTC)
     expired = keys.create("graybox", expires_at=now - timedelta(seconds=1))
     live = keys.create("graybox", expires_at=now + timedelta(days=1))
     for secret in (expired, live):
@@ -304,21 +330,38 @@ def test_an_expired_key_is_refused(reloading):
 SHA = "0" * 64
 
 
-@pytest.mark.parametrize("text, problems", [
-    ('{"keys": [{"id": "k1", "sha256": "%s", "tier": "graybox", "rate_per_second": 0},'
-     ' {"id": "k1", "sha256": "%s", "tier": "graybox", "budget_samples": "lots"}]}' % (SHA, SHA),
-     ["{file}: keys[0] (id k1): rate_per_second: 0 is not a positive finite number",
-      '{file}: keys[1] (id k1): budget_samples: "lots" is not an integer',
-      "{file}: keys[1] (id k1): id: duplicate of keys[0]"]),
-    ('{"kees": []}', ['{file}: must be a JSON object with exactly one field, "keys", a list of keys (found ["kees"])']),
-    ('{"keys": [\n  {"id": "k1",}\n]}',
-     ["{file}: line 2 column 15: not valid JSON: Expecting property name enclosed in double quotes"]),
-])
+@pytest.mark.parametrize(
+    "text, problems",
+    [
+        (
+            f'{{"keys": [{{"id": "k1", "sha256": "{SHA}", "tier": "graybox", "rate_per_second": 0}},'
+            f' {{"id": "k1", "sha256": "{SHA}", "tier": "graybox", "budget_samples": "lots"}}]}}',
+            [
+                "{file}: keys[0] (id k1): rate_per_second: 0 is not a positive finite number",
+                '{file}: keys[1] (id k1): budget_samples: "lots" is not an integer',
+                "{file}: keys[1] (id k1): id: duplicate of keys[0]",
+            ],
+        ),
+        (
+            '{"kees": []}',
+            ['{file}: must be a JSON object with exactly one field, "keys", a list of keys (found ["kees"])'],
+        ),
+        (
+            '{"keys": [\n  {"id": "k1",}\n]}',
+            ["{file}: line 2 column 15: not valid JSON: Expecting property name enclosed in double quotes"],
+        ),
+    ],
+)
 def test_a_server_with_an_invalid_key_file_does_not_start(tmp_path, text, problems):
     key_file = tmp_path / "keys.json"
     key_file.write_text(text)
-    result = subprocess.run(server_command() + [*KEYED_ARGS, "--port", "0", "--keys", str(key_file)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        server_command() + [*KEYED_ARGS, "--port", "0", "--keys", str(key_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("graytune-server: error:")] == [
-        f"graytune-server: error: {problem.format(file=key_file)}" for problem in problems]
+        f"graytune-server: error: {problem.format(file=key_file)}" for problem in problems
+    ]

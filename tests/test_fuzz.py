@@ -6,6 +6,7 @@ under 1,000 characters, must not hold up another caller's Embed past the harness
 must leave the server serving. One hypothesis run per RPC and first mutation, so each mutation
 meets each RPC it applies to and a failure names its kind (see `each_case` for the seeding).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -31,6 +32,7 @@ def test_hostile_input(target, rpc, first):
         result = target.run(case)
         problems = target.violations(case, result)
         assert not problems, report(result, problems)
+
     check()
 
 
@@ -42,6 +44,8 @@ def test_another_callers_handle_answers_like_a_never_issued_one(target):
     guess = NEVER_ISSUED["never issued: other token"](*handle.split("."))
     stolen = target.backward(handle, (1, target.spec.embed_dim), "caller")
     guessed = target.backward(guess, (1, target.spec.embed_dim), "caller")
-    assert (stolen.code, stolen.message.replace(handle, "<handle>")) == \
-        (guessed.code, guessed.message.replace(guess, "<handle>"))
+    assert (stolen.code, stolen.message.replace(handle, "<handle>")) == (
+        guessed.code,
+        guessed.message.replace(guess, "<handle>"),
+    )
     assert target.backward(handle, (1, target.spec.embed_dim), "other").code == OK  # the owner's graph, untouched

@@ -1,14 +1,15 @@
 """Extraction defences: per-key clipping and noise on what Backward returns."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.server.access.gradient_guard import protect
 from graytune.v1 import oracle_pb2 as pb
-from test_credentials import KEYED_ARGS, create_key
 
 
 def test_clipping_bounds_each_samples_gradient_and_keeps_its_direction():

@@ -4,6 +4,7 @@ References are computed with OpenCLIP's own `encode_image` / `encode_text` on th
 the shift and the extra tokens are injected with a forward hook on the token embedding, so the
 reference shares no code with the server's text tower.
 """
+
 from __future__ import annotations
 
 import open_clip
@@ -13,6 +14,7 @@ import torch
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower, remote_encode
 from graytune.v1 import oracle_pb2 as pb
+
 from conftest import REORDERED, relative_error
 
 CAPTIONS = ["a photo of the digit three.", "a handwritten seven.", "a cat"]
@@ -30,7 +32,7 @@ def reference_text(model, token_ids, shift=None, extra=None):
         if shift is not None:
             out = out + shift
         if k:
-            out = torch.cat([out[:, :1], extra.expand(out.shape[0], k, -1), out[:, 1 + k:]], dim=1)
+            out = torch.cat([out[:, :1], extra.expand(out.shape[0], k, -1), out[:, 1 + k :]], dim=1)
         return out
 
     hook = model.token_embedding.register_forward_hook(inject)
@@ -141,8 +143,9 @@ def test_half_precision_on_the_wire_stays_close(server, backbone, wire_dtype):
 
 def test_pixel_gradients_match_without_merged_batches(backbone):
     """The server's one-call-at-a-time path (--no-merge-batches) gives the same gradients."""
-    from conftest import SERVER_ARGS
     from graytune.client.transport.local_server import LocalServer
+
+    from conftest import SERVER_ARGS
 
     pixels, weight = torch.randn(3, 3, 32, 32), torch.randn(3, backbone.embed_dim)
     with LocalServer([*SERVER_ARGS, "--no-merge-batches"]) as server, OracleClient(server.endpoint) as oracle:

@@ -1,4 +1,5 @@
 """Across processes: one key's Forwards without Backward evict only its own graphs, never another's."""
+
 from __future__ import annotations
 
 import math
@@ -6,13 +7,13 @@ import math
 import grpc
 import pytest
 import torch
+from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.compute.oracle import GradientOracle
 from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
-from test_credentials import KEYED_ARGS, create_key
 
 CAP_MB = 2
 HOG_BATCH = 4
@@ -42,8 +43,10 @@ def test_a_hogs_forwards_evict_its_own_graphs_not_another_keys(two_keys, backbon
     hog_graph = graph_bytes_of(backbone, HOG_BATCH)
     calls = math.ceil(3 * cap / hog_graph)  # three times what the store holds
     pixels = lambda n: torch.randn(n, 3, *backbone.image_size)
-    with OracleClient(server.endpoint, api_key=victim_key, retries=0, timeout=60) as victim, \
-            OracleClient(server.endpoint, api_key=hog_key, retries=0, timeout=60) as hog:
+    with (
+        OracleClient(server.endpoint, api_key=victim_key, retries=0, timeout=60) as victim,
+        OracleClient(server.endpoint, api_key=hog_key, retries=0, timeout=60) as hog,
+    ):
         handle, embeddings = victim.forward(pb.IMAGE, {"pixels": pixels(1)})
         hog_handles = [hog.forward(pb.IMAGE, {"pixels": pixels(HOG_BATCH)}) for _ in range(calls)]
         # the victim's graph, the oldest of all, is still there: no ABORTED, no recompute

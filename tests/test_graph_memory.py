@@ -1,5 +1,6 @@
 """A graph held for Backward is freed once its Backward is done, and a server evicting graphs
 keeps its memory within the graph cap."""
+
 from __future__ import annotations
 
 import gc
@@ -14,6 +15,7 @@ from graytune.client.transport.oracle_client import OracleClient
 from graytune.server.compute.oracle import GradientOracle
 from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
+
 from conftest import SERVER_ARGS
 
 
@@ -25,8 +27,10 @@ def test_backward_frees_the_graph(backbone, tower, merge_batches):
         if tower == "image":
             inputs = {"pixels": torch.randn(3, 3, *backbone.image_size)}
         else:
-            inputs = {"token_ids": backbone.text.tokenize(["a", "b c", "d"], 0),
-                      "shift": torch.zeros(backbone.text.token_width)}
+            inputs = {
+                "token_ids": backbone.text.tokenize(["a", "b c", "d"], 0),
+                "shift": torch.zeros(backbone.text.token_width),
+            }
         request = oracle.prepare(tower, inputs, grad_inputs=())
         handle, embeddings = oracle.forward(request, "caller")
         held = oracle.store.peek(handle, "caller")
@@ -56,8 +60,10 @@ def resident_bytes(pid: int) -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc")
 def test_server_memory_stays_within_the_graph_cap_under_forwards_without_backward():
     batch = 32
-    with LocalServer([*SERVER_ARGS, "--max-graph-mb", str(CAP_MB)]) as server, \
-            OracleClient(server.endpoint, timeout=60) as client:
+    with (
+        LocalServer([*SERVER_ARGS, "--max-graph-mb", str(CAP_MB)]) as server,
+        OracleClient(server.endpoint, timeout=60) as client,
+    ):
         info = client.describe()
         pixels = torch.randn(batch, 3, info.image.height, info.image.width)
         handle, embeddings = client.forward(pb.IMAGE, {"pixels": pixels})

@@ -1,4 +1,5 @@
 """GraphStore: one take per handle, TTL and byte caps, ownership, fair eviction; graph_bytes."""
+
 from __future__ import annotations
 
 import threading
@@ -7,8 +8,8 @@ import time
 import pytest
 import torch
 
-from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
 from graytune import error_details
+from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
 from graytune.server.compute.graph_memory import graph_bytes
 from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph
 
@@ -34,8 +35,7 @@ def store(clock):
 
 
 def graph(nbytes, owner="alice"):
-    return HeldGraph(inputs={"pixels": torch.zeros(1)}, output=torch.zeros(1, 2), nbytes=nbytes,
-                     owner=owner)
+    return HeldGraph(inputs={"pixels": torch.zeros(1)}, output=torch.zeros(1, 2), nbytes=nbytes, owner=owner)
 
 
 def sequence_number(handle: str) -> int:
@@ -43,6 +43,7 @@ def sequence_number(handle: str) -> int:
 
 
 # --- put / take ----------------------------------------------------------------------------
+
 
 def test_take_returns_the_graph_put_and_frees_its_bytes(store):
     g1, g2 = graph(10), graph(20)
@@ -116,6 +117,7 @@ def test_graph_larger_than_the_cap_is_refused(store):
 
 # --- bad handles ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("handle", ["", "abc", "a.1", "a.b.c", "a.-1.c", "a.1.b.c"])
 def test_malformed_handle(store, handle):
     store.put(graph(10))
@@ -184,6 +186,7 @@ def test_sweeper_thread_frees_expired_graphs():
 
 # --- graph_bytes -------------------------------------------------------------------
 
+
 def small_graph(exclude):
     x = torch.randn(8, 16).requires_grad_()
     w = torch.nn.Parameter(torch.randn(16, 4))
@@ -219,6 +222,7 @@ def test_sequence_number_zero_was_never_issued(store):
 
 # --- fair eviction between owners -----------------------------------------------------------
 
+
 def held(store, handle, owner) -> bool:
     return store.peek(handle, owner) is not None
 
@@ -227,8 +231,16 @@ def members(nbytes, *owners_and_rows):
     """The members of one merged batch whose graph keeps nbytes: (owner, rows) each."""
     group, start, graphs = GraphGroup(torch.zeros(1, 2)), 0, []
     for owner, rows in owners_and_rows:
-        graphs.append(HeldGraph({"pixels": torch.zeros(1)}, torch.zeros(1, 2), nbytes, owner,
-                                group=group, rows=slice(start, start + rows)))
+        graphs.append(
+            HeldGraph(
+                {"pixels": torch.zeros(1)},
+                torch.zeros(1, 2),
+                nbytes,
+                owner,
+                group=group,
+                rows=slice(start, start + rows),
+            )
+        )
         start += rows
     return graphs
 
@@ -303,7 +315,10 @@ def test_charges_add_up_to_the_bytes_held(store, clock, seed):
     g = torch.Generator().manual_seed(seed)
     handles = []
     for _ in range(200):
-        owners = [("alice", "bob", "carol")[i] for i in torch.randint(3, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g)]
+        owners = [
+            ("alice", "bob", "carol")[i]
+            for i in torch.randint(3, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g)
+        ]
         batch = members(int(torch.randint(1, 60, (1,), generator=g)), *[(o, 1 + i) for i, o in enumerate(owners)])
         handles += [(h, m.owner) for h, m in zip(store.put_all(batch), batch) if isinstance(h, str)]
         if torch.rand(1, generator=g) < 0.3 and handles:

@@ -1,6 +1,7 @@
 """Issue 8's defects, one test each: what a hostile caller with a valid key sent, and what it
 must get (a precise status, an audit line that agrees, a bounded message); and what an owner
 must see (one server per port, budgets charged once per call). Real server processes."""
+
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,8 @@ import uuid
 import grpc
 import pytest
 import torch
+from test_connection import free_port
+from test_credentials import KEYED_ARGS, create_key
 
 from graytune import error_details, tensor_codec
 from graytune.client.transport.local_server import LocalServer, server_command
@@ -17,9 +20,8 @@ from graytune.server.access.auth import Caller
 from graytune.server.service.call_record import CallRecord
 from graytune.server.service.servicer import OracleServicer
 from graytune.v1 import oracle_pb2 as pb
+
 from conftest import SERVER_ARGS, wait_until
-from test_connection import free_port
-from test_credentials import KEYED_ARGS, create_key
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LOGGED_ARGS = [a if a != "WARNING" else "INFO" for a in SERVER_ARGS]
@@ -94,29 +96,37 @@ def expect_refused(server, channel, method, messages, *fragments, code=INVALID) 
 
 
 # -- 2: shapes whose element count overflows; empty differentiable inputs ------------------------
-@pytest.mark.parametrize("method,tower,chunk", [
-    ("Embed", pb.IMAGE, declared_only("pixels", pb.FLOAT32, [0, 2 ** 62, 2 ** 62])),
-    ("Forward", pb.TEXT, declared_only("shift", pb.BFLOAT16, [2 ** 32, 2 ** 32, 0])),
-], ids=["embed_pixels", "forward_shift"])
+@pytest.mark.parametrize(
+    "method,tower,chunk",
+    [
+        ("Embed", pb.IMAGE, declared_only("pixels", pb.FLOAT32, [0, 2**62, 2**62])),
+        ("Forward", pb.TEXT, declared_only("shift", pb.BFLOAT16, [2**32, 2**32, 0])),
+    ],
+    ids=["embed_pixels", "forward_shift"],
+)
 def test_a_shape_whose_element_count_overflows_is_invalid(logged, channel, method, tower, chunk):
-    messages = [pb.InputMessage(header=pb.InputHeader(tower=tower, texts=["a"] if tower == pb.TEXT else [])),
-                pb.InputMessage(chunk=chunk)]
+    messages = [
+        pb.InputMessage(header=pb.InputHeader(tower=tower, texts=["a"] if tower == pb.TEXT else [])),
+        pb.InputMessage(chunk=chunk),
+    ]
     expect_refused(logged, channel, method, messages, chunk.name, "exceeds the limit")
 
 
 def test_backward_embeddings_whose_element_count_overflows_is_invalid(logged, channel):
-    replies = send(channel, "Forward", input_messages(pb.IMAGE, {"pixels": torch.zeros(1, 3, 32, 32)}),
-                   uuid.uuid4().hex)
+    replies = send(
+        channel, "Forward", input_messages(pb.IMAGE, {"pixels": torch.zeros(1, 3, 32, 32)}), uuid.uuid4().hex
+    )
     handle = pb.OutputMessage.FromString(replies[0]).header.handle
-    messages = [pb.BackwardMessage(header=pb.BackwardHeader(handle=handle)),
-                pb.BackwardMessage(chunk=declared_only("embeddings", pb.FLOAT32, [0, 2 ** 62, 2 ** 62]))]
+    messages = [
+        pb.BackwardMessage(header=pb.BackwardHeader(handle=handle)),
+        pb.BackwardMessage(chunk=declared_only("embeddings", pb.FLOAT32, [0, 2**62, 2**62])),
+    ]
     expect_refused(logged, channel, "Backward", messages, "embeddings", "exceeds the limit")
 
 
 @pytest.mark.parametrize("grad_inputs", [[], ["extra_tokens"]])
 def test_zero_extra_tokens_are_refused_at_forward(logged, channel, grad_inputs):
-    messages = input_messages(pb.TEXT, {"extra_tokens": torch.zeros(0, 128)}, texts=["a cat"],
-                              grad_inputs=grad_inputs)
+    messages = input_messages(pb.TEXT, {"extra_tokens": torch.zeros(0, 128)}, texts=["a cat"], grad_inputs=grad_inputs)
     expect_refused(logged, channel, "Forward", messages, "extra_tokens", "0 tokens")
 
 
@@ -132,8 +142,11 @@ def test_an_unexpected_error_is_internal_with_a_traceback_and_an_audit_line(capl
 # -- 3: bytes that are not a valid message ------------------------------------------------------
 def test_describe_request_that_is_not_a_message_is_invalid(logged, channel):
     call_id = uuid.uuid4().hex
-    error = failure(lambda: rpc(channel, "Describe", streaming=False)(
-        b"\xff\xff\xff", timeout=60, metadata=(("x-graytune-call-id", call_id),)))
+    error = failure(
+        lambda: rpc(channel, "Describe", streaming=False)(
+            b"\xff\xff\xff", timeout=60, metadata=(("x-graytune-call-id", call_id),)
+        )
+    )
     assert error.code() == INVALID and "DescribeRequest" in error.details()
     assert "status=INVALID_ARGUMENT" in audit_line(logged, call_id)
 
@@ -150,8 +163,10 @@ def test_header_with_invalid_utf8_is_invalid(logged, channel):
 
 # -- 4: caller-chosen strings are capped in statuses and logs ------------------------------------
 def test_an_enormous_chunk_name_is_refused_and_not_echoed(logged, channel):
-    messages = [pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE)),
-                pb.InputMessage(chunk=pb.TensorChunk(name="p" * HUGE, dtype=pb.FLOAT32, shape=[1]))]
+    messages = [
+        pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE)),
+        pb.InputMessage(chunk=pb.TensorChunk(name="p" * HUGE, dtype=pb.FLOAT32, shape=[1])),
+    ]
     expect_refused(logged, channel, "Embed", messages, "longer than 64 characters", f"({HUGE} characters)")
 
 
@@ -161,9 +176,15 @@ def test_an_enormous_grad_inputs_entry_is_refused_and_not_echoed(logged, channel
 
 
 def test_an_enormous_call_id_is_refused_and_not_echoed(logged, channel):
-    error = failure(lambda: list(rpc(channel, "Embed")(
-        iter([pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE)).SerializeToString()]),
-        timeout=60, metadata=(("x-graytune-call-id", "c" * 4000),))))
+    error = failure(
+        lambda: list(
+            rpc(channel, "Embed")(
+                iter([pb.InputMessage(header=pb.InputHeader(tower=pb.IMAGE)).SerializeToString()]),
+                timeout=60,
+                metadata=(("x-graytune-call-id", "c" * 4000),),
+            )
+        )
+    )
     assert error.code() == INVALID and len(error.details()) < 1000
 
 
@@ -178,24 +199,33 @@ def test_a_long_caption_is_refused_before_tokenising(logged, channel, letters):
 @pytest.fixture(scope="module")
 def budgeted(tmp_path_factory):
     key_file = tmp_path_factory.mktemp("keys") / "keys.json"
-    secrets = {name: create_key(key_file, "--tier", "graybox", *args) for name, args in {
-        "budget": ("--budget", "100", "--gradient-budget", "3"),
-        "tiny": ("--budget", "3"),
-        "other": ()}.items()}
-    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--max-batch", "8",
-                      "--max-graph-mb", "1"]) as server:
+    secrets = {
+        name: create_key(key_file, "--tier", "graybox", *args)
+        for name, args in {
+            "budget": ("--budget", "100", "--gradient-budget", "3"),
+            "tiny": ("--budget", "3"),
+            "other": (),
+        }.items()
+    }
+    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--max-batch", "8", "--max-graph-mb", "1"]) as server:
         yield server, secrets
 
 
 def keyed_send(server, secret, method, messages, call_id):
     with grpc.insecure_channel(server.endpoint) as ch:
         data = [m.SerializeToString() for m in messages]
-        return list(rpc(ch, method)(iter(data), timeout=60, metadata=(
-            ("authorization", f"Bearer {secret}"), ("x-graytune-call-id", call_id))))
+        return list(
+            rpc(ch, method)(
+                iter(data),
+                timeout=60,
+                metadata=(("authorization", f"Bearer {secret}"), ("x-graytune-call-id", call_id)),
+            )
+        )
 
 
 def remaining(server, secret):
     from graytune.client.transport.oracle_client import OracleClient
+
     with OracleClient(server.endpoint, api_key=secret) as oracle:
         info = oracle.describe(refresh=True)
     return info.budget_remaining, info.gradient_budget_remaining
@@ -217,8 +247,9 @@ def test_a_call_that_fails_after_its_charge_is_refunded(budgeted):
     server, secrets = budgeted
     before, _ = remaining(server, secrets["budget"])
     big = {"pixels": torch.zeros(8, 3, 32, 32)}  # its graph (~1.6 MB) is over --max-graph-mb 1
-    error = failure(lambda: keyed_send(server, secrets["budget"], "Forward", input_messages(pb.IMAGE, big),
-                                       uuid.uuid4().hex))
+    error = failure(
+        lambda: keyed_send(server, secrets["budget"], "Forward", input_messages(pb.IMAGE, big), uuid.uuid4().hex)
+    )
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "graph" in error.details()
     assert error_details.refusal(error) == (error_details.GRAPH_TOO_LARGE, None)  # waiting will not help
     assert remaining(server, secrets["budget"])[0] == before
@@ -229,11 +260,11 @@ def test_gradient_samples_have_a_budget_of_their_own(budgeted):
     pixels = {"pixels": torch.zeros(2, 3, 32, 32)}
 
     def forward_backward():
-        replies = keyed_send(server, secrets["budget"], "Forward", input_messages(pb.IMAGE, pixels),
-                             uuid.uuid4().hex)
+        replies = keyed_send(server, secrets["budget"], "Forward", input_messages(pb.IMAGE, pixels), uuid.uuid4().hex)
         handle = pb.OutputMessage.FromString(replies[0]).header.handle
         messages = [pb.BackwardMessage(header=pb.BackwardHeader(handle=handle))] + [
-            pb.BackwardMessage(chunk=c) for c in tensor_codec.tensor_to_chunks("embeddings", torch.ones(2, 128))]
+            pb.BackwardMessage(chunk=c) for c in tensor_codec.tensor_to_chunks("embeddings", torch.ones(2, 128))
+        ]
         return keyed_send(server, secrets["budget"], "Backward", messages, uuid.uuid4().hex)
 
     forward_backward()
@@ -248,8 +279,9 @@ def test_gradient_samples_have_a_budget_of_their_own(budgeted):
 def test_a_second_server_on_a_port_in_use_fails_to_start():
     port = free_port()
     with LocalServer([*SERVER_ARGS, "--port", str(port)]):
-        second = subprocess.run(server_command() + [*SERVER_ARGS, "--port", str(port)],
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            server_command() + [*SERVER_ARGS, "--port", str(port)], capture_output=True, text=True, timeout=120
+        )
     assert second.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "in use" in second.stderr
 
@@ -257,13 +289,20 @@ def test_a_second_server_on_a_port_in_use_fails_to_start():
 # -- 9: handles that are not the caller's; size checked before budget ----------------------------
 def test_another_keys_handle_gets_the_answer_of_a_never_issued_one(budgeted):
     server, secrets = budgeted
-    replies = keyed_send(server, secrets["other"], "Forward",
-                         input_messages(pb.IMAGE, {"pixels": torch.zeros(1, 3, 32, 32)}), uuid.uuid4().hex)
+    replies = keyed_send(
+        server,
+        secrets["other"],
+        "Forward",
+        input_messages(pb.IMAGE, {"pixels": torch.zeros(1, 3, 32, 32)}),
+        uuid.uuid4().hex,
+    )
     handle = pb.OutputMessage.FromString(replies[0]).header.handle
     grad = list(tensor_codec.tensor_to_chunks("embeddings", torch.ones(1, 128)))
 
     def backward(secret, h):
-        messages = [pb.BackwardMessage(header=pb.BackwardHeader(handle=h))] + [pb.BackwardMessage(chunk=c) for c in grad]
+        messages = [pb.BackwardMessage(header=pb.BackwardHeader(handle=h))] + [
+            pb.BackwardMessage(chunk=c) for c in grad
+        ]
         return keyed_send(server, secret, "Backward", messages, uuid.uuid4().hex)
 
     instance, seq, mac = handle.split(".")
@@ -279,6 +318,7 @@ def test_another_keys_handle_gets_the_answer_of_a_never_issued_one(budgeted):
 def test_a_batch_over_the_size_limit_is_refused_for_size_before_budget(budgeted):
     server, secrets = budgeted
     pixels = {"pixels": torch.zeros(9, 3, 32, 32)}  # --max-batch 8; the key has 3 samples left
-    error = failure(lambda: keyed_send(server, secrets["tiny"], "Embed", input_messages(pb.IMAGE, pixels),
-                                       uuid.uuid4().hex))
+    error = failure(
+        lambda: keyed_send(server, secrets["tiny"], "Embed", input_messages(pb.IMAGE, pixels), uuid.uuid4().hex)
+    )
     assert error.code() == INVALID and "limit of 8" in error.details()

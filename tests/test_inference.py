@@ -1,5 +1,6 @@
 """Using trained adapters: `graytune embed` equals encode_* of the same inputs with ids in order,
 `graytune predict` equals classify(), and a failure mid-way leaves no output file."""
+
 from __future__ import annotations
 
 import csv
@@ -10,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from test_classify import graytune
 
 from graytune.client.data.preprocess import load_image, preprocess_for
 from graytune.client.inference.model import Classifier, load_model
+from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.tasks.retrieval.data import read_pairs
 from graytune.client.training.loop import TrainConfig, train
 from graytune.client.transport.oracle_client import OracleClient
-from test_classify import graytune
 
 # Unit vectors from the same server and inputs, sent in batches of other sizes: float32 sums
 # in another order differ by a few ulp per element, far below this.
@@ -27,12 +29,24 @@ ATOL = 1e-5
 def runs(server, digits, tmp_path_factory):
     """Two runs of two steps against the default server: retrieval and classification adapters."""
     root = tmp_path_factory.mktemp("runs")
-    common = dict(steps=2, batch_size=8, eval_every=2, save_every=2)
+    common = dict(batch_size=8, eval_every=2, save_every=2, options=DGAOptions(steps=2))
     with OracleClient(server.endpoint) as oracle:
-        train(oracle, TrainConfig(train_data=digits["train"], output_dir=str(root / "retrieval"), **common),
-              progress=False)
-        train(oracle, TrainConfig(train_data=digits["train_labels"], output_dir=str(root / "classify"),
-                                  task="classify", task_options={"shots": 2}, **common), progress=False)
+        train(
+            oracle,
+            TrainConfig(train_data=digits["train"], output_dir=str(root / "retrieval"), **common),
+            progress=False,
+        )
+        train(
+            oracle,
+            TrainConfig(
+                train_data=digits["train_labels"],
+                output_dir=str(root / "classify"),
+                task="classify",
+                task_options={"shots": 2},
+                **common,
+            ),
+            progress=False,
+        )
     return {name: str(root / name / "adapter") for name in ("retrieval", "classify")}
 
 
@@ -45,8 +59,17 @@ def first_images(digits, count, path):
 
 def test_embedded_images_equal_encode_image_with_ids_in_order(server, runs, digits, tmp_path):
     images = first_images(digits, 70, tmp_path / "images.csv")  # two batches: 64 + 6
-    result = graytune(server.endpoint, "embed", "--adapter", runs["retrieval"], "--images",
-                      str(tmp_path / "images.csv"), "--out", str(tmp_path / "emb.npy"), "--no-progress")
+    result = graytune(
+        server.endpoint,
+        "embed",
+        "--adapter",
+        runs["retrieval"],
+        "--images",
+        str(tmp_path / "images.csv"),
+        "--out",
+        str(tmp_path / "emb.npy"),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     table = np.load(tmp_path / "emb.npy")
     assert [os.path.normpath(tmp_path / i) for i in table["id"]] == [os.path.normpath(p) for p in images]
@@ -60,8 +83,19 @@ def test_embedded_images_equal_encode_image_with_ids_in_order(server, runs, digi
 def test_embedded_texts_in_safetensors_carry_their_ids(server, runs, tmp_path):
     texts = ["a photo of the digit one.", "a handwritten seven.", "the number zero."]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-    result = graytune(server.endpoint, "embed", "--adapter", runs["retrieval"], "--texts", str(tmp_path / "texts.txt"),
-                      "--out", str(tmp_path / "emb.safetensors"), "--batch-size", "2", "--no-progress")
+    result = graytune(
+        server.endpoint,
+        "embed",
+        "--adapter",
+        runs["retrieval"],
+        "--texts",
+        str(tmp_path / "texts.txt"),
+        "--out",
+        str(tmp_path / "emb.safetensors"),
+        "--batch-size",
+        "2",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     with safe_open(str(tmp_path / "emb.safetensors"), "pt") as f:
         ids, embeddings = json.loads(f.metadata()["ids"]), f.get_tensor("embeddings")
@@ -78,16 +112,34 @@ def test_a_failure_mid_way_leaves_no_output_file(server, runs, digits, tmp_path)
     lines = (tmp_path / "images.csv").read_text().splitlines()
     lines[67] = "broken.png"  # in the second batch, after the first was embedded
     (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
-    result = graytune(server.endpoint, "embed", "--adapter", runs["retrieval"], "--images",
-                      str(tmp_path / "images.csv"), "--out", str(tmp_path / "emb.npy"), "--no-progress")
+    result = graytune(
+        server.endpoint,
+        "embed",
+        "--adapter",
+        runs["retrieval"],
+        "--images",
+        str(tmp_path / "images.csv"),
+        "--out",
+        str(tmp_path / "emb.npy"),
+        "--no-progress",
+    )
     assert result.returncode == 1 and "images.csv, line 68: cannot read image" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["broken.png", "images.csv"], "no output, no temporary file"
 
 
 def test_predict_writes_the_classifiers_prediction_per_image(server, runs, digits, tmp_path):
     images = first_images(digits, 12, tmp_path / "images.csv")
-    result = graytune(server.endpoint, "predict", "--adapter", runs["classify"], "--images",
-                      str(tmp_path / "images.csv"), "--out", str(tmp_path / "pred.csv"), "--no-progress")
+    result = graytune(
+        server.endpoint,
+        "predict",
+        "--adapter",
+        runs["classify"],
+        "--images",
+        str(tmp_path / "images.csv"),
+        "--out",
+        str(tmp_path / "pred.csv"),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
     with OracleClient(server.endpoint) as oracle:
@@ -103,9 +155,18 @@ def test_predict_writes_the_classifiers_prediction_per_image(server, runs, digit
 
 def test_predict_refuses_retrieval_adapters_and_a_bad_output_name(server, runs, digits, tmp_path):
     first_images(digits, 2, tmp_path / "images.csv")
-    result = graytune(server.endpoint, "predict", "--adapter", runs["retrieval"], "--images",
-                      str(tmp_path / "images.csv"), "--out", str(tmp_path / "pred.csv"))
+    result = graytune(
+        server.endpoint,
+        "predict",
+        "--adapter",
+        runs["retrieval"],
+        "--images",
+        str(tmp_path / "images.csv"),
+        "--out",
+        str(tmp_path / "pred.csv"),
+    )
     assert result.returncode == 1 and "predict needs classification adapters" in result.stderr
-    result = graytune(server.endpoint, "embed", "--images", str(tmp_path / "images.csv"),
-                      "--out", str(tmp_path / "emb.txt"))
+    result = graytune(
+        server.endpoint, "embed", "--images", str(tmp_path / "images.csv"), "--out", str(tmp_path / "emb.txt")
+    )
     assert result.returncode == 1 and "--out" in result.stderr and ".npy or .safetensors" in result.stderr

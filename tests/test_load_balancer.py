@@ -1,6 +1,7 @@
 """Two replicas behind haproxy (deploy/haproxy.cfg): training goes through the balancer, each
 Forward and its Backward land on one replica, and training goes on when that replica stops or
 crashes."""
+
 from __future__ import annotations
 
 import os
@@ -11,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_connection import free_port
 
-from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.methods.graybox.config import GrayboxConfig
+from graytune.client.methods.graybox.model import GrayboxCLIP
+from graytune.client.tasks.retrieval.task import contrastive_step_loss
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
-from graytune.client.tasks.retrieval.task import contrastive_step_loss
+
 from conftest import SERVER_ARGS, wait_until
-from test_connection import free_port
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 REPLICA_ARGS = [a if a != "WARNING" else "INFO" for a in SERVER_ARGS]
@@ -28,10 +31,15 @@ def balanced():
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     replicas = [LocalServer(REPLICA_ARGS).start() for _ in range(2)]
     port = free_port()
-    env = {**os.environ, "GRAYTUNE_LB_BIND": f"127.0.0.1:{port}",
-           "REPLICA_1": replicas[0].endpoint, "REPLICA_2": replicas[1].endpoint}
-    lb = subprocess.Popen([haproxy, "-db", "-f", str(CONFIG)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "GRAYTUNE_LB_BIND": f"127.0.0.1:{port}",
+        "REPLICA_1": replicas[0].endpoint,
+        "REPLICA_2": replicas[1].endpoint,
+    }
+    lb = subprocess.Popen(
+        [haproxy, "-db", "-f", str(CONFIG)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         with OracleClient(f"127.0.0.1:{port}") as probe:
             probe.wait_ready(30)
@@ -47,15 +55,16 @@ def calls_on(replica, status="OK"):
     return sum(1 for line in replica.output if "call method=" in line and f"status={status}" in line)
 
 
-@pytest.mark.parametrize("end, exit_code", [(LocalServer.stop, 0), (LocalServer.kill, -signal.SIGKILL)],
-                         ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize(
+    "end, exit_code", [(LocalServer.stop, 0), (LocalServer.kill, -signal.SIGKILL)], ids=["SIGTERM", "SIGKILL"]
+)
 def test_training_survives_the_loss_of_its_replica(balanced, end, exit_code):
     endpoint, replicas = balanced
     torch.manual_seed(0)
     pixels = torch.randn(4, 3, 32, 32)
     captions = ["a photo of the digit one.", "a photo of the digit two.", "a cat.", "a dog."]
     with OracleClient(endpoint, reconnect_timeout=60) as oracle:
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+        model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle), oracle)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def step():

@@ -45,18 +45,20 @@ def test_hand_computed_many_images_per_caption():
     metrics = retrieval_metrics(image_emb, text_emb, ["cat", "cat", "dog"], ["cat", "dog"])
     # image -> text ranks [0, 1, 0]; text -> image: cat's best positive is image 0 (rank 0),
     # dog's positive image 2 scores 0.8 but image 1 scores 1.0 (rank 1).
-    assert metrics == pytest.approx({
-        "image_to_text_mean_rank": 4 / 3,
-        "image_to_text_median_rank": 1.0,
-        "image_to_text_R@1": 2 / 3,
-        "image_to_text_R@5": 1.0,
-        "image_to_text_R@10": 1.0,
-        "text_to_image_mean_rank": 1.5,
-        "text_to_image_median_rank": 1.0,  # floor(median([0, 1])) + 1
-        "text_to_image_R@1": 0.5,
-        "text_to_image_R@5": 1.0,
-        "text_to_image_R@10": 1.0,
-    })
+    assert metrics == pytest.approx(
+        {
+            "image_to_text_mean_rank": 4 / 3,
+            "image_to_text_median_rank": 1.0,
+            "image_to_text_R@1": 2 / 3,
+            "image_to_text_R@5": 1.0,
+            "image_to_text_R@10": 1.0,
+            "text_to_image_mean_rank": 1.5,
+            "text_to_image_median_rank": 1.0,  # floor(median([0, 1])) + 1
+            "text_to_image_R@1": 0.5,
+            "text_to_image_R@5": 1.0,
+            "text_to_image_R@10": 1.0,
+        }
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

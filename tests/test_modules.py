@@ -1,4 +1,5 @@
 """The customer's modules: identity at initialisation, the loss, and zero-shot at step 0."""
+
 from __future__ import annotations
 
 import open_clip
@@ -6,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+from graytune.client.methods.graybox.config import GrayboxConfig
+from graytune.client.methods.graybox.model import GrayboxCLIP
+from graytune.client.methods.graybox.options import DGAOptions
+from graytune.client.modules.layers import OutputAdapter, PixelAdapter, TextPrompt
 from graytune.client.tasks.retrieval.loss import contrastive_loss
-from graytune.client.adapters.modules import OutputAdapter, PixelAdapter, TextPrompt
+
 from conftest import REORDERED, relative_error
 
 
@@ -62,25 +66,28 @@ def test_loss_spreads_text_to_image_targets_over_repeated_captions():
     index = torch.tensor([0, 1, 0, 1])
     logits = image @ text.T
     i2t = F.cross_entropy(logits, index)
-    t2i = -(torch.log_softmax(logits.T, dim=1)[0, [0, 2]].mean() +
-            torch.log_softmax(logits.T, dim=1)[1, [1, 3]].mean()) / 2
+    t2i = (
+        -(torch.log_softmax(logits.T, dim=1)[0, [0, 2]].mean() + torch.log_softmax(logits.T, dim=1)[1, [1, 3]].mean())
+        / 2
+    )
     torch.testing.assert_close(contrastive_loss(image, text, index, torch.tensor(1.0)), (i2t + t2i) / 2)
 
 
 def test_adapters_without_extra_tokens_reproduce_zero_shot(oracle, backbone):
     """Step 0 equals zero-shot: every module is the identity."""
-    model = GrayboxCLIP(AdapterConfig.for_oracle(oracle, extra_tokens=0), oracle)
+    model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle, DGAOptions(extra_tokens=0)), oracle)
     pixels = torch.randn(3, 3, 32, 32)
     captions = ["a photo of the digit one.", "a handwritten two."]
     ids = open_clip.get_tokenizer("graytune-tiny")(captions)
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(pixels),
-                                   backbone.model.encode_image(pixels, normalize=True), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            model.encode_image(pixels), backbone.model.encode_image(pixels, normalize=True), rtol=1e-5, atol=1e-6
+        )
         assert relative_error(model.encode_text(captions), backbone.model.encode_text(ids, normalize=True)) < REORDERED
 
 
 def test_adapters_are_a_small_fraction_of_the_backbone(oracle, backbone):
-    model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+    model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle), oracle)
     adapters = sum(p.numel() for p in model.parameters())
     backbone_params = sum(p.numel() for p in backbone.model.parameters())
     assert 0 < adapters < 0.02 * backbone_params

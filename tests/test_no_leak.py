@@ -5,11 +5,11 @@ the tensors in it are exactly the ones the contract names, with exactly the byte
 require, and no window of any parameter's or buffer's raw bytes (float32, bfloat16, float16)
 occurs anywhere in the serialized replies.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
 
 import grpc
 import pytest
@@ -29,19 +29,18 @@ CHUNK_OVERHEAD = 64  # bytes of a chunk message besides its data: name, dtype, s
 @dataclass
 class Call:
     method: str
-    expected: Dict[str, Tuple[int, Tuple[int, ...]]]  # name -> (wire dtype, shape), in any order
-    replies: List[pb.OutputMessage] = field(default_factory=list)
+    expected: dict[str, tuple[int, tuple[int, ...]]]  # name -> (wire dtype, shape), in any order
+    replies: list[pb.OutputMessage] = field(default_factory=list)
 
 
-def _send(stub, method: str, header, tensors: Dict[str, torch.Tensor], message_type) -> list:
+def _send(stub, method: str, header, tensors: dict[str, torch.Tensor], message_type) -> list:
     messages = [message_type(header=header)]
     for name, t in tensors.items():
         messages += [message_type(chunk=c) for c in tensor_codec.tensor_to_chunks(name, t)]
     return list(getattr(stub, method)(iter(messages), timeout=60))
 
 
-@pytest.fixture(scope="module", params=[pb.FLOAT32, pb.BFLOAT16, pb.FLOAT16],
-                ids=["float32", "bfloat16", "float16"])
+@pytest.fixture(scope="module", params=[pb.FLOAT32, pb.BFLOAT16, pb.FLOAT16], ids=["float32", "bfloat16", "float16"])
 def session(request, server):
     """Runs one of each call with inputs and replies in one float dtype; records every reply."""
     wire = request.param
@@ -52,11 +51,10 @@ def session(request, server):
     describe = stub.Describe(pb.DescribeRequest(), timeout=60)
     E, H, W = describe.embed_dim, describe.image.height, describe.image.width
     D, L, V = describe.text.token_width, describe.text.context_length, describe.text.vocab_size
-    calls: List[Call] = []
+    calls: list[Call] = []
 
     def inputs(method, tower, tensors, texts=(), grad_inputs=()):
-        header = pb.InputHeader(tower=tower, texts=list(texts), output_dtype=wire,
-                                grad_inputs=list(grad_inputs))
+        header = pb.InputHeader(tower=tower, texts=list(texts), output_dtype=wire, grad_inputs=list(grad_inputs))
         batch = len(texts) or next(iter(tensors.values())).shape[0]
         call = Call(method, {"embeddings": (wire, (batch, E))})
         call.replies = _send(stub, method, header, tensors, pb.InputMessage)
@@ -68,8 +66,13 @@ def session(request, server):
         batch = forward_call.expected["embeddings"][1][0]
         grad = torch.randn(batch, E, generator=g).to(dtype)
         call = Call("Backward", {n: (wire, tuple(t.shape)) for n, t in inputs_sent.items()})
-        call.replies = _send(stub, "Backward", pb.BackwardHeader(handle=handle, output_dtype=wire),
-                             {"embeddings": grad}, pb.BackwardMessage)
+        call.replies = _send(
+            stub,
+            "Backward",
+            pb.BackwardHeader(handle=handle, output_dtype=wire),
+            {"embeddings": grad},
+            pb.BackwardMessage,
+        )
         calls.append(call)
 
     pixels = torch.randn(3, 3, H, W, generator=g).to(dtype)
@@ -88,14 +91,15 @@ def session(request, server):
     backward(f, {"shift": shift, "extra_tokens": extra})
     f = inputs("Forward", pb.TEXT, {"token_ids": ids, "shift": shift, "extra_tokens": extra})
     backward(f, {"shift": shift, "extra_tokens": extra})  # token_ids: discrete, no gradient
-    f = inputs("Forward", pb.TEXT, {"token_ids": ids, "shift": shift, "extra_tokens": extra},
-               grad_inputs=["extra_tokens"])
+    f = inputs(
+        "Forward", pb.TEXT, {"token_ids": ids, "shift": shift, "extra_tokens": extra}, grad_inputs=["extra_tokens"]
+    )
     backward(f, {"extra_tokens": extra})
     channel.close()
     return describe, calls
 
 
-def _tensors_of(call: Call) -> Dict[str, Tuple[int, Tuple[int, ...], int]]:
+def _tensors_of(call: Call) -> dict[str, tuple[int, tuple[int, ...], int]]:
     """name -> (dtype, shape, bytes received); checks the stream's structure on the way."""
     assert call.replies, f"{call.method}: no reply"
     assert call.replies[0].WhichOneof("kind") == "header", f"{call.method}: no header first"
@@ -132,8 +136,9 @@ def test_reply_bytes_are_exactly_what_the_shapes_require(session):
     _, calls = session
     for call in calls:
         got = _tensors_of(call)
-        required = sum(math.prod(shape) * tensor_codec.TORCH_DTYPES[dtype].itemsize
-                       for dtype, shape in call.expected.values())
+        required = sum(
+            math.prod(shape) * tensor_codec.TORCH_DTYPES[dtype].itemsize for dtype, shape in call.expected.values()
+        )
         data = sum(len(r.chunk.data) for r in call.replies[1:])
         assert data == required, f"{call.method}: {data} bytes of data, shapes require {required}"
         for name, (dtype, shape, received) in got.items():
@@ -145,7 +150,7 @@ def test_reply_bytes_are_exactly_what_the_shapes_require(session):
         assert header_bytes <= (80 if call.method == "Forward" else 2), call.method
 
 
-def _bytes_fields(descriptor, seen=None) -> List[str]:
+def _bytes_fields(descriptor, seen=None) -> list[str]:
     seen = set() if seen is None else seen
     if descriptor.full_name in seen:
         return []
@@ -169,7 +174,7 @@ def test_describe_is_small_and_has_no_bytes(session, backbone):
 
 
 # -- parameter windows ---------------------------------------------------------------------------
-def parameter_windows(model: torch.nn.Module) -> List[Tuple[str, bytes]]:
+def parameter_windows(model: torch.nn.Module) -> list[tuple[str, bytes]]:
     """WINDOW-byte windows, one every STRIDE bytes, of every parameter and buffer with at least
     4 elements that are not all equal, in float32 and in its bfloat16 and float16 casts. Any run
     of STRIDE + WINDOW - 1 bytes of one of them contains a whole window."""
@@ -183,16 +188,16 @@ def parameter_windows(model: torch.nn.Module) -> List[Tuple[str, bytes]]:
             raw = c.view(torch.uint8).numpy().tobytes()
             size = c.element_size()
             for start in range(0, len(raw) - WINDOW + 1, STRIDE):
-                w = raw[start:start + WINDOW]
+                w = raw[start : start + WINDOW]
                 if w == w[:size] * (WINDOW // size):
                     continue  # a constant window (zeros, saturated casts) identifies nothing
                 windows.append((f"{name}@{start} {dtype}", w))
     return windows
 
 
-def find_windows(haystack: bytes, windows: List[Tuple[str, bytes]]) -> List[str]:
+def find_windows(haystack: bytes, windows: list[tuple[str, bytes]]) -> list[str]:
     """Labels of the windows that occur in `haystack`, at any byte offset."""
-    index = {haystack[i:i + WINDOW] for i in range(len(haystack) - WINDOW + 1)}
+    index = {haystack[i : i + WINDOW] for i in range(len(haystack) - WINDOW + 1)}
     return [label for label, w in windows if w in index]
 
 
@@ -206,8 +211,7 @@ def windows(backbone):
 
 
 def haystack_of(describe, calls) -> bytes:
-    return describe.SerializeToString() + b"".join(
-        r.SerializeToString() for c in calls for r in c.replies)
+    return describe.SerializeToString() + b"".join(r.SerializeToString() for c in calls for r in c.replies)
 
 
 def test_no_parameter_bytes_in_any_reply(session, windows):
@@ -231,11 +235,13 @@ def test_window_search_would_catch_a_leak(session, windows, backbone):
             assert any(h.startswith(f"{name}@") and str(dtype) in h for h in hits), (name, dtype)
             # As a chunk of a reply, mid-tensor and unaligned.
             offset = 3 + len(leaked) // 3
-            chunk = pb.OutputMessage(chunk=pb.TensorChunk(
-                name="embeddings", dtype=pb.FLOAT32, shape=[1, 8],
-                data=b"\x01" + leaked[offset:offset + 200]))
+            chunk = pb.OutputMessage(
+                chunk=pb.TensorChunk(
+                    name="embeddings", dtype=pb.FLOAT32, shape=[1, 8], data=b"\x01" + leaked[offset : offset + 200]
+                )
+            )
             assert find_windows(haystack + chunk.SerializeToString(), windows), (name, dtype)
     # The haystack is the replies: the embeddings' own bytes are in it.
     embed = calls[0]
     data = b"".join(r.chunk.data for r in embed.replies[1:])
-    assert find_windows(haystack, [("embeddings", data[100:100 + WINDOW])]) == ["embeddings"]
+    assert find_windows(haystack, [("embeddings", data[100 : 100 + WINDOW])]) == ["embeddings"]

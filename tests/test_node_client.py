@@ -1,5 +1,6 @@
 """A second, independent client (Node.js, @grpc/grpc-js, the .proto loaded at run time) gets
 what the Python client gets: the contract stands on its own."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_credentials import KEYED_ARGS, create_key
 
 import graytune.v1
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
-from test_credentials import KEYED_ARGS, create_key
 
 NODE_DIR = Path(__file__).parent / "node"
 PROTO = Path(graytune.v1.__file__).parent / "oracle.proto"
@@ -32,9 +33,13 @@ def test_node_client_matches_the_python_client(keyed):
     assert shutil.which("node"), "Node.js is needed for the second-client test"
     assert (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run scripts/setup.sh (npm ci)"
     server, secret = keyed
-    result = subprocess.run(["node", str(NODE_DIR / "describe_embed.js"), server.endpoint, str(PROTO)],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "GRAYTUNE_API_KEY": secret})
+    result = subprocess.run(
+        ["node", str(NODE_DIR / "describe_embed.js"), server.endpoint, str(PROTO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GRAYTUNE_API_KEY": secret},
+    )
     assert result.returncode == 0, result.stderr
     node = json.loads(result.stdout)
 

@@ -1,4 +1,5 @@
 """`graytune plot`: a run's metrics.jsonl as an image, written atomically, with clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,22 @@ from graytune.client import plot
 def write_run(run_dir, steps=30, evals=(0, 15, 30)):
     """A metrics.jsonl as `graytune train` writes it: train records, zero-shot, evaluations."""
     run_dir.mkdir(parents=True)
-    records = [{"kind": "zero_shot" if s == 0 else "eval", "step": s,
-                **{key: 0.2 + s / 100 for key in plot.RECALLS}} for s in evals]
+    records = [
+        {"kind": "zero_shot" if s == 0 else "eval", "step": s, **{key: 0.2 + s / 100 for key in plot.RECALLS}}
+        for s in evals
+    ]
     records += [{"kind": "train", "step": s, "loss": 4.0 - s / 10, "lr": 1e-3} for s in range(1, steps + 1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run_dir
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "graytune.client.cli", "plot", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", "plot", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_plot_writes_an_image_beside_the_metrics(tmp_path):

@@ -1,4 +1,5 @@
 """The owner's Prometheus metrics, scraped over HTTP from a real server."""
+
 from __future__ import annotations
 
 import urllib.request
@@ -6,19 +7,23 @@ import urllib.request
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from test_connection import free_port
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
+
 from conftest import SERVER_ARGS
-from test_connection import free_port
 
 
 def scrape(port: int) -> dict:
     """{(name, frozenset(labels)): value} of every sample."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_count_calls_samples_bytes_and_held_graphs():

@@ -1,5 +1,6 @@
 """The request digest that binds a call id to one request: every message's length and bytes, in
 order, whether a message is hashed inline (small) or on a thread while the next one arrives."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +22,7 @@ def digest_of(messages, method="Forward", threads=2) -> str:
             for data in messages:
                 await digest.add(data)
             return await digest.hexdigest()
+
     return asyncio.run(run())
 
 

@@ -1,5 +1,6 @@
 """The client's side of a lost server, against a stand-in server in this process: every attempt
 of one call carries the same call id, a wait for a restarted server is bounded and logged."""
+
 from __future__ import annotations
 
 import logging
@@ -11,13 +12,14 @@ from concurrent import futures
 import grpc
 import pytest
 import torch
+from test_connection import free_port
 
 import graytune
 from graytune import tensor_codec
-from graytune.client.transport.oracle_client import CALL_ID, OracleClient, OracleError
+from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.contract import CALL_ID_HEADER as CALL_ID
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
-from test_connection import free_port
 
 
 class StandIn(pb_grpc.GradientOracleServicer):
@@ -70,10 +72,14 @@ def waits_logged(caplog, what: str) -> list:
     return [r.getMessage() for r in caplog.records if r.name == "graytune.client" and what in r.getMessage()]
 
 
-@pytest.mark.parametrize("call", [
-    lambda oracle: oracle.describe(refresh=True),
-    lambda oracle: oracle.forward(pb.IMAGE, {"pixels": torch.zeros(2, 3, 8, 8)}),
-], ids=["unary", "stream"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda oracle: oracle.describe(refresh=True),
+        lambda oracle: oracle.forward(pb.IMAGE, {"pixels": torch.zeros(2, 3, 8, 8)}),
+    ],
+    ids=["unary", "stream"],
+)
 def test_every_attempt_of_a_call_sends_its_call_id(call):
     port = free_port()
     stand_in = StandIn(failures=2)

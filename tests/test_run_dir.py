@@ -1,5 +1,6 @@
 """A run directory holds one run: a rerun is refused, --overwrite starts over, --resume of a
 finished run says so; Ctrl-C, a lost server and a closed pipe end in one line, not a traceback."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from graytune.client.transport.local_server import LocalServer
+
 from conftest import SERVER_ARGS, wait_until
 
 RUN_ARGS = ("--batch-size", "8", "--no-progress")
@@ -19,8 +21,17 @@ def graytune(*args):
 
 
 def train_cmd(endpoint, digits, run_dir, *extra):
-    return graytune("train", "--endpoint", endpoint, "--train-data", digits["train"],
-                    "--output-dir", str(run_dir), *RUN_ARGS, *extra)
+    return graytune(
+        "train",
+        "--endpoint",
+        endpoint,
+        "--train-data",
+        digits["train"],
+        "--output-dir",
+        str(run_dir),
+        *RUN_ARGS,
+        *extra,
+    )
 
 
 def train_steps(run_dir: Path) -> list:
@@ -34,33 +45,37 @@ def checkpoint_step(run_dir: Path) -> int:
 
 
 def test_a_rerun_into_a_used_directory_is_refused_and_overwrite_starts_over(server, digits, tmp_path):
-    first = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "2"),
-                           capture_output=True, text=True)
+    first = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "2"), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
 
-    rerun = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "3"),
-                           capture_output=True, text=True)
+    rerun = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "3"), capture_output=True, text=True)
     assert rerun.returncode == 1 and "Traceback" not in rerun.stderr
     assert "already holds a run (a checkpoint at step 2)" in rerun.stderr
     assert "--resume" in rerun.stderr and "--overwrite" in rerun.stderr
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics, "the old run is untouched"
 
-    over = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "3", "--overwrite"),
-                          capture_output=True, text=True)
+    over = subprocess.run(
+        train_cmd(server.endpoint, digits, tmp_path, "--steps", "3", "--overwrite"), capture_output=True, text=True
+    )
     assert over.returncode == 0, over.stderr
     assert train_steps(tmp_path) == [1, 2, 3]
     assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 3
 
 
 def test_resuming_a_finished_run_prints_its_final_metrics_without_a_call(server, digits, tmp_path):
-    done = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "2",
-                                    "--val-data", digits["val"]), capture_output=True, text=True)
+    done = subprocess.run(
+        train_cmd(server.endpoint, digits, tmp_path, "--steps", "2", "--val-data", digits["val"]),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     # No server at this endpoint: the answer comes from the run directory alone.
-    again = subprocess.run(train_cmd("127.0.0.1:1", digits, tmp_path, "--steps", "2",
-                                     "--val-data", digits["val"], "--resume"),
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        train_cmd("127.0.0.1:1", digits, tmp_path, "--steps", "2", "--val-data", digits["val"], "--resume"),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr
     assert "is complete (step 2 of 2)" in again.stderr
     assert json.loads(again.stdout) == json.loads(done.stdout)
@@ -74,12 +89,19 @@ def as_in_a_terminal() -> None:
 
 
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_path):
-    run = subprocess.Popen(train_cmd(server.endpoint, digits, tmp_path, "--steps", "40",
-                                     "--save-every", "3"), preexec_fn=as_in_a_terminal,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        train_cmd(server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "3"),
+        preexec_fn=as_in_a_terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "metrics.jsonl"
-    wait_until(lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 5),
-               timeout=300, what="five training steps")
+    wait_until(
+        lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 5),
+        timeout=300,
+        what="five training steps",
+    )
     run.send_signal(signal.SIGINT)
     out, err = run.communicate()
     assert run.returncode == 128 + signal.SIGINT, err
@@ -87,22 +109,36 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_pat
     last, step = err.strip().splitlines()[-1], train_steps(tmp_path)[-1]
     # The step in progress finished and was checkpointed: nothing is lost.
     assert checkpoint_step(tmp_path) == step
-    assert last == f"graytune train: interrupted after step {step}; resume with --resume (continues from the checkpoint at step {step})"
+    assert (
+        last == f"graytune train: interrupted after step {step}; "
+        f"resume with --resume (continues from the checkpoint at step {step})"
+    )
 
-    resumed = subprocess.run(train_cmd(server.endpoint, digits, tmp_path, "--steps", "40",
-                                       "--save-every", "3", "--resume"), capture_output=True, text=True)
+    resumed = subprocess.run(
+        train_cmd(server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "3", "--resume"),
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert train_steps(tmp_path) == list(range(1, 41))
 
 
 def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path):
     with LocalServer(SERVER_ARGS) as server:
-        run = subprocess.Popen(train_cmd(server.endpoint, digits, tmp_path, "--steps", "40",
-                                         "--save-every", "2", "--reconnect-timeout", "1"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = subprocess.Popen(
+            train_cmd(
+                server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "2", "--reconnect-timeout", "1"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         metrics = tmp_path / "metrics.jsonl"
-        wait_until(lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 3),
-                   timeout=300, what="three training steps")
+        wait_until(
+            lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 3),
+            timeout=300,
+            what="three training steps",
+        )
         server.kill()
         out, err = run.communicate()
     assert run.returncode == 1, err
@@ -111,13 +147,19 @@ def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path
     assert lines[-2].startswith("graytune train: error: ") and "UNAVAILABLE" in lines[-2]
     step = train_steps(tmp_path)[-1]
     assert checkpoint_step(tmp_path) == step // 2 * 2, "a checkpoint is written before the next call"
-    assert lines[-1] == (f"graytune train: the run stopped after step {step}; resume with --resume "
-                         f"(continues from the checkpoint at step {step // 2 * 2})")
+    assert lines[-1] == (
+        f"graytune train: the run stopped after step {step}; resume with --resume "
+        f"(continues from the checkpoint at step {step // 2 * 2})"
+    )
 
 
 def test_a_closed_pipe_ends_quietly(server, digits):
-    run = subprocess.Popen(graytune("eval", "--endpoint", server.endpoint, "--val-data", digits["val"]),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        graytune("eval", "--endpoint", server.endpoint, "--val-data", digits["val"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run.stdout.close()  # `graytune eval ... | head -0`: the reader is gone before the output
     err = run.stderr.read()
     assert run.wait() == 128 + signal.SIGPIPE, err

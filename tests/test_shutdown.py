@@ -1,5 +1,6 @@
 """SIGTERM during training: the server drains and exits 0, the trainer waits its
 --reconnect-timeout for the server, then stops with a clear error and a loadable checkpoint."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,19 +8,40 @@ import sys
 
 from graytune.client.training import checkpoint
 from graytune.client.transport.local_server import LocalServer
+
 from conftest import SERVER_ARGS, wait_until
 
 
 def test_sigterm_during_training_ends_cleanly(digits, tmp_path):
     server = LocalServer(SERVER_ARGS).start()
     trainer = subprocess.Popen(
-        [sys.executable, "-m", "graytune.client.cli", "train", "--endpoint", server.endpoint,
-         "--train-data", digits["train"], "--output-dir", str(tmp_path), "--steps", "100000",
-         "--save-every", "2", "--batch-size", "16", "--no-progress", "--reconnect-timeout", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "graytune.client.cli",
+            "train",
+            "--endpoint",
+            server.endpoint,
+            "--train-data",
+            digits["train"],
+            "--output-dir",
+            str(tmp_path),
+            "--steps",
+            "100000",
+            "--save-every",
+            "2",
+            "--batch-size",
+            "16",
+            "--no-progress",
+            "--reconnect-timeout",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_until(lambda: checkpoint.latest_checkpoint(tmp_path) is not None, 120,
-                   "the trainer's first checkpoint")
+        wait_until(lambda: checkpoint.latest_checkpoint(tmp_path) is not None, 120, "the trainer's first checkpoint")
         assert server.stop() == 0  # SIGTERM: in-flight calls finish, then a clean exit
         _, stderr = trainer.communicate(timeout=120)
     finally:

@@ -1,6 +1,7 @@
 """Sketch-image retrieval: mAP@all and P@K against hand-computed cases and against the average
 over every order of tied items, data errors naming file and line, the category loss, and
 training through the real server."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,19 +11,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from test_classify import graytune, records
 
 from graytune.client.data.preprocess import Preprocess
 from graytune.client.data.tables import DataError
+from graytune.client.modules.losses import category_contrastive_loss
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.sketch.data import SketchPhotoDataset
-from graytune.client.tasks.sketch.loss import category_contrastive_loss
 from graytune.client.tasks.sketch.metrics import average_precision, precision_at, sketch_metrics
-from test_classify import graytune, records
-
 
 # -- metrics ---------------------------------------------------------------------------------
+
 
 def test_average_precision_by_hand():
     # Relevant at positions 1 and 3: (1/1 + 2/3) / 2.
@@ -75,6 +77,7 @@ def test_a_query_without_a_relevant_photo_is_refused():
 
 
 # -- loss --------------------------------------------------------------------------------------
+
 
 def test_one_item_per_category_is_clips_loss():
     torch.manual_seed(0)
@@ -142,11 +145,28 @@ def test_an_unknown_domain_names_its_line(tmp_path):
 
 # -- through the real server -------------------------------------------------------------------
 
+
 def test_sketch_retrieval_beats_zero_shot(pretrained_server, digits, tmp_path):
     run_dir = tmp_path / "run"
-    result = graytune(pretrained_server.endpoint, "train", "--task", "sketch", "--train-data",
-                      digits["train_sketch"], "--val-data", digits["val_sketch"], "--output-dir", str(run_dir),
-                      "--steps", "30", "--eval-every", "30", "--save-every", "30", "--no-progress")
+    result = graytune(
+        pretrained_server.endpoint,
+        "train",
+        "--task",
+        "sketch",
+        "--train-data",
+        digits["train_sketch"],
+        "--val-data",
+        digits["val_sketch"],
+        "--output-dir",
+        str(run_dir),
+        "--steps",
+        "30",
+        "--eval-every",
+        "30",
+        "--save-every",
+        "30",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     final, logged = json.loads(result.stdout), records(run_dir)
     zero_shot = logged[1]

@@ -1,4 +1,5 @@
 """Tensors on the wire: bit-exact round trips, chunk layout, and malformed streams."""
+
 from __future__ import annotations
 
 import math
@@ -7,15 +8,15 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graytune.tensor_codec import (
     TensorAssembler,
     TensorFormatError,
     chunks_to_tensors,
-    tensor_to_chunks,
     read_chunk,
+    tensor_to_chunks,
     tensor_to_messages,
     tensors_to_chunks,
 )
@@ -52,6 +53,7 @@ def header(name="x", dtype=pb.FLOAT32, shape=(2,), data=b""):
 
 # --- round trips ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 1 << 20])
 def test_round_trip_is_bit_exact(dtype, chunk_bytes):
@@ -61,9 +63,11 @@ def test_round_trip_is_bit_exact(dtype, chunk_bytes):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_round_trip_keeps_nan_payloads_and_signed_zero(dtype):
-    bits = {torch.float32: [0x7FC00001, 0xFFC12345, 0x80000000, 0x7F800000, 0x00000001],
-            torch.float16: [0x7E01, 0xFE55, 0x8000, 0x7C00, 0x0001],
-            torch.bfloat16: [0x7FC1, 0xFF85, 0x8000, 0x7F80, 0x0001]}[dtype]
+    bits = {
+        torch.float32: [0x7FC00001, 0xFFC12345, 0x80000000, 0x7F800000, 0x00000001],
+        torch.float16: [0x7E01, 0xFE55, 0x8000, 0x7C00, 0x0001],
+        torch.bfloat16: [0x7FC1, 0xFF85, 0x8000, 0x7F80, 0x0001],
+    }[dtype]
     int_dtype = torch.int32 if dtype == torch.float32 else torch.int16
     t = torch.tensor(np.array(bits, dtype=np.uint32).astype(np.int64)).to(int_dtype).view(dtype)
     assert_bit_equal(round_trip("t", t, chunk_bytes=3), t)
@@ -132,8 +136,11 @@ def test_wire_bytes_are_little_endian_row_major(transpose):
 
 
 def test_several_tensors_in_one_stream():
-    tensors = {"a": random_bits((2, 3), torch.float16), "b": random_bits((5,), torch.int64),
-               "c": random_bits((), torch.uint8)}
+    tensors = {
+        "a": random_bits((2, 3), torch.float16),
+        "b": random_bits((5,), torch.int64),
+        "c": random_bits((), torch.uint8),
+    }
     out = chunks_to_tensors(tensors_to_chunks(tensors, chunk_bytes=3))
     assert list(out) == list(tensors)
     for name, t in tensors.items():
@@ -147,10 +154,15 @@ def test_encoding_an_unsupported_dtype_raises():
 
 # --- malformed streams ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("chunks", [
-    [header("pixels", shape=[2], data=bytes(12))],
-    [header("pixels", shape=[2], data=bytes(4)), pb.TensorChunk(name="pixels", data=bytes(8))],
-], ids=["first-chunk", "continuation"])
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [header("pixels", shape=[2], data=bytes(12))],
+        [header("pixels", shape=[2], data=bytes(4)), pb.TensorChunk(name="pixels", data=bytes(8))],
+    ],
+    ids=["first-chunk", "continuation"],
+)
 def test_too_many_bytes(chunks):
     with pytest.raises(TensorFormatError, match="'pixels'.*more bytes"):
         chunks_to_tensors(chunks)
@@ -210,8 +222,9 @@ def test_missing_name():
 
 
 # --- hostile headers: overflowing shapes, long names, bytes that never come ----------------------
-@pytest.mark.parametrize("shape,dtype", [([0, 2 ** 62, 2 ** 62], pb.FLOAT32), ([2 ** 32, 2 ** 32, 0], pb.BFLOAT16),
-                                         ([1] * 9, pb.UINT8)])
+@pytest.mark.parametrize(
+    "shape,dtype", [([0, 2**62, 2**62], pb.FLOAT32), ([2**32, 2**32, 0], pb.BFLOAT16), ([1] * 9, pb.UINT8)]
+)
 def test_a_shape_no_tensor_can_have_is_refused_before_allocating(shape, dtype):
     assembler = TensorAssembler(max_tensor_bytes=1 << 30)
     with pytest.raises(TensorFormatError, match="'x'"):
@@ -269,7 +282,7 @@ def test_a_tensor_assembled_from_uneven_chunks_is_its_bytes(sizes):
     chunks, at = [], 0
     for i, size in enumerate(sizes):
         head = dict(dtype=pb.UINT8, shape=[len(data)]) if i == 0 else {}
-        chunks.append(pb.TensorChunk(name="x", data=data[at:at + size], **head))
+        chunks.append(pb.TensorChunk(name="x", data=data[at : at + size], **head))
         at += size
     tensor = chunks_to_tensors(chunks)["x"]
     assert tensor.numpy().tobytes() == data and tensor.is_contiguous()
@@ -277,10 +290,16 @@ def test_a_tensor_assembled_from_uneven_chunks_is_its_bytes(sizes):
 
 # --- serialized stream messages ------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None)
-@given(shape=st.lists(st.integers(0, 300), max_size=4), dtype=st.sampled_from(DTYPES),
-       wire=st.sampled_from([None, torch.bfloat16, torch.float16]), chunk_bytes=st.integers(1, 4096),
-       name=st.text(max_size=70), message=st.sampled_from([pb.InputMessage, pb.OutputMessage, pb.BackwardMessage]))
+@given(
+    shape=st.lists(st.integers(0, 300), max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    wire=st.sampled_from([None, torch.bfloat16, torch.float16]),
+    chunk_bytes=st.integers(1, 4096),
+    name=st.text(max_size=70),
+    message=st.sampled_from([pb.InputMessage, pb.OutputMessage, pb.BackwardMessage]),
+)
 def test_messages_written_by_hand_are_what_protobuf_writes(shape, dtype, wire, chunk_bytes, name, message):
     """Every message `tensor_to_messages` yields is byte for byte protobuf's serialization of
     its chunk in any of the three stream messages (all carry it as field 2), so a peer that
@@ -306,8 +325,12 @@ def fast_chunk(message: bytes):
 
 
 @settings(max_examples=200, deadline=None)
-@given(shape=st.lists(st.integers(0, 40), max_size=4), dtype=st.sampled_from(DTYPES),
-       chunk_bytes=st.integers(1, 512), name=st.text(max_size=70))
+@given(
+    shape=st.lists(st.integers(0, 40), max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    chunk_bytes=st.integers(1, 512),
+    name=st.text(max_size=70),
+)
 def test_chunks_are_read_from_their_bytes_as_protobuf_reads_them(shape, dtype, chunk_bytes, name):
     t = random_bits(tuple(shape), dtype)
     # At most ~256 chunks: a 20 MB tensor in 1-byte chunks took minutes and tests nothing more
@@ -331,9 +354,15 @@ def mutated(message: bytes, edits) -> bytes:
 
 
 @settings(max_examples=2000, deadline=None)
-@given(shape=st.lists(st.integers(0, 6), max_size=3), name=st.sampled_from(["", "x", "pixels", "é"]),
-       edits=st.lists(st.tuples(st.sampled_from(["set", "insert", "cut"]), st.integers(0, 200), st.integers(0, 255)),
-                      min_size=1, max_size=3))
+@given(
+    shape=st.lists(st.integers(0, 6), max_size=3),
+    name=st.sampled_from(["", "x", "pixels", "é"]),
+    edits=st.lists(
+        st.tuples(st.sampled_from(["set", "insert", "cut"]), st.integers(0, 200), st.integers(0, 255)),
+        min_size=1,
+        max_size=3,
+    ),
+)
 def test_a_mangled_message_is_read_as_protobuf_reads_it_or_left_to_protobuf(shape, name, edits):
     """Hostile bytes: whatever the fast reader accepts, protobuf reads the same (a valid chunk
     message); everything else it leaves to protobuf, which names what is wrong."""

@@ -1,27 +1,46 @@
 """--report-to tensorboard: the event files hold what metrics.jsonl holds."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.training.loop import TrainConfig, train
 from graytune.client.training.tensorboard import scalars
 from graytune.client.transport.oracle_client import OracleClient
 
 
 def test_records_become_tagged_scalars():
-    record = {"step": 5, "kind": "eval", "top1": 0.5, "per_class_accuracy": {"cat": 1.0, "dog": 0.0},
-              "oracle/Embed_samples": 12}
-    assert dict(scalars(record)) == {"val/top1": 0.5, "val/per_class/cat": 1.0, "val/per_class/dog": 0.0,
-                                     "oracle/Embed_samples": 12.0}
+    record = {
+        "step": 5,
+        "kind": "eval",
+        "top1": 0.5,
+        "per_class_accuracy": {"cat": 1.0, "dog": 0.0},
+        "oracle/Embed_samples": 12,
+    }
+    assert dict(scalars(record)) == {
+        "val/top1": 0.5,
+        "val/per_class/cat": 1.0,
+        "val/per_class/dog": 0.0,
+        "oracle/Embed_samples": 12.0,
+    }
     assert dict(scalars({"step": 1, "kind": "run", "task": "classify", "trainable_parameters": 9})) == {}
 
 
 def test_event_files_match_the_metrics_log(server, digits, tmp_path):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    cfg = TrainConfig(train_data=digits["train"], val_data=digits["val"], output_dir=str(tmp_path), steps=3,
-                      batch_size=8, eval_every=3, save_every=3, workers=0, report_to=("tensorboard",))
+    cfg = TrainConfig(
+        train_data=digits["train"],
+        val_data=digits["val"],
+        output_dir=str(tmp_path),
+        batch_size=8,
+        eval_every=3,
+        save_every=3,
+        report_to=("tensorboard",),
+        options=DGAOptions(steps=3, workers=0),
+    )
     with OracleClient(server.endpoint) as oracle:
         train(oracle, cfg, progress=False)
     events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))

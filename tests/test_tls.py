@@ -1,5 +1,6 @@
 """TLS and mutual TLS: handshakes, and what the server and the client say when one cannot work.
 Certificates are made here with openssl."""
+
 from __future__ import annotations
 
 import datetime
@@ -27,16 +28,59 @@ def openssl(*args, cwd):
 
 
 def make_ca(directory, name, days=30):
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days), "-subj", f"/CN={name}",
-            "-addext", f"subjectAltName={LOCAL}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=directory)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        str(days),
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        f"subjectAltName={LOCAL}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        cwd=directory,
+    )
 
 
 def make_cert(directory, ca, name, san, days=30):
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", cwd=directory)
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=directory,
+    )
     (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", str(days), "-out", f"{name}.crt", "-extfile", f"{name}.ext", cwd=directory)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        str(days),
+        "-out",
+        f"{name}.crt",
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
 
 
 def make_dated_cert(directory, ca, name, start, end):
@@ -44,15 +88,46 @@ def make_dated_cert(directory, ca, name, start, end):
     counts days from now, `openssl ca` takes any dates."""
     (directory / "ca.cnf").write_text(
         "[ca]\ndefault_ca = signer\n[signer]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
-        "default_md = sha256\npolicy = anything\n[anything]\ncommonName = supplied\n")
+        "default_md = sha256\npolicy = anything\n[anything]\ncommonName = supplied\n"
+    )
     (directory / "index.txt").write_text("")
     (directory / "serial").write_text("01\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", cwd=directory)
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=directory,
+    )
     (directory / f"{name}.ext").write_text(f"subjectAltName={LOCAL}\n")
-    openssl("ca", "-batch", "-config", "ca.cnf", "-cert", f"{ca}.crt", "-keyfile", f"{ca}.key", "-notext",
-            "-in", f"{name}.csr", "-out", f"{name}.crt", "-startdate", start, "-enddate", end,
-            "-extfile", f"{name}.ext", cwd=directory)
+    openssl(
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        f"{ca}.crt",
+        "-keyfile",
+        f"{ca}.key",
+        "-notext",
+        "-in",
+        f"{name}.csr",
+        "-out",
+        f"{name}.crt",
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +155,14 @@ def handshake_failure(endpoint, credentials=None, tls_server_name=None):
     """The OracleError of a client that would wait an hour for a server it cannot reach, and
     the seconds it took to come."""
     started = time.monotonic()
-    with OracleClient(endpoint, credentials=credentials, tls_server_name=tls_server_name, timeout=10,
-                      reconnect_timeout=NEVER, connect_timeout=NEVER) as oracle:
+    with OracleClient(
+        endpoint,
+        credentials=credentials,
+        tls_server_name=tls_server_name,
+        timeout=10,
+        reconnect_timeout=NEVER,
+        connect_timeout=NEVER,
+    ) as oracle:
         with pytest.raises(OracleError) as failure:
             oracle.describe()
     return str(failure.value), time.monotonic() - started
@@ -96,8 +177,15 @@ def tls_server(pki):
 
 @pytest.fixture(scope="module")
 def mtls_server(pki):
-    args = [*TLS_ARGS, "--tls-cert", pki("server.crt"), "--tls-key", pki("server.key"),
-            "--tls-client-ca", pki("ca.crt")]
+    args = [
+        *TLS_ARGS,
+        "--tls-cert",
+        pki("server.crt"),
+        "--tls-key",
+        pki("server.key"),
+        "--tls-client-ca",
+        pki("ca.crt"),
+    ]
     creds = tls_channel_credentials(pki("ca.crt"), pki("customer.crt"), pki("customer.key"))
     with LocalServer(args, credentials=creds) as s:
         yield s
@@ -127,8 +215,13 @@ def assert_said_at_once(failure, *words):
 
 
 def test_a_server_signed_by_an_unknown_ca_is_reported(tls_server, pki):
-    assert_said_at_once(handshake_failure(tls_server.endpoint, tls_channel_credentials(pki("rogue-ca.crt"))),
-                        "not signed by the CA in", "rogue-ca.crt", "--tls-ca FILE", "GRAYTUNE_TLS_CA")
+    assert_said_at_once(
+        handshake_failure(tls_server.endpoint, tls_channel_credentials(pki("rogue-ca.crt"))),
+        "not signed by the CA in",
+        "rogue-ca.crt",
+        "--tls-ca FILE",
+        "GRAYTUNE_TLS_CA",
+    )
 
 
 def test_a_self_signed_server_is_reported(pki):
@@ -149,8 +242,9 @@ def test_an_expired_server_certificate_is_reported(pki):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     read = lambda name: open(pki(name), "rb").read()
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(read("expired.key"),
-                                                                               read("expired.crt"))]))
+    port = server.add_secure_port(
+        "127.0.0.1:0", grpc.ssl_server_credentials([(read("expired.key"), read("expired.crt"))])
+    )
     server.start()
     try:
         failure = handshake_failure(f"127.0.0.1:{port}", tls_channel_credentials(pki("ca.crt")))
@@ -159,13 +253,19 @@ def test_an_expired_server_certificate_is_reported(pki):
     assert_said_at_once(failure, "certificate has expired", "renew")
 
 
-@pytest.mark.parametrize("client, words", [
-    (None, ("requires a client certificate", "--tls-cert FILE and --tls-key FILE")),
-    ("intruder", ("does not accept this client's certificate", "intruder.crt", "--tls-client-ca")),
-])
+@pytest.mark.parametrize(
+    "client, words",
+    [
+        (None, ("requires a client certificate", "--tls-cert FILE and --tls-key FILE")),
+        ("intruder", ("does not accept this client's certificate", "intruder.crt", "--tls-client-ca")),
+    ],
+)
 def test_mutual_tls_refusals_are_reported(mtls_server, pki, client, words):
-    creds = (tls_channel_credentials(pki("ca.crt")) if client is None else
-             tls_channel_credentials(pki("ca.crt"), pki(f"{client}.crt"), pki(f"{client}.key")))
+    creds = (
+        tls_channel_credentials(pki("ca.crt"))
+        if client is None
+        else tls_channel_credentials(pki("ca.crt"), pki(f"{client}.crt"), pki(f"{client}.key"))
+    )
     assert_said_at_once(handshake_failure(mtls_server.endpoint, creds), *words)
 
 
@@ -174,32 +274,53 @@ def test_a_plaintext_client_of_a_tls_server_is_told_to_use_tls(tls_server):
 
 
 def test_a_tls_client_of_a_plaintext_server_is_told_so(server, pki):
-    assert_said_at_once(handshake_failure(server.endpoint, tls_channel_credentials(pki("ca.crt"))),
-                        "does not complete a TLS handshake", "--plaintext", "without --tls")
+    assert_said_at_once(
+        handshake_failure(server.endpoint, tls_channel_credentials(pki("ca.crt"))),
+        "does not complete a TLS handshake",
+        "--plaintext",
+        "without --tls",
+    )
 
 
 # -- what the server says about its TLS files at start-up --------------------------------
 def start_failure(*tls_args):
-    result = subprocess.run(server_command() + [*TLS_ARGS, "--port", "0", *tls_args], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        server_command() + [*TLS_ARGS, "--port", "0", *tls_args], capture_output=True, text=True, timeout=300
+    )
     return result.returncode, result.stderr
 
 
-@pytest.mark.parametrize("files, words", [
-    ({"--tls-cert": "server.crt", "--tls-key": "customer.key"},
-     ("--tls-key", "customer.key", "is not the private key of the certificate in --tls-cert", "server.crt")),
-    ({"--tls-cert": "server.der", "--tls-key": "server.key"}, ("--tls-cert", "server.der", "is not PEM")),
-    ({"--tls-cert": "server.key", "--tls-key": "server.crt"},
-     ("--tls-cert", "server.key", "not a CERTIFICATE", "swapped")),
-    ({"--tls-cert": "server.crt", "--tls-key": "server.csr"},
-     ("--tls-key", "server.csr", "holds CERTIFICATE REQUEST, not a PRIVATE KEY")),
-    ({"--tls-cert": "server.crt", "--tls-key": "server.key", "--tls-client-ca": "ca.key"},
-     ("--tls-client-ca", "ca.key", "not a CERTIFICATE")),
-    ({"--tls-cert": "expired.crt", "--tls-key": "expired.key"},
-     ("--tls-cert", "expired.crt", "expired on 2020-01-02 00:00 UTC", "renew")),
-    ({"--tls-cert": "future.crt", "--tls-key": "future.key"},
-     ("--tls-cert", "future.crt", "not valid until 2099-01-01 00:00 UTC", "clock")),
-], ids=["key-mismatch", "not-pem", "swapped", "key-not-a-key", "client-ca-not-a-cert", "expired", "not-yet-valid"])
+@pytest.mark.parametrize(
+    "files, words",
+    [
+        (
+            {"--tls-cert": "server.crt", "--tls-key": "customer.key"},
+            ("--tls-key", "customer.key", "is not the private key of the certificate in --tls-cert", "server.crt"),
+        ),
+        ({"--tls-cert": "server.der", "--tls-key": "server.key"}, ("--tls-cert", "server.der", "is not PEM")),
+        (
+            {"--tls-cert": "server.key", "--tls-key": "server.crt"},
+            ("--tls-cert", "server.key", "not a CERTIFICATE", "swapped"),
+        ),
+        (
+            {"--tls-cert": "server.crt", "--tls-key": "server.csr"},
+            ("--tls-key", "server.csr", "holds CERTIFICATE REQUEST, not a PRIVATE KEY"),
+        ),
+        (
+            {"--tls-cert": "server.crt", "--tls-key": "server.key", "--tls-client-ca": "ca.key"},
+            ("--tls-client-ca", "ca.key", "not a CERTIFICATE"),
+        ),
+        (
+            {"--tls-cert": "expired.crt", "--tls-key": "expired.key"},
+            ("--tls-cert", "expired.crt", "expired on 2020-01-02 00:00 UTC", "renew"),
+        ),
+        (
+            {"--tls-cert": "future.crt", "--tls-key": "future.key"},
+            ("--tls-cert", "future.crt", "not valid until 2099-01-01 00:00 UTC", "clock"),
+        ),
+    ],
+    ids=["key-mismatch", "not-pem", "swapped", "key-not-a-key", "client-ca-not-a-cert", "expired", "not-yet-valid"],
+)
 def test_a_tls_file_that_cannot_work_stops_the_server_with_one_line(pki, files, words):
     code, stderr = start_failure(*[arg for flag, name in files.items() for arg in (flag, pki(name))])
     lines = [line for line in stderr.splitlines() if "graytune-server: error:" in line]
@@ -225,13 +346,12 @@ def test_a_certificate_about_to_expire_is_a_warning(pki):
         warning = next(line for line in server.output if "WARNING" in line and "expires on" in line)
     assert f"--tls-cert {pki('expiring.crt')}" in warning
     expires = datetime.datetime.strptime(re.search(r"expires on (\S+ \S+) UTC", warning)[1], "%Y-%m-%d %H:%M")
-    days = (expires - datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)) / datetime.timedelta(days=1)
+    days = (expires - datetime.datetime.now(datetime.UTC).replace(tzinfo=None)) / datetime.timedelta(days=1)
     assert 2 < days <= 3
 
 
 def test_serving_needs_tls_or_an_explicit_plaintext():
-    result = subprocess.run(server_command() + ["--dev", "--port", "0"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(server_command() + ["--dev", "--port", "0"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--tls-cert and --tls-key, or --plaintext" in result.stderr
 
@@ -245,8 +365,13 @@ def test_a_certificate_for_another_host_name_is_verified_against_the_name_given(
         health_check = server_command() + ["health", "--address", server.endpoint, "--tls-ca", pki("ca.crt")]
         env = {k: v for k, v in os.environ.items() if k != "GRAYTUNE_HEALTH_HOST"}
         unnamed = subprocess.run(health_check, capture_output=True, text=True, env=env, timeout=120)
-        named = subprocess.run(health_check, capture_output=True, text=True, timeout=120,
-                               env={**env, "GRAYTUNE_HEALTH_HOST": "oracle.example.com"})
+        named = subprocess.run(
+            health_check,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, "GRAYTUNE_HEALTH_HOST": "oracle.example.com"},
+        )
         with pytest.raises(OracleError):
             describe(server.endpoint, ca)
         with OracleClient(server.endpoint, credentials=ca, tls_server_name="oracle.example.com") as oracle:

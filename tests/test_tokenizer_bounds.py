@@ -2,6 +2,7 @@
 bounded, a caption that cannot fit the context is refused from a pre-count before BPE, and
 --max-caption-bytes is what a 77-token context can use.
 """
+
 from __future__ import annotations
 
 import random
@@ -13,13 +14,15 @@ import tracemalloc
 import grpc
 import open_clip
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import SERVER_ARGS
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.compute.tokenizer import CACHE_WORDS, END_OF_WORD, BoundedBPE, TooManyTokens
 from graytune.server.compute.validation import Limits
+
+from conftest import SERVER_ARGS
 
 CLIP_CONTEXT = 77
 
@@ -46,8 +49,10 @@ emoji = st.text(st.sampled_from("😂😍🔥👍🏽🇫🇷"), min_size=1, max
 odd = st.sampled_from(["<start_of_text>", "<end_of_text>", "&amp;", "&amp;lt;", "'s", "'ll", "1999", "...", "-_-"])
 words = st.one_of(ascii_word, letters, emoji, odd, st.text(max_size=30))
 captions = st.lists(words, max_size=40).flatmap(
-    lambda ws: st.lists(st.sampled_from([" ", "", "\n", "  ", ", "]), min_size=len(ws), max_size=len(ws))
-    .map(lambda seps: "".join(w + s for w, s in zip(ws, seps))))
+    lambda ws: st.lists(st.sampled_from([" ", "", "\n", "  ", ", "]), min_size=len(ws), max_size=len(ws)).map(
+        lambda seps: "".join(w + s for w, s in zip(ws, seps))
+    )
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -74,6 +79,7 @@ def test_a_long_word_is_refused_before_bpe():
 
     def no_bpe(word):
         raise AssertionError(f"BPE ran on {word[:20]!r}...")
+
     bpe.tokenizer.bpe = no_bpe
     word = "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(2400))
     with pytest.raises(TooManyTokens, match=r"at least \d+ tokens") as refused:
@@ -85,8 +91,9 @@ def test_a_long_word_is_refused_before_bpe():
 def test_the_cache_is_bounded_and_keeps_the_special_tokens(reference):
     bpe = BoundedBPE(clip_tokenizer(), cache_words=64)
     rng = random.Random(1)
-    distinct = [" ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(8)) for _ in range(5))
-                for _ in range(200)]  # 1,000 distinct words
+    distinct = [
+        " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(8)) for _ in range(5)) for _ in range(200)
+    ]  # 1,000 distinct words
     for text in distinct:
         assert bpe.encode(text, CLIP_CONTEXT) == reference.encode(text)
     assert bpe.words.cache_info().currsize == 64
@@ -123,7 +130,7 @@ def bytes_per_cached_word() -> float:
 # -- max_caption_bytes ---------------------------------------------------------------------------
 def test_max_caption_bytes_is_what_a_77_token_context_can_use(reference):
     """75 caption tokens of at most the longest token's bytes, a space after each."""
-    pieces = [p[:-len(END_OF_WORD)] if p.endswith(END_OF_WORD) else p for p in reference.encoder]
+    pieces = [p[: -len(END_OF_WORD)] if p.endswith(END_OF_WORD) else p for p in reference.encoder]
     longest = max(len(bytes(reference.byte_decoder[c] for c in p)) for p in pieces if not p.startswith("<"))
     assert longest == 32
     assert Limits().max_caption_bytes == (CLIP_CONTEXT - 2) * (longest + 1)
@@ -161,7 +168,7 @@ def test_a_server_sent_many_distinct_captions_keeps_its_memory(tmp_path):
 
         def accepted_batch():  # 256 captions of 3 distinct words each
             words = five_letter_words(rng, 3 * 256)
-            client.embed_texts([" ".join(words[i:i + 3]) for i in range(0, len(words), 3)])
+            client.embed_texts([" ".join(words[i : i + 3]) for i in range(0, len(words), 3)])
             return words
 
         def refused_call():  # as many distinct words as the caption bytes allow, far over the room
@@ -183,6 +190,8 @@ def test_a_server_sent_many_distinct_captions_keeps_its_memory(tmp_path):
 
     bound = CACHE_WORDS * bytes_per_cached_word() + ALLOWANCE
     unbounded = least_bytes_unbounded(sent)
-    print(f"\n{len(set(sent))} distinct words: RSS grew {grown / 2**20:.1f} MiB; bound {bound / 2**20:.1f} "
-          f"MiB; an unbounded cache would have kept at least {unbounded / 2**20:.1f} MiB")
+    print(
+        f"\n{len(set(sent))} distinct words: RSS grew {grown / 2**20:.1f} MiB; bound {bound / 2**20:.1f} "
+        f"MiB; an unbounded cache would have kept at least {unbounded / 2**20:.1f} MiB"
+    )
     assert grown < bound < unbounded

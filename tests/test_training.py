@@ -1,4 +1,5 @@
 """Training through the real server: it learns, and an interrupted run resumes exactly."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from graytune.client.transport.oracle_client import OracleClient
+from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.training.loop import TrainConfig, train
+from graytune.client.transport.oracle_client import OracleClient
 
 
 def records(run_dir: Path, kind: str) -> list:
@@ -21,8 +23,15 @@ def records(run_dir: Path, kind: str) -> list:
 
 
 def test_training_lowers_the_loss_and_raises_recall(pretrained_server, digits, tmp_path):
-    cfg = TrainConfig(train_data=digits["train"], val_data=digits["val"], output_dir=str(tmp_path),
-                      steps=60, batch_size=32, lr=3e-3, eval_every=60, save_every=60)
+    cfg = TrainConfig(
+        train_data=digits["train"],
+        val_data=digits["val"],
+        output_dir=str(tmp_path),
+        batch_size=32,
+        eval_every=60,
+        save_every=60,
+        options=DGAOptions(steps=60, lr=3e-3),
+    )
     with OracleClient(pretrained_server.endpoint) as oracle:
         final = train(oracle, cfg, progress=False)
     zero_shot = records(tmp_path, "zero_shot")[0]
@@ -35,17 +44,33 @@ def test_training_lowers_the_loss_and_raises_recall(pretrained_server, digits, t
 
 
 def cli_train(server, digits, run_dir, *extra):
-    return [sys.executable, "-m", "graytune.client.cli", "train", "--endpoint", server.endpoint,
-            "--train-data", digits["train"], "--output-dir", str(run_dir), "--steps", "40",
-            "--save-every", "4", "--batch-size", "16", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "graytune.client.cli",
+        "train",
+        "--endpoint",
+        server.endpoint,
+        "--train-data",
+        digits["train"],
+        "--output-dir",
+        str(run_dir),
+        "--steps",
+        "40",
+        "--save-every",
+        "4",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_interrupted_run_resumes_to_the_same_result(server, digits, tmp_path):
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     subprocess.run(cli_train(server, digits, whole), check=True, capture_output=True)
 
-    run = subprocess.Popen(cli_train(server, digits, interrupted), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(cli_train(server, digits, interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = interrupted / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and run.poll() is None:
@@ -68,8 +93,9 @@ def test_interrupted_run_resumes_to_the_same_result(server, digits, tmp_path):
 
 def test_resume_refuses_a_changed_batch_size(server, digits, tmp_path):
     subprocess.run(cli_train(server, digits, tmp_path, "--steps", "4"), check=True, capture_output=True)
-    result = subprocess.run(cli_train(server, digits, tmp_path, "--resume", "--batch-size", "8"),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        cli_train(server, digits, tmp_path, "--resume", "--batch-size", "8"), capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert "batch_size was 16" in result.stderr
 
@@ -85,8 +111,11 @@ def test_input_lr_moves_the_input_modules_at_their_own_rate(server, digits, tmp_
     step and its decay both scale with the rate) while the output adapters learn at --lr."""
     plain, frozen_inputs = tmp_path / "plain", tmp_path / "frozen-inputs"
     for run_dir, extra in ((plain, ()), (frozen_inputs, ("--input-lr", "0"))):
-        subprocess.run(cli_train(server, digits, run_dir, "--steps", "3", "--lr", "3e-3", "--wd", "0.1", *extra),
-                       check=True, capture_output=True)
+        subprocess.run(
+            cli_train(server, digits, run_dir, "--steps", "3", "--lr", "3e-3", "--wd", "0.1", *extra),
+            check=True,
+            capture_output=True,
+        )
     learnt, kept = (load_file(str(d / "adapter" / "adapters.safetensors")) for d in (plain, frozen_inputs))
     inputs = [k for k in kept if k.split(".")[0] in ("pixel_adapter", "text_prompt")]
     outputs = [k for k in kept if k.split(".")[0] in ("image_head", "text_head")]
@@ -101,14 +130,19 @@ def test_input_lr_moves_the_input_modules_at_their_own_rate(server, digits, tmp_
 
 def _initial_adapters(server) -> dict:
     """The adapters a run starts from (its seed 0), as saved."""
-    from graytune.client.adapters.graybox import AdapterConfig, GrayboxCLIP
+    from graytune.client.methods.graybox.config import GrayboxConfig
+    from graytune.client.methods.graybox.model import GrayboxCLIP
+
     with OracleClient(server.endpoint) as oracle:
         torch.manual_seed(0)
-        model = GrayboxCLIP(AdapterConfig.for_oracle(oracle), oracle)
+        model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle), oracle)
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def test_input_lr_is_refused_where_nothing_learns_inputs(server, digits, tmp_path):
-    done = subprocess.run(cli_train(server, digits, tmp_path, "--adapters", "output", "--input-lr", "1e-4"),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        cli_train(server, digits, tmp_path, "--adapters", "output", "--input-lr", "1e-4"),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "--input-lr: " in done.stderr and "trains no input modules" in done.stderr

@@ -1,5 +1,6 @@
 """Text-video retrieval: uniform frame sampling, precise errors for clips that cannot serve,
 temporal pooling, and training through the real server on MPEG-4 clips PyAV wrote."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from graytune.client.adapters.modules import AttentionPooling
-from graytune.client.data.digit_videos import drifting, write_digit_videos
-from graytune.client.data.tables import DataError
-from graytune.client.tasks.video.frames import read_clip, uniform_indices, write_video
 from test_classify import graytune, records
+
+from graytune.client.data.tables import DataError
+from graytune.client.demo.digit_videos import drifting, write_digit_videos
+from graytune.client.modules.layers import AttentionPooling
+from graytune.client.tasks.video.frames import read_clip, uniform_indices, write_video
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +72,31 @@ def test_attention_pooling_starts_as_the_mean_and_learns_weights():
 
 def test_video_retrieval_beats_zero_shot_and_eval_reproduces_it(pretrained_server, videos, tmp_path):
     run_dir = tmp_path / "run"
-    result = graytune(pretrained_server.endpoint, "train", "--task", "video", "--frames", "4",
-                      "--pooling", "attention", "--train-data", videos["train_video"],
-                      "--val-data", videos["val_video"], "--output-dir", str(run_dir), "--batch-size", "16",
-                      "--steps", "20", "--eval-every", "20", "--save-every", "20", "--no-progress")
+    result = graytune(
+        pretrained_server.endpoint,
+        "train",
+        "--task",
+        "video",
+        "--frames",
+        "4",
+        "--pooling",
+        "attention",
+        "--train-data",
+        videos["train_video"],
+        "--val-data",
+        videos["val_video"],
+        "--output-dir",
+        str(run_dir),
+        "--batch-size",
+        "16",
+        "--steps",
+        "20",
+        "--eval-every",
+        "20",
+        "--save-every",
+        "20",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     final, logged = json.loads(result.stdout), records(run_dir)
     zero_shot = logged[1]
@@ -86,16 +108,27 @@ def test_video_retrieval_beats_zero_shot_and_eval_reproduces_it(pretrained_serve
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert (config["temporal_pooling"], config["task"]) == ("attention", {"name": "video", "frames": 4})
 
-    evaluated = graytune(pretrained_server.endpoint, "eval", "--adapter", str(adapter),
-                         "--val-data", videos["val_video"])
+    evaluated = graytune(
+        pretrained_server.endpoint, "eval", "--adapter", str(adapter), "--val-data", videos["val_video"]
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     # 90 clips: float rounding in another batching may move a near-tie by one place.
     assert abs(json.loads(evaluated.stdout)["video_to_text_R@1"] - final["video_to_text_R@1"]) <= 1 / 90 + 1e-9
 
 
 def test_a_short_clip_in_the_data_is_refused_before_any_call(pretrained_server, videos, tmp_path):
-    result = graytune(pretrained_server.endpoint, "train", "--task", "video", "--frames", "11",
-                      "--train-data", videos["train_video"], "--output-dir", str(tmp_path / "run"))
+    result = graytune(
+        pretrained_server.endpoint,
+        "train",
+        "--task",
+        "video",
+        "--frames",
+        "11",
+        "--train-data",
+        videos["train_video"],
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "train_video.csv, line 2: " in result.stderr and "has 10 frames, fewer than --frames 11" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -104,13 +137,16 @@ def test_a_short_clip_in_the_data_is_refused_before_any_call(pretrained_server, 
 def test_clips_with_more_frames_than_the_servers_batch_limit_are_evaluated_in_several_calls(videos):
     """`graytune eval --task video` with its defaults (64 clips of 8 frames) against a server
     whose --max-batch is 256 once failed with INVALID_ARGUMENT: evaluation takes fewer clips per call."""
-    from graytune.client.adapters.graybox import ZeroShotCLIP
-    from graytune.client.tasks.video.task import VideoTask
+    from graytune.client.modules.backbone import ZeroShotCLIP
+    from graytune.client.tasks.video.task import VideoOptions, VideoTask
     from graytune.client.transport.local_server import LocalServer
     from graytune.client.transport.oracle_client import OracleClient
-    with LocalServer(["--dev", "--plaintext", "--threads", "1", "--max-batch", "8"]) as server, \
-            OracleClient(server.endpoint) as oracle:
-        task = VideoTask(oracle, frames=3)
+
+    with (
+        LocalServer(["--dev", "--plaintext", "--threads", "1", "--max-batch", "8"]) as server,
+        OracleClient(server.endpoint) as oracle,
+    ):
+        task = VideoTask(oracle, options=VideoOptions(frames=3))
         _, clips = task.load(None, videos["val_video"], seed=0)
         image_calls = oracle.usage().get("Embed_calls", 0)
         metrics = task.evaluate(ZeroShotCLIP(oracle), clips, batch_size=64)

@@ -14,13 +14,14 @@ title (a caption), label (the class name); sketch domains also write <split>_ske
 (filepath, domain, category), photos unshifted and sketches as edge maps; video domains write
 <split>_video.csv (filepath, title) of MPEG-4 clips, the glyph drifting across the frame.
 """
+
 from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -57,38 +58,46 @@ def edges(img: Image.Image) -> Image.Image:
     return ImageOps.invert(ImageOps.autocontrast(lines)).convert("RGB")
 
 
-PIXEL_SHIFTS: Dict[str, Callable[[Image.Image], Image.Image]] = {
-    "inverted": invert, "colour-cast": colour_cast, "blurred": blur, "greyscale": greyscale, "edges": edges,
+PIXEL_SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "inverted": invert,
+    "colour-cast": colour_cast,
+    "blurred": blur,
+    "greyscale": greyscale,
+    "edges": edges,
 }
 
 
 @dataclass(frozen=True)
 class Domain:
     """A concept set (emoji seen or held out, or digits), a pixel shift, and its split sizes."""
+
     name: str
-    concepts: str            # "emoji-seen", "emoji-held-out" or "digits"
-    shift: str = ""          # a PIXEL_SHIFTS key, "" for none
-    classes: int = 40        # concepts drawn (by a hash of their names); 0: all
+    concepts: str  # "emoji-seen", "emoji-held-out" or "digits"
+    shift: str = ""  # a PIXEL_SHIFTS key, "" for none
+    classes: int = 40  # concepts drawn (by a hash of their names); 0: all
     views: Sequence[int] = (16, 4, 8)  # images per concept in train, val, test
-    sketch: bool = False     # also write *_sketch.csv: edge-map sketches against unshifted photos
-    video: bool = False      # also write *_video.csv: one drifting clip per view
+    sketch: bool = False  # also write *_sketch.csv: edge-map sketches against unshifted photos
+    video: bool = False  # also write *_video.csv: one drifting clip per view
 
 
-DOMAINS = {d.name: d for d in (
-    Domain("digits-8x8", "digits", classes=10, views=(16, 16, 40)),
-    Domain("emoji-new", "emoji-held-out"),
-    Domain("emoji-inverted", "emoji-seen", "inverted"),
-    Domain("emoji-colour-cast", "emoji-seen", "colour-cast"),
-    Domain("emoji-blurred", "emoji-seen", "blurred"),
-    Domain("emoji-greyscale", "emoji-seen", "greyscale"),
-    Domain("emoji-sketch", "emoji-seen", "edges", sketch=True),
-    Domain("emoji-new-motion", "emoji-held-out", views=(4, 2, 4), video=True),
-    Domain("emoji-greyscale-motion", "emoji-seen", "greyscale", views=(4, 2, 4), video=True),
-)}
+DOMAINS = {
+    d.name: d
+    for d in (
+        Domain("digits-8x8", "digits", classes=10, views=(16, 16, 40)),
+        Domain("emoji-new", "emoji-held-out"),
+        Domain("emoji-inverted", "emoji-seen", "inverted"),
+        Domain("emoji-colour-cast", "emoji-seen", "colour-cast"),
+        Domain("emoji-blurred", "emoji-seen", "blurred"),
+        Domain("emoji-greyscale", "emoji-seen", "greyscale"),
+        Domain("emoji-sketch", "emoji-seen", "edges", sketch=True),
+        Domain("emoji-new-motion", "emoji-held-out", views=(4, 2, 4), video=True),
+        Domain("emoji-greyscale-motion", "emoji-seen", "greyscale", views=(4, 2, 4), video=True),
+    )
+}
 CLIP_FRAMES = 8
 
 
-def draw(names: List[str], k: int, salt: str) -> List[int]:
+def draw(names: list[str], k: int, salt: str) -> list[int]:
     """k indices of names, chosen by a hash of each name (stable whatever else changes)."""
     order = sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{salt}:{names[i]}".encode()).digest())
     return sorted(order[:k] if k else order)
@@ -98,9 +107,18 @@ def concept_images(domain: Domain, data: OwnerData, size: int):
     """-> (images uint8 (C, S, S, 3), class names [C], caption template)."""
     if domain.concepts == "digits":
         from sklearn.datasets import load_digits
+
         digits = load_digits()  # (1797, 8, 8) ink 0..16
-        images = np.stack([np.asarray(Image.fromarray(np.uint8(np.round(im * 255 / 16))).resize(
-            (size, size), Image.Resampling.BICUBIC).convert("RGB")) for im in digits.images])
+        images = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.uint8(np.round(im * 255 / 16)))
+                    .resize((size, size), Image.Resampling.BICUBIC)
+                    .convert("RGB")
+                )
+                for im in digits.images
+            ]
+        )
         return images, [DIGIT_NAMES[t] for t in digits.target], "a photo of the digit {}."
     images, names = data.emoji_split(held_out=domain.concepts == "emoji-held-out")
     keep = draw(names, domain.classes, domain.concepts)
@@ -113,7 +131,7 @@ def views_of(images: np.ndarray, count: int, generator: torch.Generator) -> np.n
     return augment(pixels, generator).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def drifting(image: np.ndarray, generator: torch.Generator, frames: int = CLIP_FRAMES) -> List[np.ndarray]:
+def drifting(image: np.ndarray, generator: torch.Generator, frames: int = CLIP_FRAMES) -> list[np.ndarray]:
     """(S, S, 3) uint8 -> `frames` frames of it zoomed once and drifting on a random straight path."""
     pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None].expand(frames, -1, -1, -1)
     scale = (0.7 + 0.3 * torch.rand(1, generator=generator)).expand(frames)
@@ -132,15 +150,17 @@ def write_domain(domain: Domain, out: Path, data: OwnerData, size: int, seed: in
     generator = torch.Generator().manual_seed(seed)
     if domain.concepts == "digits":  # many real images per class: split them, no synthetic views
         rng = np.random.default_rng(seed)
-        per_class = {c: rng.permutation([i for i, l in enumerate(labels) if l == c]) for c in DIGIT_NAMES}
+        per_class = {c: rng.permutation([i for i, label in enumerate(labels) if label == c]) for c in DIGIT_NAMES}
         ends = np.cumsum(domain.views)
-        splits = {s: [i for c in DIGIT_NAMES for i in per_class[c][ends[k] - domain.views[k]:ends[k]]]
-                  for k, s in enumerate(SPLITS)}
+        splits = {
+            s: [i for c in DIGIT_NAMES for i in per_class[c][ends[k] - domain.views[k] : ends[k]]]
+            for k, s in enumerate(SPLITS)
+        }
         split_images = {s: images[idx] for s, idx in splits.items()}
         split_labels = {s: [labels[i] for i in idx] for s, idx in splits.items()}
     else:
         split_images = {s: views_of(images, n, generator) for s, n in zip(SPLITS, domain.views)}
-        split_labels = {s: [l for l in labels for _ in range(n)] for s, n in zip(SPLITS, domain.views)}
+        split_labels = {s: [label for label in labels for _ in range(n)] for s, n in zip(SPLITS, domain.views)}
     shift = PIXEL_SHIFTS[domain.shift] if domain.shift else (lambda img: img)
     for split in SPLITS:
         (root / split).mkdir(parents=True, exist_ok=True)
@@ -152,8 +172,11 @@ def write_domain(domain: Domain, out: Path, data: OwnerData, size: int, seed: in
             rows.append((path, template.format(label), label))
             if domain.video:
                 from graytune.client.tasks.video.frames import write_video
+
                 clip = f"{split}/{i:05d}.mp4"
-                write_video(str(root / clip), [np.asarray(shift(Image.fromarray(f))) for f in drifting(pixels, generator)])
+                write_video(
+                    str(root / clip), [np.asarray(shift(Image.fromarray(f))) for f in drifting(pixels, generator)]
+                )
                 video_rows.append((clip, template.format(label)))
             if domain.sketch:  # even views as photos, odd ones as sketches
                 if i % 2:
@@ -169,7 +192,7 @@ def write_domain(domain: Domain, out: Path, data: OwnerData, size: int, seed: in
     return root
 
 
-def write_csv(path: Path, header: Sequence[str], rows: List[tuple]) -> None:
+def write_csv(path: Path, header: Sequence[str], rows: list[tuple]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t")

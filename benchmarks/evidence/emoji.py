@@ -5,12 +5,12 @@ only size the font has); `unicodedata.name` gives each a name ("GRINNING FACE WI
 EYES"). Of the named code points in U+1F300-U+1FAFF about 1,160 render as pictures: over a
 thousand concepts for pretraining and held-out tests.
 """
+
 from __future__ import annotations
 
 import os
 import unicodedata
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -24,8 +24,10 @@ def font_path() -> Path:
     for path in (os.environ.get("GRAYTUNE_EMOJI_FONT"), *FONT_PATHS):
         if path and Path(path).is_file():
             return Path(path)
-    raise FileNotFoundError("the emoji font is missing: apt-get install fonts-noto-color-emoji "
-                            "(or set GRAYTUNE_EMOJI_FONT to NotoColorEmoji.ttf)")
+    raise FileNotFoundError(
+        "the emoji font is missing: apt-get install fonts-noto-color-emoji "
+        "(or set GRAYTUNE_EMOJI_FONT to NotoColorEmoji.ttf)"
+    )
 
 
 def caption_name(unicode_name: str) -> str:
@@ -33,7 +35,7 @@ def caption_name(unicode_name: str) -> str:
     return unicode_name.lower().replace("-", " ")
 
 
-def render_emoji(size: int) -> Tuple[np.ndarray, List[str]]:
+def render_emoji(size: int) -> tuple[np.ndarray, list[str]]:
     """Every glyph of BLOCK that renders as a picture, on white.
 
     -> images (N, size, size, 3) uint8, names [N] (lower case), in code point order.

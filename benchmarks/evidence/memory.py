@@ -1,5 +1,6 @@
 """A process's memory as Linux reports it (/proc/PID/status): now, at its peak, or the peak over
 a stretch of time sampled from a thread."""
+
 from __future__ import annotations
 
 import threading
@@ -21,7 +22,7 @@ class PeakMemory:
     def __init__(self, pid: int):
         self.pid, self.peak, self._done = pid, 0, threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self

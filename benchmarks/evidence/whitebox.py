@@ -8,20 +8,21 @@ and `step_batches`); only where the gradient goes differs:
 - LoRA (the `peft` library): rank-r updates of the attention (nn.MultiheadAttention) and MLP
   projections of both towers, everything else frozen.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graytune.client.adapters.graybox import encode_video
-from graytune.client.adapters.modules import LogitScale, MeanPooling
-from graytune.client.training.batches import step_batches
-from graytune.client.training.loop import cosine_with_warmup, train_step
+from graytune.client.data.batches import step_batches
+from graytune.client.methods.gradient import cosine_with_warmup, train_step
+from graytune.client.modules.backbone import encode_video
+from graytune.client.modules.layers import LogitScale, MeanPooling
 
 LORA_TARGETS = ("attn", "c_fc", "c_proj")  # OpenCLIP's ResidualAttentionBlock: attention and MLP
 WHITEBOX_METHODS = ("full-finetune", "lora")
@@ -46,7 +47,7 @@ class WhiteboxCLIP(nn.Module):
         """N captions -> (N, E) unit vectors."""
         return F.normalize(self.clip.encode_text(self.tokenizer(list(captions))), dim=-1)
 
-    def encode_domains(self, pixels: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def encode_domains(self, pixels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The sketch task's call: {domain: (B, 3, H, W)} -> {domain: (B, E)}, one shared backbone."""
         return {domain: self.encode_image(p) for domain, p in pixels.items()}
 
@@ -57,6 +58,7 @@ def load_whitebox(model_name: str, weights: str, method: str, lora_rank: int = 8
     clip.eval()  # no dropout here; the gray-box backbone is in eval mode too
     if method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
+
         clip.requires_grad_(False)
         config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=list(LORA_TARGETS))
         clip = inject_adapter_in_model(config, clip)
@@ -71,8 +73,17 @@ def trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_whitebox(task, model: WhiteboxCLIP, train_set, steps: int, lr: float, batch_size: int,
-                   seed: int, warmup: int, weight_decay: float = 0.0) -> float:
+def train_whitebox(
+    task,
+    model: WhiteboxCLIP,
+    train_set,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    warmup: int,
+    weight_decay: float = 0.0,
+) -> float:
     """`steps` updates of the task's loss, batches and schedule as `graytune train` makes them
     -> seconds taken."""
     started = time.monotonic()

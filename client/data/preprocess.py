@@ -1,4 +1,5 @@
 """Images as the oracle's backbone expects them, like OpenCLIP's validation transform."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ class Preprocess:
         if any(s <= 0 for s in self.std):
             raise ValueError(f"Preprocess: std must be positive, got {self.std}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"Preprocess: interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise ValueError(
+                f"Preprocess: interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"Preprocess: resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
 
@@ -80,9 +83,10 @@ def _center_crop_or_pad(img: Image.Image, height: int, width: int) -> Image.Imag
 
 def preprocess_for(oracle) -> Preprocess:
     """The preprocessing the oracle's backbone expects (size, normalisation), from Describe."""
-    image = oracle.describe().image
-    return Preprocess(image.height, image.width, tuple(image.mean), tuple(image.std),
-                      image.interpolation, image.resize_mode)
+    image = oracle.info().image
+    return Preprocess(
+        image.height, image.width, tuple(image.mean), tuple(image.std), image.interpolation, image.resize_mode
+    )
 
 
 def load_image(path: str, preprocess: Preprocess, where: str) -> torch.Tensor:
@@ -92,5 +96,6 @@ def load_image(path: str, preprocess: Preprocess, where: str) -> torch.Tensor:
         with Image.open(path) as img:
             return preprocess(img)
     except (OSError, Image.DecompressionBombError) as e:  # missing, unreadable or not an image
-        raise DataError(f"{where}: cannot read image {path}: "
-                        f"{e.strerror if isinstance(e, FileNotFoundError) else e}") from None
+        raise DataError(
+            f"{where}: cannot read image {path}: {e.strerror if isinstance(e, FileNotFoundError) else e}"
+        ) from None

@@ -1,18 +1,36 @@
 """Data set files: CSV/TSV (header row) or JSONL (one object per line), read row by row with
 their line numbers, so every error names the file and the line."""
+
 from __future__ import annotations
 
 import csv
 import json
 import os
-from typing import Iterator, Tuple
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from graytune.client.options import option
 
 
 class DataError(ValueError):
     """A data set file or one of its images cannot be used; the message names the file and line."""
 
 
-def read_table(path: str, separator: str = "\t") -> Iterator[Tuple[int, dict]]:
+@dataclass(frozen=True)
+class CsvFormat:
+    """The columns (or JSONL keys) and separator of data set files (OpenCLIP's flags)."""
+
+    csv_img_key: str = option("filepath", "column (or JSONL key) of image paths")
+    csv_caption_key: str = option("title", "column (or JSONL key) of captions (retrieval, video)")
+    csv_label_key: str = option("label", "column (or JSONL key) of labels (classify)")
+    csv_separator: str = option("\t", "column separator of .csv/.tsv files (default: a tab, as OpenCLIP)")
+
+    def reader(self, *keys: str) -> dict[str, str]:
+        """A reader's keyword arguments: reader("img_key", "separator") -> {"img_key": ..., ...}."""
+        return {key: getattr(self, f"csv_{key}") for key in keys}
+
+
+def read_table(path: str, separator: str = "\t") -> Iterator[tuple[int, dict]]:
     """Yields (line number, row dict) of a .csv/.tsv (`separator`) or .jsonl file."""
     extension = os.path.splitext(path)[1].lower()
     if extension in (".csv", ".tsv"):

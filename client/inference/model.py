@@ -8,18 +8,19 @@
 The weights are frozen, so every call is an Embed: any tier that may send the adapters' inputs
 can use them, and nothing is charged as a gradient.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from graytune.client.adapters.graybox import ZeroShotCLIP
+from graytune.client.methods.registry import load_adapters, read_config
+from graytune.client.modules.backbone import ZeroShotCLIP
 from graytune.client.tasks import make_task
 from graytune.client.tasks.classify.task import ClassifyTask, classifies_itself
-from graytune.client.training.checkpoint import load_adapters, read_config
 from graytune.client.transport import access
 from graytune.client.transport.oracle_client import OracleClient
 
@@ -30,10 +31,10 @@ class Classifier(nn.Module):
     def __init__(self, model: nn.Module, task: ClassifyTask):
         super().__init__()
         self.model, self.task = model, task
-        self._classes: Optional[torch.Tensor] = None  # (C, E), embedded on first use
+        self._classes: torch.Tensor | None = None  # (C, E), embedded on first use
 
     @property
-    def classnames(self) -> List[str]:
+    def classnames(self) -> list[str]:
         return self.task.classnames
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -50,11 +51,11 @@ class Classifier(nn.Module):
         return self.task.logits(self.model, pixels, self._classes).softmax(dim=-1)
 
 
-def load_model(adapter: Optional[str | Path], oracle: OracleClient, classify_options: Optional[dict] = None) -> nn.Module:
+def load_model(adapter: str | Path | None, oracle: OracleClient, classify_options: dict | None = None) -> nn.Module:
     """Adapters from `adapter` (None: the backbone alone), frozen; classification adapters
     come as a Classifier. `classify_options` (templates, classnames files) make the backbone
     alone a zero-shot Classifier."""
-    info = oracle.describe()
+    info = oracle.info()
     if adapter is None:
         access.require(info, "zero-shot inference", access.ZERO_SHOT)
         model, saved = ZeroShotCLIP(oracle), None
@@ -64,11 +65,11 @@ def load_model(adapter: Optional[str | Path], oracle: OracleClient, classify_opt
         model, saved = load_adapters(adapter, oracle, config=config), config.task
     model.requires_grad_(False).eval()
     if saved and saved.get("name") == "classify":
-        task = make_task("classify", oracle, {}, {})
+        task = make_task("classify", oracle)
         task.restore(saved)
         return Classifier(model, task)
     if classify_options is not None:
-        task = make_task("classify", oracle, {}, classify_options)
+        task = make_task("classify", oracle, options=classify_options)
         if task.classnames is None:
             raise ValueError("zero-shot classification needs the class names: --classnames FILE")
         return Classifier(model, task)

@@ -1,33 +1,42 @@
 """`graytune eval`, `graytune embed` and `graytune predict`: data through oracle + adapters, in batches."""
+
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
 
-from graytune.client.adapters.cross_domain import CrossDomainCLIP
-from graytune.client.adapters.graybox import ZeroShotCLIP
+from graytune.client.data.batches import chunks
 from graytune.client.data.preprocess import preprocess_for
+from graytune.client.data.tables import CsvFormat
 from graytune.client.inference import corpus, outputs
 from graytune.client.inference.model import Classifier, load_model
+from graytune.client.methods.graybox.cross_domain import CrossDomainCLIP
+from graytune.client.methods.registry import load_adapters, read_config
+from graytune.client.modules.backbone import ZeroShotCLIP
 from graytune.client.tasks import make_task
 from graytune.client.tasks.base import Metrics
-from graytune.client.training.checkpoint import load_adapters, read_config
 from graytune.client.transport import access
 from graytune.client.transport.oracle_client import OracleClient
 
 log = logging.getLogger("graytune.client")
 
 
-def evaluate(oracle: OracleClient, data: str, adapter: Optional[str] = None, task: Optional[str] = None,
-             csv_format: Optional[dict] = None, task_options: Optional[dict] = None,
-             batch_size: int = 64) -> Metrics:
+def evaluate(
+    oracle: OracleClient,
+    data: str,
+    adapter: str | None = None,
+    task: str | None = None,
+    csv_format: CsvFormat | None = None,
+    task_options: dict | None = None,
+    batch_size: int = 64,
+) -> Metrics:
     """The task's metrics on `data` of the adapters in `adapter` (None: the backbone alone).
     `task` defaults to the one the adapters were trained for (else retrieval)."""
-    info = oracle.describe()
+    info = oracle.info()
     if adapter:
         config = read_config(adapter)
         config.check_backbone(oracle)  # before the data is read (load_adapters checks again: no call)
@@ -38,7 +47,7 @@ def evaluate(oracle: OracleClient, data: str, adapter: Optional[str] = None, tas
         task = trained_for
     else:
         access.require(info, "zero-shot evaluation", access.ZERO_SHOT)
-    runner = make_task(task or "retrieval", oracle, csv_format or {}, task_options or {})
+    runner = make_task(task or "retrieval", oracle, csv_format, task_options)
     if adapter:
         runner.restore(config.task)
     _, dataset = runner.load(None, data, seed=0)
@@ -47,35 +56,55 @@ def evaluate(oracle: OracleClient, data: str, adapter: Optional[str] = None, tas
 
 
 @torch.no_grad()
-def in_batches(compute: Callable[[torch.Tensor], torch.Tensor], items: List[corpus.Item],
-               load: Callable[[List[corpus.Item]], object], batch_size: int, progress: bool, what: str) -> torch.Tensor:
+def in_batches(
+    compute: Callable[[torch.Tensor], torch.Tensor],
+    items: list[corpus.Item],
+    load: Callable[[list[corpus.Item]], object],
+    batch_size: int,
+    progress: bool,
+    what: str,
+) -> torch.Tensor:
     """compute(load(batch)) for consecutive batches of `items`, concatenated: (N, ...)."""
     bar = tqdm(total=len(items), desc=what, unit=what.split()[-1], disable=not progress, dynamic_ncols=True)
     results = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
+    for batch in chunks(items, batch_size):
         results.append(compute(load(batch)))
         bar.update(len(batch))
     bar.close()
     return torch.cat(results)
 
 
-def embed(oracle: OracleClient, adapter: Optional[str], kind: str, source: str, out: str, batch_size: int = 64,
-          frames: Optional[int] = None, domain: Optional[str] = None, progress: bool = True, **table) -> int:
+def embed(
+    oracle: OracleClient,
+    adapter: str | None,
+    kind: str,
+    source: str,
+    out: str,
+    batch_size: int = 64,
+    frames: int | None = None,
+    domain: str | None = None,
+    progress: bool = True,
+    **table,
+) -> int:
     """Writes the embeddings of the images, texts or videos `source` lists to `out`; -> how many."""
     outputs.check_output(out, outputs.EMBEDDING_FORMATS)
     model = load_model(adapter, oracle)
     saved = getattr(getattr(model, "config", None), "task", {})
     if isinstance(model, CrossDomainCLIP):
         if kind != "images" or domain not in model.config.domains:
-            raise ValueError(f"{adapter} holds sketch-retrieval adapters: embed --images with "
-                             f"--domain {' or '.join(model.config.domains)}")
+            raise ValueError(
+                f"{adapter} holds sketch-retrieval adapters: embed --images with "
+                f"--domain {' or '.join(model.config.domains)}"
+            )
         encode = functools.partial(model.encode_image, domain=domain)
     elif domain is not None:
         raise ValueError("--domain: only for adapters trained with --task sketch")
     else:
-        encode = {"images": model.encode_image, "texts": model.encode_text,
-                  "videos": getattr(model, "encode_video", None)}[kind]
+        encode = {
+            "images": model.encode_image,
+            "texts": model.encode_text,
+            "videos": getattr(model, "encode_video", None),
+        }[kind]
     if encode is None:
         raise ValueError(f"{adapter}: these adapters embed images, not videos")
     preprocess = preprocess_for(oracle) if kind != "texts" else None
@@ -92,16 +121,27 @@ def embed(oracle: OracleClient, adapter: Optional[str], kind: str, source: str, 
     return len(items)
 
 
-def predict(oracle: OracleClient, adapter: Optional[str], source: str, out: str, batch_size: int = 64,
-            classify_options: Optional[dict] = None, progress: bool = True, **table) -> int:
+def predict(
+    oracle: OracleClient,
+    adapter: str | None,
+    source: str,
+    out: str,
+    batch_size: int = 64,
+    classify_options: dict | None = None,
+    progress: bool = True,
+    **table,
+) -> int:
     """Writes each image's predicted class and class probabilities to `out` (CSV); -> how many."""
     outputs.check_output(out, (".csv",))
     model = load_model(adapter, oracle, classify_options)
     if not isinstance(model, Classifier):
-        raise ValueError(f"{adapter} holds adapters for --task {model.config.task.get('name', 'retrieval')}: "
-                         f"predict needs classification adapters (or none, with --classnames)")
+        raise ValueError(
+            f"{adapter} holds adapters for --task {model.config.task.get('name', 'retrieval')}: "
+            f"predict needs classification adapters (or none, with --classnames)"
+        )
     items = corpus.list_images(source, **table)
-    probabilities = in_batches(model.classify, items, corpus.image_loader(preprocess_for(oracle)), batch_size,
-                               progress, "classifying images")
+    probabilities = in_batches(
+        model.classify, items, corpus.image_loader(preprocess_for(oracle)), batch_size, progress, "classifying images"
+    )
     outputs.write_predictions(out, [i.id for i in items], probabilities, model.classnames)
     return len(items)

@@ -8,39 +8,48 @@ order, the optimiser and schedule, checkpoints, the metrics log and the progress
 owns what only it knows. A task object is made from its options (the CLI's task flags) and,
 once `load` has read the data, knows the data's classes or galleries too.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
 import logging
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from graytune.client.adapters.graybox import AdapterConfig
-from graytune.client.adapters.models import build_model
+from graytune.client.data.tables import CsvFormat
+from graytune.client.methods.base import AdapterConfig
+from graytune.client.methods.registry import build_model
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
 log = logging.getLogger("graytune.client")
 
-Metrics = Dict[str, Any]  # floats, and dicts of floats (per-class accuracy)
+Metrics = dict[str, Any]  # floats, and dicts of floats (per-class accuracy)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a task that has none of its own."""
 
 
 class Task(abc.ABC):
     name: ClassVar[str]
-    # The methods it trains ("graybox-dga", ...), and the metrics shown beside the progress bar.
-    methods: ClassVar[Tuple[str, ...]] = ("graybox-dga", "graybox-lga")
-    headline: ClassVar[Tuple[str, ...]]
+    # The methods it trains (their command-line names), and the metrics shown beside the progress bar.
+    methods: ClassVar[tuple[str, ...]] = ("dga", "lga")
+    headline: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type] = NoOptions  # its flags (options.py)
 
-    def __init__(self, oracle: OracleClient, csv_format: Optional[dict] = None):
-        """`csv_format`: the columns and separator of CSV data files (see TrainConfig)."""
+    def __init__(self, oracle: OracleClient, csv_format: CsvFormat | None = None, options: Any = None):
+        """`csv_format`: the columns and separator of CSV data files; `options`: an Options."""
         self.oracle = oracle
-        self.csv_format = csv_format or {}
+        self.csv_format = csv_format or CsvFormat()
+        self.options = options or self.Options()
 
     @abc.abstractmethod
-    def load(self, train_path: Optional[str], val_path: Optional[str], seed: int) -> Tuple[Any, Any]:
+    def load(self, train_path: str | None, val_path: str | None, seed: int) -> tuple[Any, Any]:
         """(train set, val set or None), each checked before any call is billed."""
 
     def saved_with_adapters(self) -> dict:
@@ -49,14 +58,14 @@ class Task(abc.ABC):
 
     def csv(self, *keys: str) -> dict:
         """The CSV format options (img_key, caption_key, label_key, separator) a reader takes."""
-        return {k: v for k, v in self.csv_format.items() if k in keys}
+        return self.csv_format.reader(*keys)
 
     @staticmethod
     def log_check(dataset: Any, seed: int) -> None:
         """Runs the data set's check (files found, a sample decoded) and logs its summary."""
         log.info("%s", dataset.check(seed=seed))
 
-    def checked(self, make, train_path: Optional[str], val_path: Optional[str], seed: int) -> Tuple[Any, Any]:
+    def checked(self, make, train_path: str | None, val_path: str | None, seed: int) -> tuple[Any, Any]:
         """(make(train_path), make(val_path)), None for a path not given, each checked and logged."""
         sets = tuple(make(path) if path else None for path in (train_path, val_path))
         for dataset in sets:
@@ -64,16 +73,18 @@ class Task(abc.ABC):
                 self.log_check(dataset, seed)
         return sets
 
-    def restore(self, saved: dict) -> None:
+    def restore(self, saved: dict) -> None:  # noqa: B027 (a task that saves nothing restores nothing)
         """Takes back what `saved_with_adapters` wrote, to evaluate or use trained adapters."""
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
         """The run's adapter config, completed by what the task knows after `load`."""
         return dataclasses.replace(config, task=self.saved_with_adapters())
 
-    def build_model(self, config: AdapterConfig, cache: Optional[EmbeddingCache] = None) -> nn.Module:
-        if config.method not in self.methods:
-            raise ValueError(f"task {self.name} trains with {', '.join(self.methods)}, not {config.method}")
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise ValueError(f"--task {self.name} trains with --method {', '.join(self.methods)}, not {method}")
+
+    def build_model(self, config: AdapterConfig, cache: EmbeddingCache | None = None) -> nn.Module:
         return build_model(config, self.oracle, cache)
 
     @abc.abstractmethod

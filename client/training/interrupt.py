@@ -5,6 +5,7 @@ channel's close then waits forever (seen with a step's tower calls on two thread
 first SIGINT only asks the loop to stop at the next step boundary, which loses nothing; a
 second one raises KeyboardInterrupt at once, for a user who will not wait.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,10 +20,12 @@ class StopRequest:
         self.requested = False
         self._previous = None
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         # Only where SIGINT means KeyboardInterrupt: not off the main thread, not where it is ignored.
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -30,8 +33,9 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("interrupt: stopping after the step in progress, with a checkpoint "
-                    "(interrupt again to stop at once)")
+        log.warning(
+            "interrupt: stopping after the step in progress, with a checkpoint (interrupt again to stop at once)"
+        )
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:

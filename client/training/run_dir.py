@@ -1,18 +1,19 @@
 """A training run's directory: what it holds, and whether a run may start, resume or is done.
 
-    metrics.jsonl   one JSON object per train step and per evaluation
-    config.json     the resolved configuration of the latest start or resume
-    checkpoints/    the newest checkpoints, `latest` naming the newest
-    adapter/        the final adapters, written when the last step is done
-    tensorboard/    with --report-to tensorboard: the metrics as event files
+metrics.jsonl   one JSON object per train step and per evaluation
+config.json     the resolved configuration of the latest start or resume
+checkpoints/    the newest checkpoints, `latest` naming the newest
+adapter/        the final adapters, written when the last step is done
+tensorboard/    with --report-to tensorboard: the metrics as event files
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
 
+from graytune.client.data.files import write_text_atomically
 from graytune.client.training import checkpoint
 
 METRICS = "metrics.jsonl"
@@ -32,7 +33,7 @@ class RunDir:
     def in_use(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
-    def checkpoint_step(self) -> Optional[int]:
+    def checkpoint_step(self) -> int | None:
         """The step of the latest checkpoint (from its name, checkpoints/step_NNNNNNN); None before the first."""
         latest = checkpoint.latest_checkpoint(self.path)
         return None if latest is None else checkpoint.step_of(latest)
@@ -49,8 +50,10 @@ class RunDir:
         if not resume and not overwrite and self.in_use():
             step = self.checkpoint_step()
             held = "no checkpoint yet" if step is None else f"a checkpoint at step {step}"
-            raise RunDirInUse(f"{self.path} already holds a run ({held}): add --resume to "
-                              f"continue it, or --overwrite to delete it and start over")
+            raise RunDirInUse(
+                f"{self.path} already holds a run ({held}): add --resume to "
+                f"continue it, or --overwrite to delete it and start over"
+            )
 
     def claim(self, overwrite: bool) -> None:
         """Creates the directory; with `overwrite`, first deletes the run it holds."""
@@ -61,11 +64,11 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: dict) -> None:
-        checkpoint.write_text_atomically(self.path / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text_atomically(self.path / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def records(self) -> list:
         path = self.path / METRICS
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def last_step(self) -> int:
         """The last train step logged (0 before the first)."""
@@ -82,8 +85,11 @@ class RunDir:
 
     def resume_hint(self) -> str:
         step = self.checkpoint_step()
-        return ("nothing was checkpointed yet: start it again with --overwrite" if step is None
-                else f"resume with --resume (continues from the checkpoint at step {step})")
+        return (
+            "nothing was checkpointed yet: start it again with --overwrite"
+            if step is None
+            else f"resume with --resume (continues from the checkpoint at step {step})"
+        )
 
 
 class MetricsLog:
@@ -107,5 +113,5 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drops records past a resumed checkpoint, so a resumed run logs each step once."""
         if self.path.exists():
-            lines = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= step]
-            checkpoint.write_text_atomically(self.path, "".join(l + "\n" for l in lines))
+            lines = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            write_text_atomically(self.path, "".join(line + "\n" for line in lines))

@@ -6,15 +6,16 @@
 Needs the tensorboard package (`pip install 'graytune[tensorboard]'`). A resumed run purges the
 events past its checkpoint, as metrics.jsonl drops its records.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
 
 REPORTERS = ("tensorboard",)
 
 
-def scalars(record: dict) -> Iterator[Tuple[str, float]]:
+def scalars(record: dict) -> Iterator[tuple[str, float]]:
     """(tag, value) of a metrics.jsonl record's numbers; nested dicts become tag paths."""
     section = {"train": "train", "eval": "val", "zero_shot": "val"}.get(record["kind"])
     if section is None:
@@ -33,12 +34,13 @@ def summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ModuleNotFoundError("--report-to tensorboard needs TensorBoard: "
-                                  "pip install 'graytune[tensorboard]'") from None
+        raise ModuleNotFoundError(
+            "--report-to tensorboard needs TensorBoard: pip install 'graytune[tensorboard]'"
+        ) from None
     return SummaryWriter
 
 
-def reporters(report_to: Tuple[str, ...], run_dir: Path, resumed_step: int) -> tuple:
+def reporters(report_to: tuple[str, ...], run_dir: Path, resumed_step: int) -> tuple:
     """The writers `report_to` names (checked before the run directory is touched)."""
     unknown = sorted(set(report_to) - set(REPORTERS))
     if unknown:
@@ -52,7 +54,7 @@ class TensorBoardWriter:
     def __init__(self, run_dir: Path, resumed_step: int = 0):
         self.writer = summary_writer_class()(str(Path(run_dir) / "tensorboard"), purge_step=resumed_step or None)
 
-    def write(self, record: Dict) -> None:
+    def write(self, record: dict) -> None:
         for tag, value in scalars(record):
             self.writer.add_scalar(tag, value, record["step"])
         if record["kind"] != "train":

@@ -5,17 +5,19 @@ calls are independent, so they go out at once, each on a thread of its own (the 
 shared and thread-safe). Autograd records through threads, but grad mode is per thread: each
 call runs in the caller's mode, so an evaluation under no_grad stays a gradient-free Embed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Tuple
+from typing import Any
 
 import torch
 
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="graytune-tower")
 
 
-def concurrently(*calls: Callable[[], Any]) -> Tuple[Any, ...]:
+def concurrently(*calls: Callable[[], Any]) -> tuple[Any, ...]:
     """Runs the calls at once (the last on this thread); -> their results, in order."""
     grad = torch.is_grad_enabled()
 

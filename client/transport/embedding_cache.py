@@ -6,10 +6,11 @@ cost the customer money, so those answers are kept, keyed by the input's content
 row by a hash of its bytes, each caption by its text. Keys are content, so a changed input is a
 miss, never a stale hit.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -19,16 +20,18 @@ from graytune.client.transport.oracle_client import OracleClient
 class EmbeddingCache:
     def __init__(self, oracle: OracleClient):
         self.oracle = oracle
-        self._images: Dict[bytes, torch.Tensor] = {}  # row hash -> (E,)
-        self._texts: Dict[str, torch.Tensor] = {}  # caption -> (E,)
+        self._images: dict[bytes, torch.Tensor] = {}  # row hash -> (E,)
+        self._texts: dict[str, torch.Tensor] = {}  # caption -> (E,)
 
     def __len__(self) -> int:
         return len(self._images) + len(self._texts)
 
     def images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels -> (B, E); only the rows not seen before are sent, in one call."""
-        keys = [hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
-                for row in pixels]
+        keys = [
+            hashlib.blake2b(row.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+            for row in pixels
+        ]
         missing = _first_seen([k for k in keys if k not in self._images])
         if missing:
             rows = torch.stack([pixels[keys.index(k)] for k in missing])  # (M, 3, H, W)
@@ -43,5 +46,5 @@ class EmbeddingCache:
         return torch.stack([self._texts[c] for c in captions])
 
 
-def _first_seen(keys: List) -> List:
+def _first_seen(keys: list) -> list:
     return list(dict.fromkeys(keys))

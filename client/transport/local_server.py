@@ -6,6 +6,7 @@
 Readiness is the standard gRPC health check, never a fixed sleep; the process is ended by its
 id with SIGTERM (the server drains its calls), then SIGKILL if it does not stop (`kill()`: at once).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import grpc
 
@@ -25,7 +26,7 @@ from graytune.client.transport.oracle_client import OracleClient
 LISTENING = re.compile(r"graytune-server listening on (\S+):(\d+)")
 
 
-def server_command() -> List[str]:
+def server_command() -> list[str]:
     exe = shutil.which("graytune-server", path=os.path.dirname(sys.executable)) or shutil.which("graytune-server")
     if exe is None:
         raise FileNotFoundError("graytune-server not found; install graytune[server]")
@@ -33,10 +34,16 @@ def server_command() -> List[str]:
 
 
 class LocalServer:
-    def __init__(self, args: Sequence[str] = (), env: Optional[Dict[str, str]] = None,
-                 startup_timeout: float = 900.0, credentials: Optional[grpc.ChannelCredentials] = None,
-                 tls_server_name: Optional[str] = None, command: Optional[Sequence[str]] = None,
-                 log_file: Optional[str] = None):
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 900.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_server_name: str | None = None,
+        command: Sequence[str] | None = None,
+        log_file: str | None = None,
+    ):
         """`command`: the server executable (default: this environment's graytune-server).
         `log_file`: where every line the server prints is also appended (`output` keeps the last 200).
         `credentials` (and `tls_server_name`, the name its certificate holds): what the
@@ -49,27 +56,27 @@ class LocalServer:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.startup_timeout = startup_timeout
         self.credentials, self.tls_server_name = credentials, tls_server_name
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.endpoint = ""
         self.output: deque = deque(maxlen=200)  # the server's last lines, for error messages
         self.log_file = log_file
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "LocalServer":
-        self.process = subprocess.Popen(self.command + self.args, env=self.env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def start(self) -> LocalServer:
+        self.process = subprocess.Popen(
+            self.command + self.args, env=self.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         found = threading.Event()
         threading.Thread(target=self._read_output, args=(found,), daemon=True).start()
         if not found.wait(self.startup_timeout) or not self.endpoint:
             self.stop()
             raise RuntimeError("graytune-server did not start:\n" + "\n".join(self.output))
-        with OracleClient(self.endpoint, credentials=self.credentials,
-                          tls_server_name=self.tls_server_name) as oracle:
+        with OracleClient(self.endpoint, credentials=self.credentials, tls_server_name=self.tls_server_name) as oracle:
             oracle.wait_ready(self.startup_timeout)
         return self
 
@@ -87,7 +94,7 @@ class LocalServer:
             log.close()
         found.set()  # the process ended without listening
 
-    def stop(self, timeout: float = 30.0) -> Optional[int]:
+    def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode

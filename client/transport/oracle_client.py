@@ -3,19 +3,20 @@
     with OracleClient("127.0.0.1:50051") as oracle:
         info = oracle.describe()
         emb = oracle.embed_images(pixels)                        # (B, E)
-        handle, emb = oracle.forward_images(pixels)              # graph held on the server
+        handle, emb = oracle.forward(pb.IMAGE, {"pixels": pixels}, grad_inputs=["pixels"])  # graph kept
         grads = oracle.backward(handle, d_loss_d_emb)            # {"pixels": (B, 3, H, W)}
 
 Every call has a deadline and fails with `OracleError` (one type for every transport or server
 error). While the server is UNAVAILABLE (or cancels the call: see RETRIED) the call waits for it,
 up to `reconnect_timeout` (a restart, a replica taking over), and is sent again with the same
-call id (CALL_ID). A server this client never reached is waited for `connect_timeout` only, and
+call id (CALL_ID_HEADER). A server this client never reached is waited for `connect_timeout` only, and
 a TLS handshake that fails is an error at once that says which check failed (tls_probe). A call
 refused for the key's rate or its calls in flight waits as long as the server says, within the
 same time. Any other refusal is final: `OracleError.reason` says which limit it was.
 Tensors travel as chunk streams, in float32 or, per client, in bfloat16/float16 to halve the
 bytes.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,27 +27,26 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import graytune
 from graytune import error_details, tensor_codec
 from graytune.client.transport import tls_probe
+from graytune.client.transport.oracle_info import OracleInfo
+from graytune.contract import AFFINITY_HEADER, AUTHORIZATION_HEADER, CALL_ID_HEADER, PROTOCOL_VERSION
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
-Tensors = Dict[str, torch.Tensor]
+Tensors = dict[str, torch.Tensor]
 MESSAGE_LIMIT = 64 << 20  # far above the chunk size; set on purpose, not gRPC's 4 MB default
 # This client never cancels its own calls, so CANCELLED comes from the server's side: a server
 # shutting down cancels calls it had accepted but not started (seen on SIGTERM). Like
 # UNAVAILABLE, that is worth a retry: the next attempt finds a restarted server or a replica.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-# One id per logical call, the same on every attempt: the server charges a call once, however
-# often a lost connection made the client send it.
-CALL_ID = "x-graytune-call-id"
 # gRPC reconnects a lost channel by itself, with backoff; by default that backoff grows to
 # 120 s, so a server back from a restart could wait minutes to be noticed. Capped at 5 s here.
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 5000)]
@@ -58,15 +58,16 @@ NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "DNS 
 log = logging.getLogger("graytune.client")
 # What tls_channel_credentials made each credentials object from (gRPC's are opaque): a failed
 # handshake is explained by repeating it with Python's ssl and the same files.
-_TLS_FILES: "weakref.WeakKeyDictionary[grpc.ChannelCredentials, tls_probe.TlsFiles]" = weakref.WeakKeyDictionary()
+_TLS_FILES: weakref.WeakKeyDictionary[grpc.ChannelCredentials, tls_probe.TlsFiles] = weakref.WeakKeyDictionary()
 
 
-def tls_channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None,
-                            key: Optional[str] = None) -> grpc.ChannelCredentials:
+def tls_channel_credentials(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> grpc.ChannelCredentials:
     """TLS to the oracle: `ca` verifies the server (default: $GRAYTUNE_TLS_CA, else the
     system's roots); `cert` and `key` are this client's certificate for mutual TLS."""
     ca = ca or os.environ.get("GRAYTUNE_TLS_CA") or None
-    read = lambda path: open(path, "rb").read() if path else None
+    read = lambda path: Path(path).read_bytes() if path else None
     if bool(cert) != bool(key):
         raise ValueError("mutual TLS needs both a client certificate and its key")
     credentials = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
@@ -78,19 +79,26 @@ class OracleError(Exception):
     """A call to the oracle failed; `code` is the gRPC status (None: not a gRPC failure) and
     `reason`, for a limit's refusal, which limit (graytune.error_details: BUDGET_EXHAUSTED, ...)."""
 
-    def __init__(self, method: str, code: Optional[grpc.StatusCode], message: str,
-                 reason: Optional[str] = None):
+    def __init__(self, method: str, code: grpc.StatusCode | None, message: str, reason: str | None = None):
         super().__init__(f"{method}: {code.name if code else 'ERROR'}: {message}")
         self.method, self.code, self.details, self.reason = method, code, message, reason
 
 
 class OracleClient:
-    def __init__(self, endpoint: str, timeout: float = 120.0, reconnect_timeout: float = 300.0,
-                 retries: Optional[int] = None, wire_dtype: torch.dtype = torch.float32,
-                 chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
-                 credentials: Optional[grpc.ChannelCredentials] = None,
-                 api_key: Optional[str] = None, affinity: Optional[str] = None,
-                 tls_server_name: Optional[str] = None, connect_timeout: float = 15.0):
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = 120.0,
+        reconnect_timeout: float = 300.0,
+        retries: int | None = None,
+        wire_dtype: torch.dtype = torch.float32,
+        chunk_bytes: int = tensor_codec.DEFAULT_CHUNK_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
+        affinity: str | None = None,
+        tls_server_name: str | None = None,
+        connect_timeout: float = 15.0,
+    ):
         """`timeout`: seconds per attempt of a call. `reconnect_timeout`: seconds one call waits
         for an unavailable server to come back; `connect_timeout` (at most `reconnect_timeout`): for
         a server this client never reached (not up yet, or a wrong host or port); `retries` caps a
@@ -102,24 +110,31 @@ class OracleClient:
         tunnel) is not a name the certificate holds."""
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
-        options = [("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                   ("grpc.max_send_message_length", MESSAGE_LIMIT), *RECONNECT_OPTIONS]
+        options = [
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            *RECONNECT_OPTIONS,
+        ]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
         self.endpoint = endpoint
-        self.channel = (grpc.secure_channel(endpoint, credentials, options) if credentials
-                        else grpc.insecure_channel(endpoint, options))
+        self.channel = (
+            grpc.secure_channel(endpoint, credentials, options)
+            if credentials
+            else grpc.insecure_channel(endpoint, options)
+        )
         self.stub = _stub(self.channel)
         self.timeout, self.reconnect_timeout, self.retries = timeout, reconnect_timeout, retries
-        self.connection = _Connection(endpoint, credentials, tls_server_name,
-                                      min(connect_timeout, reconnect_timeout))
+        self.connection = _Connection(endpoint, credentials, tls_server_name, min(connect_timeout, reconnect_timeout))
         self.wire_dtype, self.chunk_bytes = wire_dtype, chunk_bytes
-        self._info: Optional[pb.DescribeResponse] = None
+        self._info: pb.DescribeResponse | None = None
+        self._typed_info: OracleInfo | None = None  # self._info's, typed
         api_key = api_key or os.environ.get("GRAYTUNE_API_KEY")
         self._has_key = bool(api_key)
         self.affinity = affinity or uuid.uuid4().hex
-        self._metadata = (("x-graytune-affinity", self.affinity),) + (
-            (("authorization", f"Bearer {api_key}"),) if api_key else ())
+        self._metadata = ((AFFINITY_HEADER, self.affinity),) + (
+            ((AUTHORIZATION_HEADER, f"Bearer {api_key}"),) if api_key else ()
+        )
         # For the caller's accounting: tensor payload bytes each way, seconds spent in calls,
         # and the part of those the server reports for its device (the rest is transport).
         self.bytes_sent = self.bytes_received = 0
@@ -132,7 +147,7 @@ class OracleClient:
         self.samples: collections.Counter = collections.Counter()
         self._counting = threading.Lock()  # a step's tower calls run on threads of their own
 
-    def __enter__(self) -> "OracleClient":
+    def __enter__(self) -> OracleClient:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -151,8 +166,7 @@ class OracleClient:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2.0,
-                                     wait_for_ready=True)
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2.0, wait_for_ready=True)
                 self.connection.reached = True
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -167,14 +181,23 @@ class OracleClient:
 
     def describe(self, refresh: bool = False) -> pb.DescribeResponse:
         if self._info is None or refresh:
-            info = self._with_retries("Describe", lambda metadata: self.stub.Describe(
-                pb.DescribeRequest(), timeout=self.timeout, metadata=metadata))
-            major = graytune.PROTOCOL_VERSION.split(".")[0]
+            info = self._with_retries(
+                "Describe",
+                lambda metadata: self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout, metadata=metadata),
+            )
+            major = PROTOCOL_VERSION.split(".")[0]
             if info.protocol_version.split(".")[0] != major:
-                raise OracleError("Describe", None, f"server speaks protocol {info.protocol_version}, "
-                                                    f"this client {graytune.PROTOCOL_VERSION}")
-            self._info = info
+                raise OracleError(
+                    "Describe", None, f"server speaks protocol {info.protocol_version}, this client {PROTOCOL_VERSION}"
+                )
+            self._info, self._typed_info = info, OracleInfo.from_message(info)
         return self._info
+
+    def info(self) -> OracleInfo:
+        """Describe's answer (fetched once) as the typed OracleInfo the client's code reads."""
+        self.describe()
+        assert self._typed_info is not None
+        return self._typed_info
 
     def embed_images(self, pixels: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels [+ deep_prompts=(depth, K, W)] -> (B, E) embeddings."""
@@ -189,11 +212,13 @@ class OracleClient:
         """Class names under P candidate contexts: (P, N, D) deltas added to the N context
         tokens of the server's `template` -> (P, C, E), in one call charged P samples (see
         Describe's prompt_templates and charges)."""
-        return self._inputs_call("Embed", pb.TEXT, {"context_delta": context_delta}, classnames,
-                                 prompt_template=template)[1]
+        return self._inputs_call(
+            "Embed", pb.TEXT, {"context_delta": context_delta}, classnames, prompt_template=template
+        )[1]
 
-    def forward(self, tower: int, tensors: Tensors, texts: Sequence[str] = (),
-                grad_inputs: Sequence[str] = ()) -> Tuple[str, torch.Tensor]:
+    def forward(
+        self, tower: int, tensors: Tensors, texts: Sequence[str] = (), grad_inputs: Sequence[str] = ()
+    ) -> tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the server holds the graph for one `backward`."""
         return self._inputs_call("Forward", tower, tensors, texts, grad_inputs)
 
@@ -205,10 +230,13 @@ class OracleClient:
         self._count("Backward", grad_embeddings.shape[0])
         return grads
 
-    def usage(self) -> Dict[str, int]:
+    def usage(self) -> dict[str, int]:
         """{"Embed_calls": n, "Embed_samples": n, ...} for the methods called so far."""
-        return {f"{method}_{what}": counter[method] for method in sorted(self.calls)
-                for what, counter in (("calls", self.calls), ("samples", self.samples))}
+        return {
+            f"{method}_{what}": counter[method]
+            for method in sorted(self.calls)
+            for what, counter in (("calls", self.calls), ("samples", self.samples))
+        }
 
     # -- plumbing ------------------------------------------------------------------------
     @property
@@ -223,10 +251,22 @@ class OracleClient:
                 self.bytes_sent += t.numel() * dtype.itemsize
             yield from tensor_codec.tensor_to_messages(name, t, self.chunk_bytes, dtype)
 
-    def _inputs_call(self, method: str, tower: int, tensors: Tensors, texts: Sequence[str] = (),
-                     grad_inputs: Sequence[str] = (), prompt_template: str = "") -> Tuple[str, torch.Tensor]:
-        header = pb.InputHeader(tower=tower, texts=list(texts), output_dtype=self._wire,
-                                grad_inputs=list(grad_inputs), prompt_template=prompt_template)
+    def _inputs_call(
+        self,
+        method: str,
+        tower: int,
+        tensors: Tensors,
+        texts: Sequence[str] = (),
+        grad_inputs: Sequence[str] = (),
+        prompt_template: str = "",
+    ) -> tuple[str, torch.Tensor]:
+        header = pb.InputHeader(
+            tower=tower,
+            texts=list(texts),
+            output_dtype=self._wire,
+            grad_inputs=list(grad_inputs),
+            prompt_template=prompt_template,
+        )
         messages = lambda: _stream(pb.InputMessage, header, self._chunks(tensors))
         out_header, out = self._stream_call(method, getattr(self.stub, method), messages)
         self._count(method, out["embeddings"].shape[0])
@@ -237,7 +277,7 @@ class OracleClient:
             self.calls[method] += 1
             self.samples[method] += samples
 
-    def _stream_call(self, method: str, rpc, messages) -> Tuple[pb.OutputHeader, Tensors]:
+    def _stream_call(self, method: str, rpc, messages) -> tuple[pb.OutputHeader, Tensors]:
         def call(metadata):
             start = time.perf_counter()
             replies = rpc(messages(), timeout=self.timeout, metadata=metadata)  # serialized OutputMessages
@@ -248,13 +288,14 @@ class OracleClient:
                 self.device_seconds += header.device_seconds
                 self.call_seconds += time.perf_counter() - start
             return header, {n: t.float() for n, t in tensors.items()}
+
         return self._with_retries(method, call)
 
     def _with_retries(self, method: str, call):
         """call(metadata) until the server answers it; after a RETRIED status, waits for the
         server, and after the rate limit's refusal for the time it names, then sends the call
         again, with the same call id."""
-        metadata = self._metadata + ((CALL_ID, uuid.uuid4().hex),)
+        metadata = self._metadata + ((CALL_ID_HEADER, uuid.uuid4().hex),)
         with _ServerWait(method, self.connection, self.channel, self.reconnect_timeout) as wait:
             for attempt in itertools.count():
                 try:
@@ -271,10 +312,18 @@ class OracleClient:
                         with self._counting:  # the first refusal is logged once, whichever thread gets it
                             first, self._rate_limit_logged = not self._rate_limit_logged, True
                         if first:
-                            what = ("the key's rate limit refused a call" if refused.reason == error_details.RATE_LIMITED
-                                    else "the key has too many calls in flight")
-                            log.warning("%s: %s (%s); calls wait as the server asks from now on "
-                                        "(OracleClient.rate_limited_seconds adds up the waits)", method, what, e.details())
+                            what = (
+                                "the key's rate limit refused a call"
+                                if refused.reason == error_details.RATE_LIMITED
+                                else "the key has too many calls in flight"
+                            )
+                            log.warning(
+                                "%s: %s (%s); calls wait as the server asks from now on "
+                                "(OracleClient.rate_limited_seconds adds up the waits)",
+                                method,
+                                what,
+                                e.details(),
+                            )
                         wait.for_rate_limit(e.details(), refused.retry_after, refused.reason)
                         with self._counting:
                             self.rate_limited_seconds += refused.retry_after
@@ -282,7 +331,6 @@ class OracleClient:
                         wait.for_server(e.details())
                 except tensor_codec.TensorFormatError as e:
                     raise OracleError(method, None, f"malformed reply: {e}") from None
-
 
     def _explained(self, error: grpc.RpcError) -> str:
         if error.code() == grpc.StatusCode.UNAUTHENTICATED and not self._has_key:
@@ -295,19 +343,25 @@ class _Connection:
     fails UNAVAILABLE before then is looked into with tls_probe, and a handshake that cannot
     succeed is an OracleError at once, where waiting would only repeat it."""
 
-    def __init__(self, endpoint: str, credentials: Optional[grpc.ChannelCredentials],
-                 server_name: Optional[str], connect_timeout: float):
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: grpc.ChannelCredentials | None,
+        server_name: str | None,
+        connect_timeout: float,
+    ):
         self.endpoint, self.server_name, self.connect_timeout = endpoint, server_name, connect_timeout
         # Plaintext, or TLS from known files; TLS credentials made elsewhere cannot be repeated.
         self.probed = credentials is None or credentials in _TLS_FILES
         self.tls_files = _TLS_FILES.get(credentials) if credentials is not None else None
         self.reached = False
-        self.unreachable: Optional[str] = None  # why the endpoint refused a connection, last we looked
+        self.unreachable: str | None = None  # why the endpoint refused a connection, last we looked
 
     def failed(self, method: str, error: grpc.RpcError) -> None:
         """After a call failed: an answer over a connection to the server, or a failure to make one."""
-        if error.code() == grpc.StatusCode.UNAVAILABLE and any(words in (error.details() or "")
-                                                               for words in NOT_CONNECTED):
+        if error.code() == grpc.StatusCode.UNAVAILABLE and any(
+            words in (error.details() or "") for words in NOT_CONNECTED
+        ):
             if not self.reached:
                 self.check_handshake(method)
         elif error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # this client's own deadline: no answer
@@ -336,26 +390,28 @@ class _ServerWait:
     def __init__(self, method: str, connection: _Connection, channel: grpc.Channel, timeout: float):
         self.method, self.connection, self.channel, self.timeout = method, connection, channel, timeout
         self.endpoint = connection.endpoint
-        self.began: Optional[float] = None
+        self.began: float | None = None
         self.backoff = FIRST_BACKOFF
         self.rate_waited = 0.0
 
-    def __enter__(self) -> "_ServerWait":
+    def __enter__(self) -> _ServerWait:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         answered = error is None or (isinstance(error, OracleError) and error.code not in RETRIED)
         if self.began is not None and answered:
-            log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint,
-                        time.monotonic() - self.began)
+            log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint, time.monotonic() - self.began)
 
     def for_rate_limit(self, details: str, delay: float, reason: str) -> None:
         """Sleeps the `delay` the server asked for; OracleError(RESOURCE_EXHAUSTED) instead when
         this call's waits would pass `timeout` seconds."""
         if self.rate_waited + delay > self.timeout:
-            raise OracleError(self.method, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"{details} (this call waited {self.rate_waited:.1f} s of {self.timeout:g} s already)",
-                              reason)
+            raise OracleError(
+                self.method,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{details} (this call waited {self.rate_waited:.1f} s of {self.timeout:g} s already)",
+                reason,
+            )
         time.sleep(delay)
         self.rate_waited += delay
 
@@ -365,12 +421,21 @@ class _ServerWait:
         if self.began is None:
             self.began = time.monotonic()
             if connection.reached:
-                log.warning("%s: server %s unavailable (%s); waiting up to %g s for it to come back",
-                            self.method, self.endpoint, details, self.timeout)
+                log.warning(
+                    "%s: server %s unavailable (%s); waiting up to %g s for it to come back",
+                    self.method,
+                    self.endpoint,
+                    details,
+                    self.timeout,
+                )
             else:
-                log.warning("%s: server %s not reached (%s); waiting up to %g s for it to accept connections",
-                            self.method, self.endpoint, connection.unreachable or details,
-                            connection.connect_timeout)
+                log.warning(
+                    "%s: server %s not reached (%s); waiting up to %g s for it to accept connections",
+                    self.method,
+                    self.endpoint,
+                    connection.unreachable or details,
+                    connection.connect_timeout,
+                )
         deadline = self.began + (self.timeout if connection.reached else connection.connect_timeout)
         time.sleep(max(0.0, min(self.backoff, deadline - time.monotonic())))
         self.backoff = min(2 * self.backoff, MAX_BACKOFF)
@@ -383,8 +448,9 @@ class _ServerWait:
         # polling thread outlives it by up to 0.2 s and raises "Channel closed!" from the
         # background if the client closes in the meantime (seen at the end of a failover test).
         try:
-            health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=remaining,
-                                                           wait_for_ready=True)
+            health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=remaining, wait_for_ready=True
+            )
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise self._gave_up(details) from None
@@ -392,13 +458,18 @@ class _ServerWait:
 
     def _gave_up(self, details: str) -> OracleError:
         if not self.connection.reached:
-            return OracleError(self.method, grpc.StatusCode.UNAVAILABLE,
-                               f"could not connect to {self.endpoint} within {self.connection.connect_timeout:g} s "
-                               f"({self.connection.unreachable or details}): is the server running, and are the "
-                               f"endpoint's host and port (--endpoint) right?")
-        return OracleError(self.method, grpc.StatusCode.UNAVAILABLE,
-                           f"server {self.endpoint} did not come back within {self.timeout:g} s "
-                           f"(last error: {details})")
+            return OracleError(
+                self.method,
+                grpc.StatusCode.UNAVAILABLE,
+                f"could not connect to {self.endpoint} within {self.connection.connect_timeout:g} s "
+                f"({self.connection.unreachable or details}): is the server running, and are the "
+                f"endpoint's host and port (--endpoint) right?",
+            )
+        return OracleError(
+            self.method,
+            grpc.StatusCode.UNAVAILABLE,
+            f"server {self.endpoint} did not come back within {self.timeout:g} s (last error: {details})",
+        )
 
 
 def _stream(message_type, header, chunks: Iterator[bytes]) -> Iterator[bytes]:

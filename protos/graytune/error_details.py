@@ -5,10 +5,11 @@ the message text, which is for people.
 A RESOURCE_EXHAUSTED refusal carries an ErrorInfo (domain "graytune.v1", one of the reasons
 below) and, when waiting is all it takes, a RetryInfo with the delay.
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -17,19 +18,19 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "graytune.v1"
-BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"    # the key's budget is spent; budgets do not refill
-RATE_LIMITED = "RATE_LIMITED"            # the key's calls per second; RetryInfo says when
-GRAPH_TOO_LARGE = "GRAPH_TOO_LARGE"      # one batch's graph is over the cap of graphs held
-TOO_MANY_CALLS = "TOO_MANY_CALLS"        # the key's (or the server's) calls in flight; RetryInfo says when
+BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"  # the key's budget is spent; budgets do not refill
+RATE_LIMITED = "RATE_LIMITED"  # the key's calls per second; RetryInfo says when
+GRAPH_TOO_LARGE = "GRAPH_TOO_LARGE"  # one batch's graph is over the cap of graphs held
+TOO_MANY_CALLS = "TOO_MANY_CALLS"  # the key's (or the server's) calls in flight; RetryInfo says when
 WAITED_OUT = (RATE_LIMITED, TOO_MANY_CALLS)  # refusals a client waits out for the RetryInfo's delay
 
 
 class Refusal(NamedTuple):
-    reason: Optional[str]         # None: the status carried no ErrorInfo of ours
-    retry_after: Optional[float]  # seconds; None: waiting will not help
+    reason: str | None  # None: the status carried no ErrorInfo of ours
+    retry_after: float | None  # seconds; None: waiting will not help
 
 
-def status(code: grpc.StatusCode, message: str, reason: str, retry_after: Optional[float] = None) -> grpc.Status:
+def status(code: grpc.StatusCode, message: str, reason: str, retry_after: float | None = None) -> grpc.Status:
     """A status for `context.abort_with_status` with the reason (and delay) attached."""
     details = [_packed(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
     if retry_after is not None:

@@ -9,11 +9,13 @@ buffer, which grows with what has arrived: a tensor never exists as one big `byt
 nothing is allocated for a declared size before its bytes have arrived (a hostile peer that
 declares 256 MB and sends 4 bytes costs 4 bytes; the buffer holds at most 4× what arrived).
 """
+
 from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,17 +61,19 @@ def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> int:
         raise TensorFormatError(f"{name}: dtype {dtype} cannot travel on the wire") from None
 
 
-def _slices(name: str, tensor: torch.Tensor, chunk_bytes: int,
-            dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, int, Iterator[np.ndarray]]:
+def _slices(
+    name: str, tensor: torch.Tensor, chunk_bytes: int, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, int, Iterator[np.ndarray]]:
     """-> (the tensor as sent, its wire dtype, its raw bytes in consecutive views of chunk_bytes)."""
     t = tensor.detach().to("cpu", dtype or tensor.dtype).contiguous()
     wire_dtype = wire_dtype_of(t.dtype, f"tensor '{name}'")
     raw = t.view(-1).view(torch.uint8).numpy()  # (nbytes,) a view, no copy
-    return t, wire_dtype, (raw[start:start + chunk_bytes] for start in range(0, max(raw.size, 1), chunk_bytes))
+    return t, wire_dtype, (raw[start : start + chunk_bytes] for start in range(0, max(raw.size, 1), chunk_bytes))
 
 
-def tensor_to_chunks(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                     dtype: Optional[torch.dtype] = None) -> Iterator[pb.TensorChunk]:
+def tensor_to_chunks(
+    name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, dtype: torch.dtype | None = None
+) -> Iterator[pb.TensorChunk]:
     """Yields `tensor` (cast to `dtype` if given) as consecutive chunks of `chunk_bytes`."""
     t, wire_dtype, slices = _slices(name, tensor, chunk_bytes, dtype)
     yield pb.TensorChunk(name=name, dtype=wire_dtype, shape=t.shape, data=next(slices).tobytes())
@@ -77,8 +81,9 @@ def tensor_to_chunks(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT
         yield pb.TensorChunk(name=name, data=data.tobytes())
 
 
-def tensors_to_chunks(tensors: Dict[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                      dtype: Optional[torch.dtype] = None) -> Iterator[pb.TensorChunk]:
+def tensors_to_chunks(
+    tensors: dict[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES, dtype: torch.dtype | None = None
+) -> Iterator[pb.TensorChunk]:
     for name, tensor in tensors.items():
         yield from tensor_to_chunks(name, tensor, chunk_bytes, dtype)
 
@@ -105,8 +110,9 @@ def _delimited(field: int, length: int) -> bytes:
     return _key(field, LENGTH_DELIMITED) + _varint(length)
 
 
-def tensor_to_messages(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                       dtype: Optional[torch.dtype] = None) -> Iterator[bytes]:
+def tensor_to_messages(
+    name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, dtype: torch.dtype | None = None
+) -> Iterator[bytes]:
     """`tensor_to_chunks`'s chunks, each serialized as the stream message that carries it:
     byte for byte `Message(chunk=chunk).SerializeToString()` (fields in order, proto3 defaults
     left out, the shape packed), with the tensor's bytes copied once."""
@@ -122,13 +128,14 @@ def tensor_to_messages(name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAU
 
 class RawChunk(NamedTuple):
     """A TensorChunk read from a message's bytes, its data a view of them (see `read_chunk`)."""
+
     name: str
     dtype: int
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     data: memoryview
 
 
-def _read_varint(data: memoryview, at: int) -> Tuple[int, int]:
+def _read_varint(data: memoryview, at: int) -> tuple[int, int]:
     """-> (value, position after it); value -1 for a varint that is cut off or over 64 bits."""
     value = shift = 0
     while at < len(data) and shift < 64:
@@ -144,7 +151,7 @@ _CHUNK_TAG = _key(CHUNK_FIELD, LENGTH_DELIMITED)[0]  # one byte: the message's f
 _CHUNK_FIELDS = {(1, LENGTH_DELIMITED), (2, VARINT), (3, LENGTH_DELIMITED), (4, LENGTH_DELIMITED)}
 
 
-def read_chunk(message: bytes) -> Optional[RawChunk]:
+def read_chunk(message: bytes) -> RawChunk | None:
     """The chunk of a serialized stream message laid out as protobuf writes it (`tensor_to_messages`:
     field 2 holding name, dtype, packed shape, data, each at most once and in that order), with
     its data a view of `message` rather than two copies (protobuf's parse, then `.data`). None
@@ -156,7 +163,7 @@ def read_chunk(message: bytes) -> Optional[RawChunk]:
     length, at = _read_varint(data, 1)
     if length < 0 or at + length != len(data):
         return None
-    fields: Dict[int, object] = {}
+    fields: dict[int, object] = {}
     while at < len(data):
         key, at = _read_varint(data, at)
         field, wire_type = key >> 3, key & 7
@@ -168,7 +175,7 @@ def read_chunk(message: bytes) -> Optional[RawChunk]:
         if wire_type == LENGTH_DELIMITED:
             if at + value > len(data):
                 return None
-            value, at = data[at:at + value], at + value
+            value, at = data[at : at + value], at + value
         fields[field] = value
     try:
         name = bytes(fields.get(1, b"")).decode()  # protobuf refuses a string that is not UTF-8 too
@@ -198,8 +205,8 @@ class TensorAssembler:
 
     def __init__(self, max_tensor_bytes: int = 1 << 62):
         self.max_tensor_bytes = max_tensor_bytes
-        self.tensors: Dict[str, torch.Tensor] = {}
-        self._open: Optional[pb.TensorChunk] = None  # first chunk of the tensor still receiving bytes
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._open: pb.TensorChunk | None = None  # first chunk of the tensor still receiving bytes
         self._buffer = np.empty(0, dtype=np.uint8)  # (capacity,) its bytes so far, then room
         self._nbytes = self._filled = 0  # declared and received bytes of the open tensor
 
@@ -210,7 +217,8 @@ class TensorAssembler:
         if self._open is not None:
             raise TensorFormatError(
                 f"tensor {shown(self._open.name)}: got {self._filled} of {self._nbytes} bytes "
-                f"before a chunk of {shown(chunk.name)}")
+                f"before a chunk of {shown(chunk.name)}"
+            )
         self._start(chunk)
 
     def _start(self, chunk: pb.TensorChunk) -> None:
@@ -224,9 +232,9 @@ class TensorAssembler:
         if chunk.dtype not in TORCH_DTYPES:
             raise TensorFormatError(
                 f"tensor {shown(name)}: dtype {chunk.dtype} unsupported; expected one of "
-                f"{[dtype_name(d) for d in TORCH_DTYPES]}")
-        self._nbytes = declared_bytes(name, tuple(chunk.shape), TORCH_DTYPES[chunk.dtype],
-                                      self.max_tensor_bytes)
+                f"{[dtype_name(d) for d in TORCH_DTYPES]}"
+            )
+        self._nbytes = declared_bytes(name, tuple(chunk.shape), TORCH_DTYPES[chunk.dtype], self.max_tensor_bytes)
         self._open, self._filled = chunk, 0  # _buffer is empty: __init__ and _close leave it so
         self._append(chunk.data)
 
@@ -234,8 +242,8 @@ class TensorAssembler:
         end = self._filled + len(data)
         if end > self._nbytes:
             raise TensorFormatError(
-                f"tensor {shown(self._open.name)}: more bytes than its shape and dtype hold "
-                f"({end} > {self._nbytes})")
+                f"tensor {shown(self._open.name)}: more bytes than its shape and dtype hold ({end} > {self._nbytes})"
+            )
         if end > self._buffer.size:
             # Grown 4× at a time, capped at the declared size: a 64 MB tensor in 1 MiB chunks
             # is copied 1.3× in all. Copying each chunk as it arrives (still in cache, its
@@ -244,9 +252,9 @@ class TensorAssembler:
             # torch.empty: filling a fresh 16 MB torch.empty took 13 ms here (its pages are new
             # each time) against 1 ms for np.empty's reused pages.
             grown = np.empty(min(self._nbytes, max(4 * self._buffer.size, end)), dtype=np.uint8)
-            grown[:self._filled] = self._buffer[:self._filled]
+            grown[: self._filled] = self._buffer[: self._filled]
             self._buffer = grown
-        self._buffer[self._filled:end] = np.frombuffer(data, dtype=np.uint8)
+        self._buffer[self._filled : end] = np.frombuffer(data, dtype=np.uint8)
         self._filled = end
         if end == self._nbytes:
             self._close()
@@ -259,16 +267,16 @@ class TensorAssembler:
         self.tensors[first.name] = flat.view(tuple(first.shape))
         self._open, self._buffer = None, np.empty(0, dtype=np.uint8)
 
-    def finish(self) -> Dict[str, torch.Tensor]:
+    def finish(self) -> dict[str, torch.Tensor]:
         """The complete tensors; raises if one is still missing bytes."""
         if self._open is not None:
             raise TensorFormatError(
-                f"tensor {shown(self._open.name)}: stream ended after {self._filled} of "
-                f"{self._nbytes} bytes")
+                f"tensor {shown(self._open.name)}: stream ended after {self._filled} of {self._nbytes} bytes"
+            )
         return self.tensors
 
 
-def declared_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, max_bytes: int) -> int:
+def declared_bytes(name: str, shape: tuple[int, ...], dtype: torch.dtype, max_bytes: int) -> int:
     """Bytes of a declared tensor, refusing shapes no tensor of `max_bytes` can have. Python's
     integers do not overflow; the product of the non-zero dimensions is checked too, since
     [0, 2^62, 2^62] holds 0 bytes but no allocator can lay out its strides."""
@@ -281,12 +289,12 @@ def declared_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, max_by
         zeros = " (zero dimensions counted as 1)" if 0 in shape else ""
         raise TensorFormatError(
             f"tensor {shown(name)}: shape {list(shape)}: {extent} bytes{zeros} exceeds the limit "
-            f"of {max_bytes} bytes per tensor")
+            f"of {max_bytes} bytes per tensor"
+        )
     return math.prod(shape) * dtype.itemsize
 
 
-def chunks_to_tensors(chunks: Iterable[pb.TensorChunk],
-                      max_tensor_bytes: int = 1 << 62) -> Dict[str, torch.Tensor]:
+def chunks_to_tensors(chunks: Iterable[pb.TensorChunk], max_tensor_bytes: int = 1 << 62) -> dict[str, torch.Tensor]:
     assembler = TensorAssembler(max_tensor_bytes)
     for chunk in chunks:
         assembler.add(chunk)

@@ -12,6 +12,7 @@ seen. Samples count whatever the call's status: a call that failed after computi
 mid-reply) may still have sent its answer. Calls refused for a missing or unknown key have the
 key `-`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,14 @@ import io
 import json
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional
 
 # Searched, not matched: a prefix (a container's name, a journal's) may stand before the line.
-CALL_LINE = re.compile(r"(?:(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) \S+ \S+: )?"
-                       r"\bcall (?P<fields>\w+=.*)")
+CALL_LINE = re.compile(
+    r"(?:(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) \S+ \S+: )?"
+    r"\bcall (?P<fields>\w+=.*)"
+)
 # key=value; a quoted value is a Python repr (detail=...) and may hold spaces, quotes and
 # `key=value` text of its own, which is consumed with it and never read as a field.
 FIELD = re.compile(r"""(?<!\S)(\w+)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
@@ -33,12 +36,12 @@ EMBEDDING_METHODS = ("Embed", "Forward")
 GRADIENT_METHODS = ("Backward",)
 
 
-def parse_line(line: str) -> Optional[Dict[str, str]]:
+def parse_line(line: str) -> dict[str, str] | None:
     """The fields of an audit line (and `time`, when the line has one), or None for other lines."""
     match = CALL_LINE.search(line.rstrip("\n"))
     if match is None:
         return None
-    fields: Dict[str, str] = {}
+    fields: dict[str, str] = {}
     for m in FIELD.finditer(match.group("fields")):
         fields.setdefault(m.group(1), m.group(2))  # the server's fields come before any detail
     if not all(fields.get(name) for name in ("method", "caller", "status")):
@@ -48,7 +51,7 @@ def parse_line(line: str) -> Optional[Dict[str, str]]:
     return fields
 
 
-def _count(fields: Dict[str, str], name: str) -> int:
+def _count(fields: dict[str, str], name: str) -> int:
     value = fields.get(name, "")
     return int(value) if value.isdigit() else 0
 
@@ -58,16 +61,16 @@ class KeyUsage:
     key: str
     tier: str = "-"
     calls: int = 0
-    calls_by_method: Dict[str, int] = field(default_factory=dict)
+    calls_by_method: dict[str, int] = field(default_factory=dict)
     samples_embedded: int = 0
     gradient_samples: int = 0
-    refusals: Dict[str, int] = field(default_factory=dict)  # calls not answered OK, by status
+    refusals: dict[str, int] = field(default_factory=dict)  # calls not answered OK, by status
     bytes_in: int = 0
     bytes_out: int = 0
-    first_seen: Optional[str] = None  # asctime strings: their order is the time order
-    last_seen: Optional[str] = None
+    first_seen: str | None = None  # asctime strings: their order is the time order
+    last_seen: str | None = None
 
-    def add(self, fields: Dict[str, str]) -> None:
+    def add(self, fields: dict[str, str]) -> None:
         method, status, samples = fields["method"], fields["status"], _count(fields, "samples")
         if fields.get("tier", "-") != "-":
             self.tier = fields["tier"]
@@ -84,8 +87,8 @@ class KeyUsage:
             self.last_seen = max(filter(None, (self.last_seen, fields["time"])))
 
 
-def summarise(lines: Iterable[str]) -> Dict[str, KeyUsage]:
-    usage: Dict[str, KeyUsage] = {}
+def summarise(lines: Iterable[str]) -> dict[str, KeyUsage]:
+    usage: dict[str, KeyUsage] = {}
     for fields in filter(None, map(parse_line, lines)):
         caller = fields["caller"]
         usage.setdefault(caller, KeyUsage(caller)).add(fields)
@@ -99,24 +102,49 @@ def _size(n: int) -> str:
         n /= 1024
 
 
-def _pairs(counts: Dict[str, int]) -> str:
+def _pairs(counts: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
 
 
-def table(rows: List[KeyUsage]) -> Iterator[str]:
-    header = ("key", "tier", "calls", "embedded", "gradients", "in", "out", "first seen",
-              "last seen", "calls by method", "refused")
-    cells = [header] + [(u.key, u.tier, str(u.calls), str(u.samples_embedded), str(u.gradient_samples),
-                         _size(u.bytes_in), _size(u.bytes_out), u.first_seen or "-", u.last_seen or "-",
-                         _pairs(u.calls_by_method), _pairs(u.refusals)) for u in rows]
+def table(rows: list[KeyUsage]) -> Iterator[str]:
+    header = (
+        "key",
+        "tier",
+        "calls",
+        "embedded",
+        "gradients",
+        "in",
+        "out",
+        "first seen",
+        "last seen",
+        "calls by method",
+        "refused",
+    )
+    cells = [header] + [
+        (
+            u.key,
+            u.tier,
+            str(u.calls),
+            str(u.samples_embedded),
+            str(u.gradient_samples),
+            _size(u.bytes_in),
+            _size(u.bytes_out),
+            u.first_seen or "-",
+            u.last_seen or "-",
+            _pairs(u.calls_by_method),
+            _pairs(u.refusals),
+        )
+        for u in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         yield "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="graytune-server audit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="graytune-server audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--log", default="-", help="the server's log file; - (the default) reads stdin")
     p.add_argument("--key", help="one key id (as `graytune-server keys list` shows it)")
     p.add_argument("--json", action="store_true", help="JSON: one object with --key, else a list")
@@ -125,8 +153,11 @@ def main(argv=None) -> None:
         p.error("give --log FILE, or pipe the log in")
     # Logs may hold bytes that are not UTF-8 (a torn line, another program's output).
     try:
-        source = (io.TextIOWrapper(sys.stdin.buffer, errors="replace") if args.log == "-"
-                  else open(args.log, errors="replace"))
+        source = (
+            io.TextIOWrapper(sys.stdin.buffer, errors="replace")
+            if args.log == "-"
+            else open(args.log, errors="replace")
+        )
     except OSError as e:
         p.error(f"{args.log}: {e.strerror}")
     with source:

@@ -7,16 +7,19 @@ The secret (`gt_<id>_<random>`) is shown once, when `graytune-server keys create
 the file holds only its hash, so a leaked key file grants nothing. key_schema says what a
 file may hold; a running server re-reads it with `reload()` (see key_reload).
 """
+
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 from graytune.server.access.key_schema import KeyFileError, key_file_text, read_key_file, value_problems
 
@@ -26,15 +29,15 @@ class ApiKey:
     id: str
     sha256: str
     tier: str
-    budget_samples: Optional[int] = None  # samples of Embed/Forward over the key's life
-    rate_per_second: Optional[float] = None  # calls per second, bursts up to one second's worth
-    gradient_budget_samples: Optional[int] = None  # samples of Backward over the key's life
+    budget_samples: int | None = None  # samples of Embed/Forward over the key's life
+    rate_per_second: float | None = None  # calls per second, bursts up to one second's worth
+    gradient_budget_samples: int | None = None  # samples of Backward over the key's life
     # What Backward returns to this key, per sample and input: rescaled to at most this L2
     # norm, then Gaussian noise of this standard deviation added (extraction defences).
-    gradient_clip_norm: Optional[float] = None
-    gradient_noise_std: Optional[float] = None
-    label: Optional[str] = None  # the owner's note of whose key it is
-    expires_at: Optional[datetime] = None  # refused from then on
+    gradient_clip_norm: float | None = None
+    gradient_noise_std: float | None = None
+    label: str | None = None  # the owner's note of whose key it is
+    expires_at: datetime | None = None  # refused from then on
 
     def __post_init__(self):
         problems = value_problems(asdict(self))
@@ -46,12 +49,12 @@ class ApiKey:
 
 
 class KeyChanges(NamedTuple):
-    added: List[str]
-    revoked: List[str]
-    changed: List[str]  # same id, other values (tier, limits, label, expiry)
+    added: list[str]
+    revoked: list[str]
+    changed: list[str]  # same id, other values (tier, limits, label, expiry)
 
 
-def file_identity(path: Path) -> Optional[Tuple[int, int, int]]:
+def file_identity(path: Path) -> tuple[int, int, int] | None:
     """What changes when a file is replaced or written: inode, size, modification time."""
     try:
         st = os.stat(path)
@@ -65,7 +68,7 @@ def hash_secret(secret: str) -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class KeyFile:
@@ -76,13 +79,13 @@ class KeyFile:
         self.identity = None  # file_identity() of the file as last read, valid or not
         # Replaced whole, never changed in place: authenticate() on other threads sees the
         # old dict or the new one.
-        self.keys: Dict[str, ApiKey] = self._read() if self.path.exists() else {}
+        self.keys: dict[str, ApiKey] = self._read() if self.path.exists() else {}
 
-    def _read(self) -> Dict[str, ApiKey]:
+    def _read(self) -> dict[str, ApiKey]:
         self.identity = file_identity(self.path)  # before reading: a change meanwhile is seen again
         return {entry["id"]: ApiKey(**entry) for entry in read_key_file(self.path)}
 
-    def authenticate(self, secret: str) -> Optional[ApiKey]:
+    def authenticate(self, secret: str) -> ApiKey | None:
         """The key a secret belongs to, or None (unknown, wrong or expired). Compares hashes
         in constant time."""
         parts = secret.split("_")
@@ -95,11 +98,15 @@ class KeyFile:
         """Reads the file again and swaps in its keys; on KeyFileError the keys stay as they were."""
         old, new = self.keys, self._read()
         self.keys = new
-        return KeyChanges(added=[i for i in new if i not in old], revoked=[i for i in old if i not in new],
-                          changed=[i for i in new if i in old and new[i] != old[i]])
+        return KeyChanges(
+            added=[i for i in new if i not in old],
+            revoked=[i for i in old if i not in new],
+            changed=[i for i in new if i in old and new[i] != old[i]],
+        )
 
-    def create(self, tier: str, budget_samples: Optional[int] = None,
-               rate_per_second: Optional[float] = None, **fields) -> str:
+    def create(
+        self, tier: str, budget_samples: int | None = None, rate_per_second: float | None = None, **fields
+    ) -> str:
         """Adds a key and returns its secret, which is stored nowhere. `fields`: the other
         optional fields of ApiKey (gradient budget, clipping, noise, label, expiry); a value
         not allowed raises KeyFileError."""
@@ -119,7 +126,7 @@ class KeyFile:
         self.save()
         return key
 
-    def list(self) -> List[ApiKey]:
+    def list(self) -> builtins.list[ApiKey]:
         return list(self.keys.values())
 
     def save(self) -> None:

@@ -6,18 +6,19 @@ most `clip_norm` (L2), then Gaussian noise of standard deviation `noise_std` is 
 element (the Gaussian mechanism's recipe). The caller's training still descends, on a noisier
 signal; the accuracy that costs is measured by benchmarks/gradient_protection.py.
 """
+
 from __future__ import annotations
 
 import secrets
-from typing import Dict, Optional
 
 import torch
 
 BATCHED_INPUTS = ("pixels",)  # one row per sample; the other inputs are shared by the batch
 
 
-def protect(grads: Dict[str, torch.Tensor], clip_norm: Optional[float],
-            noise_std: Optional[float]) -> Dict[str, torch.Tensor]:
+def protect(
+    grads: dict[str, torch.Tensor], clip_norm: float | None, noise_std: float | None
+) -> dict[str, torch.Tensor]:
     """{input: gradient} -> the same, clipped and noised (computed in float32, cast back)."""
     if clip_norm is None and noise_std is None:
         return grads

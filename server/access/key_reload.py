@@ -6,6 +6,7 @@ reloads it when that changes, or at once when `request()` is called (the server'
 within about a second. A file that is invalid when reloaded is logged, one ERROR line per
 problem, and the keys loaded before stay in force: the server keeps serving.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,7 @@ class KeyReloader:
         self._requested = threading.Event()
         self._thread = threading.Thread(target=self._run, name="key-reload", daemon=True)
 
-    def start(self) -> "KeyReloader":
+    def start(self) -> KeyReloader:
         self._thread.start()
         return self
 
@@ -56,6 +57,11 @@ class KeyReloader:
             log.error("keeping the %d keys loaded before from %s", len(self.keys.keys), self.keys.path)
             return False
         summary = "; ".join(f"{what} {', '.join(ids)}" for what, ids in zip(changes._fields, changes) if ids)
-        log.info("keys reloaded from %s (%s): %d keys (%s)", self.keys.path, reason, len(self.keys.keys),
-                 summary or "no changes")
+        log.info(
+            "keys reloaded from %s (%s): %d keys (%s)",
+            self.keys.path,
+            reason,
+            len(self.keys.keys),
+            summary or "no changes",
+        )
         return True

@@ -4,30 +4,39 @@ A problem is one line naming the file, the entry and the field
 (`keys.json: keys[2] (id k1a2b3c4d): budget_samples: "lots" is not an integer`); a file is
 refused with all its problems at once, so an owner fixes them in one go.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any
 
-from graytune.server.access.tiers import TIERS
+from graytune.contract import TIERS
 
 # The id sits between underscores in the secret (`gt_<id>_<random>`).
 KEY_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_LABEL_CHARS = 100
 REQUIRED = ("id", "sha256", "tier")
-OPTIONAL = ("label", "expires_at", "budget_samples", "gradient_budget_samples", "rate_per_second",
-            "gradient_clip_norm", "gradient_noise_std")
+OPTIONAL = (
+    "label",
+    "expires_at",
+    "budget_samples",
+    "gradient_budget_samples",
+    "rate_per_second",
+    "gradient_clip_norm",
+    "gradient_noise_std",
+)
 
 
 class KeyFileError(ValueError):
     """A key file, or a key's values, that cannot be used: one line per problem."""
 
-    def __init__(self, problems: List[str]):
+    def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -64,13 +73,19 @@ def _tier(value: Any) -> str:
 
 
 def _key_id(value: Any) -> str:
-    return "" if isinstance(value, str) and KEY_ID.fullmatch(value) else \
-        f"{shown(value)} is not 1-64 letters, digits or '-'"
+    return (
+        ""
+        if isinstance(value, str) and KEY_ID.fullmatch(value)
+        else f"{shown(value)} is not 1-64 letters, digits or '-'"
+    )
 
 
 def _sha256(value: Any) -> str:
-    return "" if isinstance(value, str) and SHA256.fullmatch(value) else \
-        f"{shown(value)} is not 64 lowercase hex digits (the SHA-256 of the secret)"
+    return (
+        ""
+        if isinstance(value, str) and SHA256.fullmatch(value)
+        else f"{shown(value)} is not 64 lowercase hex digits (the SHA-256 of the secret)"
+    )
 
 
 def _label(value: Any) -> str:
@@ -86,32 +101,44 @@ def _expiry(value: Any) -> str:
 
 
 # The check of each field's value; "" when it is right. None is "not set" for optional fields.
-VALUE_CHECKS = {"id": _key_id, "sha256": _sha256, "tier": _tier, "label": _label, "expires_at": _expiry,
-                "budget_samples": _count, "gradient_budget_samples": _count, "rate_per_second": _rate,
-                "gradient_clip_norm": _non_negative, "gradient_noise_std": _non_negative}
+VALUE_CHECKS = {
+    "id": _key_id,
+    "sha256": _sha256,
+    "tier": _tier,
+    "label": _label,
+    "expires_at": _expiry,
+    "budget_samples": _count,
+    "gradient_budget_samples": _count,
+    "rate_per_second": _rate,
+    "gradient_clip_norm": _non_negative,
+    "gradient_noise_std": _non_negative,
+}
 
 
-def value_problems(fields: Mapping[str, Any]) -> List[Tuple[str, str]]:
+def value_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(field, problem) for each value of a key that is not allowed."""
-    return [(name, problem) for name, value in fields.items()
-            if value is not None and (problem := VALUE_CHECKS[name](value))]
+    return [
+        (name, problem)
+        for name, value in fields.items()
+        if value is not None and (problem := VALUE_CHECKS[name](value))
+    ]
 
 
 def parse_expiry(text: str) -> datetime:
     """ISO-8601 with a time zone ("2027-01-31T00:00:00Z"), or a date alone (its start, in UTC)."""
     when = datetime.fromisoformat(text)
     if len(text) == 10:  # a date: midnight UTC
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     if when.utcoffset() is None:
         raise ValueError(f"{text!r} has no time zone (write UTC as {text}Z)")
-    return when.astimezone(timezone.utc)
+    return when.astimezone(UTC)
 
 
 def format_expiry(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_key_file(text: str, source: str) -> List[Dict[str, Any]]:
+def parse_key_file(text: str, source: str) -> list[dict[str, Any]]:
     """The entries of a key file's text, each a dict of an ApiKey's fields (`expires_at` a
     datetime). Raises KeyFileError with every problem found."""
     try:
@@ -120,8 +147,9 @@ def parse_key_file(text: str, source: str) -> List[Dict[str, Any]]:
         raise KeyFileError([f"{source}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}"]) from None
     if not isinstance(document, dict) or set(document) != {"keys"} or not isinstance(document["keys"], list):
         got = sorted(document) if isinstance(document, dict) else type(document).__name__
-        raise KeyFileError([f'{source}: must be a JSON object with exactly one field, "keys", a list of '
-                            f"keys (found {shown(got)})"])
+        raise KeyFileError(
+            [f'{source}: must be a JSON object with exactly one field, "keys", a list of keys (found {shown(got)})']
+        )
     problems, entries, first_of = [], [], {}
     for index, entry in enumerate(document["keys"]):
         where = f"{source}: keys[{index}]"
@@ -131,15 +159,20 @@ def parse_key_file(text: str, source: str) -> List[Dict[str, Any]]:
         if entry.get("id") and isinstance(entry["id"], str):
             where += f" (id {entry['id']})"
         entry_problems = [f"{where}: {name}: missing (required)" for name in REQUIRED if name not in entry]
-        entry_problems += [f"{where}: {name}: unknown field (known: {', '.join(REQUIRED + OPTIONAL)})"
-                           for name in entry if name not in VALUE_CHECKS]
+        entry_problems += [
+            f"{where}: {name}: unknown field (known: {', '.join(REQUIRED + OPTIONAL)})"
+            for name in entry
+            if name not in VALUE_CHECKS
+        ]
         fields = {name: value for name, value in entry.items() if name in VALUE_CHECKS}
         if isinstance(fields.get("expires_at"), str):
             try:
                 fields["expires_at"] = parse_expiry(fields["expires_at"])
             except ValueError:
-                entry_problems.append(f"{where}: expires_at: {shown(fields['expires_at'])} is not an ISO-8601 "
-                                      "date and time with a time zone (e.g. 2027-01-31T00:00:00Z)")
+                entry_problems.append(
+                    f"{where}: expires_at: {shown(fields['expires_at'])} is not an ISO-8601 "
+                    "date and time with a time zone (e.g. 2027-01-31T00:00:00Z)"
+                )
                 del fields["expires_at"]
         entry_problems += [f"{where}: {name}: {problem}" for name, problem in value_problems(fields)]
         key_id = entry.get("id")
@@ -155,7 +188,7 @@ def parse_key_file(text: str, source: str) -> List[Dict[str, Any]]:
     return entries
 
 
-def read_key_file(path: Path) -> List[Dict[str, Any]]:
+def read_key_file(path: Path) -> list[dict[str, Any]]:
     """parse_key_file of a file; a file that cannot be read is a KeyFileError too."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -164,8 +197,14 @@ def read_key_file(path: Path) -> List[Dict[str, Any]]:
     return parse_key_file(text, str(path))
 
 
-def key_file_text(entries: List[Dict[str, Any]]) -> str:
+def key_file_text(entries: list[dict[str, Any]]) -> str:
     """A key file's text: unset fields left out, expiry as ISO-8601 UTC."""
-    keys = [{name: format_expiry(value) if isinstance(value, datetime) else value
-             for name, value in entry.items() if value is not None} for entry in entries]
+    keys = [
+        {
+            name: format_expiry(value) if isinstance(value, datetime) else value
+            for name, value in entry.items()
+            if value is not None
+        }
+        for entry in entries
+    ]
     return json.dumps({"keys": keys}, indent=2, sort_keys=True) + "\n"

@@ -3,11 +3,11 @@
 Each replica counts its own calls: behind a balancer of R replicas a key may be served up to R
 times its rate (Describe says so in `rate_limit_scope`; shared buckets come with a shared store).
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Dict
 
 from graytune import error_details
 from graytune.server.access.credentials import ApiKey
@@ -21,7 +21,7 @@ class RateLimiter:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self._buckets: Dict[str, list] = {}  # key id -> [tokens, last refill time]
+        self._buckets: dict[str, list] = {}  # key id -> [tokens, last refill time]
         self._lock = threading.Lock()
 
     def acquire(self, key: ApiKey) -> None:
@@ -36,6 +36,9 @@ class RateLimiter:
             if tokens < 1.0:
                 self._buckets[key.id] = [tokens, now]
                 wait = (1.0 - tokens) / rate
-                raise OverLimit(f"rate: key {key.id} is limited to {rate:g} calls/s; the next call "
-                                f"is allowed in {wait:.2f} s", error_details.RATE_LIMITED, retry_after=wait)
+                raise OverLimit(
+                    f"rate: key {key.id} is limited to {rate:g} calls/s; the next call is allowed in {wait:.2f} s",
+                    error_details.RATE_LIMITED,
+                    retry_after=wait,
+                )
             self._buckets[key.id] = [tokens - 1.0, now]

@@ -1,25 +1,17 @@
-"""Access tiers: what a caller may send and whether gradients come back."""
+"""What a caller's tier lets it do, in the contract's words (graytune.contract holds the tiers,
+the entry points each may send and which of them receive gradients)."""
+
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from collections.abc import Iterable
 
-# Entry points are "<tower>.<input>"; a gradient is returned only for inputs of a tier that
-# may call Forward/Backward.
-ENTRY_POINTS: Dict[str, Tuple[str, ...]] = {
-    "blackbox": ("image.pixels", "text.texts", "text.token_ids", "text.context_delta"),
-    "graybox": ("image.pixels", "text.texts", "text.token_ids", "text.context_delta", "text.shift",
-                "text.extra_tokens"),
-    "graybox-plus": ("image.pixels", "text.texts", "text.token_ids", "text.context_delta", "text.shift",
-                     "text.extra_tokens", "image.deep_prompts", "text.deep_prompts"),
-}
-GRADIENT_TIERS = ("graybox", "graybox-plus")
-TIERS = tuple(ENTRY_POINTS)
+from graytune.contract import GRADIENT_TIERS, TEXT_TEXTS, entry_point
 
 
 def may_differentiate(tier: str) -> bool:
     return tier in GRADIENT_TIERS
 
 
-def input_entry_points(tower: str, names, has_texts: bool) -> list:
-    points = [f"{tower}.{n}" for n in names]
-    return points + (["text.texts"] if has_texts else [])
+def input_entry_points(tower: str, names: Iterable[str], has_texts: bool) -> list[str]:
+    """The entry points a request uses: its tensors' names on its tower, and captions if sent."""
+    return [entry_point(tower, n) for n in names] + ([TEXT_TEXTS] if has_texts else [])

@@ -5,13 +5,13 @@ refuses to start, and one that expires within EXPIRY_WARNING is logged as a warn
 `cryptography` reads the files: Python's `ssl` can check that a key matches its certificate,
 but has no public way to read a certificate's validity dates.
 """
+
 from __future__ import annotations
 
 import datetime
 import logging
 import re
 from pathlib import Path
-from typing import List, Optional
 
 import grpc
 from cryptography import x509
@@ -27,22 +27,25 @@ class TlsFileError(ValueError):
     """A TLS file the server cannot serve with; the message names the file and the problem."""
 
 
-def server_credentials(cert: Path, key: Path, client_ca: Optional[Path] = None) -> grpc.ServerCredentials:
+def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
     """TLS from PEM files; with `client_ca`, mutual TLS: clients must show a certificate it
     signed. Raises TlsFileError for a file that cannot work."""
     cert_pem, key_pem = _read(cert, "--tls-cert"), _read(key, "--tls-key")
     chain = _certificates(cert_pem, cert, "--tls-cert")
     private_key = _private_key(key_pem, key)
     if _public_bytes(chain[0].public_key()) != _public_bytes(private_key.public_key()):
-        raise TlsFileError(f"--tls-key {key}: is not the private key of the certificate in --tls-cert {cert} "
-                           f"({_subject(chain[0])}); give the key that certificate was made for")
+        raise TlsFileError(
+            f"--tls-key {key}: is not the private key of the certificate in --tls-cert {cert} "
+            f"({_subject(chain[0])}); give the key that certificate was made for"
+        )
     _check_dates(chain, cert, "--tls-cert")
     client_ca_pem = None
     if client_ca is not None:
         client_ca_pem = _read(client_ca, "--tls-client-ca")
         _check_dates(_certificates(client_ca_pem, client_ca, "--tls-client-ca"), client_ca, "--tls-client-ca")
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=client_ca_pem,
-                                       require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=client_ca_pem, require_client_auth=client_ca is not None
+    )
 
 
 def _read(path: Path, flag: str) -> bytes:
@@ -52,16 +55,18 @@ def _read(path: Path, flag: str) -> bytes:
         raise TlsFileError(f"{flag} {path}: cannot read it ({e.strerror})") from None
 
 
-def _labels(pem: bytes, path: Path, flag: str) -> List[str]:
+def _labels(pem: bytes, path: Path, flag: str) -> list[str]:
     """The PEM block types in a file ("CERTIFICATE", "PRIVATE KEY", ...)."""
     labels = [label.decode() for label in PEM_LABEL.findall(pem)]
     if not labels:
-        raise TlsFileError(f"{flag} {path}: is not PEM (no '-----BEGIN' line); a DER file converts with "
-                           f"`openssl x509 -inform der` (a certificate) or `openssl pkey -inform der` (a key)")
+        raise TlsFileError(
+            f"{flag} {path}: is not PEM (no '-----BEGIN' line); a DER file converts with "
+            f"`openssl x509 -inform der` (a certificate) or `openssl pkey -inform der` (a key)"
+        )
     return labels
 
 
-def _certificates(pem: bytes, path: Path, flag: str) -> List[x509.Certificate]:
+def _certificates(pem: bytes, path: Path, flag: str) -> list[x509.Certificate]:
     labels = _labels(pem, path, flag)
     if "CERTIFICATE" not in labels:
         swapped = "; are --tls-cert and --tls-key swapped?" if any("PRIVATE KEY" in label for label in labels) else ""
@@ -80,25 +85,36 @@ def _private_key(pem: bytes, path: Path):
     try:
         return serialization.load_pem_private_key(pem, password=None)
     except TypeError:  # cryptography's way of saying the key needs a password
-        raise TlsFileError(f"--tls-key {path}: is encrypted with a passphrase, which the server cannot "
-                           f"ask for; decrypt it with `openssl pkey -in {path} -out KEY`") from None
+        raise TlsFileError(
+            f"--tls-key {path}: is encrypted with a passphrase, which the server cannot "
+            f"ask for; decrypt it with `openssl pkey -in {path} -out KEY`"
+        ) from None
     except (ValueError, UnsupportedAlgorithm) as e:
         raise TlsFileError(f"--tls-key {path}: the PRIVATE KEY does not parse ({e})") from None
 
 
-def _check_dates(chain: List[x509.Certificate], path: Path, flag: str) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc)
+def _check_dates(chain: list[x509.Certificate], path: Path, flag: str) -> None:
+    now = datetime.datetime.now(datetime.UTC)
     for certificate in chain:
         after, before = certificate.not_valid_after_utc, certificate.not_valid_before_utc
         if after < now:
-            raise TlsFileError(f"{flag} {path}: the certificate {_subject(certificate)} expired on {_date(after)}; "
-                               f"renew it")
+            raise TlsFileError(
+                f"{flag} {path}: the certificate {_subject(certificate)} expired on {_date(after)}; renew it"
+            )
         if before > now:
-            raise TlsFileError(f"{flag} {path}: the certificate {_subject(certificate)} is not valid until "
-                               f"{_date(before)}; is this host's clock right?")
+            raise TlsFileError(
+                f"{flag} {path}: the certificate {_subject(certificate)} is not valid until "
+                f"{_date(before)}; is this host's clock right?"
+            )
         if after - now < EXPIRY_WARNING:
-            log.warning("%s %s: the certificate %s expires on %s, in %.1f days; renew it before then",
-                        flag, path, _subject(certificate), _date(after), (after - now) / datetime.timedelta(days=1))
+            log.warning(
+                "%s %s: the certificate %s expires on %s, in %.1f days; renew it before then",
+                flag,
+                path,
+                _subject(certificate),
+                _date(after),
+                (after - now) / datetime.timedelta(days=1),
+            )
 
 
 def _public_bytes(public_key) -> bytes:

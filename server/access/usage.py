@@ -21,15 +21,15 @@ Every method is blocking and thread-safe (a connection per thread, no process-wi
 server runs them on its own store threads with a time limit, never on a thread other callers
 need (see servicer.UsageStore).
 """
+
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Optional
 
 from graytune import error_details
 from graytune.server.access.credentials import ApiKey
@@ -66,6 +66,7 @@ ALTER TABLE gradient_usage RENAME TO gradient_usage_v1;
 @dataclass(frozen=True)
 class Attempt:
     """One attempt's hold on a charge: what `settle` or `refund` must be told."""
+
     key_id: str
     call_id: str
     kind: str
@@ -87,20 +88,24 @@ class Budgets:
     def used(self, key_id: str, kind: str = SAMPLES) -> int:
         return _used(self._db(), key_id, kind)  # a WAL read: never waits for a writer
 
-    def remaining(self, key: ApiKey, kind: str = SAMPLES) -> Optional[int]:
+    def remaining(self, key: ApiKey, kind: str = SAMPLES) -> int | None:
         budget = budget_of(key, kind)
         return None if budget is None else max(0, budget - self.used(key.id, kind))
 
     def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
         """Refuses a call before its request is read when the key has nothing left of `kind`,
         unless `call_id` holds a charge already (the retry of a call that was charged)."""
-        if self.remaining(key, kind) == 0 and not self._db().execute(
-                "SELECT 1 FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ?",
-                (key.id, call_id, kind)).fetchone():
+        if (
+            self.remaining(key, kind) == 0
+            and not self._db()
+            .execute(
+                "SELECT 1 FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ?", (key.id, call_id, kind)
+            )
+            .fetchone()
+        ):
             raise _spent(key, kind, budget_of(key, kind), budget_of(key, kind))
 
-    def charge(self, key: ApiKey, samples: int, call_id: str, digest: str,
-               kind: str = SAMPLES) -> Optional[Attempt]:
+    def charge(self, key: ApiKey, samples: int, call_id: str, digest: str, kind: str = SAMPLES) -> Attempt | None:
         """Reserves `samples` of the key's budget of `kind` for this request, or refuses the
         call whole (OverLimit). None for a key without that budget."""
         budget = budget_of(key, kind)
@@ -123,8 +128,10 @@ class Budgets:
     def settle(self, attempt: Attempt) -> None:
         """The attempt's reply was handed over: the charge stands for good."""
         with self._transaction() as db:
-            db.execute(f"UPDATE call_charges SET holders = MAX(0, holders - 1), served = 1 WHERE {THIS_CHARGE}",
-                       _ident(attempt))
+            db.execute(
+                f"UPDATE call_charges SET holders = MAX(0, holders - 1), served = 1 WHERE {THIS_CHARGE}",
+                _ident(attempt),
+            )
 
     def refund(self, attempt: Attempt) -> int:
         """The attempt failed before its reply was complete: it lets go of the charge, which is
@@ -136,8 +143,10 @@ class Budgets:
             if row is None or row[1] > 0 or row[2]:
                 return 0
             db.execute(f"DELETE FROM call_charges WHERE {THIS_CHARGE}", ident)
-            db.execute(f"UPDATE {TABLES[attempt.kind]} SET samples = MAX(0, samples - ?) WHERE key_id = ?",
-                       (row[0], attempt.key_id))
+            db.execute(
+                f"UPDATE {TABLES[attempt.kind]} SET samples = MAX(0, samples - ?) WHERE key_id = ?",
+                (row[0], attempt.key_id),
+            )
             return row[0]
 
     def _db(self) -> sqlite3.Connection:
@@ -169,7 +178,9 @@ class Budgets:
 
 def _current(db: sqlite3.Connection) -> bool:
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return "schema_version" in tables and db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    return "schema_version" in tables and db.execute("SELECT version FROM schema_version").fetchone() == (
+        SCHEMA_VERSION,
+    )
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -179,7 +190,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         _run(db, MIGRATE_FROM_1)
     _run(db, SCHEMA)
     if old:
-        for kind, table in TABLES.items():
+        for table in TABLES.values():
             db.execute(f"INSERT INTO {table} SELECT key_id, MAX(0, samples) FROM {table}_v1")
             db.execute(f"DROP TABLE {table}_v1")
     if db.execute("SELECT version FROM schema_version").fetchone() is None:
@@ -203,15 +214,21 @@ def _used(db: sqlite3.Connection, key_id: str, kind: str) -> int:
 
 
 def _add(db: sqlite3.Connection, key_id: str, kind: str, samples: int) -> None:
-    db.execute(f"INSERT INTO {TABLES[kind]} VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE "
-               "SET samples = samples + excluded.samples", (key_id, samples))
+    db.execute(
+        f"INSERT INTO {TABLES[kind]} VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE "
+        "SET samples = samples + excluded.samples",
+        (key_id, samples),
+    )
 
 
-def budget_of(key: ApiKey, kind: str) -> Optional[int]:
+def budget_of(key: ApiKey, kind: str) -> int | None:
     return key.budget_samples if kind == SAMPLES else key.gradient_budget_samples
 
 
-def _spent(key: ApiKey, kind: str, budget: int, used: int, samples: Optional[int] = None) -> OverLimit:
+def _spent(key: ApiKey, kind: str, budget: int, used: int, samples: int | None = None) -> OverLimit:
     needs = "" if samples is None else f" and this call needs {samples}"
-    return OverLimit(f"budget: key {key.id} has {budget - used} of {budget} {kind} left{needs}; budgets do "
-                     f"not refill, ask the model owner for more", error_details.BUDGET_EXHAUSTED)
+    return OverLimit(
+        f"budget: key {key.id} has {budget - used} of {budget} {kind} left{needs}; budgets do "
+        f"not refill, ask the model owner for more",
+        error_details.BUDGET_EXHAUSTED,
+    )

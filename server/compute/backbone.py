@@ -4,21 +4,22 @@ A backbone comes from an OpenCLIP model name with a pretrained tag (owners with 
 name plus a local `.safetensors`/`.pt` weights file (air-gapped owners), or an architecture
 JSON file; with none of those, the built-in `graytune-tiny` architecture with seeded random
 weights, so the tests run offline in seconds. `graytune-tiny` with the tag `mnist` is built on
-this machine (see `pretrained.py`): the demo's owner model.
+this machine (see graytune.server.pretraining): the demo's owner model.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import open_clip
 import torch
 
-from graytune.server.compute import pretrained as builtin
+from graytune.server import pretraining
 from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
 from graytune.server.compute.image_tower import ImageTower
 from graytune.server.compute.text_tower import TextTower
@@ -32,11 +33,11 @@ open_clip.add_model_config(BUILTIN_CONFIGS)
 
 @dataclass(frozen=True)
 class BackboneSource:
-    model: str = DEFAULT_MODEL        # OpenCLIP architecture name
-    pretrained: Optional[str] = None  # a pretrained tag, fetched from the hub
-    weights: Optional[Path] = None    # a local .safetensors / .pt file
-    model_config: Optional[Path] = None  # an architecture JSON file; its stem names the model
-    seed: int = 0                     # random init, when no weights are given
+    model: str = DEFAULT_MODEL  # OpenCLIP architecture name
+    pretrained: str | None = None  # a pretrained tag, fetched from the hub
+    weights: Path | None = None  # a local .safetensors / .pt file
+    model_config: Path | None = None  # an architecture JSON file; its stem names the model
+    seed: int = 0  # random init, when no weights are given
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -49,7 +50,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def pick_device(requested: Optional[str] = None) -> torch.device:
+def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,9 +59,15 @@ def pick_device(requested: Optional[str] = None) -> torch.device:
 class Backbone:
     """A frozen OpenCLIP model. Only this class touches the weights."""
 
-    def __init__(self, model: torch.nn.Module, name: str, tokenizer, device: torch.device,
-                 autocast_dtype: Optional[torch.dtype] = None,
-                 prompt_templates: Sequence[str] = DEFAULT_TEMPLATES):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        tokenizer,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        prompt_templates: Sequence[str] = DEFAULT_TEMPLATES,
+    ):
         """`prompt_templates`: the templates callers may shift with "context_delta"."""
         model.eval().requires_grad_(False).to(device)
         self.model = model
@@ -87,28 +94,36 @@ class Backbone:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def encode_image(self, pixels: torch.Tensor, deep_prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode_image(self, pixels: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
         not normalised."""
         with self.autocast():
             return self.image(*map(self._to_device, (pixels, deep_prompts))).float()
 
-    def encode_text(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
-                    extra_tokens: Optional[torch.Tensor] = None,
-                    deep_prompts: Optional[torch.Tensor] = None,
-                    context_delta: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode_text(
+        self,
+        token_ids: torch.Tensor,
+        shift: torch.Tensor | None = None,
+        extra_tokens: torch.Tensor | None = None,
+        deep_prompts: torch.Tensor | None = None,
+        context_delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, L) token ids [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts]
         -> (B, E) embeddings; (C, L) template prompts + (P, N, D) context deltas -> (P, C, E)."""
         inputs = (token_ids, shift, extra_tokens, deep_prompts, context_delta)
         with self.autocast():
             return self.text(*map(self._to_device, inputs)).float()
 
-    def _to_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _to_device(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(self.device)
 
 
-def load_backbone(source: BackboneSource, device: Optional[str] = None, precision: str = "fp32",
-                  prompt_templates: Sequence[str] = DEFAULT_TEMPLATES) -> Backbone:
+def load_backbone(
+    source: BackboneSource,
+    device: str | None = None,
+    precision: str = "fp32",
+    prompt_templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> Backbone:
     """Builds the frozen backbone on `device` (the GPU when there is one)."""
     name = source.model
     if source.model_config is not None:
@@ -124,9 +139,8 @@ def load_backbone(source: BackboneSource, device: Optional[str] = None, precisio
     if name not in open_clip.list_models():
         raise ValueError(f"unknown model '{name}'; known: {', '.join(open_clip.list_models())}")
     tokenizer = open_clip.get_tokenizer(name)
-    if pretrained and builtin.is_builtin(name, pretrained):
-        pretrained = str(builtin.builtin_weights(name, pretrained, lambda: open_clip.create_model(name),
-                                                 tokenizer))
+    if pretrained and pretraining.is_builtin(name, pretrained):
+        pretrained = str(pretraining.builtin_weights(name, pretrained))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(source.seed)
         model = open_clip.create_model(name, pretrained=pretrained)

@@ -6,9 +6,10 @@ shape (P, N, W) for P candidate contexts, and gets (P, C, E) embeddings of
 "<template> <class name>." with the template's N tokens shifted by each candidate, one call per
 CMA-ES generation.
 """
+
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +24,21 @@ DEFAULT_TEMPLATES = ("a photo of a",)
 class PromptTemplates:
     """The templates a server offers, by name (their text), with their token ids."""
 
-    def __init__(self, bpe: Optional[BoundedBPE], context_length: int, names: Sequence[str] = DEFAULT_TEMPLATES):
+    def __init__(self, bpe: BoundedBPE | None, context_length: int, names: Sequence[str] = DEFAULT_TEMPLATES):
         """`bpe`: None for a Hugging Face tokenizer, which has no BPE ids to place: no templates."""
         self.bpe = bpe
         self.context_length = context_length
-        self.tokens: Dict[str, List[int]] = {}
+        self.tokens: dict[str, list[int]] = {}
         for name in dict.fromkeys(names) if bpe else ():  # in order, once each
             if not name.strip():
                 raise ValueError("prompt template: empty")
             try:  # with start- and end-of-text, and room for a class name
                 self.tokens[name] = bpe.encode(name, room=context_length - 3)
             except TooManyTokens as e:
-                raise ValueError(f"prompt template {name!r}: {e} leave no room for a class name in the "
-                                 f"context length {context_length}") from None
+                raise ValueError(
+                    f"prompt template {name!r}: {e} leave no room for a class name in the "
+                    f"context length {context_length}"
+                ) from None
 
     def context_tokens(self, name: str) -> int:
         """N: how many tokens of the template a context delta shifts."""
@@ -43,8 +46,7 @@ class PromptTemplates:
 
     def checked(self, name: str) -> str:
         if name not in self.tokens:
-            raise InputError(f"prompt_template: {shown(name)} is not offered; this server offers "
-                             f"{list(self.tokens)}")
+            raise InputError(f"prompt_template: {shown(name)} is not offered; this server offers {list(self.tokens)}")
         return name
 
     def token_ids(self, name: str, classnames: Sequence[str]) -> torch.Tensor:
@@ -56,11 +58,14 @@ class PromptTemplates:
             try:
                 tokens = self.bpe.encode(f"{name} {classname}.", room=self.context_length - 2)
             except TooManyTokens as e:
-                raise InputError(f"texts[{i}]: the prompt with template {shown(name)} has {e}; the context "
-                                 f"length is {self.context_length}") from None
-            if tokens[:len(template)] != template:  # a tokenizer whose cleaning joins words
-                raise InputError(f"texts[{i}]: {shown(classname)} does not tokenise apart from the "
-                                 f"template {shown(name)}")
+                raise InputError(
+                    f"texts[{i}]: the prompt with template {shown(name)} has {e}; the context "
+                    f"length is {self.context_length}"
+                ) from None
+            if tokens[: len(template)] != template:  # a tokenizer whose cleaning joins words
+                raise InputError(
+                    f"texts[{i}]: {shown(classname)} does not tokenise apart from the template {shown(name)}"
+                )
             rows.append(tokens)
         return self.bpe.ids(rows, self.context_length)  # what the tokenizer gives for the prompts
 

@@ -6,9 +6,8 @@ is inserted before block 0, each later row replaces what the previous block made
 prompts (VPT-deep, MaPLe's "prompt depth" D). Past block D-1 the prompt positions flow on
 like any token. The caller gets gradients w.r.t. its tensor only, never an activation.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -20,15 +19,16 @@ def prompt_depth(transformer: torch.nn.Module) -> int:
     return len(transformer.resblocks)
 
 
-def run_with_prompts(transformer: torch.nn.Module, x: torch.Tensor, prompts: torch.Tensor, at: int,
-                     attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def run_with_prompts(
+    transformer: torch.nn.Module, x: torch.Tensor, prompts: torch.Tensor, at: int, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """x (B, N, W), prompts (D, K, W) -> (B, N + K, W): OpenCLIP's Transformer with prompts."""
     batch, k = x.shape[0], prompts.shape[1]
     prompts = prompts.to(x.dtype)
     x = torch.cat([x[:, :at], prompts[0].expand(batch, k, -1), x[:, at:]], dim=1)  # (B, N+K, W)
     for layer, block in enumerate(transformer.resblocks):
         if 0 < layer < prompts.shape[0]:
-            x = torch.cat([x[:, :at], prompts[layer].expand(batch, k, -1), x[:, at + k:]], dim=1)
+            x = torch.cat([x[:, :at], prompts[layer].expand(batch, k, -1), x[:, at + k :]], dim=1)
         x = block(x, attn_mask=attn_mask)
     return x
 

@@ -11,6 +11,7 @@ but only while the device has nothing else to do, unless splitting it would cost
 Work whose deadline passes before it starts, or whose caller is gone (its `CancelScope`
 cancelled), is dropped: an abandoned call costs no compute.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import CancelledError, Future, TimeoutError as FutureTimeout
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Hashable, Iterator, List, Optional
+from typing import Any
 
 from graytune.server.compute.errors import CallerGone, DeadlineExceeded, ShuttingDown
 
@@ -33,7 +36,7 @@ class CancelScope:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._futures: List[Future] = []
+        self._futures: list[Future] = []
         self.cancelled = False
 
     def add(self, future: Future) -> None:
@@ -51,9 +54,9 @@ class CancelScope:
 
 @dataclass(eq=False)
 class Work:
-    run: Optional[Callable[[], Any]] = None  # the work alone
-    group: Optional[Hashable] = None  # pending works of one group run as one batch
-    run_group: Optional[Callable[[List["Work"]], List[Any]]] = None  # a result or exception per work
+    run: Callable[[], Any] | None = None  # the work alone
+    group: Hashable | None = None  # pending works of one group run as one batch
+    run_group: Callable[[list[Work]], list[Any]] | None = None  # a result or exception per work
     payload: Any = None  # what run_group needs of this work
     samples: int = 1
     expected: int = 1  # group members worth waiting `linger` seconds for
@@ -70,14 +73,14 @@ class DeviceQueue:
         self.max_samples = max_samples
         self.linger = linger
         self.arrival_wait = arrival_wait
-        self._pending: "OrderedDict[str, Deque[Work]]" = OrderedDict()
-        self._arriving: Dict[object, Hashable] = {}  # token -> group of a work being received
+        self._pending: OrderedDict[str, deque[Work]] = OrderedDict()
+        self._arriving: dict[object, Hashable] = {}  # token -> group of a work being received
         self._ready = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="device", daemon=True)
         self._thread.start()
 
-    def run(self, caller: str, fn: Callable, *args, deadline: Optional[float] = None):
+    def run(self, caller: str, fn: Callable, *args, deadline: float | None = None):
         """Runs fn(*args) on the device thread, in `caller`'s turn; returns or raises its result."""
         return self.submit(caller, Work(run=lambda: fn(*args)), deadline)
 
@@ -96,8 +99,14 @@ class DeviceQueue:
                 if self._arriving.pop(token, None) is not None:
                     self._ready.notify_all()
 
-    def submit(self, caller: str, work: Work, deadline: Optional[float] = None,
-               scope: Optional[CancelScope] = None, arrival: Optional[object] = None):
+    def submit(
+        self,
+        caller: str,
+        work: Work,
+        deadline: float | None = None,
+        scope: CancelScope | None = None,
+        arrival: object | None = None,
+    ):
         """Queues the work and waits for its result. Work not yet started when `deadline`
         (time.monotonic) passes is dropped: DeadlineExceeded; when `scope` is cancelled (the
         caller left): CallerGone; when the queue closes: ShuttingDown. Started work runs to
@@ -116,12 +125,15 @@ class DeviceQueue:
         except FutureTimeout:
             if not work.future.cancel():  # already running: its result is on the way
                 return work.future.result()
-            raise DeadlineExceeded(f"the call's deadline passed after {time.monotonic() - queued:.1f} s "
-                                   f"waiting for the device; its work was dropped unstarted") from None
+            raise DeadlineExceeded(
+                f"the call's deadline passed after {time.monotonic() - queued:.1f} s "
+                f"waiting for the device; its work was dropped unstarted"
+            ) from None
         except CancelledError:
             if self._closed:
-                raise ShuttingDown("the server shut down before the device took up this call; "
-                                   "retry against a restarted server") from None
+                raise ShuttingDown(
+                    "the server shut down before the device took up this call; retry against a restarted server"
+                ) from None
             raise CallerGone("the caller left before the device took up its work") from None
 
     def pending(self) -> int:
@@ -150,7 +162,7 @@ class DeviceQueue:
             self._pending[caller] = works  # re-inserted at the end: the next caller goes first
         return work
 
-    def _take_group(self, first: Work, members: List[Work]) -> None:
+    def _take_group(self, first: Work, members: list[Work]) -> None:
         """Moves pending works of `first`'s group into `members`, callers in turn order."""
         samples = sum(m.samples for m in members)
         for caller in list(self._pending):
@@ -164,14 +176,13 @@ class DeviceQueue:
             if not works:
                 del self._pending[caller]
 
-    def _gather(self, first: Work) -> List[Work]:
+    def _gather(self, first: Work) -> list[Work]:
         members, start = [first], time.monotonic()
         while True:
             self._take_group(first, members)
             waited = time.monotonic() - start
             busy = bool(self._pending)  # other work waits: idling would delay it
-            wait_expected = (len(members) < first.expected and waited < self.linger
-                             and (first.hold_device or not busy))
+            wait_expected = len(members) < first.expected and waited < self.linger and (first.hold_device or not busy)
             wait_arriving = first.group in self._arriving.values() and waited < self.arrival_wait and not busy
             full = sum(m.samples for m in members) >= self.max_samples
             if self._closed or full or not (wait_expected or wait_arriving):
@@ -190,7 +201,7 @@ class DeviceQueue:
             self._execute(first, members)
 
     @staticmethod
-    def _execute(first: Work, members: List[Work]) -> None:
+    def _execute(first: Work, members: list[Work]) -> None:
         members = [m for m in members if m.future.set_running_or_notify_cancel()]  # callers gone: dropped
         if not members:
             return
@@ -200,8 +211,12 @@ class DeviceQueue:
         except BaseException as e:  # handed to the callers' threads, which raise it
             results = [e] * len(members)
         if first.group is not None:
-            log.debug("batch of %d works, %d samples: %.1f ms", len(members),
-                      sum(m.samples for m in members), (time.perf_counter() - start) * 1e3)
+            log.debug(
+                "batch of %d works, %d samples: %.1f ms",
+                len(members),
+                sum(m.samples for m in members),
+                (time.perf_counter() - start) * 1e3,
+            )
         for member, result in zip(members, results):
             if isinstance(result, BaseException):
                 member.future.set_exception(result)

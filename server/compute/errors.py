@@ -1,5 +1,4 @@
 """What can go wrong with a caller's request; the servicer maps each to a gRPC status."""
-from typing import Optional
 
 
 class InputError(ValueError):
@@ -15,7 +14,7 @@ class OverLimit(RuntimeError):
     `reason` names the limit for programs and `retry_after` (seconds) says when waiting is
     enough (graytune.error_details)."""
 
-    def __init__(self, message: str, reason: str, retry_after: Optional[float] = None):
+    def __init__(self, message: str, reason: str, retry_after: float | None = None):
         super().__init__(message)
         self.reason, self.retry_after = reason, retry_after
 

@@ -1,10 +1,11 @@
 """What an autograd graph keeps alive, counted; and its memory handed back once it is freed."""
+
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
-from typing import Callable, Iterator, Set
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -12,9 +13,9 @@ import torch
 class StorageBytes:
     """Bytes of distinct storages, each counted once; storages in `exclude` never."""
 
-    def __init__(self, exclude: Set[int]):
+    def __init__(self, exclude: set[int]):
         self._exclude = exclude
-        self._seen: Set[int] = set()
+        self._seen: set[int] = set()
         self.nbytes = 0
 
     def add(self, *tensors: torch.Tensor) -> None:
@@ -27,7 +28,7 @@ class StorageBytes:
 
 
 @contextlib.contextmanager
-def graph_bytes(exclude_storages: Set[int]) -> Iterator[StorageBytes]:
+def graph_bytes(exclude_storages: set[int]) -> Iterator[StorageBytes]:
     """Counts the storages autograd saves for backward inside the block (parameters excluded);
     add the graph's leaves and output after it, for all that the graph keeps alive."""
     counted = StorageBytes(exclude_storages)

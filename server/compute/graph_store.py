@@ -28,6 +28,7 @@ the store can tell a caller's own consumed handle (ABORTED: recompute) from one 
 given, without remembering consumed handles; and a handle that is not the caller's gets one
 answer whether it was never issued, is held for another caller, or was consumed by one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 
@@ -53,30 +54,31 @@ HANDLE = re.compile(r"(?P<instance>[0-9a-f]{8})\.(?P<seq>[0-9]{1,18})\.(?P<mac>[
 @dataclass(eq=False)
 class GraphGroup:
     """One graph computed for several callers' Forward calls merged into one batch."""
+
     output: torch.Tensor  # (sum of B, E), attached to the graph
-    handles: List[str] = field(default_factory=list)  # one member per caller's call
+    handles: list[str] = field(default_factory=list)  # one member per caller's call
 
 
 @dataclass
 class HeldGraph:
-    inputs: Dict[str, torch.Tensor]  # leaves whose gradients Backward returns
+    inputs: dict[str, torch.Tensor]  # leaves whose gradients Backward returns
     output: torch.Tensor  # (B, E) embeddings, still attached to the graph
     nbytes: int  # what its autograd graph keeps alive (a member of a group: the whole group's)
     owner: str  # the caller that may take it
     expires: float = 0.0
-    group: Optional[GraphGroup] = None  # set when the graph is a slice of a merged batch
-    rows: Optional[slice] = None  # this member's rows of group.output
+    group: GraphGroup | None = None  # set when the graph is a slice of a merged batch
+    rows: slice | None = None  # this member's rows of group.output
 
     @property
     def num_rows(self) -> int:
         return 1 if self.rows is None else self.rows.stop - self.rows.start
 
 
-def split_by_rows(nbytes: int, graphs: Iterable[HeldGraph]) -> Dict[str, int]:
+def split_by_rows(nbytes: int, graphs: Iterable[HeldGraph]) -> dict[str, int]:
     """nbytes over the graphs' owners, in proportion to their rows; the rounding to the first."""
     graphs = list(graphs)
     rows = sum(g.num_rows for g in graphs)
-    charges: Dict[str, int] = {}
+    charges: dict[str, int] = {}
     for graph in graphs:
         charges[graph.owner] = charges.get(graph.owner, 0) + nbytes * graph.num_rows // rows
     if charges:
@@ -87,14 +89,20 @@ def split_by_rows(nbytes: int, graphs: Iterable[HeldGraph]) -> Dict[str, int]:
 @dataclass(eq=False)
 class _SharedBytes:
     """One autograd graph's bytes, charged to the owners of the handles still holding it."""
+
     nbytes: int
-    holders: Dict[str, HeldGraph] = field(default_factory=dict)  # handle -> graph
-    charges: Dict[str, int] = field(default_factory=dict)  # owner -> its part, by rows held
+    holders: dict[str, HeldGraph] = field(default_factory=dict)  # handle -> graph
+    charges: dict[str, int] = field(default_factory=dict)  # owner -> its part, by rows held
 
 
 class GraphStore:
-    def __init__(self, max_bytes: int, ttl_seconds: float, max_bytes_per_owner: Optional[int] = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_bytes: int,
+        ttl_seconds: float,
+        max_bytes_per_owner: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         """`max_bytes_per_owner`: None for `max_bytes`, where eviction from the owner charged
         the most is all that keeps owners apart."""
         self.max_bytes = max_bytes
@@ -103,10 +111,10 @@ class GraphStore:
         self.clock = clock
         self.instance = secrets.token_hex(4)  # handles from another instance predate a restart
         self._secret = secrets.token_bytes(32)  # signs (sequence number, owner) into each handle
-        self._graphs: "OrderedDict[str, HeldGraph]" = OrderedDict()  # oldest first
-        self._shared: Dict[str, _SharedBytes] = {}  # handle -> the bytes of its graph
-        self._by_owner: Dict[str, "OrderedDict[str, None]"] = {}  # owner -> its handles, oldest first
-        self._owner_bytes: Dict[str, int] = {}  # owner -> bytes charged; they add up to _bytes
+        self._graphs: OrderedDict[str, HeldGraph] = OrderedDict()  # oldest first
+        self._shared: dict[str, _SharedBytes] = {}  # handle -> the bytes of its graph
+        self._by_owner: dict[str, OrderedDict[str, None]] = {}  # owner -> its handles, oldest first
+        self._owner_bytes: dict[str, int] = {}  # owner -> bytes charged; they add up to _bytes
         self._issued = 0
         self._bytes = 0
         self._lock = threading.Lock()
@@ -123,12 +131,12 @@ class GraphStore:
 
     def put(self, graph: HeldGraph) -> str:
         """Holds a graph of its own; raises OverLimit if it is over a cap."""
-        result, = self.put_all([graph])
+        (result,) = self.put_all([graph])
         if isinstance(result, OverLimit):
             raise result
         return result
 
-    def put_all(self, graphs: List[HeldGraph]) -> List[Union[str, OverLimit]]:
+    def put_all(self, graphs: list[HeldGraph]) -> list[str | OverLimit]:
         """Holds the members of one merged batch (or one graph): a handle each, or OverLimit
         for a member whose share of the batch's bytes is over a cap (the others share it)."""
         nbytes, rows = graphs[0].nbytes, sum(g.num_rows for g in graphs)
@@ -149,22 +157,24 @@ class GraphStore:
             return_freed_memory_to_the_os()
         return [next(handles) if refused is None else refused for refused in results]
 
-    def _over_limit(self, share: int) -> Optional[OverLimit]:
+    def _over_limit(self, share: int) -> OverLimit | None:
         for cap, whose in ((self.max_bytes, ""), (self.max_bytes_per_owner, " per key")):
             if share > cap:
                 return OverLimit(
                     f"the graph of this batch needs {share} bytes, over the server's cap of {cap} "
                     f"bytes{whose} for graphs held for Backward; send a smaller batch",
-                    error_details.GRAPH_TOO_LARGE)
+                    error_details.GRAPH_TOO_LARGE,
+                )
         return None
 
-    def _make_room(self, nbytes: int, incoming: Dict[str, int]) -> None:
+    def _make_room(self, nbytes: int, incoming: dict[str, int]) -> None:
         for owner, share in incoming.items():  # each owner within its cap, at its own expense
             while owner in self._by_owner and self._owner_bytes[owner] + share > self.max_bytes_per_owner:
                 self._drop(next(iter(self._by_owner[owner])))
         while self._graphs and self._bytes + nbytes > self.max_bytes:  # from the largest holder,
-            owner = max(self._by_owner, key=lambda o: (self._owner_bytes[o] + incoming.get(o, 0),
-                                                       incoming.get(o, 0)))  # on a tie the putter
+            owner = max(
+                self._by_owner, key=lambda o: (self._owner_bytes[o] + incoming.get(o, 0), incoming.get(o, 0))
+            )  # on a tie the putter
             self._drop(next(iter(self._by_owner[owner])))
 
     def _hold(self, graph: HeldGraph, shared: _SharedBytes) -> str:
@@ -199,19 +209,21 @@ class GraphStore:
             if parts["instance"] != self.instance:
                 raise HandleExpired(
                     "handle: issued by another server instance (the server restarted, or another "
-                    "replica answered); run Forward again")
+                    "replica answered); run Forward again"
+                )
             seq = int(parts["seq"])
             if not (0 < seq <= self._issued and hmac.compare_digest(parts["mac"], self._mac(seq, owner))):
                 raise InputError(f"handle: unknown handle {shown(handle)}")
             raise HandleExpired(
                 f"handle: no longer held (used already, older than {self.ttl_seconds:g} s, or "
                 f"evicted to stay under {self.max_bytes} bytes, {self.max_bytes_per_owner} per key); "
-                f"run Forward again")
+                f"run Forward again"
+            )
 
     def _mac(self, seq: int, owner: str) -> str:
         return hmac.new(self._secret, f"{seq}/{owner}".encode(), hashlib.sha256).hexdigest()[:16]
 
-    def peek(self, handle: str, owner: str) -> Optional[HeldGraph]:
+    def peek(self, handle: str, owner: str) -> HeldGraph | None:
         """The graph, if held for this owner; never raises, removes nothing."""
         graph = self._graphs.get(handle)
         return graph if graph is not None and graph.owner == owner else None
@@ -231,6 +243,7 @@ class GraphStore:
         def loop():
             while not stop.wait(every_seconds):
                 self.sweep()
+
         thread = threading.Thread(target=loop, name="graph-sweeper", daemon=True)
         thread.start()
         return thread

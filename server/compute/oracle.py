@@ -7,25 +7,27 @@
 Inputs are validated before they reach the backbone; parameters never require grad, so the
 only gradients autograd can produce are the ones w.r.t. the caller's own inputs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from graytune.server.compute import validation
 from graytune.server.compute.backbone import Backbone
-from graytune.server.compute.device import CancelScope, DeviceQueue, Work
+from graytune.server.compute.call_context import CallContext
+from graytune.server.compute.device import DeviceQueue, Work
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
 from graytune.server.compute.graph_memory import graph_bytes
 from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph
 from graytune.server.compute.validation import Limits
 
-Tensors = Dict[str, torch.Tensor]
+Tensors = dict[str, torch.Tensor]
 IMAGE_FORWARD = "image-forward"  # the device-queue group of mergeable image Forward calls
 
 
@@ -36,8 +38,9 @@ class GradientOracle:
         self.backbone = backbone
         self.limits = limits
         self.merge_batches = merge_batches
-        self.store = GraphStore(limits.max_graph_bytes, limits.handle_ttl_seconds,
-                                max_bytes_per_owner=limits.max_graph_bytes_per_key)
+        self.store = GraphStore(
+            limits.max_graph_bytes, limits.handle_ttl_seconds, max_bytes_per_owner=limits.max_graph_bytes_per_key
+        )
         self.device = DeviceQueue(max_samples=limits.max_batch)
         # Calls in the last merged image Forward batch: the next batch waits briefly for as
         # many, so concurrent trainers stay in step rather than alternate small batches.
@@ -45,14 +48,21 @@ class GradientOracle:
         # Told (method, calls) for every merged image batch: the metrics' view of merging.
         self.on_merged_batch: Callable[[str, int], None] = lambda method, calls: None
 
-    def prepare(self, tower: str, tensors: Tensors, texts: Sequence[str] = (),
-                grad_inputs: Optional[Sequence[str]] = None, prompt_template: str = "") -> "Request":
+    def prepare(
+        self,
+        tower: str,
+        tensors: Tensors,
+        texts: Sequence[str] = (),
+        grad_inputs: Sequence[str] | None = None,
+        prompt_template: str = "",
+    ) -> Request:
         """Checks a request and binds its discrete inputs, on the caller's thread: bad input
         and tokenising never take the device. `grad_inputs` (Forward only): the inputs to
         differentiate, default every floating-point input. `prompt_template`: `texts` are class
-        names and "context_delta" candidate contexts (see context_prompts.py)."""
+        names and "context_delta" candidate contexts (see context_prompts.py). The header's
+        fields passed `validation.check_header` and the tensors' names `check_names` where the
+        request came in (the service)."""
         b, limits = self.backbone, self.limits
-        validation.check_header(texts, grad_inputs or (), limits, prompt_template)  # bounds captions before tokenising
         if prompt_template and tower != "text":
             raise InputError("prompt_template: the image tower takes no template")
         if tower == "image":
@@ -60,12 +70,11 @@ class GradientOracle:
                 raise InputError("texts: the image tower takes no texts")
             validation.check_image(tensors, b.image_size, limits)
         elif tower == "text" and prompt_template:
-            validation.check_names(tensors, validation.TOWER_INPUTS["text"], "the text tower")
-            validation.check_context(tensors, texts, b.text.templates.context_tokens(prompt_template),
-                                     b.text.token_width, limits)
+            validation.check_context(
+                tensors, texts, b.text.templates.context_tokens(prompt_template), b.text.token_width, limits
+            )
         elif tower == "text":
-            validation.check_text(tensors, texts, b.text.context_length, b.text.token_width,
-                                  b.text.vocab_size, limits)
+            validation.check_text(tensors, texts, b.text.context_length, b.text.token_width, b.text.vocab_size, limits)
         else:
             raise InputError(f"tower: must be IMAGE or TEXT, got {tower!r}")
         spec = b.image if tower == "image" else b.text
@@ -85,13 +94,14 @@ class GradientOracle:
         floats = {n: t for n, t in tensors.items() if t.is_floating_point()}
         return Request(tower, floats, ids, tuple(wanted), validation.batch_size(tensors) or len(texts))
 
-    def _encoder(self, request: "Request") -> Callable[[Tensors], torch.Tensor]:
+    def _encoder(self, request: Request) -> Callable[[Tensors], torch.Tensor]:
         """The tower's forward as a function of the float inputs, with discrete inputs bound."""
         b = self.backbone
         if request.tower == "image":
             return lambda x: b.encode_image(x["pixels"], x.get("deep_prompts"))
-        return lambda x: b.encode_text(request.token_ids, x.get("shift"), x.get("extra_tokens"),
-                                       x.get("deep_prompts"), x.get("context_delta"))
+        return lambda x: b.encode_text(
+            request.token_ids, x.get("shift"), x.get("extra_tokens"), x.get("deep_prompts"), x.get("context_delta")
+        )
 
     def receiving(self, tower: str):
         """Context for receiving a Forward call's tensors: a merged image batch waits for them."""
@@ -99,54 +109,86 @@ class GradientOracle:
             return self.device.arriving(IMAGE_FORWARD)
         return contextlib.nullcontext()
 
-    # `record`, when given, is the servicer's record of the call: its `deadline` (time.monotonic
-    # or None) bounds the wait for the device, its `scope` drops the work if the caller leaves,
-    # its `arrival` is the token `receiving` gave; it receives `device_seconds`, the call's time
-    # on the device thread.
-    def embed(self, request: "Request", owner: str = "", out_dtype: torch.dtype = torch.float32,
-              record=None) -> torch.Tensor:
+    # `context`: the call's deadline, cancellation and arrival token, and where the oracle tells
+    # the call's time on the device; without one, the call has no deadline and is never cancelled.
+    def embed(
+        self,
+        request: Request,
+        owner: str = "",
+        out_dtype: torch.dtype = torch.float32,
+        context: CallContext | None = None,
+    ) -> torch.Tensor:
         """-> (B, E) embeddings."""
-        return self._on_device(owner, record, self._embed, request, out_dtype)
+        return self._on_device(owner, context or CallContext(), self._embed, request, out_dtype)
 
-    def forward(self, request: "Request", owner: str, out_dtype: torch.dtype = torch.float32,
-                record=None) -> Tuple[str, torch.Tensor]:
+    def forward(
+        self, request: Request, owner: str, out_dtype: torch.dtype = torch.float32, context: CallContext | None = None
+    ) -> tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
+        context = context or CallContext()
         if request.tower == "image" and "deep_prompts" not in request.floats:  # callers' prompts differ
-            call = _Call(request.floats, owner, out_dtype, record)
+            call = _Call(request.floats, owner, out_dtype, context)
             group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
-            return self.device.submit(owner, Work(group=group, run_group=self._forward_images, payload=call,
-                                                  samples=request.samples, expected=self._forward_calls),
-                                      _deadline(record), _scope(record), _arrival(record))
-        return self._on_device(owner, record, self._forward, request, owner, out_dtype)
+            return self.device.submit(
+                owner,
+                Work(
+                    group=group,
+                    run_group=self._forward_images,
+                    payload=call,
+                    samples=request.samples,
+                    expected=self._forward_calls,
+                ),
+                context.deadline,
+                context.scope,
+                context.arrival,
+            )
+        return self._on_device(owner, context, self._forward, request, owner, out_dtype)
 
-    def backward(self, handle: str, tensors: Tensors, owner: str,
-                 out_dtype: torch.dtype = torch.float32, record=None) -> Tensors:
+    def backward(
+        self,
+        handle: str,
+        tensors: Tensors,
+        owner: str,
+        out_dtype: torch.dtype = torch.float32,
+        context: CallContext | None = None,
+    ) -> Tensors:
         """dL/dE (B, E) -> {input name: dL/d input}, for the inputs chosen at forward."""
+        context = context or CallContext()
         grad = _gradient_of_embeddings(tensors)
         graph = self.store.peek(handle, owner)
         if graph is None:
             self.store.take(handle, owner)  # raises, saying why the caller has no such graph
         validation.check_float("embeddings", grad, tuple(graph.output.shape))  # off the device
-        call = _Call({"embeddings": grad}, owner, out_dtype, record, handle=handle)
+        call = _Call({"embeddings": grad}, owner, out_dtype, context, handle=handle)
         if graph.group is not None:  # one backward for the merged batch
-            return self.device.submit(owner, Work(
-                group=id(graph.group), run_group=self._backward_group, payload=call, samples=0,
-                expected=self.store.held(graph.group.handles), hold_device=True),
-                _deadline(record), _scope(record))
-        return self._on_device(owner, record, self._backward, call)
+            return self.device.submit(
+                owner,
+                Work(
+                    group=id(graph.group),
+                    run_group=self._backward_group,
+                    payload=call,
+                    samples=0,
+                    expected=self.store.held(graph.group.handles),
+                    hold_device=True,
+                ),
+                context.deadline,
+                context.scope,
+            )
+        return self._on_device(owner, context, self._backward, call)
 
-    def _on_device(self, owner: str, record, fn, *args):
+    def _on_device(self, owner: str, context: CallContext, fn, *args):
         """Runs fn on the device thread in the caller's turn (see DeviceQueue)."""
+
         def timed():
             start = time.perf_counter()
             try:
                 return fn(*args)
             finally:
-                if record is not None:
-                    record.device_seconds = time.perf_counter() - start
-        return self.device.submit(owner, Work(run=timed), _deadline(record), _scope(record), _arrival(record))
+                context.device_seconds = time.perf_counter() - start
 
-    def _forward_images(self, works: List[Work]) -> list:
+        return self.device.submit(owner, Work(run=timed), context.deadline, context.scope, context.arrival)
+
+    def _forward_images(self, works: list[Work]) -> list:
         """Image Forward calls of several callers as one batch; a graph slice (handle) each."""
         start = time.perf_counter()
         self._forward_calls = len(works)
@@ -159,15 +201,21 @@ class GradientOracle:
         ends = itertools.accumulate(len(leaf) for leaf in leaves)
         rows = [slice(end - len(leaf), end) for leaf, end in zip(leaves, ends)]
         group = GraphGroup(output)  # one graph: its bytes are held until its last member goes
-        held = self.store.put_all([HeldGraph({"pixels": leaf}, output[r], kept.nbytes, w.payload.owner,
-                                             group=group, rows=r) for w, leaf, r in zip(works, leaves, rows)])
+        held = self.store.put_all(
+            [
+                HeldGraph({"pixels": leaf}, output[r], kept.nbytes, w.payload.owner, group=group, rows=r)
+                for w, leaf, r in zip(works, leaves, rows)
+            ]
+        )
         group.handles = [h for h in held if isinstance(h, str)]
-        results = [h if isinstance(h, OverLimit) else (h, output[r].detach().to("cpu", w.payload.out_dtype))
-                   for w, h, r in zip(works, held, rows)]
+        results = [
+            h if isinstance(h, OverLimit) else (h, output[r].detach().to("cpu", w.payload.out_dtype))
+            for w, h, r in zip(works, held, rows)
+        ]
         _record_time(works, start)
         return results
 
-    def _backward_group(self, works: List[Work]) -> list:
+    def _backward_group(self, works: list[Work]) -> list:
         """Backward calls on one merged batch: a single backward pass, each caller's rows."""
         start, results, taken = time.perf_counter(), {}, []
         self.on_merged_batch("Backward", len(works))
@@ -183,8 +231,9 @@ class GradientOracle:
             for _, graph, grad in taken:
                 grad_output[graph.rows] = grad.to(grad_output)
             # The graph stays for members still to come; it is freed with the last of them.
-            grads = torch.autograd.grad(group.output, [g.inputs["pixels"] for _, g, _ in taken],
-                                        grad_output, retain_graph=True)
+            grads = torch.autograd.grad(
+                group.output, [g.inputs["pixels"] for _, g, _ in taken], grad_output, retain_graph=True
+            )
             for (work, _, _), grad in zip(taken, grads):
                 results[work] = {"pixels": grad.to(work.payload.out_dtype)}
         _record_time(works, start)
@@ -205,57 +254,48 @@ class GradientOracle:
         handle = self.store.put(HeldGraph(leaves, output, kept.nbytes, owner))
         return handle, output.detach().to("cpu", out_dtype)
 
-    def _backward(self, call: "_Call"):
+    def _backward(self, call: _Call):
         graph = self.store.take(call.handle, call.owner)
-        grads = torch.autograd.grad(graph.output, list(graph.inputs.values()),
-                                    call.tensors["embeddings"].to(graph.output), allow_unused=True)
-        return {name: (torch.zeros_like(leaf) if g is None else g).to(call.out_dtype)
-                for (name, leaf), g in zip(graph.inputs.items(), grads)}
+        grads = torch.autograd.grad(
+            graph.output, list(graph.inputs.values()), call.tensors["embeddings"].to(graph.output), allow_unused=True
+        )
+        return {
+            name: (torch.zeros_like(leaf) if g is None else g).to(call.out_dtype)
+            for (name, leaf), g in zip(graph.inputs.items(), grads)
+        }
 
 
 @dataclass(frozen=True)
 class Request:
     """A checked request: float inputs by name, discrete inputs bound."""
+
     tower: str  # "image" or "text"
     floats: Tensors  # the continuous inputs (pixels, shift, extra_tokens, deep_prompts, context_delta)
-    token_ids: Optional[torch.Tensor]  # (B, L) for the text tower; (C, L) template prompts
-    grad_inputs: Tuple[str, ...]  # Forward: the inputs whose gradients Backward returns
+    token_ids: torch.Tensor | None  # (B, L) for the text tower; (C, L) template prompts
+    grad_inputs: tuple[str, ...]  # Forward: the inputs whose gradients Backward returns
     samples: int  # B, what the call is charged (P for context_delta)
 
 
 @dataclass(eq=False)
 class _Call:
     """One caller's request, as a merged batch needs it."""
+
     tensors: Tensors
     owner: str
     out_dtype: torch.dtype
-    record: object
+    context: CallContext
     handle: str = ""
 
 
-def _deadline(record) -> Optional[float]:
-    return None if record is None else record.deadline
-
-
-def _arrival(record) -> Optional[object]:
-    return None if record is None else record.arrival
-
-
-def _scope(record) -> Optional[CancelScope]:
-    """Cancelled when the call's caller is gone: its work is dropped if not yet started."""
-    return None if record is None else record.scope
-
-
 def _gradient_of_embeddings(tensors: Tensors) -> torch.Tensor:
-    validation.check_names(tensors, ["embeddings"], "Backward")
+    """Backward's one input; its tensors' names passed `validation.check_names` in the service."""
     if "embeddings" not in tensors:
         raise InputError("embeddings: missing; Backward needs dLoss/dEmbeddings (B, E)")
     return tensors["embeddings"]
 
 
-def _record_time(works: List[Work], start: float) -> None:
+def _record_time(works: list[Work], start: float) -> None:
     """Every caller of a merged batch is told the batch's device time."""
     seconds = time.perf_counter() - start
     for work in works:
-        if work.payload.record is not None:
-            work.payload.record.device_seconds = seconds
+        work.payload.context.device_seconds = seconds

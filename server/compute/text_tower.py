@@ -11,9 +11,10 @@ For the same reason the positions after the batch's last end-of-text change noth
 transformer runs only up to it (captions are shorter than the context, 77 tokens for CLIP), which
 gives the same embeddings and gradients with a fraction of the work.
 """
+
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from open_clip.model import CLIP
@@ -53,7 +54,7 @@ class TextTower:
             return token_ids.argmax(dim=-1)
         return (token_ids == self.eos_id).int().argmax(dim=-1)
 
-    def tokenize(self, texts: List[str], num_extra: int) -> torch.Tensor:
+    def tokenize(self, texts: list[str], num_extra: int) -> torch.Tensor:
         """Captions -> (B, L) ids; refuses a caption that would not fit beside the extra tokens,
         before BPE where its words already show it (see tokenizer.py)."""
         if self.bpe is None:
@@ -63,8 +64,9 @@ class TextTower:
             try:
                 rows.append(self.bpe.encode(text, room=self.context_length - 2 - num_extra))
             except TooManyTokens as e:
-                raise InputError(f"texts[{i}]: {e} + {num_extra} extra tokens exceed the context length "
-                                 f"{self.context_length}") from None
+                raise InputError(
+                    f"texts[{i}]: {e} + {num_extra} extra tokens exceed the context length {self.context_length}"
+                ) from None
         return self.bpe.ids(rows, self.context_length)
 
     def check_room(self, token_ids: torch.Tensor, num_extra: int) -> None:
@@ -72,12 +74,17 @@ class TextTower:
         if last + num_extra >= self.context_length:
             raise InputError(
                 f"token_ids: end-of-text at position {last} + {num_extra} extra tokens exceed the "
-                f"context length {self.context_length}")
+                f"context length {self.context_length}"
+            )
 
-    def __call__(self, token_ids: torch.Tensor, shift: Optional[torch.Tensor] = None,
-                 extra_tokens: Optional[torch.Tensor] = None,
-                 prompts: Optional[torch.Tensor] = None,
-                 context_delta: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(
+        self,
+        token_ids: torch.Tensor,
+        shift: torch.Tensor | None = None,
+        extra_tokens: torch.Tensor | None = None,
+        prompts: torch.Tensor | None = None,
+        context_delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, L) ids [+ (D,) shift] [+ (K, D) extra tokens] [+ (depth, K', D) deep prompts]
         -> (B, E) embeddings; or (C, L) template prompts + (P, N, D) context deltas
         -> (P, C, E)."""
@@ -97,7 +104,7 @@ class TextTower:
             pool = pool + k
         x = x + text.positional_embedding.to(cast_dtype)
         if self.causal and pool.numel():
-            x = x[:, :int(pool.max()) + 1]  # (B, L', D): nothing after the last end-of-text
+            x = x[:, : int(pool.max()) + 1]  # (B, L', D): nothing after the last end-of-text
         if prompts is None:
             length = x.shape[1]
             x = text.transformer(x, attn_mask=None if text.attn_mask is None else text.attn_mask[:length, :length])

@@ -13,10 +13,11 @@ open_clip:
     BPE gives. The fewest is a shortest path over the word's characters (a few ms for the
     longest caption allowed, and it stops once the caption is known not to fit).
 """
+
 from __future__ import annotations
 
 import functools
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,7 +48,7 @@ class BoundedBPE:
     def __init__(self, tokenizer, cache_words: int = CACHE_WORDS):
         self.tokenizer = tokenizer
         self.sot_token_id, self.eot_token_id = tokenizer.sot_token_id, tokenizer.eot_token_id
-        self.pieces = frozenset(p[:-len(END_OF_WORD)] if p.endswith(END_OF_WORD) else p for p in tokenizer.encoder)
+        self.pieces = frozenset(p[: -len(END_OF_WORD)] if p.endswith(END_OF_WORD) else p for p in tokenizer.encoder)
         self.longest = max(map(len, self.pieces))  # characters, one per UTF-8 byte: 32 for CLIP's
         self.words = self._bound_cache(cache_words)
 
@@ -60,7 +61,7 @@ class BoundedBPE:
         t.bpe = lambda word: remembered(word) if len(word) <= self.longest else bpe(word)
         return remembered
 
-    def encode(self, text: str, room: int) -> List[int]:
+    def encode(self, text: str, room: int) -> list[int]:
         """BPE ids of `text` (no start- or end-of-text); TooManyTokens when more than `room`,
         before BPE when `at_least` shows it."""
         least = self.at_least(text, room)
@@ -89,17 +90,16 @@ class BoundedBPE:
             return 1
         fewest = [0]  # fewest[j]: pieces spelling chars[:j]; every single character is a piece
         for j in range(1, len(chars) + 1):
-            fewest.append(1 + min(fewest[i] for i in range(max(0, j - self.longest), j)
-                                  if chars[i:j] in self.pieces))
+            fewest.append(1 + min(fewest[i] for i in range(max(0, j - self.longest), j) if chars[i:j] in self.pieces))
             # A later prefix ends with a piece that starts in this window: it needs more.
-            if min(fewest[-self.longest:]) >= enough:
+            if min(fewest[-self.longest :]) >= enough:
                 return enough
         return fewest[-1]
 
-    def ids(self, rows: Sequence[List[int]], context_length: int) -> torch.Tensor:
+    def ids(self, rows: Sequence[list[int]], context_length: int) -> torch.Tensor:
         """BPE ids per text -> (B, L) with start- and end-of-text, zero-padded, as the
         tokenizer's own call gives for texts that fit."""
         out = torch.zeros(len(rows), context_length, dtype=torch.long)  # (B, L)
         for i, tokens in enumerate(rows):
-            out[i, :len(tokens) + 2] = torch.tensor([self.sot_token_id, *tokens, self.eot_token_id])
+            out[i, : len(tokens) + 2] = torch.tensor([self.sot_token_id, *tokens, self.eot_token_id])
         return out

@@ -1,20 +1,33 @@
 """Checks on what a caller sent, before any of it reaches the backbone.
 
-Every failure is an `InputError` whose message names the field and the limit it broke.
+Every failure is an `InputError` whose message names the field and the limit it broke. The
+service runs `check_header` on a stream's header and `check_names` on its tensors (before the
+tier's entry points and the budget are looked at); the oracle's `prepare` runs the rest on
+inputs so named.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
+from graytune.contract import ENTRY_POINTS, TEXT_TEXTS
 from graytune.server.compute.errors import InputError
 from graytune.tensor_codec import MAX_NAME_CHARS, shown
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-TOWER_INPUTS = {"image": ("pixels", "deep_prompts"),
-                "text": ("token_ids", "shift", "extra_tokens", "deep_prompts", "context_delta")}
+
+
+def _tensor_inputs(tower: str) -> tuple[str, ...]:
+    """The tower's inputs sent as tensors: those of its entry points, but captions (header texts)."""
+    return tuple(
+        point.partition(".")[2] for point in ENTRY_POINTS if point.partition(".")[0] == tower and point != TEXT_TEXTS
+    )
+
+
+TOWER_INPUTS = {tower: _tensor_inputs(tower) for tower in ("image", "text")}
 
 
 @dataclass(frozen=True)
@@ -24,7 +37,7 @@ class Limits:
     max_message_bytes: int = 8 << 20  # gRPC receive limit; tensors travel in chunks below it
     chunk_bytes: int = 1 << 20
     max_graph_bytes: int = 4 << 30
-    max_graph_bytes_per_key: Optional[int] = None  # None: a key may hold all of max_graph_bytes
+    max_graph_bytes_per_key: int | None = None  # None: a key may hold all of max_graph_bytes
     handle_ttl_seconds: float = 120.0
     max_extra_tokens: int = 16
     max_deep_prompt_tokens: int = 16  # per layer
@@ -46,7 +59,7 @@ class Limits:
 BATCHED_INPUTS = ("pixels", "token_ids", "context_delta")  # whose first dimension is a request's batch
 
 
-def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
+def batch_size(tensors: dict[str, torch.Tensor]) -> int:
     """Samples in a request, before validation: the first dimension of its batched input
     (for context_delta, the candidate contexts: one sample each, whatever the class names)."""
     for name in BATCHED_INPUTS:
@@ -55,8 +68,7 @@ def batch_size(tensors: Dict[str, torch.Tensor]) -> int:
     return 0
 
 
-def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limits,
-                 prompt_template: str = "") -> None:
+def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limits, prompt_template: str = "") -> None:
     """What a stream's header alone shows to be wrong, refused before any tensor is received."""
     if len(prompt_template) > MAX_NAME_CHARS:
         raise InputError(f"prompt_template: {shown(prompt_template)} is longer than {MAX_NAME_CHARS} characters")
@@ -65,27 +77,28 @@ def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limit
     for i, text in enumerate(texts):
         size = len(text.encode("utf-8"))
         if size > limits.max_caption_bytes:
-            raise InputError(f"texts[{i}]: {size} bytes exceed the limit of {limits.max_caption_bytes} "
-                             f"bytes per caption")
+            raise InputError(
+                f"texts[{i}]: {size} bytes exceed the limit of {limits.max_caption_bytes} bytes per caption"
+            )
     if len(grad_inputs) > len(TOWER_INPUTS["text"]):
-        raise InputError(f"grad_inputs: {len(grad_inputs)} names; no call has more than "
-                         f"{len(TOWER_INPUTS['text'])} inputs")
+        raise InputError(
+            f"grad_inputs: {len(grad_inputs)} names; no call has more than {len(TOWER_INPUTS['text'])} inputs"
+        )
     for name in grad_inputs:
         if len(name) > MAX_NAME_CHARS:
             raise InputError(f"grad_inputs: {shown(name)} is longer than {MAX_NAME_CHARS} characters")
 
 
-def check_names(tensors: Dict[str, torch.Tensor], allowed: Iterable[str], what: str) -> None:
+def check_names(tensors: dict[str, torch.Tensor], allowed: Iterable[str], what: str) -> None:
     unexpected = sorted(set(tensors) - set(allowed))
     if unexpected:
         raise InputError(f"{shown(unexpected[0])}: not an input of {what}; expected {sorted(allowed)}")
 
 
-def check_float(name: str, t: torch.Tensor, shape: Sequence[Optional[int]]) -> None:
+def check_float(name: str, t: torch.Tensor, shape: Sequence[int | None]) -> None:
     """dtype floating point, shape as given (None: any size), every value finite."""
     if t.dtype not in FLOAT_DTYPES:
-        raise InputError(f"{name}: dtype {str(t.dtype)[6:]} not allowed; expected float32, "
-                         f"float16 or bfloat16")
+        raise InputError(f"{name}: dtype {str(t.dtype)[6:]} not allowed; expected float32, float16 or bfloat16")
     check_shape(name, t, shape)
     if not all_finite(t):
         raise InputError(f"{name}: contains NaN or Inf")
@@ -99,7 +112,7 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
 
 
-def check_shape(name: str, t: torch.Tensor, shape: Sequence[Optional[int]]) -> None:
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int | None]) -> None:
     expected = tuple("*" if d is None else d for d in shape)
     if t.dim() != len(shape) or any(d is not None and d != s for d, s in zip(shape, t.shape)):
         raise InputError(f"{name}: shape {tuple(t.shape)} does not match {expected}".replace("'", ""))
@@ -112,8 +125,7 @@ def check_batch(name: str, batch: int, limits: Limits) -> None:
         raise InputError(f"{name}: batch of {batch} exceeds the limit of {limits.max_batch}")
 
 
-def check_image(tensors: Dict[str, torch.Tensor], image_size: Tuple[int, int], limits: Limits) -> None:
-    check_names(tensors, TOWER_INPUTS["image"], "the image tower")
+def check_image(tensors: dict[str, torch.Tensor], image_size: tuple[int, int], limits: Limits) -> None:
     if "pixels" not in tensors:
         raise InputError("pixels: missing; the image tower needs a (B, 3, H, W) tensor")
     pixels = tensors["pixels"]
@@ -121,15 +133,18 @@ def check_image(tensors: Dict[str, torch.Tensor], image_size: Tuple[int, int], l
     check_batch("pixels", pixels.shape[0], limits)
 
 
-def check_context(tensors: Dict[str, torch.Tensor], classnames: Sequence[str], context_tokens: int,
-                  token_width: int, limits: Limits) -> None:
+def check_context(
+    tensors: dict[str, torch.Tensor], classnames: Sequence[str], context_tokens: int, token_width: int, limits: Limits
+) -> None:
     """A prompt_template call: class names in `texts`, (P, N, W) candidate contexts, nothing else."""
     others = sorted(set(tensors) - {"context_delta"})
     if others:
         raise InputError(f"{shown(others[0])}: a prompt_template call takes only context_delta")
     if "context_delta" not in tensors:
-        raise InputError(f"context_delta: missing; a prompt_template call needs (P, {context_tokens}, "
-                         f"{token_width}) candidate contexts")
+        raise InputError(
+            f"context_delta: missing; a prompt_template call needs (P, {context_tokens}, "
+            f"{token_width}) candidate contexts"
+        )
     if not classnames:
         raise InputError("texts: a prompt_template call needs the class names")
     delta = tensors["context_delta"]
@@ -137,13 +152,20 @@ def check_context(tensors: Dict[str, torch.Tensor], classnames: Sequence[str], c
     check_batch("context_delta", delta.shape[0], limits)
     rows = delta.shape[0] * len(classnames)
     if rows > limits.max_context_rows:
-        raise InputError(f"context_delta: {delta.shape[0]} candidates x {len(classnames)} class names = {rows} "
-                         f"rows exceed the limit of {limits.max_context_rows}")
+        raise InputError(
+            f"context_delta: {delta.shape[0]} candidates x {len(classnames)} class names = {rows} "
+            f"rows exceed the limit of {limits.max_context_rows}"
+        )
 
 
-def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_length: int,
-               token_width: int, vocab_size: int, limits: Limits) -> None:
-    check_names(tensors, TOWER_INPUTS["text"], "the text tower")
+def check_text(
+    tensors: dict[str, torch.Tensor],
+    texts: Sequence[str],
+    context_length: int,
+    token_width: int,
+    vocab_size: int,
+    limits: Limits,
+) -> None:
     if "context_delta" in tensors:
         raise InputError("context_delta: needs a prompt_template in the header")
     ids = tensors.get("token_ids")
@@ -164,12 +186,13 @@ def check_text(tensors: Dict[str, torch.Tensor], texts: Sequence[str], context_l
         extra = tensors["extra_tokens"]
         check_float("extra_tokens", extra, (None, token_width))
         if not 1 <= extra.shape[0] <= limits.max_extra_tokens:  # none: omit the input
-            raise InputError(f"extra_tokens: {extra.shape[0]} tokens; the limit is 1 to "
-                             f"{limits.max_extra_tokens} (omit extra_tokens for none)")
+            raise InputError(
+                f"extra_tokens: {extra.shape[0]} tokens; the limit is 1 to "
+                f"{limits.max_extra_tokens} (omit extra_tokens for none)"
+            )
 
 
-def check_deep_prompts(tensors: Dict[str, torch.Tensor], tower: str, depth: int, width: int,
-                       limits: Limits) -> None:
+def check_deep_prompts(tensors: dict[str, torch.Tensor], tower: str, depth: int, width: int, limits: Limits) -> None:
     """(D, K, W) prompts for the first D of the tower's `depth` blocks, K per block."""
     if "deep_prompts" not in tensors:
         return
@@ -181,17 +204,15 @@ def check_deep_prompts(tensors: Dict[str, torch.Tensor], tower: str, depth: int,
     if not 1 <= layers <= depth:
         raise InputError(f"deep_prompts: {layers} layers; the {tower} tower takes 1 to {depth}")
     if not 1 <= tokens <= limits.max_deep_prompt_tokens:
-        raise InputError(f"deep_prompts: {tokens} tokens per layer; the limit is 1 to "
-                         f"{limits.max_deep_prompt_tokens}")
+        raise InputError(f"deep_prompts: {tokens} tokens per layer; the limit is 1 to {limits.max_deep_prompt_tokens}")
 
 
-def check_grad_inputs(grad_inputs: Sequence[str], tensors: Dict[str, torch.Tensor]) -> list:
+def check_grad_inputs(grad_inputs: Sequence[str], tensors: dict[str, torch.Tensor]) -> list:
     """Names of the inputs to differentiate; default: every floating-point input."""
     floats = [n for n, t in tensors.items() if t.dtype in FLOAT_DTYPES]
     for name in grad_inputs:
         if name not in floats:
-            raise InputError(f"grad_inputs: {shown(name)} is not a floating-point input of this call; "
-                             f"have {floats}")
+            raise InputError(f"grad_inputs: {shown(name)} is not a floating-point input of this call; have {floats}")
     chosen = list(grad_inputs) or floats
     if not chosen:
         raise InputError("grad_inputs: this call has no continuous input to differentiate; use Embed")

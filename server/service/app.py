@@ -4,12 +4,12 @@ gRPC's own `maximum_concurrent_rpcs` is not used: it counts every call, the heal
 Describe included, so one caller's streams could get those refused. The servicer's admission
 caps billed calls per key and in all; health and Describe are always answered.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,8 +28,14 @@ class OracleServer:
     """The oracle on a port, with its health service and graph sweeper. Built, started and
     stopped inside the event loop that serves it."""
 
-    def __init__(self, oracle: GradientOracle, servicer: OracleServicer, address: str,
-                 tls: Optional[grpc.ServerCredentials] = None, reflection_streams: int = 0):
+    def __init__(
+        self,
+        oracle: GradientOracle,
+        servicer: OracleServicer,
+        address: str,
+        tls: grpc.ServerCredentials | None = None,
+        reflection_streams: int = 0,
+    ):
         """`tls`: server credentials (TLS, or mutual TLS); None serves plaintext.
         `reflection_streams`: gRPC reflection with at most this many streams at once; 0: off."""
         limits = oracle.limits
@@ -49,15 +55,16 @@ class OracleServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if reflection_streams:
             reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
         try:
-            self.port = (self.server.add_secure_port(address, tls) if tls is not None
-                         else self.server.add_insecure_port(address))
+            self.port = (
+                self.server.add_secure_port(address, tls) if tls is not None else self.server.add_insecure_port(address)
+            )
         except RuntimeError:  # grpcio's way of saying the bind failed
             self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}: the port is in use or the address is not "
-                          f"this host's")
+            raise OSError(f"cannot listen on {address}: the port is in use or the address is not this host's")
         self._stop_sweeper = threading.Event()
 
     async def start(self) -> None:

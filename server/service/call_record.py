@@ -1,14 +1,14 @@
 """What one call did: its audit log line and its metrics, written once however the call ends."""
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import List, Optional
 
 from graytune.server.access.auth import Caller
 from graytune.server.access.usage import Attempt
-from graytune.server.compute.device import CancelScope
+from graytune.server.compute.call_context import CallContext
 from graytune.server.service.metrics import ServerMetrics
 
 log = logging.getLogger("graytune.server")
@@ -18,20 +18,25 @@ MAX_DETAIL_CHARS = 300  # status messages cap what callers sent; this caps the l
 class CallRecord:
     """What one call did, for its log line and the metrics."""
 
-    def __init__(self, method: str, caller: Caller, metrics: Optional[ServerMetrics] = None,
-                 deadline: Optional[float] = None, call_id: str = ""):
+    def __init__(
+        self,
+        method: str,
+        caller: Caller,
+        metrics: ServerMetrics | None = None,
+        deadline: float | None = None,
+        call_id: str = "",
+    ):
         self.method, self.caller, self.metrics = method, caller, metrics
-        self.deadline = deadline  # time.monotonic by which the call must be done
+        # What the oracle needs of the call (deadline: time.monotonic by which it must be done),
+        # and where it tells the call's device time.
+        self.compute = CallContext(deadline)
         self.call_id = call_id  # the client's id of the logical call, the same on its retries
-        self.billed: Optional[str] = None  # the budget kind the call is charged in, if any
+        self.billed: str | None = None  # the budget kind the call is charged in, if any
         self.digest = ""  # of the request's bytes: binds the call id to this request
         self.samples = self.bytes_in = self.bytes_out = 0
-        self.attempts: List[Attempt] = []  # this attempt's holds on budget charges
+        self.attempts: list[Attempt] = []  # this attempt's holds on budget charges
         self.replied = False  # the reply's last message was handed to gRPC: the call is served
         self.expired = False  # ended by the server's limit on call time
-        self.device_seconds = 0.0
-        self.scope = CancelScope()  # the call's device work, dropped if the caller leaves
-        self.arrival: Optional[object] = None  # the device queue's token while its tensors arrive
         self.start = time.perf_counter()
         self.began = time.monotonic()
         self._logged = threading.Lock()
@@ -42,14 +47,33 @@ class CallRecord:
             return
         seconds = time.perf_counter() - self.start
         if self.metrics is not None:
-            self.metrics.observe(self.method, self.caller.tier, status, self.samples, self.bytes_in,
-                                 self.bytes_out, seconds, self.device_seconds)
+            self.metrics.observe(
+                self.method,
+                self.caller.tier,
+                status,
+                self.samples,
+                self.bytes_in,
+                self.bytes_out,
+                seconds,
+                self.compute.device_seconds,
+            )
         level = logging.INFO if status == "OK" else logging.WARNING
         # What this attempt paid: a retry that joined an earlier attempt's charge paid nothing.
         charged = " ".join(f"charged_{a.kind.replace(' ', '_')}={a.samples if a.new else 0}" for a in self.attempts)
-        log.log(level, "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
-                "status=%s latency_ms=%.1f device_ms=%.1f%s%s%s", self.method, self.caller.id,
-                self.caller.tier, self.samples, self.bytes_in, self.bytes_out, status, seconds * 1e3,
-                self.device_seconds * 1e3, f" call_id={self.call_id}" if self.call_id else "",
-                f" {charged}" if charged else "",
-                f" detail={detail[:MAX_DETAIL_CHARS]!r}" if detail else "")
+        log.log(
+            level,
+            "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
+            "status=%s latency_ms=%.1f device_ms=%.1f%s%s%s",
+            self.method,
+            self.caller.id,
+            self.caller.tier,
+            self.samples,
+            self.bytes_in,
+            self.bytes_out,
+            status,
+            seconds * 1e3,
+            self.compute.device_seconds * 1e3,
+            f" call_id={self.call_id}" if self.call_id else "",
+            f" {charged}" if charged else "",
+            f" detail={detail[:MAX_DETAIL_CHARS]!r}" if detail else "",
+        )

@@ -1,76 +1,116 @@
 """Describe: what a caller needs to build inputs for this backbone, and what it may do."""
+
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import graytune
-from graytune.server.access.auth import Caller
-from graytune.server.compute.backbone import Backbone
-from graytune.server.access.tiers import ENTRY_POINTS, may_differentiate
+from graytune.contract import IMAGE_DEEP_PROMPTS, PROTOCOL_VERSION, TEXT_DEEP_PROMPTS, TIER_ENTRY_POINTS
 from graytune.server.access import rate_limit
+from graytune.server.access.auth import Caller
+from graytune.server.access.tiers import may_differentiate
 from graytune.server.access.usage import GRADIENTS, SAMPLES
-from graytune.server.service.request_stream import UploadPace
+from graytune.server.compute.backbone import Backbone
 from graytune.server.compute.validation import Limits
+from graytune.server.service.request_stream import UploadPace
 from graytune.v1 import oracle_pb2 as pb
-
 
 # One sample of a budget per image, caption, candidate context and gradient row (the proto's
 # Charges says why a candidate context costs one whatever its class names).
 CHARGES = pb.Charges(per_image=1, per_caption=1, per_context=1, per_gradient_row=1)
 
 
-def describe(b: Backbone, limits: Limits, caller: Caller, remaining: Dict[str, Optional[int]],
-             max_calls_per_key: Optional[int], pace: UploadPace) -> pb.DescribeResponse:
+def describe(
+    b: Backbone,
+    limits: Limits,
+    caller: Caller,
+    remaining: dict[str, int | None],
+    max_calls_per_key: int | None,
+    pace: UploadPace,
+) -> pb.DescribeResponse:
     """`remaining`: budget kind -> what the key has left (None: the store did not answer)."""
     key = caller.key
-    budget = {} if key is None or key.budget_samples is None else _budget(
-        "budget", key.budget_samples, remaining.get(SAMPLES))
-    rate = {} if key is None or key.rate_per_second is None else {
-        "rate_per_second": key.rate_per_second, "rate_limit_scope": rate_limit.SCOPE}
-    gradients = {} if key is None or key.gradient_budget_samples is None else _budget(
-        "gradient_budget", key.gradient_budget_samples, remaining.get(GRADIENTS))
-    protection = {} if key is None else {name: getattr(key, name) for name in
-                                         ("gradient_clip_norm", "gradient_noise_std")
-                                         if getattr(key, name) is not None}
+    budget = (
+        {}
+        if key is None or key.budget_samples is None
+        else _budget("budget", key.budget_samples, remaining.get(SAMPLES))
+    )
+    rate = (
+        {}
+        if key is None or key.rate_per_second is None
+        else {"rate_per_second": key.rate_per_second, "rate_limit_scope": rate_limit.SCOPE}
+    )
+    gradients = (
+        {}
+        if key is None or key.gradient_budget_samples is None
+        else _budget("gradient_budget", key.gradient_budget_samples, remaining.get(GRADIENTS))
+    )
+    protection = (
+        {}
+        if key is None
+        else {
+            name: getattr(key, name)
+            for name in ("gradient_clip_norm", "gradient_noise_std")
+            if getattr(key, name) is not None
+        }
+    )
     # The towers' depth is told only to callers who may send deep prompts.
-    entry_points = ENTRY_POINTS[caller.tier]
-    deep = {tower: getattr(b, tower).prompt_depth if f"{tower}.deep_prompts" in entry_points else 0
-            for tower in ("image", "text")}
+    entry_points = TIER_ENTRY_POINTS[caller.tier]
+    deep = {
+        tower: getattr(b, tower).prompt_depth if point in entry_points else 0
+        for tower, point in (("image", IMAGE_DEEP_PROMPTS), ("text", TEXT_DEEP_PROMPTS))
+    }
     return pb.DescribeResponse(
-        protocol_version=graytune.PROTOCOL_VERSION,
+        protocol_version=PROTOCOL_VERSION,
         server_version=graytune.__version__,
         backbone=pb.Backbone(name=b.name, sha256=b.sha256),
         embed_dim=b.embed_dim,
-        image=pb.ImageSpec(height=b.image_size[0], width=b.image_size[1], mean=b.image_mean,
-                           std=b.image_std, interpolation=b.interpolation,
-                           resize_mode=b.resize_mode,
-                           token_width=b.image.token_width if deep["image"] else 0,
-                           deep_prompt_layers=deep["image"]),
-        text=pb.TextSpec(context_length=b.text.context_length,
-                         token_width=b.text.token_width, vocab_size=b.text.vocab_size,
-                         max_extra_tokens=limits.max_extra_tokens,
-                         deep_prompt_layers=deep["text"],
-                         prompt_templates=[pb.PromptTemplate(name=name, context_tokens=len(tokens))
-                                           for name, tokens in b.text.templates.tokens.items()]),
+        image=pb.ImageSpec(
+            height=b.image_size[0],
+            width=b.image_size[1],
+            mean=b.image_mean,
+            std=b.image_std,
+            interpolation=b.interpolation,
+            resize_mode=b.resize_mode,
+            token_width=b.image.token_width if deep["image"] else 0,
+            deep_prompt_layers=deep["image"],
+        ),
+        text=pb.TextSpec(
+            context_length=b.text.context_length,
+            token_width=b.text.token_width,
+            vocab_size=b.text.vocab_size,
+            max_extra_tokens=limits.max_extra_tokens,
+            deep_prompt_layers=deep["text"],
+            prompt_templates=[
+                pb.PromptTemplate(name=name, context_tokens=len(tokens))
+                for name, tokens in b.text.templates.tokens.items()
+            ],
+        ),
         tier=caller.tier,
         gradients=may_differentiate(caller.tier),
         entry_points=entry_points,
-        limits=pb.Limits(max_batch=limits.max_batch, max_tensor_bytes=limits.max_tensor_bytes,
-                         max_message_bytes=limits.max_message_bytes,
-                         chunk_bytes=limits.chunk_bytes,
-                         max_graph_bytes=limits.max_graph_bytes,
-                         handle_ttl_seconds=limits.handle_ttl_seconds,
-                         max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
-                         max_call_seconds=limits.max_call_seconds,
-                         max_caption_bytes=limits.max_caption_bytes,
-                         max_context_rows=limits.max_context_rows,
-                         max_calls_per_key=max_calls_per_key or 0,
-                         max_graph_bytes_per_key=limits.max_graph_bytes_per_key or 0,
-                         min_upload_bytes_per_second=pace.min_bytes_per_second,
-                         upload_grace_seconds=pace.grace_seconds),
+        limits=pb.Limits(
+            max_batch=limits.max_batch,
+            max_tensor_bytes=limits.max_tensor_bytes,
+            max_message_bytes=limits.max_message_bytes,
+            chunk_bytes=limits.chunk_bytes,
+            max_graph_bytes=limits.max_graph_bytes,
+            handle_ttl_seconds=limits.handle_ttl_seconds,
+            max_deep_prompt_tokens=limits.max_deep_prompt_tokens,
+            max_call_seconds=limits.max_call_seconds,
+            max_caption_bytes=limits.max_caption_bytes,
+            max_context_rows=limits.max_context_rows,
+            max_calls_per_key=max_calls_per_key or 0,
+            max_graph_bytes_per_key=limits.max_graph_bytes_per_key or 0,
+            min_upload_bytes_per_second=pace.min_bytes_per_second,
+            upload_grace_seconds=pace.grace_seconds,
+        ),
         charges=CHARGES,
-        caller_id=caller.id, **budget, **rate, **gradients, **protection)
+        caller_id=caller.id,
+        **budget,
+        **rate,
+        **gradients,
+        **protection,
+    )
 
 
-def _budget(name: str, total: int, remaining: Optional[int]) -> dict:
+def _budget(name: str, total: int, remaining: int | None) -> dict:
     return {f"{name}_samples": total, **({} if remaining is None else {f"{name}_remaining": remaining})}

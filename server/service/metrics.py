@@ -1,19 +1,19 @@
 """Prometheus metrics, served on their own HTTP port (`--metrics-port`).
 
-    graytune_requests_total{method,tier,status}      calls, by outcome
-    graytune_samples_total{method,tier}              samples answered
-    graytune_received_bytes_total{method}            tensor bytes in
-    graytune_sent_bytes_total{method}                tensor bytes out
-    graytune_request_seconds{method}                 latency histogram, whole call
-    graytune_device_seconds{method}                  time on the device thread
-    graytune_graphs_held, graytune_graph_bytes_held  graphs waiting for Backward
-    graytune_device_memory_bytes                     CUDA memory allocated, or the process RSS on CPU
-    graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
+graytune_requests_total{method,tier,status}      calls, by outcome
+graytune_samples_total{method,tier}              samples answered
+graytune_received_bytes_total{method}            tensor bytes in
+graytune_sent_bytes_total{method}                tensor bytes out
+graytune_request_seconds{method}                 latency histogram, whole call
+graytune_device_seconds{method}                  time on the device thread
+graytune_graphs_held, graytune_graph_bytes_held  graphs waiting for Backward
+graytune_device_memory_bytes                     CUDA memory allocated, or the process RSS on CPU
+graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
 """
+
 from __future__ import annotations
 
 import resource
-from typing import Tuple
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -31,30 +31,47 @@ def _device_memory(device: torch.device) -> float:
 
 
 class ServerMetrics:
-    def __init__(self, store: GraphStore, device: torch.device,
-                 registry: CollectorRegistry = None):
+    def __init__(self, store: GraphStore, device: torch.device, registry: CollectorRegistry = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("graytune_requests", "Calls by method, tier and status",
-                                ["method", "tier", "status"], registry=r)
+        self.requests = Counter(
+            "graytune_requests", "Calls by method, tier and status", ["method", "tier", "status"], registry=r
+        )
         self.samples = Counter("graytune_samples", "Samples answered", ["method", "tier"], registry=r)
         self.received = Counter("graytune_received_bytes", "Tensor bytes received", ["method"], registry=r)
         self.sent = Counter("graytune_sent_bytes", "Tensor bytes sent", ["method"], registry=r)
-        self.latency = Histogram("graytune_request_seconds", "Whole-call latency", ["method"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.device_time = Histogram("graytune_device_seconds", "Time on the device thread",
-                                     ["method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.merged = Histogram("graytune_merged_calls", "Calls per merged image batch", ["method"],
-                                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
-        Gauge("graytune_graphs_held", "Graphs waiting for Backward", registry=r).set_function(
-            lambda: len(store))
+        self.latency = Histogram(
+            "graytune_request_seconds", "Whole-call latency", ["method"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.device_time = Histogram(
+            "graytune_device_seconds", "Time on the device thread", ["method"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.merged = Histogram(
+            "graytune_merged_calls",
+            "Calls per merged image batch",
+            ["method"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
+        Gauge("graytune_graphs_held", "Graphs waiting for Backward", registry=r).set_function(lambda: len(store))
         Gauge("graytune_graph_bytes_held", "Activation bytes held for Backward", registry=r).set_function(
-            lambda: store.bytes_held)
-        Gauge("graytune_device_memory_bytes", "CUDA memory allocated, or the process RSS on CPU",
-              registry=r).set_function(lambda: _device_memory(device))
+            lambda: store.bytes_held
+        )
+        Gauge(
+            "graytune_device_memory_bytes", "CUDA memory allocated, or the process RSS on CPU", registry=r
+        ).set_function(lambda: _device_memory(device))
 
-    def observe(self, method: str, tier: str, status: str, samples: int, bytes_in: int,
-                bytes_out: int, seconds: float, device_seconds: float) -> None:
+    def observe(
+        self,
+        method: str,
+        tier: str,
+        status: str,
+        samples: int,
+        bytes_in: int,
+        bytes_out: int,
+        seconds: float,
+        device_seconds: float,
+    ) -> None:
         self.requests.labels(method, tier, status).inc()
         if status == "OK":
             self.samples.labels(method, tier).inc(samples)
@@ -66,6 +83,6 @@ class ServerMetrics:
     def observe_merged_batch(self, method: str, calls: int) -> None:
         self.merged.labels(method).observe(calls)
 
-    def serve(self, host: str, port: int) -> Tuple[str, int]:
+    def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _ = start_http_server(port, host, registry=self.registry)
         return server.server_address[:2]

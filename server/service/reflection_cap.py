@@ -1,6 +1,7 @@
 """gRPC reflection, capped: at most N reflection streams at once (they need no key, so an
 uncapped server would let anyone hold as many as they like). Off unless the owner turns it on
 (`--reflection-streams N`)."""
+
 from __future__ import annotations
 
 import grpc
@@ -21,9 +22,11 @@ class ReflectionCap(grpc.aio.ServerInterceptor):
 
         async def capped(requests, context):
             if self.open >= self.max_streams:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"reflection: {self.open} streams open, the server's limit is "
-                                    f"{self.max_streams} (--reflection-streams)")
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"reflection: {self.open} streams open, the server's limit is "
+                    f"{self.max_streams} (--reflection-streams)",
+                )
             self.open += 1
             try:
                 async for response in behavior(requests, context):
@@ -31,5 +34,6 @@ class ReflectionCap(grpc.aio.ServerInterceptor):
             finally:
                 self.open -= 1
 
-        return grpc.stream_stream_rpc_method_handler(capped, request_deserializer=handler.request_deserializer,
-                                                     response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            capped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

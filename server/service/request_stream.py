@@ -5,14 +5,15 @@ stream that stalls (a caller sending a few bytes every few seconds) is cut once 
 behind the minimum upload rate, and its slot freed. The request's digest (the bytes of every
 message, as they arrive) is what binds a call id to one request (see access/usage.py).
 """
+
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Dict, Optional, Tuple
 
 import torch
 from google.protobuf.message import DecodeError
@@ -26,6 +27,7 @@ from graytune.tensor_codec import TensorAssembler
 class UploadPace:
     """A request must arrive at `min_bytes_per_second` on average once `grace_seconds` have
     passed: its n-th byte is due `grace + n / rate` seconds after the call began."""
+
     min_bytes_per_second: float = 64 * 1024
     grace_seconds: float = 10.0
 
@@ -44,12 +46,13 @@ class RequestDigest:
     """sha256 of a request's messages, each after its length (message boundaries are part of
     the request). A large message is hashed on `executor` while the next one arrives: hashlib
     lets go of the GIL for it, and the event loop is not held for ~1 ms per MiB."""
+
     INLINE_BYTES = 64 * 1024  # below this a thread hop costs more than the hash
 
     def __init__(self, method: str, executor: Executor):
         self._hash = hashlib.sha256(method.encode())
         self._executor = executor
-        self._pending: Optional[asyncio.Future] = None  # the update in flight: updates run in order
+        self._pending: asyncio.Future | None = None  # the update in flight: updates run in order
 
     async def add(self, data: bytes) -> None:
         await self._settle()
@@ -73,10 +76,15 @@ class RequestDigest:
             self._pending = None
 
 
-async def read_stream(messages: AsyncIterator[bytes], message_type, max_tensor_bytes: int, pace: UploadPace,
-                      start: float, digest: Optional[RequestDigest] = None,
-                      on_header: Callable[[object], None] = lambda header: None
-                      ) -> Tuple[object, Dict[str, torch.Tensor]]:
+async def read_stream(
+    messages: AsyncIterator[bytes],
+    message_type,
+    max_tensor_bytes: int,
+    pace: UploadPace,
+    start: float,
+    digest: RequestDigest | None = None,
+    on_header: Callable[[object], None] = lambda header: None,
+) -> tuple[object, dict[str, torch.Tensor]]:
     """Serialized messages: a header, then tensor chunks -> (header, {name: tensor}).
     `start`: time.monotonic when the call began; `digest` is updated with every message."""
     header, assembler, received, index = None, TensorAssembler(max_tensor_bytes), 0, 0
@@ -108,7 +116,7 @@ async def read_stream(messages: AsyncIterator[bytes], message_type, max_tensor_b
     return header, assembler.finish()
 
 
-async def _next(stream, due: float, received: int, start: float, pace: UploadPace) -> Optional[bytes]:
+async def _next(stream, due: float, received: int, start: float, pace: UploadPace) -> bytes | None:
     """The next message, None at the end of the stream; UploadStalled when it is overdue
     (`due`: time.monotonic, the event loop's clock)."""
     try:
@@ -120,4 +128,5 @@ async def _next(stream, due: float, received: int, start: float, pace: UploadPac
         raise UploadStalled(
             f"request stream: {received} bytes in {time.monotonic() - start:.1f} s, below the server's "
             f"minimum upload rate of {pace.min_bytes_per_second / 1024:g} KiB/s after the first "
-            f"{pace.grace_seconds:g} s (--min-upload-kib-per-second); cut") from None
+            f"{pace.grace_seconds:g} s (--min-upload-kib-per-second); cut"
+        ) from None

@@ -15,6 +15,7 @@ inside `_call`, which turns whatever happens into a precise status: an exception
 expected ends as INTERNAL with a generic message, its traceback in the log, and never as
 gRPC's UNKNOWN.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,21 +26,30 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Iterator, Optional, Tuple
 
 import grpc
 import torch
 
 from graytune import error_details, tensor_codec
+from graytune.contract import CALL_ID_HEADER, TIER_ENTRY_POINTS
 from graytune.server.access.auth import UNAUTHENTICATED_MESSAGE, UNKNOWN_CALLER, Authenticator
 from graytune.server.access.gradient_guard import protect
 from graytune.server.access.rate_limit import RateLimiter
-from graytune.server.access.tiers import ENTRY_POINTS, input_entry_points, may_differentiate
+from graytune.server.access.tiers import input_entry_points, may_differentiate
 from graytune.server.access.usage import GRADIENTS, SAMPLES, budget_of
 from graytune.server.compute import validation
-from graytune.server.compute.errors import (CallerGone, DeadlineExceeded, HandleExpired, InputError, OverLimit,
-                                            ShuttingDown, StoreUnavailable, UploadStalled)
+from graytune.server.compute.errors import (
+    CallerGone,
+    DeadlineExceeded,
+    HandleExpired,
+    InputError,
+    OverLimit,
+    ShuttingDown,
+    StoreUnavailable,
+    UploadStalled,
+)
 from graytune.server.compute.oracle import GradientOracle
 from graytune.server.service.admission import Admission
 from graytune.server.service.call_record import CallRecord
@@ -52,7 +62,6 @@ from graytune.v1 import oracle_pb2 as pb
 
 log = logging.getLogger("graytune.server")
 TOWERS = {pb.IMAGE: "image", pb.TEXT: "text"}
-CALL_ID_HEADER = "x-graytune-call-id"  # the client's id of a logical call, the same on retries
 CALL_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 STATUS_OF = {  # what can go wrong with a call -> its gRPC status
     InputError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -77,19 +86,27 @@ def output_dtype(wire_dtype: int) -> torch.dtype:
     if wire_dtype == pb.DATA_TYPE_UNSPECIFIED:
         return torch.float32
     if wire_dtype not in tensor_codec.FLOAT_WIRE_DTYPES:
-        raise InputError(f"output_dtype: {tensor_codec.dtype_name(wire_dtype)} not allowed; expected "
-                         f"FLOAT32, FLOAT16 or BFLOAT16")
+        raise InputError(
+            f"output_dtype: {tensor_codec.dtype_name(wire_dtype)} not allowed; expected FLOAT32, FLOAT16 or BFLOAT16"
+        )
     return tensor_codec.TORCH_DTYPES[wire_dtype]
 
 
 class OracleServicer:
     """The four calls of graytune.v1.GradientOracle."""
 
-    def __init__(self, oracle: GradientOracle, auth: Authenticator, admission: Admission,
-                 store: Optional[UsageStore] = None, metrics: Optional[ServerMetrics] = None,
-                 pace: UploadPace = UploadPace(), rate_limiter: Optional[RateLimiter] = None):
+    def __init__(
+        self,
+        oracle: GradientOracle,
+        auth: Authenticator,
+        admission: Admission,
+        store: UsageStore | None = None,
+        metrics: ServerMetrics | None = None,
+        pace: UploadPace | None = None,
+        rate_limiter: RateLimiter | None = None,
+    ):
         self.oracle, self.auth, self.admission, self.store = oracle, auth, admission, store
-        self.metrics, self.pace = metrics, pace
+        self.metrics, self.pace = metrics, pace or UploadPace()
         self.rate_limiter = rate_limiter or RateLimiter()
         # Each admitted call holds at most one of these threads at a time: hashing its request
         # as it arrives, then while it waits for the device.
@@ -103,7 +120,7 @@ class OracleServicer:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     # -- the four calls ------------------------------------------------------------------
@@ -112,10 +129,19 @@ class OracleServicer:
             parse(pb.DescribeRequest, request, "request")
             key, remaining = call.caller.key, {}
             if key is not None and self.store is not None:
-                remaining = {kind: await self.store.remaining(key, kind) for kind in (SAMPLES, GRADIENTS)
-                             if budget_of(key, kind) is not None}
-            response = describe(self.oracle.backbone, self.oracle.limits, call.caller, remaining,
-                                self.admission.max_calls_per_key, self.pace)
+                remaining = {
+                    kind: await self.store.remaining(key, kind)
+                    for kind in (SAMPLES, GRADIENTS)
+                    if budget_of(key, kind) is not None
+                }
+            response = describe(
+                self.oracle.backbone,
+                self.oracle.limits,
+                call.caller,
+                remaining,
+                self.admission.max_calls_per_key,
+                self.pace,
+            )
             call.log("OK")
             return response
 
@@ -123,7 +149,7 @@ class OracleServicer:
         async with self._call("Embed", context, billed=SAMPLES) as call:
             request, header = await self._read_inputs(requests, call)
             dtype = output_dtype(header.output_dtype)
-            embeddings = await self._in_thread(self.oracle.embed, request, call.caller.id, dtype, record=call)
+            embeddings = await self._in_thread(self.oracle.embed, request, call.caller.id, dtype, context=call.compute)
             call.samples = embeddings.shape[0]
             for message in self._respond(pb.OutputHeader(), {"embeddings": embeddings}, call):
                 yield message
@@ -132,12 +158,15 @@ class OracleServicer:
         async with self._call("Forward", context, billed=SAMPLES) as call:
             self._require_gradients(call)
             with contextlib.ExitStack() as receiving:
+
                 def announce(header):  # from its header on, the call can join the device's next merged batch
-                    call.arrival = receiving.enter_context(self.oracle.receiving(TOWERS.get(header.tower)))
+                    call.compute.arrival = receiving.enter_context(self.oracle.receiving(TOWERS.get(header.tower)))
+
                 request, header = await self._read_inputs(requests, call, grad_inputs=True, on_header=announce)
                 dtype = output_dtype(header.output_dtype)
-                handle, embeddings = await self._in_thread(self.oracle.forward, request, call.caller.id, dtype,
-                                                           record=call)
+                handle, embeddings = await self._in_thread(
+                    self.oracle.forward, request, call.caller.id, dtype, context=call.compute
+                )
             call.samples = embeddings.shape[0]
             out_header = pb.OutputHeader(handle=handle, handle_ttl_seconds=self.oracle.limits.handle_ttl_seconds)
             for message in self._respond(out_header, {"embeddings": embeddings}, call):
@@ -152,8 +181,10 @@ class OracleServicer:
             rows = int(embeddings.shape[0]) if embeddings is not None and embeddings.dim() > 0 else 0
             if rows:  # else `backward` says what is wrong
                 await self._charge(call, GRADIENTS, rows)
-            grads = await self._in_thread(self.oracle.backward, header.handle, tensors, call.caller.id, dtype,
-                                          record=call)
+            validation.check_names(tensors, ["embeddings"], "Backward")
+            grads = await self._in_thread(
+                self.oracle.backward, header.handle, tensors, call.caller.id, dtype, context=call.compute
+            )
             key = call.caller.key
             if key is not None:
                 grads = protect(grads, key.gradient_clip_norm, key.gradient_noise_std)
@@ -164,8 +195,9 @@ class OracleServicer:
     # -- plumbing ------------------------------------------------------------------------
     def _require_gradients(self, call) -> None:
         if not may_differentiate(call.caller.tier):
-            raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
-                             f"tier '{call.caller.tier}' receives no gradients; use Embed")
+            raise CallFailed(
+                grpc.StatusCode.PERMISSION_DENIED, f"tier '{call.caller.tier}' receives no gradients; use Embed"
+            )
 
     async def _in_thread(self, fn, *args, **kwargs):
         """fn on a call thread (it blocks: tokenising, waiting for the device), awaited."""
@@ -176,8 +208,9 @@ class OracleServicer:
         key = call.caller.key
         charged = self.store is not None and key is not None and call.billed and budget_of(key, call.billed) is not None
         digest = RequestDigest(call.method, self._threads) if charged else None
-        header, tensors = await read_stream(requests, message_type, self.oracle.limits.max_tensor_bytes, self.pace,
-                                            call.began, digest, on_header)
+        header, tensors = await read_stream(
+            requests, message_type, self.oracle.limits.max_tensor_bytes, self.pace, call.began, digest, on_header
+        )
         call.digest = "" if digest is None else await digest.hexdigest()
         call.bytes_in = sum(t.nbytes for t in tensors.values())
         return header, tensors
@@ -196,21 +229,28 @@ class OracleServicer:
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")
         # Unknown inputs are bad input (INVALID_ARGUMENT), to be told apart from known ones the
-        # tier does not allow (PERMISSION_DENIED); the oracle checks names again with shapes.
+        # tier does not allow (PERMISSION_DENIED); the oracle checks shapes and values.
         validation.check_names(tensors, validation.TOWER_INPUTS[tower], f"the {tower} tower")
-        allowed = ENTRY_POINTS[call.caller.tier]
+        allowed = TIER_ENTRY_POINTS[call.caller.tier]
         for point in input_entry_points(tower, tensors, bool(header.texts)):
             if point not in allowed:
-                raise CallFailed(grpc.StatusCode.PERMISSION_DENIED,
-                                 f"{point}: not an entry point of tier '{call.caller.tier}'")
+                raise CallFailed(
+                    grpc.StatusCode.PERMISSION_DENIED, f"{point}: not an entry point of tier '{call.caller.tier}'"
+                )
         samples = validation.batch_size(tensors) or len(header.texts)  # what `prepare` will count
         if samples:  # else `prepare` says what is wrong
             # Refused for its size, not for the budget: a batch too large for any key costs nothing.
             batched = next((n for n in validation.BATCHED_INPUTS if n in tensors), "texts")
             validation.check_batch(batched, samples, limits)
             await self._charge(call, SAMPLES, samples)
-        request = await self._in_thread(self.oracle.prepare, tower, tensors, header.texts,
-                                        header.grad_inputs if grad_inputs else None, header.prompt_template)
+        request = await self._in_thread(
+            self.oracle.prepare,
+            tower,
+            tensors,
+            header.texts,
+            header.grad_inputs if grad_inputs else None,
+            header.prompt_template,
+        )
         return request, header
 
     async def _charge(self, call, kind: str, samples: int) -> None:
@@ -223,11 +263,12 @@ class OracleServicer:
         """The response stream, serialized: the header, then the tensors' chunk messages, made
         as they are sent. The call is served once its last message is handed to gRPC, whether
         or not the caller stays to read the status."""
-        header.device_seconds = call.device_seconds
+        header.device_seconds = call.compute.device_seconds
         call.bytes_out = sum(t.nbytes for t in tensors.values())
         messages = itertools.chain(
             [pb.OutputMessage(header=header).SerializeToString()],
-            *(tensor_codec.tensor_to_messages(name, t, self.oracle.limits.chunk_bytes) for name, t in tensors.items()))
+            *(tensor_codec.tensor_to_messages(name, t, self.oracle.limits.chunk_bytes) for name, t in tensors.items()),
+        )
         message = next(messages)
         for following in messages:  # one message ahead, to know which is the last
             yield message
@@ -236,7 +277,7 @@ class OracleServicer:
         yield message
 
     @contextlib.asynccontextmanager
-    async def _call(self, method: str, context, billed: Optional[str] = None) -> AsyncIterator[CallRecord]:
+    async def _call(self, method: str, context, billed: str | None = None) -> AsyncIterator[CallRecord]:
         """The call's record, admission, deadline and cancellation; every way it can end -> a
         status, an audit line, and its charges settled (served) or refunded (not served)."""
         limit = self.oracle.limits.max_call_seconds
@@ -266,26 +307,34 @@ class OracleServicer:
             self._settle(call)
             call.log("OK")  # a no-op where the handler logged already
         except GeneratorExit:  # gRPC closed the reply stream: the caller left while it was sent
-            call.scope.cancel()
+            call.compute.scope.cancel()
             self._settle(call)
             if call.replied:
                 call.log("OK", "the caller left after the whole reply")
             elif call.expired:
-                call.log("DEADLINE_EXCEEDED", f"call still running after its deadline (the server's limit is "
-                                              f"{limit:g} s, --max-call-seconds); cancelled")
+                call.log(
+                    "DEADLINE_EXCEEDED",
+                    f"call still running after its deadline (the server's limit is "
+                    f"{limit:g} s, --max-call-seconds); cancelled",
+                )
             else:
                 call.log("CANCELLED", "the caller left while the reply was sent")
             raise
         except asyncio.CancelledError:  # the caller left, or the call passed its limit
-            call.scope.cancel()
+            call.compute.scope.cancel()
             self._settle(call)
             if not call.expired:
                 call.log("CANCELLED", "the caller left")
                 raise
             task.uncancel()
-            await self._fail(call, context, DeadlineExceeded(
-                f"call still running after its deadline (the server's limit is {limit:g} s, "
-                f"--max-call-seconds); cancelled"))
+            await self._fail(
+                call,
+                context,
+                DeadlineExceeded(
+                    f"call still running after its deadline (the server's limit is {limit:g} s, "
+                    f"--max-call-seconds); cancelled"
+                ),
+            )
         except Exception as e:
             await self._fail(call, context, e)
         finally:
@@ -315,7 +364,7 @@ class OracleServicer:
         await context.abort(code, message)
 
     @staticmethod
-    def _status_of(e: Exception, call: CallRecord) -> Tuple[grpc.StatusCode, str]:
+    def _status_of(e: Exception, call: CallRecord) -> tuple[grpc.StatusCode, str]:
         if isinstance(e, CallFailed):
             return e.code, str(e)
         for kind, code in STATUS_OF.items():
@@ -331,11 +380,11 @@ class OracleServicer:
     def _expire(call: CallRecord, task: asyncio.Task) -> None:
         """The call passed its limit: its queued device work is dropped and its coroutine cancelled."""
         call.expired = True
-        call.scope.cancel()
+        call.compute.scope.cancel()
         task.cancel()
 
 
-def _call_id(value: Optional[str]) -> str:
+def _call_id(value: str | None) -> str:
     if value is None:
         return ""
     if not CALL_ID.fullmatch(value):
@@ -353,5 +402,7 @@ def add_to_server(servicer: OracleServicer, server: grpc.aio.Server) -> None:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(getattr(servicer, method.name))
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                getattr(servicer, method.name), response_serializer=getattr(pb, method.output_type.name).SerializeToString)
+                getattr(servicer, method.name),
+                response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

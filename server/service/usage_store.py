@@ -6,13 +6,14 @@ lock, a slow disk) makes billed calls UNAVAILABLE (the client retries with the s
 — never free, never INTERNAL. A charge that completes after its call gave up on it is let go
 again, so a slow store never bills a call that was not served.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
 
 from graytune.server.access.credentials import ApiKey
 from graytune.server.access.usage import Attempt, Budgets
@@ -31,11 +32,10 @@ class UsageStore:
     async def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
         await self._run("check the budget", self.budgets.refuse_if_spent, key, kind, call_id)
 
-    async def charge(self, key: ApiKey, samples: int, call_id: str, digest: str, kind: str) -> Optional[Attempt]:
-        return await self._run("charge", self.budgets.charge, key, samples, call_id, digest, kind,
-                               on_late=self._let_go)
+    async def charge(self, key: ApiKey, samples: int, call_id: str, digest: str, kind: str) -> Attempt | None:
+        return await self._run("charge", self.budgets.charge, key, samples, call_id, digest, kind, on_late=self._let_go)
 
-    async def remaining(self, key: ApiKey, kind: str) -> Optional[int]:
+    async def remaining(self, key: ApiKey, kind: str) -> int | None:
         """The budget left, or None when the store does not answer in time (Describe says less)."""
         try:
             return await self._run("read usage", self.budgets.remaining, key, kind, pool=self._readers)
@@ -60,16 +60,18 @@ class UsageStore:
         self._pool.shutdown(wait=True)
         self._readers.shutdown(wait=True)
 
-    async def _run(self, what: str, fn: Callable, *args, on_late: Optional[Callable] = None,
-                   pool: Optional[ThreadPoolExecutor] = None):
+    async def _run(
+        self, what: str, fn: Callable, *args, on_late: Callable | None = None, pool: ThreadPoolExecutor | None = None
+    ):
         future = (pool or self._pool).submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if on_late is not None:
                 future.add_done_callback(on_late)
-            raise StoreUnavailable(f"usage store: no answer within {self.timeout:g} s to {what} "
-                                   f"(--usage-timeout); retry the call") from None
+            raise StoreUnavailable(
+                f"usage store: no answer within {self.timeout:g} s to {what} (--usage-timeout); retry the call"
+            ) from None
         except sqlite3.OperationalError as e:  # "database is locked" after the busy timeout
             raise StoreUnavailable(f"usage store: {e} (while trying to {what}); retry the call") from None
 
@@ -82,4 +84,5 @@ class UsageStore:
         def logged(future):
             if not future.cancelled() and future.exception() is not None:
                 log.error("usage store: could not %s: %s", what, future.exception())
+
         self._pool.submit(fn, *args).add_done_callback(logged)

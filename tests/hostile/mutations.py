@@ -5,19 +5,21 @@ A mutation changes a case once and says which statuses that may cause (INVALID_A
 said otherwise) and whether the request may still be valid. Each thing (a tensor, a header
 field, the handle, the key) is changed at most once, so a second mutation never undoes a first.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
 
 import grpc
 from hypothesis import strategies as st
 
 from graytune.tensor_codec import TORCH_DTYPES
 from graytune.v1 import oracle_pb2 as pb
+
 from hostile import requests
 from hostile.requests import INPUTS, RPCS, STREAMS, Spec, captions, seeds
 from hostile.wire import FLOATS, NEVER_ISSUED, Case, Tensor, mutated, raw_bytes, values
@@ -29,8 +31,9 @@ HUGE = 20_000  # characters of an enormous string
 @dataclass(frozen=True)
 class Mutation:
     """`apply(draw, spec, case)` -> the changed case, for cases of `rpcs` it `applies` to."""
+
     name: str  # the kind it records in Case.kinds
-    rpcs: Tuple[str, ...]
+    rpcs: tuple[str, ...]
     applies: Callable[[Spec, Case], bool]
     apply: Callable[..., Case]
 
@@ -44,10 +47,16 @@ def mutation(rpcs, applies=lambda spec, case: True):
 def tensor_mutation(applies: Callable[[Tensor], bool], rpcs=STREAMS):
     """Decorates fn(draw, spec, case, tensor) -> Case, for the tensors it applies to that no
     mutation changed yet."""
+
     def decorate(fn) -> Mutation:
         targets = lambda case: [t for t in case.tensors if t.name not in case.touched and applies(t)]
-        return Mutation(fn.__name__, rpcs, lambda spec, case: bool(targets(case)),
-                        lambda draw, spec, case: fn(draw, spec, case, draw(st.sampled_from(targets(case)))))
+        return Mutation(
+            fn.__name__,
+            rpcs,
+            lambda spec, case: bool(targets(case)),
+            lambda draw, spec, case: fn(draw, spec, case, draw(st.sampled_from(targets(case)))),
+        )
+
     return decorate
 
 
@@ -80,26 +89,26 @@ def zero_dim(draw, spec, case, t):  # a scalar where a batch, a vector or a grid
 def wrong_size(draw, spec, case, t):
     i = draw(st.sampled_from([i for i, d in enumerate(t.expected) if d is not None]))
     size = draw(st.integers(1, 2 * t.expected[i] + 2).filter(lambda n: n != t.expected[i]))
-    return reshaped(case, t, t.shape[:i] + (size,) + t.shape[i + 1:], "wrong_size")
+    return reshaped(case, t, t.shape[:i] + (size,) + t.shape[i + 1 :], "wrong_size")
 
 
 @tensor_mutation(lambda t: any(d is not None for d in t.limits), INPUTS)
 def over_limit(draw, spec, case, t):
     i = draw(st.sampled_from([i for i, d in enumerate(t.limits) if d is not None]))
     size = t.limits[i] + draw(st.integers(0, 2))
-    return reshaped(case, t, t.shape[:i] + (size,) + t.shape[i + 1:], "over_limit")
+    return reshaped(case, t, t.shape[:i] + (size,) + t.shape[i + 1 :], "over_limit")
 
 
 @tensor_mutation(lambda t: len(t.shape) > 0)
 def zero_size(draw, spec, case, t):
     """A dimension of size 0; extra_tokens with 0 rows may be accepted (no extra tokens)."""
     i = draw(st.integers(0, len(t.shape) - 1))
-    return reshaped(case, t, t.shape[:i] + (0,) + t.shape[i + 1:], "zero_size",
-                    may_pass=(t.name, i) == ("extra_tokens", 0))  # refused or not: both precise
+    return reshaped(
+        case, t, t.shape[:i] + (0,) + t.shape[i + 1 :], "zero_size", may_pass=(t.name, i) == ("extra_tokens", 0)
+    )  # refused or not: both precise
 
 
-any_dtype = st.one_of(st.sampled_from(pb.DataType.values()), st.integers(6, 2 ** 31 - 1),
-                      st.integers(-2 ** 31, -1))
+any_dtype = st.one_of(st.sampled_from(pb.DataType.values()), st.integers(6, 2**31 - 1), st.integers(-(2**31), -1))
 
 
 @tensor_mutation(lambda t: True)
@@ -109,8 +118,15 @@ def dtype(draw, spec, case, t):
     data = values(new, t.shape) if new in TORCH_DTYPES else t.data
     name = pb.DataType.Name(new) if new in pb.DataType.values() else str(new)
     valid = t.dtype in FLOATS and new in FLOATS
-    return swapped(case, t, t.replace(dtype=new, data=data), "dtype", name,
-                   codes=() if valid else (S.INVALID_ARGUMENT,), may_pass=valid)
+    return swapped(
+        case,
+        t,
+        t.replace(dtype=new, data=data),
+        "dtype",
+        name,
+        codes=() if valid else (S.INVALID_ARGUMENT,),
+        may_pass=valid,
+    )
 
 
 def poked(case: Case, t: Tensor, draw, value, kind: str) -> Case:
@@ -129,23 +145,25 @@ def non_finite(draw, spec, case, t):
 @tensor_mutation(lambda t: t.name == "token_ids" and t.dtype == pb.INT64 and math.prod(t.shape) > 0, INPUTS)
 def token_out_of_range(draw, spec, case, t):
     V = spec.vocab_size
-    return poked(case, t, draw, draw(st.sampled_from([-1, V, V + 1, 2 ** 62, -2 ** 63, 2 ** 63 - 1])),
-                 "token_out_of_range")
+    return poked(case, t, draw, draw(st.sampled_from([-1, V, V + 1, 2**62, -(2**63), 2**63 - 1])), "token_out_of_range")
 
 
-huge_dims = st.sampled_from([0, 1, 3, 2 ** 31, 2 ** 32, 2 ** 62, 2 ** 63 - 1, -1, -2 ** 63])
+huge_dims = st.sampled_from([0, 1, 3, 2**31, 2**32, 2**62, 2**63 - 1, -1, -(2**63)])
 declared_shapes = st.one_of(
-    st.sampled_from([(0, 2 ** 62, 2 ** 62), (2 ** 32, 2 ** 32, 0), (2 ** 63 - 1,), (2 ** 31,) * 4,
-                     (1 << 20, 3, 224, 224), (-1, 3, 32, 32)]),
-    st.lists(huge_dims, min_size=1, max_size=5).map(tuple).filter(lambda s: max(map(abs, s)) >= 2 ** 31))
+    st.sampled_from(
+        [(0, 2**62, 2**62), (2**32, 2**32, 0), (2**63 - 1,), (2**31,) * 4, (1 << 20, 3, 224, 224), (-1, 3, 32, 32)]
+    ),
+    st.lists(huge_dims, min_size=1, max_size=5).map(tuple).filter(lambda s: max(map(abs, s)) >= 2**31),
+)
 
 
 @tensor_mutation(lambda t: True)
 def declared_shape(draw, spec, case, t):
     """A huge (its element count may overflow int64) or negative shape, a few bytes of payload."""
     shape = draw(declared_shapes)
-    return swapped(case, t, t.replace(shape=shape, data=draw(st.binary(max_size=16))),
-                   "declared_shape", f"shape {list(shape)}")
+    return swapped(
+        case, t, t.replace(shape=shape, data=draw(st.binary(max_size=16))), "declared_shape", f"shape {list(shape)}"
+    )
 
 
 @tensor_mutation(lambda t: len(t.data) > 0)
@@ -166,8 +184,11 @@ INPUT_NAMES = ("pixels", "token_ids", "shift", "extra_tokens", "deep_prompts", "
 @tensor_mutation(lambda t: True)
 def rename(draw, spec, case, t):
     """Unknown names, another tower's or RPC's inputs, an empty or enormous name."""
-    name = draw(st.sampled_from(["weights", "", t.name.upper(), t.name + " ", "x" * HUGE, *INPUT_NAMES])
-                .filter(lambda n: n != t.name))
+    name = draw(
+        st.sampled_from(["weights", "", t.name.upper(), t.name + " ", "x" * HUGE, *INPUT_NAMES]).filter(
+            lambda n: n != t.name
+        )
+    )
     return swapped(case, t, t.replace(name=name), "rename", f"to {name[:20]!r} ({len(name)} chars)")
 
 
@@ -176,31 +197,44 @@ def duplicate(draw, spec, case, t):
     return mutated(case, "duplicate", t.name, touches=(t.name,), tensors=case.tensors + (t,))
 
 
-def required(case: Case) -> List[str]:
+def required(case: Case) -> list[str]:
     """Inputs without which the request is invalid, not yet changed."""
-    names = ["embeddings"] if case.rpc == "Backward" else ["pixels"] if case.header.tower == pb.IMAGE \
-        else ["context_delta"] if case.header.prompt_template else [] if case.header.texts else ["token_ids"]
+    names = (
+        ["embeddings"]
+        if case.rpc == "Backward"
+        else ["pixels"]
+        if case.header.tower == pb.IMAGE
+        else ["context_delta"]
+        if case.header.prompt_template
+        else []
+        if case.header.texts
+        else ["token_ids"]
+    )
     return [n for n in names if n not in case.touched and case.tensor(n)]
 
 
 @mutation(STREAMS, lambda spec, case: required(case))
 def drop_required(draw, spec, case):
     name = draw(st.sampled_from(required(case)))
-    return mutated(case, "drop_required", name, touches=(name,),
-                   tensors=tuple(t for t in case.tensors if t.name != name))
+    return mutated(
+        case, "drop_required", name, touches=(name,), tensors=tuple(t for t in case.tensors if t.name != name)
+    )
 
 
 # -- header fields -----------------------------------------------------------------------------
 def header_mutation(rpcs, field: str, applies: Callable[[Case], bool] = lambda case: True):
     """Decorates fn(draw, spec, case, header) -> Case, given a copy of the header to change."""
+
     def decorate(fn) -> Mutation:
         def apply(draw, spec, case):
             header = type(case.header)()
             header.CopyFrom(case.header)
             changed = fn(draw, spec, case, header)
             return dataclasses.replace(changed, touched=changed.touched | {field})
+
         untouched = lambda spec, case: field not in case.touched and bool(applies(case))
         return Mutation(fn.__name__, rpcs, untouched, apply)
+
     return decorate
 
 
@@ -210,8 +244,11 @@ def is_text(case: Case) -> bool:
 
 @header_mutation(INPUTS, "tower")
 def tower(draw, spec, case, header):
-    header.tower = draw(st.sampled_from([pb.TOWER_UNSPECIFIED, pb.IMAGE, pb.TEXT, 3, 2 ** 31 - 1, -1])
-                        .filter(lambda t: t != case.header.tower))
+    header.tower = draw(
+        st.sampled_from([pb.TOWER_UNSPECIFIED, pb.IMAGE, pb.TEXT, 3, 2**31 - 1, -1]).filter(
+            lambda t: t != case.header.tower
+        )
+    )
     return mutated(case, "tower", str(header.tower), header=header)
 
 
@@ -219,8 +256,14 @@ def tower(draw, spec, case, header):
 def output_dtype(draw, spec, case, header):
     header.output_dtype = draw(any_dtype.filter(lambda d: d != case.header.output_dtype))
     valid = header.output_dtype in (pb.DATA_TYPE_UNSPECIFIED,) + FLOATS
-    return mutated(case, "output_dtype", str(header.output_dtype), header=header,
-                   codes=() if valid else (S.INVALID_ARGUMENT,), may_pass=valid)
+    return mutated(
+        case,
+        "output_dtype",
+        str(header.output_dtype),
+        header=header,
+        codes=() if valid else (S.INVALID_ARGUMENT,),
+        may_pass=valid,
+    )
 
 
 @header_mutation(INPUTS, "texts", lambda case: not is_text(case))
@@ -233,8 +276,12 @@ def long_text(seed: int, length: int, form: str) -> str:
     """A caption of `length` characters: one random word (tokenising it costs the most), many
     words, one letter repeated, or characters outside ASCII."""
     rng = random.Random(seed)
-    letters = {"word": "abcdefghijklmnopqrstuvwxyz", "words": "abcdefghijklmnopqrstuvwxyz     ",
-               "letter": "a", "unicode": "猫犬写真のé😀ßΩ"}[form]
+    letters = {
+        "word": "abcdefghijklmnopqrstuvwxyz",
+        "words": "abcdefghijklmnopqrstuvwxyz     ",
+        "letter": "a",
+        "unicode": "猫犬写真のé😀ßΩ",
+    }[form]
     return "".join(rng.choice(letters) for _ in range(length))
 
 
@@ -258,8 +305,14 @@ def too_many_texts(draw, spec, case, header):
 def texts_and_token_ids(draw, spec, case, header):
     batch, touches = requests.batch_of(case), ("texts", "token_ids")
     if header.texts:
-        return mutated(case, "texts_and_token_ids", "token_ids added", header=header, touches=touches,
-                       tensors=case.tensors + (requests.token_ids(draw, spec, batch),))
+        return mutated(
+            case,
+            "texts_and_token_ids",
+            "token_ids added",
+            header=header,
+            touches=touches,
+            tensors=case.tensors + (requests.token_ids(draw, spec, batch),),
+        )
     header.texts.extend(draw(st.lists(captions, min_size=batch, max_size=batch)))
     return mutated(case, "texts_and_token_ids", "texts added", header=header, touches=touches)
 
@@ -281,13 +334,20 @@ def grad_inputs(draw, spec, case, header):
     choices = [["weights"], [""], ["token_ids"], ["x" * HUGE], absent]
     names = draw(st.sampled_from(choices + ([floats[:1] * 2] if floats else [])))
     header.grad_inputs[:] = names
-    return mutated(case, "grad_inputs", f"{[n[:20] for n in names]}", header=header,
-                   may_pass=case.rpc == "Embed" or (len(names) == 2 and names[0] in floats))
+    return mutated(
+        case,
+        "grad_inputs",
+        f"{[n[:20] for n in names]}",
+        header=header,
+        may_pass=case.rpc == "Embed" or (len(names) == 2 and names[0] in floats),
+    )
 
 
 # -- Backward's handle -------------------------------------------------------------------------
 GARBAGE_HANDLES = [  # (handle, statuses)
-    ("", {S.INVALID_ARGUMENT}), ("nonsense", {S.INVALID_ARGUMENT}), ("a.b.c", {S.INVALID_ARGUMENT}),
+    ("", {S.INVALID_ARGUMENT}),
+    ("nonsense", {S.INVALID_ARGUMENT}),
+    ("a.b.c", {S.INVALID_ARGUMENT}),
     ("deadbeef.-1.0123456789abcdef", {S.INVALID_ARGUMENT}),
     ("deadbeef.\u0661.0123456789abcdef", {S.INVALID_ARGUMENT}),  # a digit, not an ASCII one
     ("x" * HUGE, {S.INVALID_ARGUMENT}),
@@ -308,33 +368,55 @@ def handle_use(draw, spec, case):
     uses = ["consumed", *sorted(NEVER_ISSUED), *others]
     use = draw(st.sampled_from(uses))
     if use == "other caller's":
-        return mutated(case, "handle_use", use, codes={S.INVALID_ARGUMENT, S.ABORTED}, touches=("handle",),
-                       forward=dataclasses.replace(case.forward, key="other"))
+        return mutated(
+            case,
+            "handle_use",
+            use,
+            codes={S.INVALID_ARGUMENT, S.ABORTED},
+            touches=("handle",),
+            forward=dataclasses.replace(case.forward, key="other"),
+        )
     codes = {S.ABORTED} if use == "consumed" else {S.INVALID_ARGUMENT, S.ABORTED}
     return mutated(case, "handle_use", use, codes=codes, touches=("handle",), handle=use)
 
 
 @mutation(("Backward",), has_handle)
 def garbage_handle(draw, spec, case):
-    handle, codes = draw(st.one_of(st.sampled_from(GARBAGE_HANDLES),
-                                   st.text(max_size=40).map(lambda h: (h, {S.INVALID_ARGUMENT}))))
+    handle, codes = draw(
+        st.one_of(st.sampled_from(GARBAGE_HANDLES), st.text(max_size=40).map(lambda h: (h, {S.INVALID_ARGUMENT})))
+    )
     header = pb.BackwardHeader(handle=handle, output_dtype=case.header.output_dtype)
-    return mutated(case, "garbage_handle", f"{handle[:40]!r} ({len(handle)} chars)", codes=codes,
-                   touches=("handle",), header=header, forward=None)
+    return mutated(
+        case,
+        "garbage_handle",
+        f"{handle[:40]!r} ({len(handle)} chars)",
+        codes=codes,
+        touches=("handle",),
+        header=header,
+        forward=None,
+    )
 
 
 @mutation(("Backward",), lambda spec, case: not {"forward", "embeddings", "handle"} & case.touched)
 def forward_zero_extra(draw, spec, case):
     """Backward after a Forward whose only input to differentiate is 0 extra tokens: the
     Forward may refuse them, or the gradient of nothing comes back."""
-    header = pb.InputHeader(tower=pb.TEXT, texts=[draw(captions)],
-                            grad_inputs=draw(st.sampled_from([[], ["extra_tokens"]])))
+    header = pb.InputHeader(
+        tower=pb.TEXT, texts=[draw(captions)], grad_inputs=draw(st.sampled_from([[], ["extra_tokens"]]))
+    )
     extra = Tensor("extra_tokens", pb.FLOAT32, (0, spec.token_width), b"")
     forward = Case("Forward", header, (extra,), what=f"Forward TEXT texts×1 extra_tokens{extra.shape}")
     shape = (1, spec.embed_dim)
     grad = Tensor("embeddings", pb.FLOAT32, shape, values(pb.FLOAT32, shape), shape, (None, None))
-    return mutated(case, "forward_zero_extra", f"grad_inputs={list(header.grad_inputs)}", may_pass=True,
-                   touches=("forward", "embeddings"), forward=forward, tensors=(grad,))
+    return mutated(
+        case,
+        "forward_zero_extra",
+        f"grad_inputs={list(header.grad_inputs)}",
+        may_pass=True,
+        touches=("forward", "embeddings"),
+        forward=forward,
+        tensors=(grad,),
+    )
 
 
 # -- who calls, with what metadata -------------------------------------------------------------
@@ -343,27 +425,67 @@ def credentials(draw, spec, case):
     """No key, a wrong or enormous one, or a key of a lower tier."""
     features = {"shift", "extra_tokens", "deep_prompts"} & {t.name for t in case.tensors}
     lower_tier = lambda may_pass: (() if may_pass else {S.PERMISSION_DENIED}, may_pass)
-    keys = {"": ({S.UNAUTHENTICATED}, False), "gt_k00000000_wrong": ({S.UNAUTHENTICATED}, False),
-            "gt_" + "k" * HUGE: ({S.UNAUTHENTICATED, S.RESOURCE_EXHAUSTED}, False),
-            "blackbox": lower_tier(case.rpc == "Describe" or (case.rpc == "Embed" and not features))}
+    keys = {
+        "": ({S.UNAUTHENTICATED}, False),
+        "gt_k00000000_wrong": ({S.UNAUTHENTICATED}, False),
+        "gt_" + "k" * HUGE: ({S.UNAUTHENTICATED, S.RESOURCE_EXHAUSTED}, False),
+        "blackbox": lower_tier(case.rpc == "Describe" or (case.rpc == "Embed" and not features)),
+    }
     if case.rpc != "Backward":  # for Backward, a graybox key is "another caller": see handle_use
         keys["other"] = lower_tier("deep_prompts" not in features)
     key = draw(st.sampled_from(sorted(keys)))
     codes, may_pass = keys[key]
-    return mutated(case, "credentials", f"key {key[:20]!r} ({len(key)} chars)", codes=codes,
-                   may_pass=may_pass, touches=("key",), key=key)
+    return mutated(
+        case,
+        "credentials",
+        f"key {key[:20]!r} ({len(key)} chars)",
+        codes=codes,
+        may_pass=may_pass,
+        touches=("key",),
+        key=key,
+    )
 
 
 @mutation(RPCS, lambda spec, case: "metadata" not in case.touched)
 def enormous_metadata(draw, spec, case):
     """gRPC limits metadata it receives: refused precisely, or taken."""
     name = draw(st.sampled_from(["x-graytune-affinity", "x-hostile"]))
-    return mutated(case, "enormous_metadata", f"{name}: {HUGE} characters", codes={S.RESOURCE_EXHAUSTED},
-                   may_pass=True, touches=("metadata",), metadata=((name, "v" * HUGE),))
+    return mutated(
+        case,
+        "enormous_metadata",
+        f"{name}: {HUGE} characters",
+        codes={S.RESOURCE_EXHAUSTED},
+        may_pass=True,
+        touches=("metadata",),
+        metadata=((name, "v" * HUGE),),
+    )
 
 
 SEMANTIC = [
-    wrong_rank, zero_dim, wrong_size, over_limit, zero_size, dtype, non_finite, token_out_of_range, declared_shape,
-    bytes_short, bytes_extra, rename, duplicate, drop_required, tower, output_dtype, texts_on_image,
-    long_caption, too_many_texts, texts_and_token_ids, grad_inputs, handle_use, garbage_handle,
-    forward_zero_extra, credentials, enormous_metadata]
+    wrong_rank,
+    zero_dim,
+    wrong_size,
+    over_limit,
+    zero_size,
+    dtype,
+    non_finite,
+    token_out_of_range,
+    declared_shape,
+    bytes_short,
+    bytes_extra,
+    rename,
+    duplicate,
+    drop_required,
+    tower,
+    output_dtype,
+    texts_on_image,
+    long_caption,
+    too_many_texts,
+    texts_and_token_ids,
+    grad_inputs,
+    handle_use,
+    garbage_handle,
+    forward_zero_extra,
+    credentials,
+    enormous_metadata,
+]

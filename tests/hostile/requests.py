@@ -3,6 +3,7 @@ to a graybox-plus caller (who sees every entry point): small batches, any float 
 chunk size, each optional input present or not. Mutations start from these, so every case
 reaches the code behind a valid header.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -11,6 +12,7 @@ import torch
 from hypothesis import strategies as st
 
 from graytune.v1 import oracle_pb2 as pb
+
 from hostile.wire import FLOATS, HANDLE, Case, Tensor, raw_bytes, values
 
 RPCS = ("Describe", "Embed", "Forward", "Backward")
@@ -28,6 +30,7 @@ MAX_VALID_TOKENS = 4  # extra and deep prompt tokens in valid requests: room lef
 @dataclass(frozen=True)
 class Spec:
     """What Describe tells a graybox-plus caller, under short names."""
+
     height: int
     width: int
     context_length: int
@@ -43,13 +46,22 @@ class Spec:
     context_tokens: int  # its N
 
     @classmethod
-    def of(cls, info: pb.DescribeResponse) -> "Spec":
-        return cls(info.image.height, info.image.width, info.text.context_length, info.text.token_width,
-                   info.text.vocab_size, info.embed_dim, info.limits.max_batch,
-                   info.text.max_extra_tokens, info.limits.max_deep_prompt_tokens,
-                   {pb.IMAGE: info.image.deep_prompt_layers, pb.TEXT: info.text.deep_prompt_layers},
-                   {pb.IMAGE: info.image.token_width, pb.TEXT: info.text.token_width},
-                   info.text.prompt_templates[0].name, info.text.prompt_templates[0].context_tokens)
+    def of(cls, info: pb.DescribeResponse) -> Spec:
+        return cls(
+            info.image.height,
+            info.image.width,
+            info.text.context_length,
+            info.text.token_width,
+            info.text.vocab_size,
+            info.embed_dim,
+            info.limits.max_batch,
+            info.text.max_extra_tokens,
+            info.limits.max_deep_prompt_tokens,
+            {pb.IMAGE: info.image.deep_prompt_layers, pb.TEXT: info.text.deep_prompt_layers},
+            {pb.IMAGE: info.image.token_width, pb.TEXT: info.text.token_width},
+            info.text.prompt_templates[0].name,
+            info.text.prompt_templates[0].context_tokens,
+        )
 
 
 def float_tensor(draw, name, shape, expected, limits) -> Tensor:
@@ -58,16 +70,20 @@ def float_tensor(draw, name, shape, expected, limits) -> Tensor:
 
 
 def pixels(draw, spec: Spec, batch: int) -> Tensor:
-    return float_tensor(draw, "pixels", (batch, 3, spec.height, spec.width),
-                        (None, 3, spec.height, spec.width), (spec.max_batch + 1, None, None, None))
+    return float_tensor(
+        draw,
+        "pixels",
+        (batch, 3, spec.height, spec.width),
+        (None, 3, spec.height, spec.width),
+        (spec.max_batch + 1, None, None, None),
+    )
 
 
 def deep_prompts(draw, spec: Spec, tower: int) -> Tensor:
     """(D, K, width): K tokens at each of the tower's first D blocks."""
     depth, width = spec.depth[tower], spec.width_of[tower]
     shape = (draw(st.integers(1, depth)), draw(st.integers(1, MAX_VALID_TOKENS)), width)
-    return float_tensor(draw, "deep_prompts", shape, (None, None, width),
-                        (depth + 1, spec.max_prompt_tokens + 1, None))
+    return float_tensor(draw, "deep_prompts", shape, (None, None, width), (depth + 1, spec.max_prompt_tokens + 1, None))
 
 
 def token_ids(draw, spec: Spec, batch: int) -> Tensor:
@@ -78,7 +94,7 @@ def token_ids(draw, spec: Spec, batch: int) -> Tensor:
     ids = torch.zeros(batch, L, dtype=torch.int64)
     ids[:, 0], ids[:, words + 1] = V - 2, V - 1
     generator = torch.Generator().manual_seed(draw(seeds))
-    ids[:, 1:words + 1] = torch.randint(0, V - 2, (batch, words), generator=generator)
+    ids[:, 1 : words + 1] = torch.randint(0, V - 2, (batch, words), generator=generator)
     return Tensor("token_ids", pb.INT64, (batch, L), raw_bytes(ids), (None, L), (spec.max_batch + 1, None))
 
 
@@ -87,15 +103,21 @@ def shift(draw, spec: Spec) -> Tensor:
 
 
 def extra_tokens(draw, spec: Spec) -> Tensor:
-    return float_tensor(draw, "extra_tokens", (draw(st.integers(1, MAX_VALID_TOKENS)), spec.token_width),
-                        (None, spec.token_width), (spec.max_extra_tokens + 1, None))
+    return float_tensor(
+        draw,
+        "extra_tokens",
+        (draw(st.integers(1, MAX_VALID_TOKENS)), spec.token_width),
+        (None, spec.token_width),
+        (spec.max_extra_tokens + 1, None),
+    )
 
 
 def context_delta(draw, spec: Spec) -> Tensor:
     """(P, N, width): P candidate contexts of the template's N tokens."""
     shape = (draw(st.integers(1, 3)), spec.context_tokens, spec.token_width)
-    return float_tensor(draw, "context_delta", shape, (None, spec.context_tokens, spec.token_width),
-                        (spec.max_batch + 1, None, None))
+    return float_tensor(
+        draw, "context_delta", shape, (None, spec.context_tokens, spec.token_width), (spec.max_batch + 1, None, None)
+    )
 
 
 @st.composite
@@ -104,8 +126,12 @@ def inputs(draw, spec: Spec, rpc: str) -> Case:
     tower, batch = draw(st.sampled_from((pb.IMAGE, pb.TEXT))), draw(st.integers(1, 3))
     texts = []
     if tower == pb.TEXT and draw(st.integers(0, 3)) == 0:  # class names under candidate contexts
-        header = pb.InputHeader(tower=tower, texts=draw(st.lists(captions, min_size=batch, max_size=batch)),
-                                output_dtype=draw(output_dtypes), prompt_template=spec.template)
+        header = pb.InputHeader(
+            tower=tower,
+            texts=draw(st.lists(captions, min_size=batch, max_size=batch)),
+            output_dtype=draw(output_dtypes),
+            prompt_template=spec.template,
+        )
         case = Case(rpc, header, (context_delta(draw, spec),), chunk_bytes=draw(chunk_sizes))
         return replace(case, what=summary(case))
     if tower == pb.IMAGE:
@@ -116,15 +142,19 @@ def inputs(draw, spec: Spec, rpc: str) -> Case:
         tensors = [token_ids(draw, spec, batch)]
     optional = (("shift", "extra_tokens") if tower == pb.TEXT else ()) + ("deep_prompts",)
     for name in draw(st.lists(st.sampled_from(optional), unique=True)):
-        tensors.append(deep_prompts(draw, spec, tower) if name == "deep_prompts" else
-                       shift(draw, spec) if name == "shift" else extra_tokens(draw, spec))
+        tensors.append(
+            deep_prompts(draw, spec, tower)
+            if name == "deep_prompts"
+            else shift(draw, spec)
+            if name == "shift"
+            else extra_tokens(draw, spec)
+        )
     floats = [t.name for t in tensors if t.dtype in FLOATS]
     if rpc == "Forward" and not floats:
         tensors.append(shift(draw, spec))
         floats = ["shift"]
     grad_inputs = draw(st.lists(st.sampled_from(floats), unique=True)) if rpc == "Forward" else []
-    header = pb.InputHeader(tower=tower, texts=texts, output_dtype=draw(output_dtypes),
-                            grad_inputs=grad_inputs)
+    header = pb.InputHeader(tower=tower, texts=texts, output_dtype=draw(output_dtypes), grad_inputs=grad_inputs)
     case = Case(rpc, header, tuple(tensors), chunk_bytes=draw(chunk_sizes))
     return replace(case, what=summary(case))
 
@@ -145,8 +175,12 @@ def describe() -> st.SearchStrategy:
 
 
 def valid(spec: Spec, rpc: str) -> st.SearchStrategy:
-    return {"Describe": describe, "Embed": lambda: inputs(spec, "Embed"),
-            "Forward": lambda: inputs(spec, "Forward"), "Backward": lambda: backward(spec)}[rpc]()
+    return {
+        "Describe": describe,
+        "Embed": lambda: inputs(spec, "Embed"),
+        "Forward": lambda: inputs(spec, "Forward"),
+        "Backward": lambda: backward(spec),
+    }[rpc]()
 
 
 def output_shape(case: Case, embed_dim: int) -> tuple:

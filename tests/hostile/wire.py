@@ -2,12 +2,13 @@
 edits applied to the encoded stream. Encoding goes down to raw bytes, so a case can send what
 no protobuf library would produce (invalid UTF-8, bytes that are not a message).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 import grpc
 import torch
@@ -19,49 +20,51 @@ FLOATS = (pb.FLOAT32, pb.FLOAT16, pb.BFLOAT16)
 HANDLE = "<handle>"  # in a Backward header: the handle of the case's Forward, known at run time
 NEVER_ISSUED = {  # how a case turns its Forward's handle ("instance.seq.token") into one never issued
     "never issued: other token": lambda instance, seq, token: f"{instance}.{seq}.{int(token, 16) ^ 1:016x}",
-    "never issued: seq beyond": lambda instance, seq, token: f"{instance}.{10 ** 17}.{token}",
+    "never issued: seq beyond": lambda instance, seq, token: f"{instance}.{10**17}.{token}",
     "never issued: seq 0": lambda instance, seq, token: f"{instance}.0.{token}",
 }
 MAX_CHUNKS = 64  # per tensor: small chunks exercise reassembly, thousands of them only slow a run
 
-Item = Union[bytes, pb.InputMessage, pb.BackwardMessage, pb.DescribeRequest]  # one stream message
-Edit = Callable[[List[Item]], List[Item]]
+Item = bytes | pb.InputMessage | pb.BackwardMessage | pb.DescribeRequest  # one stream message
+Edit = Callable[[list[Item]], list[Item]]
 
 
 @dataclass(frozen=True)
 class Tensor:
     """A tensor as sent, with the contract's shape for it: `expected` has None where the size
     is free, `limits` the smallest refused size of each free dimension (None: no limit)."""
+
     name: str
     dtype: int  # a wire DataType, or any int32
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     data: bytes
-    expected: Tuple[Optional[int], ...] = ()
-    limits: Tuple[Optional[int], ...] = ()
+    expected: tuple[int | None, ...] = ()
+    limits: tuple[int | None, ...] = ()
 
     def to_torch(self) -> torch.Tensor:
         return torch.frombuffer(bytearray(self.data), dtype=TORCH_DTYPES[self.dtype]).reshape(self.shape)
 
-    def replace(self, **changes) -> "Tensor":
+    def replace(self, **changes) -> Tensor:
         return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, repr=False)
 class Case:
     """A request of one RPC, the mutations it went through and the statuses they allow."""
+
     rpc: str  # Describe, Embed, Forward or Backward
     header: object  # InputHeader, BackwardHeader or DescribeRequest
-    tensors: Tuple[Tensor, ...] = ()
+    tensors: tuple[Tensor, ...] = ()
     chunk_bytes: int = 1 << 20
     key: str = "caller"  # a key name of the runner's server, or the literal secret sent
-    metadata: Tuple[Tuple[str, str], ...] = ()
-    forward: Optional["Case"] = None  # Backward: the Forward whose handle replaces HANDLE
+    metadata: tuple[tuple[str, str], ...] = ()
+    forward: Case | None = None  # Backward: the Forward whose handle replaces HANDLE
     handle: str = "own"  # Backward: how that handle is used: own, consumed, or a key of NEVER_ISSUED
-    edits: Tuple[Edit, ...] = ()  # on the encoded stream, in order
+    edits: tuple[Edit, ...] = ()  # on the encoded stream, in order
     what: str = ""  # the valid request, then each mutation
-    kinds: Tuple[str, ...] = ()  # the mutations' names, to group failures by
-    touched: FrozenSet[str] = frozenset()  # what mutations changed: each thing changes once
-    codes: FrozenSet[grpc.StatusCode] = frozenset()  # statuses some mutation may cause
+    kinds: tuple[str, ...] = ()  # the mutations' names, to group failures by
+    touched: frozenset[str] = frozenset()  # what mutations changed: each thing changes once
+    codes: frozenset[grpc.StatusCode] = frozenset()  # statuses some mutation may cause
     may_pass: bool = True  # False once a mutation makes the request invalid
 
     def __repr__(self) -> str:
@@ -70,28 +73,40 @@ class Case:
     def _repr_pretty_(self, printer, cycle) -> None:  # how hypothesis prints a failing case
         printer.text(repr(self))
 
-    def allowed(self) -> FrozenSet[grpc.StatusCode]:
+    def allowed(self) -> frozenset[grpc.StatusCode]:
         return self.codes | ({grpc.StatusCode.OK} if self.may_pass else frozenset())
 
-    def tensor(self, name: str) -> Optional[Tensor]:
+    def tensor(self, name: str) -> Tensor | None:
         return next((t for t in self.tensors if t.name == name), None)
 
 
-def mutated(case: Case, kind: str, detail: str, codes=(grpc.StatusCode.INVALID_ARGUMENT,),
-            may_pass: bool = False, touches: Iterable[str] = (), **changes) -> Case:
+def mutated(
+    case: Case,
+    kind: str,
+    detail: str,
+    codes=(grpc.StatusCode.INVALID_ARGUMENT,),
+    may_pass: bool = False,
+    touches: Iterable[str] = (),
+    **changes,
+) -> Case:
     """`case` after one mutation: its changes, the statuses it allows (`codes`, and OK if it
     `may_pass`), what it touched (default: `kind`)."""
     return dataclasses.replace(
-        case, what=f"{case.what} | {kind}: {detail}", kinds=case.kinds + (kind,),
-        touched=case.touched | set(touches or (kind,)), codes=case.codes | frozenset(codes),
-        may_pass=case.may_pass and may_pass, **changes)
+        case,
+        what=f"{case.what} | {kind}: {detail}",
+        kinds=case.kinds + (kind,),
+        touched=case.touched | set(touches or (kind,)),
+        codes=case.codes | frozenset(codes),
+        may_pass=case.may_pass and may_pass,
+        **changes,
+    )
 
 
 def itemsize(dtype: int) -> int:
     return TORCH_DTYPES[dtype].itemsize if dtype in TORCH_DTYPES else 4
 
 
-def values(dtype: int, shape: Tuple[int, ...], seed: int = 0) -> bytes:
+def values(dtype: int, shape: tuple[int, ...], seed: int = 0) -> bytes:
     """Bytes for `shape`: normal floats for float dtypes, zeros for the rest."""
     n = math.prod(shape)
     if dtype not in FLOATS:
@@ -104,31 +119,31 @@ def raw_bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
-def chunks(t: Tensor, chunk_bytes: int) -> List[pb.TensorChunk]:
+def chunks(t: Tensor, chunk_bytes: int) -> list[pb.TensorChunk]:
     """The first chunk declares dtype and shape; every chunk carries a slice of `t.data`."""
     size = max(chunk_bytes, -(-len(t.data) // MAX_CHUNKS))
     return [pb.TensorChunk(name=t.name, dtype=t.dtype, shape=t.shape, data=t.data[:size])] + [
-        pb.TensorChunk(name=t.name, data=t.data[i:i + size]) for i in range(size, len(t.data), size)]
+        pb.TensorChunk(name=t.name, data=t.data[i : i + size]) for i in range(size, len(t.data), size)
+    ]
 
 
-def messages(case: Case, handle: str = HANDLE) -> List[Item]:
+def messages(case: Case, handle: str = HANDLE) -> list[Item]:
     """The stream of `case`, edits applied; `handle` replaces HANDLE in a Backward header."""
     if case.rpc == "Describe":
-        items: List[Item] = [case.header]
+        items: list[Item] = [case.header]
     else:
         wrap = pb.BackwardMessage if case.rpc == "Backward" else pb.InputMessage
         header = type(case.header)()
         header.CopyFrom(case.header)
         if case.rpc == "Backward" and header.handle == HANDLE:
             header.handle = handle
-        items = [wrap(header=header)] + [wrap(chunk=c) for t in case.tensors
-                                         for c in chunks(t, case.chunk_bytes)]
+        items = [wrap(header=header)] + [wrap(chunk=c) for t in case.tensors for c in chunks(t, case.chunk_bytes)]
     for edit in case.edits:
         items = edit(items)
     return items
 
 
-def encode(items: List[Item]) -> List[bytes]:
+def encode(items: list[Item]) -> list[bytes]:
     return [item if isinstance(item, bytes) else item.SerializeToString() for item in items]
 
 

@@ -1,6 +1,7 @@
 // A second, independent gRPC client of graytune.v1, in Node.js: loads the .proto at run time,
 // calls Describe and Embed (image and text) with an API key, prints what it got as JSON.
 //   node describe_embed.js HOST:PORT PROTO_PATH   (API key in $GRAYTUNE_API_KEY)
+// Header and input names are graytune.contract's (tests/test_contract.py checks them).
 "use strict";
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");

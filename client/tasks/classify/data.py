@@ -6,23 +6,19 @@ folder names or labels (sorted), or from a `--classnames` file (line i names cla
 are then those names or their 0-based indices). `few_shot_split` draws K images per class with
 a seed; the rest can serve as the evaluation split.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from graytune.client.data.image_files import check_images, images_in
 from graytune.client.data.preprocess import Preprocess, load_image
 from graytune.client.data.tables import DataError, field, read_table
-
-
-def prompt_name(classname: str) -> str:
-    """A folder name as a prompt says it: `golden_retriever` -> `golden retriever`."""
-    return classname.replace("_", " ")
-
+from graytune.client.data.text import read_lines
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -34,21 +30,7 @@ class LabeledImage:
     label: int
 
 
-def read_lines(path: str, what: str) -> List[Tuple[int, str]]:
-    """(line number, stripped text) of the non-empty lines of a UTF-8 text file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what} file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not lines:
-        raise DataError(f"{path}: no {what} in it")
-    return lines
-
-
-def read_classnames(path: str) -> List[str]:
+def read_classnames(path: str) -> list[str]:
     names, seen = [], {}
     for line, name in read_lines(path, "class names"):
         if name in seen:
@@ -58,29 +40,45 @@ def read_classnames(path: str) -> List[str]:
     return names
 
 
-def read_templates(path: str) -> List[str]:
+def read_templates(path: str) -> list[str]:
     """Prompt templates, one per line, each with one `{}` where the class name goes."""
     templates = []
     for line, template in read_lines(path, "prompt templates"):
         if template.count("{}") != 1:
-            raise DataError(f"{path}, line {line}: a template needs exactly one {{}} for the class "
-                            f"name, got {template[:80]!r}")
+            raise DataError(
+                f"{path}, line {line}: a template needs exactly one {{}} for the class name, got {template[:80]!r}"
+            )
         templates.append(template)
     return templates
 
 
-def read_labeled(path: str, classnames: Optional[Sequence[str]] = None, img_key: str = "filepath",
-                 label_key: str = "label", separator: str = "\t") -> Tuple[List[LabeledImage], List[str]]:
+def read_labeled(
+    path: str,
+    classnames: Sequence[str] | None = None,
+    img_key: str = "filepath",
+    label_key: str = "label",
+    separator: str = "\t",
+) -> tuple[list[LabeledImage], list[str]]:
     """-> (images with label indices, class names) from a class-folder tree or a table file."""
     if os.path.isdir(path):
-        found = [(os.path.join(path, name), image, name) for name in sorted(os.listdir(path))
-                 if os.path.isdir(os.path.join(path, name)) for image in images_in(os.path.join(path, name))]
+        found = [
+            (os.path.join(path, name), image, name)
+            for name in sorted(os.listdir(path))
+            if os.path.isdir(os.path.join(path, name))
+            for image in images_in(os.path.join(path, name))
+        ]
         if not found:
             raise DataError(f"{path}: no class folders with images (expected {path}/<class>/*.png)")
     else:
         folder = os.path.dirname(os.path.abspath(path))
-        found = [(f"{path}, line {line}", os.path.join(folder, field(row, img_key, path, line)),
-                  field(row, label_key, path, line)) for line, row in read_table(path, separator)]
+        found = [
+            (
+                f"{path}, line {line}",
+                os.path.join(folder, field(row, img_key, path, line)),
+                field(row, label_key, path, line),
+            )
+            for line, row in read_table(path, separator)
+        ]
         if not found:
             raise DataError(f"{path}: no labelled images")
     if classnames is None:
@@ -93,21 +91,23 @@ def read_labeled(path: str, classnames: Optional[Sequence[str]] = None, img_key:
         elif label.isdigit() and int(label) < len(classnames):
             images.append(LabeledImage(where, image, int(label)))
         else:
-            raise DataError(f"{where}: unknown label {label[:80]!r}: not one of the {len(classnames)} "
-                            f"class names, nor an index below {len(classnames)}")
+            raise DataError(
+                f"{where}: unknown label {label[:80]!r}: not one of the {len(classnames)} "
+                f"class names, nor an index below {len(classnames)}"
+            )
     return images, list(classnames)
 
 
-def few_shot_split(images: Sequence[LabeledImage], classnames: Sequence[str], shots: int, seed: int,
-                   source: str) -> Tuple[List[LabeledImage], List[LabeledImage]]:
+def few_shot_split(
+    images: Sequence[LabeledImage], classnames: Sequence[str], shots: int, seed: int, source: str
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
     """-> (K seeded images per class, the rest); every class needs at least K images."""
     train, rest = [], []
     generator = torch.Generator().manual_seed(seed)
     for label, name in enumerate(classnames):
         members = [image for image in images if image.label == label]
         if len(members) < shots:
-            raise DataError(f"{source}: class {name!r} has {len(members)} images, fewer than "
-                            f"--shots {shots}")
+            raise DataError(f"{source}: class {name!r} has {len(members)} images, fewer than --shots {shots}")
         order = torch.randperm(len(members), generator=generator).tolist()
         train += [members[i] for i in sorted(order[:shots])]
         rest += [members[i] for i in sorted(order[shots:])]
@@ -117,8 +117,7 @@ def few_shot_split(images: Sequence[LabeledImage], classnames: Sequence[str], sh
 class LabeledImageDataset(torch.utils.data.Dataset):
     """Items are (pixels (3, H, W) float32, label index); images load lazily."""
 
-    def __init__(self, source: str, images: Sequence[LabeledImage], classnames: Sequence[str],
-                 preprocess: Preprocess):
+    def __init__(self, source: str, images: Sequence[LabeledImage], classnames: Sequence[str], preprocess: Preprocess):
         if not images:
             raise DataError(f"{source}: no images left for this split")
         self.source, self.images, self.classnames = source, list(images), list(classnames)
@@ -127,11 +126,11 @@ class LabeledImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         return load_image(image.path, self.preprocess, image.where), image.label
 
-    def batch(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (pixels (B, 3, H, W), labels (B,))."""
         return collate([self[i] for i in indices])
 
@@ -143,11 +142,13 @@ class LabeledImageDataset(torch.utils.data.Dataset):
         """Before any call is billed: every image exists and `decode` of them decode."""
         decoded = check_images([(i.where, i.path) for i in self.images], self.__getitem__, decode, seed)
         classes = len(set(self.labels.tolist()))
-        return (f"{self.source}: {len(self):,} images of {classes} of {len(self.classnames)} classes, "
-                f"every image found, {decoded} decoded")
+        return (
+            f"{self.source}: {len(self):,} images of {classes} of {len(self.classnames)} classes, "
+            f"every image found, {decoded} decoded"
+        )
 
 
-def collate(batch: List[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (pixels (B, 3, H, W), labels (B,))."""
     pixels, labels = zip(*batch)
     return torch.stack(pixels), torch.tensor(labels)

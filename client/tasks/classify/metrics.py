@@ -4,9 +4,10 @@ A prediction is right at k when fewer than k classes score strictly higher than 
 a tie with the true class does not count against it, whatever the order of the classes (as the
 retrieval ranks in tasks/retrieval/metrics.py).
 """
+
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -17,8 +18,7 @@ def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits > true).sum(dim=1)
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
-                           classnames: Sequence[str]) -> Dict[str, object]:
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> dict[str, object]:
     """top1, top5 (top-k with k clamped to the classes), and per_class_accuracy {name: acc}
     for the classes that have images (a class without any has no accuracy)."""
     logits, labels = logits.detach().float().cpu(), labels.cpu()
@@ -28,7 +28,5 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
         raise ValueError("no images to score")
     rank = true_class_rank(logits, labels)
     correct = (rank == 0).float()
-    per_class = {name: correct[labels == c].mean().item() for c, name in enumerate(classnames)
-                 if (labels == c).any()}
-    return {"top1": correct.mean().item(), "top5": (rank < 5).float().mean().item(),
-            "per_class_accuracy": per_class}
+    per_class = {name: correct[labels == c].mean().item() for c, name in enumerate(classnames) if (labels == c).any()}
+    return {"top1": correct.mean().item(), "top5": (rank < 5).float().mean().item(), "per_class_accuracy": per_class}

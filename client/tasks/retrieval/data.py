@@ -3,6 +3,7 @@
 A data set is a .csv/.tsv file (header row, one image path and one caption per row) or a .jsonl file
 (one JSON object per line). Relative image paths resolve against the folder of the data set file.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,10 +71,13 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def check(self, decode: int = 16, seed: int = 0) -> str:
         """Before any call is billed: every image exists and `decode` of them (the first and a
         seeded sample) decode. -> a one-line summary; DataError naming file and line if not."""
-        decoded = check_images([(f"{self.path}, line {line}", image) for line, image, _ in self.rows],
-                               self.__getitem__, decode, seed)
-        return (f"{self.path}: {len(self):,} pairs, {len(set(self.captions)):,} distinct captions, "
-                f"every image found, {decoded} decoded")
+        decoded = check_images(
+            [(f"{self.path}, line {line}", image) for line, image, _ in self.rows], self.__getitem__, decode, seed
+        )
+        return (
+            f"{self.path}: {len(self):,} pairs, {len(set(self.captions)):,} distinct captions, "
+            f"every image found, {decoded} decoded"
+        )
 
 
 def collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:

@@ -1,12 +1,15 @@
-"""CLIP's symmetric contrastive loss, for batches in which captions may repeat."""
+"""CLIP's symmetric contrastive loss for image-caption batches in which captions may repeat."""
+
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from graytune.client.modules.losses import category_contrastive_loss
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_index: torch.Tensor,
-                     logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, caption_index: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE over B images and the U distinct captions of the batch.
 
     image_emb (B, E) and text_emb (U, E) are unit vectors; caption_index (B,) names each image's
@@ -14,9 +17,5 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_in
     caption's target evenly over its images. With distinct captions (U == B, caption_index ==
     arange(B)) this is exactly CLIP's loss.
     """
-    logits = logit_scale * image_emb @ text_emb.T  # (B, U)
-    image_to_text = F.cross_entropy(logits, caption_index)
-    positives = F.one_hot(caption_index, text_emb.shape[0]).T.float()  # (U, B)
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    text_to_image = F.cross_entropy(logits.T, targets)
-    return (image_to_text + text_to_image) / 2
+    distinct = torch.arange(text_emb.shape[0], device=caption_index.device)  # (U,)
+    return category_contrastive_loss(image_emb, text_emb, caption_index, distinct, logit_scale)

@@ -19,7 +19,10 @@ def unique_captions(captions: list[str]) -> list[str]:
 
 
 def retrieval_metrics(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, image_captions: list[str], text_captions: list[str],
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    image_captions: list[str],
+    text_captions: list[str],
     visual: str = "image",
 ) -> dict[str, float]:
     """image_to_text_* and text_to_image_* mean_rank, median_rank (1-based) and R@1, R@5, R@10
@@ -31,7 +34,8 @@ def retrieval_metrics(
     image_emb, text_emb = torch.as_tensor(image_emb), torch.as_tensor(text_emb)
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
-            f"image_emb and text_emb must be (N, E) and (M, E), got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+            f"image_emb and text_emb must be (N, E) and (M, E), "
+            f"got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
         )
     if len(image_captions) != len(image_emb) or len(text_captions) != len(text_emb):
         raise ValueError(

@@ -4,9 +4,8 @@ A gallery item is relevant to a query when they share a category. Tied scores ar
 average over every order of the tied items (McSherry & Najork, ECIR 2008), so a result never
 depends on how a sort happened to break a tie.
 """
-from __future__ import annotations
 
-from typing import Dict
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -47,13 +46,18 @@ def precision_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     return found / k
 
 
-def sketch_metrics(sketch_emb: torch.Tensor, photo_emb: torch.Tensor, sketch_labels: torch.Tensor,
-                   photo_labels: torch.Tensor, k: int) -> Dict[str, float]:
+def sketch_metrics(
+    sketch_emb: torch.Tensor, photo_emb: torch.Tensor, sketch_labels: torch.Tensor, photo_labels: torch.Tensor, k: int
+) -> dict[str, float]:
     """sketch_to_photo_mAP@all and sketch_to_photo_P@K (K clamped to the gallery size) of
     (Q, E) sketch and (G, E) photo embeddings (cosine similarity) and their category labels."""
-    scores = (torch.nn.functional.normalize(sketch_emb.detach().float().cpu(), dim=-1)
-              @ torch.nn.functional.normalize(photo_emb.detach().float().cpu(), dim=-1).T).numpy()  # (Q, G)
+    scores = (
+        torch.nn.functional.normalize(sketch_emb.detach().float().cpu(), dim=-1)
+        @ torch.nn.functional.normalize(photo_emb.detach().float().cpu(), dim=-1).T
+    ).numpy()  # (Q, G)
     relevant = (sketch_labels.cpu()[:, None] == photo_labels.cpu()[None, :]).numpy()  # (Q, G)
     k = min(k, scores.shape[1])
-    return {"sketch_to_photo_mAP@all": float(np.mean([average_precision(s, r) for s, r in zip(scores, relevant)])),
-            f"sketch_to_photo_P@{k}": float(np.mean([precision_at(s, r, k) for s, r in zip(scores, relevant)]))}
+    return {
+        "sketch_to_photo_mAP@all": float(np.mean([average_precision(s, r) for s, r in zip(scores, relevant)])),
+        f"sketch_to_photo_P@{k}": float(np.mean([precision_at(s, r, k) for s, r in zip(scores, relevant)])),
+    }

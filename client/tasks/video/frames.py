@@ -3,10 +3,10 @@
 PyAV decodes with the FFmpeg libraries its wheel bundles, so no system FFmpeg is needed, and it
 reads every container and codec FFmpeg does; `pip install 'graytune[video]'`.
 """
+
 from __future__ import annotations
 
 import os
-from typing import List
 
 import numpy as np
 from PIL import Image
@@ -15,12 +15,12 @@ from graytune.client.data.image_files import images_in
 from graytune.client.data.tables import DataError
 
 
-def uniform_indices(available: int, frames: int) -> List[int]:
+def uniform_indices(available: int, frames: int) -> list[int]:
     """`frames` indices spread evenly over `available` frames: the centre of each of N equal spans."""
     return [int((i + 0.5) * available / frames) for i in range(frames)]
 
 
-def read_clip(path: str, frames: int, where: str) -> List[Image.Image]:
+def read_clip(path: str, frames: int, where: str) -> list[Image.Image]:
     """N RGB frames of the video file or frame folder at `path`; DataError naming `where` if the
     clip cannot be read or has fewer than N frames."""
     if os.path.isdir(path):
@@ -43,7 +43,7 @@ def _enough(available: list, frames: int, where: str, path: str) -> list:
     return [available[i] for i in uniform_indices(len(available), frames)]
 
 
-def _decode(path: str, where: str) -> List[Image.Image]:
+def _decode(path: str, where: str) -> list[Image.Image]:
     try:
         import av
     except ImportError:
@@ -57,9 +57,10 @@ def _decode(path: str, where: str) -> List[Image.Image]:
         raise DataError(f"{where}: cannot read video {path}: {e}") from None
 
 
-def write_video(path: str, frames: List[np.ndarray], fps: int = 8) -> None:
+def write_video(path: str, frames: list[np.ndarray], fps: int = 8) -> None:
     """Writes (H, W, 3) uint8 frames as an MPEG-4 file (for demo and test clips)."""
     import av
+
     with av.open(path, "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.height, stream.width = frames[0].shape[:2]

@@ -1,0 +1,1 @@
+"""The offline demo: digits images and clips (`graytune data`), and `graytune demo`."""
