@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -35,9 +36,9 @@ def option_fields(cls: type) -> list[dataclasses.Field]:
 
 
 def _value_type(annotation: Any) -> Any:
-    """int for `int` and `Optional[int]`; None for a bool (a switch) or a tuple (repeated)."""
+    """int for `int` and `int | None`; None for a bool (a switch) or a tuple (repeated)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         return _value_type(args[0])
     return None if annotation in (bool, tuple) or typing.get_origin(annotation) is tuple else annotation
 

@@ -91,5 +91,5 @@ def train_whitebox(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, steps))
     for batch in step_batches(train_set, batch_size, seed, 0, steps, workers=0):
-        train_step(task, model, batch, optimizer, schedule)
+        train_step(task.loss, model, batch, optimizer, schedule)
     return time.monotonic() - started

@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -23,7 +21,6 @@ class Tower(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOWER_UNSPECIFIED: _ClassVar[Tower]
     IMAGE: _ClassVar[Tower]
     TEXT: _ClassVar[Tower]
-
 DATA_TYPE_UNSPECIFIED: DataType
 FLOAT32: DataType
 FLOAT16: DataType
@@ -44,13 +41,7 @@ class TensorChunk(_message.Message):
     dtype: DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(
-        self,
-        name: str | None = ...,
-        dtype: DataType | str | None = ...,
-        shape: _Iterable[int] | None = ...,
-        data: bytes | None = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InputHeader(_message.Message):
     __slots__ = ("tower", "texts", "output_dtype", "grad_inputs", "prompt_template")
@@ -64,14 +55,7 @@ class InputHeader(_message.Message):
     output_dtype: DataType
     grad_inputs: _containers.RepeatedScalarFieldContainer[str]
     prompt_template: str
-    def __init__(
-        self,
-        tower: Tower | str | None = ...,
-        texts: _Iterable[str] | None = ...,
-        output_dtype: DataType | str | None = ...,
-        grad_inputs: _Iterable[str] | None = ...,
-        prompt_template: str | None = ...,
-    ) -> None: ...
+    def __init__(self, tower: _Optional[_Union[Tower, str]] = ..., texts: _Optional[_Iterable[str]] = ..., output_dtype: _Optional[_Union[DataType, str]] = ..., grad_inputs: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ...) -> None: ...
 
 class InputMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -79,9 +63,7 @@ class InputMessage(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     header: InputHeader
     chunk: TensorChunk
-    def __init__(
-        self, header: InputHeader | _Mapping | None = ..., chunk: TensorChunk | _Mapping | None = ...
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[InputHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class OutputHeader(_message.Message):
     __slots__ = ("handle", "handle_ttl_seconds", "device_seconds")
@@ -91,9 +73,7 @@ class OutputHeader(_message.Message):
     handle: str
     handle_ttl_seconds: float
     device_seconds: float
-    def __init__(
-        self, handle: str | None = ..., handle_ttl_seconds: float | None = ..., device_seconds: float | None = ...
-    ) -> None: ...
+    def __init__(self, handle: _Optional[str] = ..., handle_ttl_seconds: _Optional[float] = ..., device_seconds: _Optional[float] = ...) -> None: ...
 
 class OutputMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -101,9 +81,7 @@ class OutputMessage(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     header: OutputHeader
     chunk: TensorChunk
-    def __init__(
-        self, header: OutputHeader | _Mapping | None = ..., chunk: TensorChunk | _Mapping | None = ...
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[OutputHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class BackwardHeader(_message.Message):
     __slots__ = ("handle", "output_dtype")
@@ -111,7 +89,7 @@ class BackwardHeader(_message.Message):
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     handle: str
     output_dtype: DataType
-    def __init__(self, handle: str | None = ..., output_dtype: DataType | str | None = ...) -> None: ...
+    def __init__(self, handle: _Optional[str] = ..., output_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class BackwardMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -119,9 +97,7 @@ class BackwardMessage(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     header: BackwardHeader
     chunk: TensorChunk
-    def __init__(
-        self, header: BackwardHeader | _Mapping | None = ..., chunk: TensorChunk | _Mapping | None = ...
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[BackwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
@@ -133,7 +109,7 @@ class Backbone(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
-    def __init__(self, name: str | None = ..., sha256: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
     __slots__ = ("height", "width", "mean", "std", "interpolation", "resize_mode", "token_width", "deep_prompt_layers")
@@ -153,27 +129,10 @@ class ImageSpec(_message.Message):
     resize_mode: str
     token_width: int
     deep_prompt_layers: int
-    def __init__(
-        self,
-        height: int | None = ...,
-        width: int | None = ...,
-        mean: _Iterable[float] | None = ...,
-        std: _Iterable[float] | None = ...,
-        interpolation: str | None = ...,
-        resize_mode: str | None = ...,
-        token_width: int | None = ...,
-        deep_prompt_layers: int | None = ...,
-    ) -> None: ...
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ..., token_width: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
 
 class TextSpec(_message.Message):
-    __slots__ = (
-        "context_length",
-        "token_width",
-        "vocab_size",
-        "max_extra_tokens",
-        "deep_prompt_layers",
-        "prompt_templates",
-    )
+    __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens", "deep_prompt_layers", "prompt_templates")
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     TOKEN_WIDTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -186,15 +145,7 @@ class TextSpec(_message.Message):
     max_extra_tokens: int
     deep_prompt_layers: int
     prompt_templates: _containers.RepeatedCompositeFieldContainer[PromptTemplate]
-    def __init__(
-        self,
-        context_length: int | None = ...,
-        token_width: int | None = ...,
-        vocab_size: int | None = ...,
-        max_extra_tokens: int | None = ...,
-        deep_prompt_layers: int | None = ...,
-        prompt_templates: _Iterable[PromptTemplate | _Mapping] | None = ...,
-    ) -> None: ...
+    def __init__(self, context_length: _Optional[int] = ..., token_width: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_extra_tokens: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ..., prompt_templates: _Optional[_Iterable[_Union[PromptTemplate, _Mapping]]] = ...) -> None: ...
 
 class PromptTemplate(_message.Message):
     __slots__ = ("name", "context_tokens")
@@ -202,25 +153,10 @@ class PromptTemplate(_message.Message):
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     context_tokens: int
-    def __init__(self, name: str | None = ..., context_tokens: int | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., context_tokens: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = (
-        "max_batch",
-        "max_tensor_bytes",
-        "max_message_bytes",
-        "chunk_bytes",
-        "max_graph_bytes",
-        "handle_ttl_seconds",
-        "max_deep_prompt_tokens",
-        "max_call_seconds",
-        "max_caption_bytes",
-        "max_context_rows",
-        "max_calls_per_key",
-        "min_upload_bytes_per_second",
-        "upload_grace_seconds",
-        "max_graph_bytes_per_key",
-    )
+    __slots__ = ("max_batch", "max_tensor_bytes", "max_message_bytes", "chunk_bytes", "max_graph_bytes", "handle_ttl_seconds", "max_deep_prompt_tokens", "max_call_seconds", "max_caption_bytes", "max_context_rows", "max_calls_per_key", "min_upload_bytes_per_second", "upload_grace_seconds", "max_graph_bytes_per_key")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -249,23 +185,7 @@ class Limits(_message.Message):
     min_upload_bytes_per_second: float
     upload_grace_seconds: float
     max_graph_bytes_per_key: int
-    def __init__(
-        self,
-        max_batch: int | None = ...,
-        max_tensor_bytes: int | None = ...,
-        max_message_bytes: int | None = ...,
-        chunk_bytes: int | None = ...,
-        max_graph_bytes: int | None = ...,
-        handle_ttl_seconds: float | None = ...,
-        max_deep_prompt_tokens: int | None = ...,
-        max_call_seconds: float | None = ...,
-        max_caption_bytes: int | None = ...,
-        max_context_rows: int | None = ...,
-        max_calls_per_key: int | None = ...,
-        min_upload_bytes_per_second: float | None = ...,
-        upload_grace_seconds: float | None = ...,
-        max_graph_bytes_per_key: int | None = ...,
-    ) -> None: ...
+    def __init__(self, max_batch: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_graph_bytes: _Optional[int] = ..., handle_ttl_seconds: _Optional[float] = ..., max_deep_prompt_tokens: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., max_caption_bytes: _Optional[int] = ..., max_context_rows: _Optional[int] = ..., max_calls_per_key: _Optional[int] = ..., min_upload_bytes_per_second: _Optional[float] = ..., upload_grace_seconds: _Optional[float] = ..., max_graph_bytes_per_key: _Optional[int] = ...) -> None: ...
 
 class Charges(_message.Message):
     __slots__ = ("per_image", "per_caption", "per_context", "per_gradient_row")
@@ -277,37 +197,10 @@ class Charges(_message.Message):
     per_caption: int
     per_context: int
     per_gradient_row: int
-    def __init__(
-        self,
-        per_image: int | None = ...,
-        per_caption: int | None = ...,
-        per_context: int | None = ...,
-        per_gradient_row: int | None = ...,
-    ) -> None: ...
+    def __init__(self, per_image: _Optional[int] = ..., per_caption: _Optional[int] = ..., per_context: _Optional[int] = ..., per_gradient_row: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = (
-        "protocol_version",
-        "server_version",
-        "backbone",
-        "embed_dim",
-        "image",
-        "text",
-        "tier",
-        "entry_points",
-        "limits",
-        "caller_id",
-        "budget_samples",
-        "budget_remaining",
-        "rate_per_second",
-        "rate_limit_scope",
-        "gradient_budget_samples",
-        "gradient_budget_remaining",
-        "gradient_clip_norm",
-        "gradient_noise_std",
-        "gradients",
-        "charges",
-    )
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "rate_limit_scope", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients", "charges")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -348,26 +241,4 @@ class DescribeResponse(_message.Message):
     gradient_noise_std: float
     gradients: bool
     charges: Charges
-    def __init__(
-        self,
-        protocol_version: str | None = ...,
-        server_version: str | None = ...,
-        backbone: Backbone | _Mapping | None = ...,
-        embed_dim: int | None = ...,
-        image: ImageSpec | _Mapping | None = ...,
-        text: TextSpec | _Mapping | None = ...,
-        tier: str | None = ...,
-        entry_points: _Iterable[str] | None = ...,
-        limits: Limits | _Mapping | None = ...,
-        caller_id: str | None = ...,
-        budget_samples: int | None = ...,
-        budget_remaining: int | None = ...,
-        rate_per_second: float | None = ...,
-        rate_limit_scope: str | None = ...,
-        gradient_budget_samples: int | None = ...,
-        gradient_budget_remaining: int | None = ...,
-        gradient_clip_norm: float | None = ...,
-        gradient_noise_std: float | None = ...,
-        gradients: bool | None = ...,
-        charges: Charges | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., rate_limit_scope: _Optional[str] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ..., charges: _Optional[_Union[Charges, _Mapping]] = ...) -> None: ...
