@@ -60,7 +60,7 @@ def test_a_rerun_into_a_used_directory_is_refused_and_overwrite_starts_over(serv
     )
     assert over.returncode == 0, over.stderr
     assert train_steps(tmp_path) == [1, 2, 3]
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 3
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["options"]["steps"] == 3
 
 
 def test_resuming_a_finished_run_prints_its_final_metrics_without_a_call(server, digits, tmp_path):

@@ -15,11 +15,8 @@ from graytune.client.transport.oracle_client import OracleClient
 
 
 class Craft(Method):
-    name = "craft"
-    saved_as = ("craft",)
+    name, saved_as, options, config = "craft", ("craft",), CraftOptions, CraftConfig
     help = "black-box prompt search + a refinement module (classify; any tier, no gradient)"
-    options = CraftOptions
-    config = CraftConfig
 
     def adapter_config(self, oracle: OracleClient, options: CraftOptions, seed: int) -> CraftConfig:
         """The template's context tokens from Describe; the projection's std 1/sqrt(d), so a z of

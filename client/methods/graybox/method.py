@@ -15,11 +15,8 @@ from graytune.client.transport.oracle_client import OracleClient
 
 
 class DGA(GradientMethod):
-    name = "dga"
-    saved_as = ("graybox-dga",)
+    name, saved_as, options, config = "dga", ("graybox-dga",), DGAOptions, GrayboxConfig
     help = "input and output adapters (tier graybox)"
-    options = DGAOptions
-    config = GrayboxConfig
 
     def adapter_config(self, oracle: OracleClient, options: DGAOptions, seed: int) -> GrayboxConfig:
         return GrayboxConfig.for_oracle(oracle, options)

@@ -13,11 +13,8 @@ from graytune.client.transport.oracle_client import OracleClient
 
 
 class LinearProbeMethod(GradientMethod):
-    name = "linear-probe"
-    saved_as = ("linear-probe",)
+    name, saved_as, options, config = "linear-probe", ("linear-probe",), GradientOptions, LinearProbeConfig
     help = "a classifier on frozen image embeddings (classify; any tier)"
-    options = GradientOptions
-    config = LinearProbeConfig
 
     def adapter_config(self, oracle: OracleClient, options: GradientOptions, seed: int) -> LinearProbeConfig:
         return LinearProbeConfig(**backbone_identity(oracle), method=self.saved_as[0])
