@@ -9,11 +9,11 @@ below) and, when waiting is all it takes, a RetryInfo with the delay.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -44,7 +44,8 @@ def refusal(error: grpc.RpcError) -> Refusal:
     """The reason and delay a failed call carries; (None, None) when it carries none, or
     details that do not match its status (a proxy's, or a hostile server's)."""
     try:
-        found = rpc_status.from_call(error)
+        # from_call reads code(), details() and trailing_metadata(): a failed call's RpcError has them.
+        found = rpc_status.from_call(cast(grpc.Call, error))
         reason = retry_after = None
         for detail in found.details if found is not None else ():
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -60,7 +61,7 @@ def refusal(error: grpc.RpcError) -> Refusal:
     return Refusal(reason, retry_after)
 
 
-def _packed(message) -> any_pb2.Any:
+def _packed(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

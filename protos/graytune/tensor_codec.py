@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def dtype_name(wire_dtype: int) -> str:
     return pb.DataType.Name(wire_dtype) if wire_dtype in pb.DataType.values() else str(wire_dtype)
 
 
-def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> int:
+def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> pb.DataType:
     try:
         return WIRE_DTYPES[dtype]
     except KeyError:
@@ -63,7 +63,7 @@ def wire_dtype_of(dtype: torch.dtype, name: str = "tensor") -> int:
 
 def _slices(
     name: str, tensor: torch.Tensor, chunk_bytes: int, dtype: torch.dtype | None
-) -> tuple[torch.Tensor, int, Iterator[np.ndarray]]:
+) -> tuple[torch.Tensor, pb.DataType, Iterator[np.ndarray]]:
     """-> (the tensor as sent, its wire dtype, its raw bytes in consecutive views of chunk_bytes)."""
     t = tensor.detach().to("cpu", dtype or tensor.dtype).contiguous()
     wire_dtype = wire_dtype_of(t.dtype, f"tensor '{name}'")
@@ -123,16 +123,19 @@ def tensor_to_messages(
     first = named + _key(2, VARINT) + _varint(wire_dtype) + (_delimited(3, len(shape)) + shape if shape else b"")
     for i, data in enumerate(slices):
         head = (named if i else first) + (_delimited(4, data.size) if data.size else b"")  # the chunk up to its bytes
-        yield b"".join((_delimited(CHUNK_FIELD, len(head) + data.size), head, data))
+        yield b"".join((_delimited(CHUNK_FIELD, len(head) + data.size), head, data.data))
 
 
 class RawChunk(NamedTuple):
     """A TensorChunk read from a message's bytes, its data a view of them (see `read_chunk`)."""
 
     name: str
-    dtype: int
+    dtype: pb.DataType
     shape: tuple[int, ...]
     data: memoryview
+
+
+Chunk = pb.TensorChunk | RawChunk  # what TensorAssembler reads: parsed by protobuf, or by read_chunk
 
 
 def _read_varint(data: memoryview, at: int) -> tuple[int, int]:
@@ -163,7 +166,7 @@ def read_chunk(message: bytes) -> RawChunk | None:
     length, at = _read_varint(data, 1)
     if length < 0 or at + length != len(data):
         return None
-    fields: dict[int, object] = {}
+    fields: dict[int, int | memoryview] = {}
     while at < len(data):
         key, at = _read_varint(data, at)
         field, wire_type = key >> 3, key & 7
@@ -175,25 +178,30 @@ def read_chunk(message: bytes) -> RawChunk | None:
         if wire_type == LENGTH_DELIMITED:
             if at + value > len(data):
                 return None
-            value, at = data[at : at + value], at + value
-        fields[field] = value
+            fields[field], at = data[at : at + value], at + value
+        else:
+            fields[field] = value
+    # _CHUNK_FIELDS fixed the wire types: field 2 a varint, the others spans of `message`.
+    spans = cast(dict[int, memoryview], fields)
     try:
-        name = bytes(fields.get(1, b"")).decode()  # protobuf refuses a string that is not UTF-8 too
+        name = bytes(spans.get(1, b"")).decode()  # protobuf refuses a string that is not UTF-8 too
     except UnicodeDecodeError:
         return None
-    shape, packed, at = [], fields.get(3, memoryview(b"")), 0
+    shape, packed, at = [], spans.get(3, memoryview(b"")), 0
     while at < len(packed):
         dim, at = _read_varint(packed, at)
         if not 0 <= dim < 1 << 63:  # cut off, or a negative int64
             return None
         shape.append(dim)
-    dtype = fields.get(2, 0)
+    dtype = cast(pb.DataType, fields.get(2, 0))  # an open enum: any int32, as protobuf's parse reads it
     if dtype >= 1 << 31:  # an enum is an int32
         return None
-    return RawChunk(name, dtype, tuple(shape), fields.get(4, memoryview(b"")))
+    return RawChunk(name, dtype, tuple(shape), spans.get(4, memoryview(b"")))
 
 
-def chunk_of(message: bytes, message_type=pb.OutputMessage):
+def chunk_of(
+    message: bytes, message_type: type[pb.InputMessage | pb.OutputMessage | pb.BackwardMessage] = pb.OutputMessage
+) -> Chunk:
     """The chunk a serialized stream message carries: read from its bytes (`read_chunk`), or
     else parsed by protobuf (an empty chunk if the message holds none)."""
     return read_chunk(message) or message_type.FromString(message).chunk
@@ -206,11 +214,11 @@ class TensorAssembler:
     def __init__(self, max_tensor_bytes: int = 1 << 62):
         self.max_tensor_bytes = max_tensor_bytes
         self.tensors: dict[str, torch.Tensor] = {}
-        self._open: pb.TensorChunk | None = None  # first chunk of the tensor still receiving bytes
+        self._open: Chunk | None = None  # first chunk of the tensor still receiving bytes
         self._buffer = np.empty(0, dtype=np.uint8)  # (capacity,) its bytes so far, then room
         self._nbytes = self._filled = 0  # declared and received bytes of the open tensor
 
-    def add(self, chunk: pb.TensorChunk) -> None:
+    def add(self, chunk: Chunk) -> None:
         if self._open is not None and chunk.name == self._open.name and not chunk.shape:
             self._append(chunk.data)
             return
@@ -221,7 +229,7 @@ class TensorAssembler:
             )
         self._start(chunk)
 
-    def _start(self, chunk: pb.TensorChunk) -> None:
+    def _start(self, chunk: Chunk) -> None:
         name = chunk.name
         if not name:
             raise TensorFormatError("tensor chunk without a name")
@@ -238,9 +246,10 @@ class TensorAssembler:
         self._open, self._filled = chunk, 0  # _buffer is empty: __init__ and _close leave it so
         self._append(chunk.data)
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: bytes | memoryview) -> None:
         end = self._filled + len(data)
         if end > self._nbytes:
+            assert self._open is not None  # _start set it before its first _append
             raise TensorFormatError(
                 f"tensor {shown(self._open.name)}: more bytes than its shape and dtype hold ({end} > {self._nbytes})"
             )
@@ -262,6 +271,7 @@ class TensorAssembler:
     def _close(self) -> None:
         """All bytes are here: the buffer, exactly the declared size, becomes the tensor."""
         first = self._open
+        assert first is not None  # _append closes the tensor _start opened
         dtype = TORCH_DTYPES[first.dtype]
         flat = torch.from_numpy(self._buffer).view(dtype) if self._nbytes else torch.empty(0, dtype=dtype)
         self.tensors[first.name] = flat.view(tuple(first.shape))
@@ -294,7 +304,7 @@ def declared_bytes(name: str, shape: tuple[int, ...], dtype: torch.dtype, max_by
     return math.prod(shape) * dtype.itemsize
 
 
-def chunks_to_tensors(chunks: Iterable[pb.TensorChunk], max_tensor_bytes: int = 1 << 62) -> dict[str, torch.Tensor]:
+def chunks_to_tensors(chunks: Iterable[Chunk], max_tensor_bytes: int = 1 << 62) -> dict[str, torch.Tensor]:
     assembler = TensorAssembler(max_tensor_bytes)
     for chunk in chunks:
         assembler.add(chunk)

@@ -95,11 +95,12 @@ def summarise(lines: Iterable[str]) -> dict[str, KeyUsage]:
     return usage
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _pairs(counts: dict[str, int]) -> str:
@@ -141,7 +142,7 @@ def table(rows: list[KeyUsage]) -> Iterator[str]:
         yield "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="graytune-server audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

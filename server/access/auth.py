@@ -7,7 +7,9 @@ reflection are not graytune.v1 methods: they stay open, as load balancers and to
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from graytune.contract import AUTHORIZATION_HEADER
 from graytune.server.access.credentials import ApiKey, KeyFile
@@ -35,10 +37,11 @@ class Authenticator:
             raise ValueError("give a key file, or a tier for development mode, not both")
         self.keys, self.dev_tier = keys, dev_tier
 
-    def caller_for(self, metadata) -> Caller | None:
+    def caller_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller | None:
         if self.keys is None:
+            assert self.dev_tier is not None  # __init__: no key file means a development tier
             return Caller("dev", self.dev_tier)
-        value = dict(metadata).get(AUTHORIZATION_HEADER, "")
+        value = cast(str, dict(metadata).get(AUTHORIZATION_HEADER, ""))  # gRPC gives bytes for "-bin" keys only
         scheme, _, secret = value.partition(" ")
         key = self.keys.authenticate(secret.strip()) if scheme.lower() == "bearer" else None
         return None if key is None else Caller(key.id, key.tier, key)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from graytune.server.access.key_schema import KeyFileError, key_file_text, read_key_file, value_problems
 
@@ -39,7 +39,7 @@ class ApiKey:
     label: str | None = None  # the owner's note of whose key it is
     expires_at: datetime | None = None  # refused from then on
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         problems = value_problems(asdict(self))
         if problems:
             raise KeyFileError([f"key {self.id}: {name}: {problem}" for name, problem in problems])
@@ -76,7 +76,7 @@ class KeyFile:
         """Reads the file (absent: no keys yet); raises KeyFileError with every problem."""
         self.path = Path(path)
         self.clock = clock
-        self.identity = None  # file_identity() of the file as last read, valid or not
+        self.identity: tuple[int, int, int] | None = None  # file_identity() of the file as last read, valid or not
         # Replaced whole, never changed in place: authenticate() on other threads sees the
         # old dict or the new one.
         self.keys: dict[str, ApiKey] = self._read() if self.path.exists() else {}
@@ -105,7 +105,7 @@ class KeyFile:
         )
 
     def create(
-        self, tier: str, budget_samples: int | None = None, rate_per_second: float | None = None, **fields
+        self, tier: str, budget_samples: int | None = None, rate_per_second: float | None = None, **fields: Any
     ) -> str:
         """Adds a key and returns its secret, which is stored nowhere. `fields`: the other
         optional fields of ApiKey (gradient budget, clipping, noise, label, expiry); a value

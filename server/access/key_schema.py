@@ -150,7 +150,9 @@ def parse_key_file(text: str, source: str) -> list[dict[str, Any]]:
         raise KeyFileError(
             [f'{source}: must be a JSON object with exactly one field, "keys", a list of keys (found {shown(got)})']
         )
-    problems, entries, first_of = [], [], {}
+    problems: list[str] = []
+    entries: list[dict[str, Any]] = []
+    first_of: dict[str, int] = {}  # key id -> index of its first entry
     for index, entry in enumerate(document["keys"]):
         where = f"{source}: keys[{index}]"
         if not isinstance(entry, dict):

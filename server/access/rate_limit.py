@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from graytune import error_details
 from graytune.server.access.credentials import ApiKey
@@ -19,9 +20,9 @@ SCOPE = "process"  # what one bucket counts: this server process's calls
 class RateLimiter:
     """A token bucket per key: `rate_per_second` calls per second, bursts up to one second's worth."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._buckets: dict[str, list] = {}  # key id -> [tokens, last refill time]
+        self._buckets: dict[str, list[float]] = {}  # key id -> [tokens, last refill time]
         self._lock = threading.Lock()
 
     def acquire(self, key: ApiKey) -> None:

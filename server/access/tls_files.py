@@ -17,6 +17,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 log = logging.getLogger("graytune.server")
 EXPIRY_WARNING = datetime.timedelta(days=14)
@@ -77,7 +78,7 @@ def _certificates(pem: bytes, path: Path, flag: str) -> list[x509.Certificate]:
         raise TlsFileError(f"{flag} {path}: a CERTIFICATE block does not parse ({e})") from None
 
 
-def _private_key(pem: bytes, path: Path):
+def _private_key(pem: bytes, path: Path) -> PrivateKeyTypes:
     labels = _labels(pem, path, "--tls-key")
     if not any(label.endswith("PRIVATE KEY") for label in labels):
         swapped = "; are --tls-cert and --tls-key swapped?" if "CERTIFICATE" in labels else ""
@@ -117,7 +118,7 @@ def _check_dates(chain: list[x509.Certificate], path: Path, flag: str) -> None:
             )
 
 
-def _public_bytes(public_key) -> bytes:
+def _public_bytes(public_key: PublicKeyTypes) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 

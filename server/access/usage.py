@@ -28,8 +28,9 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from graytune import error_details
 from graytune.server.access.credentials import ApiKey
@@ -76,7 +77,7 @@ class Attempt:
 
 
 class Budgets:
-    def __init__(self, path, clock=time.time, busy_timeout: float = 30.0):
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time, busy_timeout: float = 30.0):
         """`busy_timeout`: seconds a statement waits for another process's write lock."""
         self.path, self.clock, self.busy_timeout = str(path), clock, busy_timeout
         self._local = threading.local()
@@ -95,15 +96,17 @@ class Budgets:
     def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
         """Refuses a call before its request is read when the key has nothing left of `kind`,
         unless `call_id` holds a charge already (the retry of a call that was charged)."""
+        budget = budget_of(key, kind)
         if (
-            self.remaining(key, kind) == 0
+            budget is not None
+            and self.remaining(key, kind) == 0
             and not self._db()
             .execute(
                 "SELECT 1 FROM call_charges WHERE key_id = ? AND call_id = ? AND kind = ?", (key.id, call_id, kind)
             )
             .fetchone()
         ):
-            raise _spent(key, kind, budget_of(key, kind), budget_of(key, kind))
+            raise _spent(key, kind, budget, budget)
 
     def charge(self, key: ApiKey, samples: int, call_id: str, digest: str, kind: str = SAMPLES) -> Attempt | None:
         """Reserves `samples` of the key's budget of `kind` for this request, or refuses the
@@ -147,7 +150,7 @@ class Budgets:
                 f"UPDATE {TABLES[attempt.kind]} SET samples = MAX(0, samples - ?) WHERE key_id = ?",
                 (row[0], attempt.key_id),
             )
-            return row[0]
+            return int(row[0])
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -204,13 +207,13 @@ def _run(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
-def _ident(attempt: Attempt) -> tuple:
+def _ident(attempt: Attempt) -> tuple[str, str, str, str]:
     return attempt.key_id, attempt.call_id, attempt.kind, attempt.digest
 
 
 def _used(db: sqlite3.Connection, key_id: str, kind: str) -> int:
     row = db.execute(f"SELECT samples FROM {TABLES[kind]} WHERE key_id = ?", (key_id,)).fetchone()
-    return row[0] if row else 0
+    return int(row[0]) if row else 0
 
 
 def _add(db: sqlite3.Connection, key_id: str, kind: str, samples: int) -> None:
