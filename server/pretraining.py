@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 from safetensors.torch import save_file
 
+from graytune.server.compute import OpenClipModel
+
 log = logging.getLogger(__name__)
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -69,7 +71,7 @@ def digit_caption_of(digits: torch.Tensor, templates: torch.Tensor) -> torch.Ten
     return digits * len(CAPTION_TEMPLATES) + templates
 
 
-def pixel_normalisation(model) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_normalisation(model: OpenClipModel) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's pixel mean and std, (1, 3, 1, 1) each: normalised = (pixels - mean) / std."""
     pp = model.visual.preprocess_cfg
     return torch.tensor(pp["mean"]).view(1, 3, 1, 1), torch.tensor(pp["std"]).view(1, 3, 1, 1)
@@ -131,7 +133,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def train_on_mnist(
-    model: torch.nn.Module, tokenizer, seed: int = 0, epochs: int = 6, batch_size: int = 256, lr: float = 3e-3
+    model: OpenClipModel, tokenizer, seed: int = 0, epochs: int = 6, batch_size: int = 256, lr: float = 3e-3
 ) -> None:
     """The demo model's recipe: MNIST digits in a shuffled order each epoch, a random template
     each, OpenCLIP's ClipLoss; in place."""

@@ -20,6 +20,7 @@ import open_clip
 import torch
 
 from graytune.server import pretraining
+from graytune.server.compute import OpenClipModel
 from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
 from graytune.server.compute.image_tower import ImageTower
 from graytune.server.compute.text_tower import TextTower
@@ -61,7 +62,7 @@ class Backbone:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: OpenClipModel,
         name: str,
         tokenizer,
         device: torch.device,
@@ -98,7 +99,7 @@ class Backbone:
         """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
         not normalised."""
         with self.autocast():
-            return self.image(*map(self._to_device, (pixels, deep_prompts))).float()
+            return self.image(pixels.to(self.device), self._to_device(deep_prompts)).float()
 
     def encode_text(
         self,
@@ -110,9 +111,9 @@ class Backbone:
     ) -> torch.Tensor:
         """(B, L) token ids [+ (D,) shift, (K, D) extra tokens, (depth, K', D) deep prompts]
         -> (B, E) embeddings; (C, L) template prompts + (P, N, D) context deltas -> (P, C, E)."""
-        inputs = (token_ids, shift, extra_tokens, deep_prompts, context_delta)
+        extras = (shift, extra_tokens, deep_prompts, context_delta)
         with self.autocast():
-            return self.text(*map(self._to_device, inputs)).float()
+            return self.text(token_ids.to(self.device), *map(self._to_device, extras)).float()
 
     def _to_device(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(self.device)

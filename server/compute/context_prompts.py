@@ -29,7 +29,9 @@ class PromptTemplates:
         self.bpe = bpe
         self.context_length = context_length
         self.tokens: dict[str, list[int]] = {}
-        for name in dict.fromkeys(names) if bpe else ():  # in order, once each
+        if bpe is None:
+            return
+        for name in dict.fromkeys(names):  # in order, once each
             if not name.strip():
                 raise ValueError("prompt template: empty")
             try:  # with start- and end-of-text, and room for a class name
@@ -53,6 +55,7 @@ class PromptTemplates:
         """-> (C, L) ids of "<template> <class name>." for each class name, the template's
         tokens at positions 1..N."""
         template = self.tokens[self.checked(name)]
+        assert self.bpe is not None  # templates are offered only with a BPE
         rows = []
         for i, classname in enumerate(classnames):
             try:

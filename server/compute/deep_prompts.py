@@ -9,6 +9,8 @@ like any token. The caller gets gradients w.r.t. its tensor only, never an activ
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 
@@ -16,7 +18,7 @@ def prompt_depth(transformer: torch.nn.Module) -> int:
     """Blocks that can take prompts: all of an OpenCLIP batch-first Transformer's, else none."""
     if not getattr(transformer, "batch_first", False) or not hasattr(transformer, "resblocks"):
         return 0
-    return len(transformer.resblocks)
+    return len(_blocks(transformer))
 
 
 def run_with_prompts(
@@ -26,7 +28,7 @@ def run_with_prompts(
     batch, k = x.shape[0], prompts.shape[1]
     prompts = prompts.to(x.dtype)
     x = torch.cat([x[:, :at], prompts[0].expand(batch, k, -1), x[:, at:]], dim=1)  # (B, N+K, W)
-    for layer, block in enumerate(transformer.resblocks):
+    for layer, block in enumerate(_blocks(transformer)):
         if 0 < layer < prompts.shape[0]:
             x = torch.cat([x[:, :at], prompts[layer].expand(batch, k, -1), x[:, at + k :]], dim=1)
         x = block(x, attn_mask=attn_mask)
@@ -36,3 +38,7 @@ def run_with_prompts(
 def causal_mask(size: int, like: torch.Tensor) -> torch.Tensor:
     """(size, size) additive mask, -inf above the diagonal: OpenCLIP's text mask, resized."""
     return torch.full((size, size), float("-inf"), dtype=like.dtype, device=like.device).triu_(1)
+
+
+def _blocks(transformer: torch.nn.Module) -> torch.nn.ModuleList:
+    return cast(torch.nn.ModuleList, transformer.resblocks)  # an OpenCLIP Transformer's blocks

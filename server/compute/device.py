@@ -207,7 +207,12 @@ class DeviceQueue:
             return
         start = time.perf_counter()
         try:
-            results = [first.run()] if first.group is None else first.run_group(members)
+            if first.group is None:
+                assert first.run is not None  # a work alone has `run`, a group's works `run_group`
+                results = [first.run()]
+            else:
+                assert first.run_group is not None
+                results = first.run_group(members)
         except BaseException as e:  # handed to the callers' threads, which raise it
             results = [e] * len(members)
         if first.group is not None:

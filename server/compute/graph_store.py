@@ -40,6 +40,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -143,7 +144,7 @@ class GraphStore:
         results = [self._over_limit(nbytes * g.num_rows // rows) for g in graphs]
         admitted = [g for g, refused in zip(graphs, results) if refused is None]
         if not admitted:
-            return results
+            return cast(list[str | OverLimit], results)  # each refused: an OverLimit
         with self._lock:
             before = self._bytes
             self._drop_expired()

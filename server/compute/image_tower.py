@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from graytune.server.compute import deep_prompts
+from graytune.server.compute import OpenClipModel, deep_prompts
 
 
 class ImageTower:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: OpenClipModel):
         self.model = model
         visual = model.visual
         parts = all(hasattr(visual, a) for a in ("_embeds", "_pool", "transformer", "proj"))

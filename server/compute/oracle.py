@@ -99,11 +99,13 @@ class GradientOracle:
         b = self.backbone
         if request.tower == "image":
             return lambda x: b.encode_image(x["pixels"], x.get("deep_prompts"))
+        token_ids = request.token_ids
+        assert token_ids is not None  # bound for the text tower (`prepare`)
         return lambda x: b.encode_text(
-            request.token_ids, x.get("shift"), x.get("extra_tokens"), x.get("deep_prompts"), x.get("context_delta")
+            token_ids, x.get("shift"), x.get("extra_tokens"), x.get("deep_prompts"), x.get("context_delta")
         )
 
-    def receiving(self, tower: str):
+    def receiving(self, tower: str | None):
         """Context for receiving a Forward call's tensors: a merged image batch waits for them."""
         if tower == "image" and self.merge_batches:
             return self.device.arriving(IMAGE_FORWARD)
@@ -158,6 +160,7 @@ class GradientOracle:
         graph = self.store.peek(handle, owner)
         if graph is None:
             self.store.take(handle, owner)  # raises, saying why the caller has no such graph
+        assert graph is not None  # take raised
         validation.check_float("embeddings", grad, tuple(graph.output.shape))  # off the device
         call = _Call({"embeddings": grad}, owner, out_dtype, context, handle=handle)
         if graph.group is not None:  # one backward for the merged batch
@@ -217,7 +220,8 @@ class GradientOracle:
 
     def _backward_group(self, works: list[Work]) -> list:
         """Backward calls on one merged batch: a single backward pass, each caller's rows."""
-        start, results, taken = time.perf_counter(), {}, []
+        start, taken = time.perf_counter(), []
+        results: dict[Work, Tensors | InputError | HandleExpired] = {}
         self.on_merged_batch("Backward", len(works))
         for work in works:
             call = work.payload
@@ -227,6 +231,7 @@ class GradientOracle:
                 results[work] = e
         if taken:
             group = taken[0][1].group
+            assert group is not None  # the works of a group are members of a merged batch
             grad_output = torch.zeros_like(group.output)  # rows of callers not in this pass stay 0
             for _, graph, grad in taken:
                 grad_output[graph.rows] = grad.to(grad_output)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from open_clip.model import CLIP
 
-from graytune.server.compute import deep_prompts
+from graytune.server.compute import OpenClipModel, deep_prompts
 from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES, PromptTemplates, add_context
 from graytune.server.compute.errors import InputError
 from graytune.server.compute.tokenizer import BoundedBPE, TooManyTokens
@@ -28,7 +28,7 @@ from graytune.server.compute.tokenizer import BoundedBPE, TooManyTokens
 class TextTower:
     """Wraps the text half of an OpenCLIP model (CLIP or CustomTextCLIP with a TextTransformer)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, templates: Sequence[str] = DEFAULT_TEMPLATES):
+    def __init__(self, model: OpenClipModel, tokenizer, templates: Sequence[str] = DEFAULT_TEMPLATES):
         text = model if isinstance(model, CLIP) else getattr(model, "text", None)
         if text is None or not hasattr(text, "token_embedding") or getattr(text, "cls_emb", None) is not None:
             raise ValueError(f"{type(model).__name__}: text tower is not an OpenCLIP text transformer")
@@ -52,6 +52,7 @@ class TextTower:
         """(B, L) -> (B,) position whose output is the caption's embedding."""
         if self.pool_type == "argmax":  # end-of-text has the highest id
             return token_ids.argmax(dim=-1)
+        assert self.eos_id is not None  # OpenCLIP's "eos" pooling comes with its eos_id
         return (token_ids == self.eos_id).int().argmax(dim=-1)
 
     def tokenize(self, texts: list[str], num_extra: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ class OracleServer:
         interceptors = [ReflectionCap(reflection_streams)] if reflection_streams else []
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         add_to_server(servicer, self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs' health lacks aio
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if reflection_streams:
             reflection.enable_server_reflection(

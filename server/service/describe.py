@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import graytune
 from graytune.contract import IMAGE_DEEP_PROMPTS, PROTOCOL_VERSION, TEXT_DEEP_PROMPTS, TIER_ENTRY_POINTS
 from graytune.server.access import rate_limit
@@ -33,7 +35,7 @@ def describe(
         if key is None or key.budget_samples is None
         else _budget("budget", key.budget_samples, remaining.get(SAMPLES))
     )
-    rate = (
+    rate: dict[str, Any] = (  # DescribeResponse's fields, of several types
         {}
         if key is None or key.rate_per_second is None
         else {"rate_per_second": key.rate_per_second, "rate_limit_scope": rate_limit.SCOPE}
@@ -112,5 +114,5 @@ def describe(
     )
 
 
-def _budget(name: str, total: int, remaining: int | None) -> dict:
+def _budget(name: str, total: int, remaining: int | None) -> dict[str, Any]:
     return {f"{name}_samples": total, **({} if remaining is None else {f"{name}_remaining": remaining})}

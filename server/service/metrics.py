@@ -14,6 +14,7 @@ graytune_merged_calls{method}                    calls per merged image batch (F
 from __future__ import annotations
 
 import resource
+from typing import cast
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -31,7 +32,7 @@ def _device_memory(device: torch.device) -> float:
 
 
 class ServerMetrics:
-    def __init__(self, store: GraphStore, device: torch.device, registry: CollectorRegistry = None):
+    def __init__(self, store: GraphStore, device: torch.device, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -85,4 +86,4 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _ = start_http_server(port, host, registry=self.registry)
-        return server.server_address[:2]
+        return cast(tuple[str, int], server.server_address[:2])  # an IP socket's: (host, port, ...)

@@ -97,7 +97,8 @@ async def read_stream(
         if digest is not None:
             await digest.add(data)
         chunk = tensor_codec.read_chunk(data)  # the usual message, its bytes not copied
-        message = parse(message_type, data, f"message {index}") if chunk is None else None
+        if chunk is None:
+            message = parse(message_type, data, f"message {index}")
         index += 1
         kind = "chunk" if chunk else message.WhichOneof("kind")
         if kind == "header":

@@ -82,7 +82,7 @@ class CallFailed(Exception):
         self.code = code
 
 
-def output_dtype(wire_dtype: int) -> torch.dtype:
+def output_dtype(wire_dtype: pb.DataType) -> torch.dtype:
     if wire_dtype == pb.DATA_TYPE_UNSPECIFIED:
         return torch.float32
     if wire_dtype not in tensor_codec.FLOAT_WIRE_DTYPES:
@@ -288,6 +288,7 @@ class OracleServicer:
         call = CallRecord(method, caller or UNKNOWN_CALLER, self.metrics, deadline=time.monotonic() + seconds)
         call.billed = billed
         task = asyncio.current_task()
+        assert task is not None  # this coroutine runs in the call's task
         timer = asyncio.get_running_loop().call_later(seconds, self._expire, call, task)
         self._active += 1
         self._idle.clear()
@@ -346,6 +347,7 @@ class OracleServicer:
     def _settle(self, call: CallRecord) -> None:
         """Served calls keep their charges; the others let go of them (refunds in the background)."""
         for attempt in call.attempts:
+            assert self.store is not None  # attempts are the store's charges
             if call.replied:
                 self.store.settle(attempt)
             else:
@@ -356,6 +358,7 @@ class OracleServicer:
     async def _fail(self, call: CallRecord, context, e: Exception) -> None:
         code, message = self._status_of(e, call)
         for attempt in call.attempts:  # failed calls cost nothing; awaited, so Describe sees it at once
+            assert self.store is not None  # attempts are the store's charges
             await self.store.refund(attempt)
         call.attempts = []
         call.log(code.name, message)
