@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -84,7 +84,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _peek(argv: list[str], flag: str, choices, default: str) -> str:
+def _peek(argv: list[str], flag: str, choices: Collection[str], default: str) -> str:
     """The value `flag` is given in `argv` (a parser is built for it before parsing), if valid."""
     for i, arg in enumerate(argv):
         value = (
@@ -94,7 +94,7 @@ def _peek(argv: list[str], flag: str, choices, default: str) -> str:
             if arg.startswith(flag + "=")
             else None
         )
-        if value in choices:
+        if value is not None and value in choices:
             return value
     return default
 

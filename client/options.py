@@ -64,7 +64,10 @@ def add_options(parser: argparse._ActionsContainer, cls: type, only: tuple[str, 
 
 
 def default_of(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    assert f.default_factory is not dataclasses.MISSING  # callers ask only of a field with a default
+    return f.default_factory()
 
 
 def values(cls: type[T], args: argparse.Namespace, **more: Any) -> T:

@@ -8,12 +8,10 @@ spawned, not forked: a fork would copy the gRPC channel's threads and locks mid-
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any, Protocol, Self, TypeVar
 
 import torch
-
-T = TypeVar("T")
 
 
 def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -26,7 +24,17 @@ def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> li
     return order[position * batch_size : (position + 1) * batch_size].tolist()
 
 
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+class Sliceable(Protocol):
+    """What slices into its own type: a list, range, tensor, ..."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice, /) -> Self: ...
+
+
+S = TypeVar("S", bound=Sliceable)
+
+
+def chunks(items: S, size: int) -> Iterator[S]:
     """Consecutive slices of `size` items (a list, range or tensor), the last one short."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -63,7 +71,9 @@ def step_batches(
     dataset: Any, batch_size: int, seed: int, first: int, end: int, workers: int
 ) -> torch.utils.data.DataLoader:
     """The batches of steps [first, end), `workers` processes ahead (0: built on this thread)."""
-    ahead = dict(multiprocessing_context="spawn", prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
+    ahead: dict[str, Any] = (
+        dict(multiprocessing_context="spawn", prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
+    )
     return torch.utils.data.DataLoader(
         StepBatches(dataset, batch_size, seed, first, end), batch_size=None, num_workers=workers, **ahead
     )

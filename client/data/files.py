@@ -38,7 +38,7 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_file_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Calls write(tmp_file) (same suffix as `path`), syncs it, then renames it to `path`."""
     path = Path(path)
     tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"

@@ -28,7 +28,7 @@ SHOWN = (
 )
 
 
-def run_demo(workdir: str, steps: int, wire_dtype: torch.dtype) -> dict:
+def run_demo(workdir: str | Path, steps: int, wire_dtype: torch.dtype) -> dict:
     workdir = Path(workdir)
     data = write_digits(workdir / "data")
     run_dir = workdir / "run"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graytune.client.methods.base import Model
 from graytune.client.methods.registry import load_adapters, read_config
 from graytune.client.modules.backbone import ZeroShotCLIP
 from graytune.client.tasks import make_task
@@ -28,13 +29,14 @@ from graytune.client.transport.oracle_client import OracleClient
 class Classifier(nn.Module):
     """A model and the classes it was trained to tell apart (class names and prompt templates)."""
 
-    def __init__(self, model: nn.Module, task: ClassifyTask):
+    def __init__(self, model: Model, task: ClassifyTask):
         super().__init__()
         self.model, self.task = model, task
         self._classes: torch.Tensor | None = None  # (C, E), embedded on first use
 
     @property
     def classnames(self) -> list[str]:
+        assert self.task.classnames is not None  # load_model: from the adapters, or required
         return self.task.classnames
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -51,11 +53,12 @@ class Classifier(nn.Module):
         return self.task.logits(self.model, pixels, self._classes).softmax(dim=-1)
 
 
-def load_model(adapter: str | Path | None, oracle: OracleClient, classify_options: dict | None = None) -> nn.Module:
+def load_model(adapter: str | Path | None, oracle: OracleClient, classify_options: dict | None = None) -> Model:
     """Adapters from `adapter` (None: the backbone alone), frozen; classification adapters
     come as a Classifier. `classify_options` (templates, classnames files) make the backbone
     alone a zero-shot Classifier."""
     info = oracle.info()
+    model: nn.Module
     if adapter is None:
         access.require(info, "zero-shot inference", access.ZERO_SHOT)
         model, saved = ZeroShotCLIP(oracle), None

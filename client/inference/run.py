@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from graytune.client.transport import access
 from graytune.client.transport.oracle_client import OracleClient
 
 log = logging.getLogger("graytune.client")
+B = TypeVar("B")  # a batch as loaded: pixels, clips or texts
 
 
 def evaluate(
@@ -57,9 +59,9 @@ def evaluate(
 
 @torch.no_grad()
 def in_batches(
-    compute: Callable[[torch.Tensor], torch.Tensor],
+    compute: Callable[[B], torch.Tensor],
     items: list[corpus.Item],
-    load: Callable[[list[corpus.Item]], object],
+    load: Callable[[list[corpus.Item]], B],
     batch_size: int,
     progress: bool,
     what: str,
@@ -107,14 +109,16 @@ def embed(
         }[kind]
     if encode is None:
         raise ValueError(f"{adapter}: these adapters embed images, not videos")
-    preprocess = preprocess_for(oracle) if kind != "texts" else None
-    if kind == "images":
-        items, load = corpus.list_images(source, **table), corpus.image_loader(preprocess)
-    elif kind == "videos":
-        clip_frames = frames or saved.get("frames", 8)
-        items, load = corpus.list_videos(source, **table), corpus.video_loader(preprocess, clip_frames)
-    else:
+    load: Callable[[list[corpus.Item]], torch.Tensor | list[str]]
+    if kind == "texts":
         items, load = corpus.list_texts(source), (lambda batch: [i.source for i in batch])
+    else:
+        preprocess = preprocess_for(oracle)
+        if kind == "images":
+            items, load = corpus.list_images(source, **table), corpus.image_loader(preprocess)
+        else:
+            clip_frames = frames or saved.get("frames", 8)
+            items, load = corpus.list_videos(source, **table), corpus.video_loader(preprocess, clip_frames)
     embeddings = in_batches(encode, items, load, batch_size, progress, f"embedding {kind}")
     outputs.write_embeddings(out, [i.id for i in items], embeddings)
     log.info("wrote %d embeddings of %d dimensions to %s", *embeddings.shape, out)

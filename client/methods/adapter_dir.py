@@ -16,13 +16,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from graytune.client.data.files import write_dir_atomically
+from graytune.client.methods.base import AdapterConfig, Model
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapters.safetensors"
-C = TypeVar("C")
+C = TypeVar("C", bound=AdapterConfig)
+M = TypeVar("M", bound=nn.Module)
 
 
-def write_adapter_files(directory: Path, model: nn.Module) -> None:
+def write_adapter_files(directory: Path, model: Model) -> None:
     """The model's config and weights into `directory`, which exists (not atomic by itself)."""
     config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
     (directory / ADAPTER_CONFIG).write_text(config)
@@ -34,7 +36,7 @@ def save_adapters(directory: Path, model: nn.Module) -> None:
     write_dir_atomically(Path(directory), lambda tmp: write_adapter_files(tmp, model))
 
 
-def read_config(directory: Path, cls: type[C]) -> C:
+def read_config(directory: str | Path, cls: type[C]) -> C:
     """adapter_config.json as a `cls` (an AdapterConfig subclass); a key it has not is refused,
     except in the layout of graytune 0.2.0, which wrote every method's fields (and CraFT's
     under `craft`): there the other methods' fields are dropped."""
@@ -48,7 +50,7 @@ def read_config(directory: Path, cls: type[C]) -> C:
     return cls(**values)
 
 
-def read_values(directory: Path) -> dict[str, Any]:
+def read_values(directory: str | Path) -> dict[str, Any]:
     """adapter_config.json's fields as written (a top-level JSON list, e.g. `domains`, as a tuple)."""
     path = Path(directory) / ADAPTER_CONFIG
     if not path.is_file():
@@ -57,7 +59,7 @@ def read_values(directory: Path) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def load_weights(directory: Path, model: nn.Module) -> nn.Module:
+def load_weights(directory: str | Path, model: M) -> M:
     """`model` with the directory's weights."""
     model.load_state_dict(load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
     return model

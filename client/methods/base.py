@@ -13,7 +13,7 @@ import abc
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from torch import nn
 
@@ -21,6 +21,11 @@ from graytune.client.transport.access import Need
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.contract import PROTOCOL_VERSION
+
+# A method's model (GrayboxCLIP, CrossDomainCLIP, LinearProbe, CraftClassifier) or the backbone alone
+# (ZeroShotCLIP): an nn.Module used for what it has (config, encode_image, encode_text, classify,
+# logit_scale), which no one class declares; nn.Module's __getattr__ would type each Tensor | Module.
+Model = Any
 
 
 class BackboneMismatch(RuntimeError):
@@ -111,7 +116,11 @@ class Trainer(abc.ABC):
         return f"step {done}"
 
 
-class Method(abc.ABC):
+ConfigT = TypeVar("ConfigT", bound=AdapterConfig)
+OptionsT = TypeVar("OptionsT")
+
+
+class Method(abc.ABC, Generic[ConfigT, OptionsT]):
     """One entry of the registry: a method's names, its options and how it builds and trains."""
 
     name: ClassVar[str]  # on the command line: --method NAME
@@ -121,25 +130,23 @@ class Method(abc.ABC):
     config: ClassVar[type]  # its AdapterConfig subclass
 
     @abc.abstractmethod
-    def adapter_config(self, oracle: OracleClient, options: Any, seed: int) -> AdapterConfig:
+    def adapter_config(self, oracle: OracleClient, options: OptionsT, seed: int) -> ConfigT:
         """The model's saved config from the options, the oracle's Describe and the run's seed
         (before the task completes it)."""
 
     @abc.abstractmethod
-    def build_model(
-        self, config: AdapterConfig, oracle: OracleClient, cache: EmbeddingCache | None = None
-    ) -> nn.Module:
+    def build_model(self, config: ConfigT, oracle: OracleClient, cache: EmbeddingCache | None = None) -> nn.Module:
         """A new model of `config` (weights at their initial values)."""
 
     @abc.abstractmethod
-    def steps(self, options: Any, task_options: Any) -> int:
+    def steps(self, options: OptionsT, task_options: Any) -> int:
         """The run's number of steps."""
 
     @abc.abstractmethod
     def trainer(
         self,
-        model: nn.Module,
-        options: Any,
+        model: Model,
+        options: OptionsT,
         run: Any,
         task: Any,
         train_set: Any,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from graytune.client.data.batches import step_batches
-from graytune.client.methods.base import Method, Trainer
+from graytune.client.methods.base import ConfigT, Method, Model, Trainer
 from graytune.client.options import option
 
 
@@ -26,7 +26,7 @@ class GradientOptions:
     warmup: int = option(10, "steps of linear warm-up before the cosine decay")
     workers: int = option(2, "DataLoader processes decoding and resizing batches ahead of the step (0: none)")
 
-    FIXED_ON_RESUME = ()  # the optimiser's settings may change on resume
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ()  # the optimiser's settings may change on resume
 
 
 def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
@@ -76,7 +76,7 @@ class GradientTrainer(Trainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Model,
         options: GradientOptions,
         run: Any,
         train_set: Any,
@@ -98,7 +98,7 @@ class GradientTrainer(Trainer):
 
     def step(self, step: int, batch: Any) -> dict[str, float]:
         loss = train_step(self.loss_of, self.model, batch, self.optimizer, self.schedule)
-        record = {"loss": loss.item(), "lr": self.schedule.get_last_lr()[0]}
+        record = {"loss": loss.item(), "lr": float(self.schedule.get_last_lr()[0])}
         if hasattr(self.model, "logit_scale"):
             record["logit_scale"] = self.model.logit_scale().item()
         return record
@@ -107,16 +107,19 @@ class GradientTrainer(Trainer):
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
 
-class GradientMethod(Method):
+GradientOptionsT = TypeVar("GradientOptionsT", bound=GradientOptions)
+
+
+class GradientMethod(Method[ConfigT, GradientOptionsT]):
     """A method that trains its model by the GradientTrainer: `options` are GradientOptions."""
 
-    def steps(self, options: GradientOptions, task_options: Any) -> int:
+    def steps(self, options: GradientOptionsT, task_options: Any) -> int:
         return options.steps
 
     def trainer(
         self,
-        model: nn.Module,
-        options: GradientOptions,
+        model: Model,
+        options: GradientOptionsT,
         run: Any,
         task: Any,
         train_set: Any,

@@ -32,7 +32,7 @@ def saved_method(saved_name: str, where: str = "adapter_config.json") -> Method:
     return _SAVED[saved_name]
 
 
-def read_config(directory: Path) -> AdapterConfig:
+def read_config(directory: str | Path) -> AdapterConfig:
     """An adapter directory's config, as its method's AdapterConfig."""
     where = str(Path(directory) / adapter_dir.ADAPTER_CONFIG)
     return adapter_dir.read_config(
@@ -45,7 +45,10 @@ def build_model(config: AdapterConfig, oracle: OracleClient, cache: EmbeddingCac
 
 
 def load_adapters(
-    directory: Path, oracle: OracleClient, cache: EmbeddingCache | None = None, config: AdapterConfig | None = None
+    directory: str | Path,
+    oracle: OracleClient,
+    cache: EmbeddingCache | None = None,
+    config: AdapterConfig | None = None,
 ) -> nn.Module:
     """Rebuilds the adapters; refuses an oracle serving another backbone. `config`: the
     directory's config, when the caller has read it already."""

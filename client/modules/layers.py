@@ -22,15 +22,15 @@ class PixelAdapter(nn.Module):
         if layers < 1 or kernel_size % 2 == 0:
             raise ValueError("PixelAdapter needs at least one layer and an odd kernel size")
         widths = [3] + [channels] * (layers - 1) + [3]
-        self.convs = nn.Sequential(
-            *[
-                nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2)
-                for c_in, c_out in zip(widths[:-1], widths[1:])
-            ]
-        )
-        for conv in self.convs:
+        convs = [
+            nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2)
+            for c_in, c_out in zip(widths[:-1], widths[1:])
+        ]
+        for conv in convs:
             nn.init.dirac_(conv.weight)  # channel i passes through unchanged, the rest start at 0
+            assert conv.bias is not None  # Conv2d's bias=True
             nn.init.zeros_(conv.bias)
+        self.convs = nn.Sequential(*convs)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.convs(pixels)
@@ -47,7 +47,7 @@ class TextPrompt(nn.Module):
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The continuous inputs to send with the captions."""
-        inputs = {"shift": self.shift}
+        inputs: dict[str, torch.Tensor] = {"shift": self.shift}
         if self.extra_tokens.shape[0]:
             inputs["extra_tokens"] = self.extra_tokens
         return inputs

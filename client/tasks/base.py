@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from graytune.client.data.tables import CsvFormat
-from graytune.client.methods.base import AdapterConfig
+from graytune.client.methods.base import AdapterConfig, Model
 from graytune.client.methods.registry import build_model
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
@@ -67,11 +67,11 @@ class Task(abc.ABC):
 
     def checked(self, make, train_path: str | None, val_path: str | None, seed: int) -> tuple[Any, Any]:
         """(make(train_path), make(val_path)), None for a path not given, each checked and logged."""
-        sets = tuple(make(path) if path else None for path in (train_path, val_path))
-        for dataset in sets:
+        train_set, val_set = (make(path) if path else None for path in (train_path, val_path))
+        for dataset in (train_set, val_set):
             if dataset is not None:
                 self.log_check(dataset, seed)
-        return sets
+        return train_set, val_set
 
     def restore(self, saved: dict) -> None:  # noqa: B027 (a task that saves nothing restores nothing)
         """Takes back what `saved_with_adapters` wrote, to evaluate or use trained adapters."""
@@ -88,9 +88,9 @@ class Task(abc.ABC):
         return build_model(config, self.oracle, cache)
 
     @abc.abstractmethod
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def loss(self, model: Model, batch: Any) -> torch.Tensor:
         """The step's scalar loss; its backward reaches the input modules through the oracle."""
 
     @abc.abstractmethod
-    def evaluate(self, model: nn.Module, dataset: Any, batch_size: int) -> Metrics:
+    def evaluate(self, model: Model, dataset: Any, batch_size: int) -> Metrics:
         """The task's metrics of `model` on `dataset`."""

@@ -160,6 +160,7 @@ def train(
     state: dict[str, Any] = {"step": 0}
     if resume:
         latest = checkpoint.latest_checkpoint(run.path)
+        assert latest is not None  # check_start refused a resume without a checkpoint
         state = checkpoint.load_training_state(latest)
         _check_resume(cfg, latest, state)
         model = load_adapters(latest, oracle, cache)

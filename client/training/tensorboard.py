@@ -9,7 +9,7 @@ events past its checkpoint, as metrics.jsonl drops its records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPORTERS = ("tensorboard",)
@@ -40,8 +40,10 @@ def summary_writer_class():
     return SummaryWriter
 
 
-def reporters(report_to: tuple[str, ...], run_dir: Path, resumed_step: int) -> tuple:
-    """The writers `report_to` names (checked before the run directory is touched)."""
+def reporters(
+    report_to: tuple[str, ...], run_dir: Path, resumed_step: int
+) -> Callable[[], tuple[TensorBoardWriter, ...]]:
+    """What opens the writers `report_to` names (checked before the run directory is touched)."""
     unknown = sorted(set(report_to) - set(REPORTERS))
     if unknown:
         raise ValueError(f"--report-to: unknown {', '.join(unknown)} (known: {', '.join(REPORTERS)})")

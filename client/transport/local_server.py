@@ -81,6 +81,7 @@ class LocalServer:
         return self
 
     def _read_output(self, found: threading.Event) -> None:
+        assert self.process is not None and self.process.stdout is not None  # start: its output piped here
         log = open(self.log_file, "a", buffering=1) if self.log_file else None  # line-buffered
         for line in self.process.stdout:
             self.output.append(line.rstrip())
@@ -106,5 +107,6 @@ class LocalServer:
 
     def kill(self) -> int:
         """SIGKILL, as a crash would end it: no draining; returns the exit code."""
+        assert self.process is not None  # `start` made it
         self.process.kill()
         return self.process.wait()

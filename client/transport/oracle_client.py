@@ -79,7 +79,7 @@ class OracleError(Exception):
     """A call to the oracle failed; `code` is the gRPC status (None: not a gRPC failure) and
     `reason`, for a limit's refusal, which limit (graytune.error_details: BUDGET_EXHAUSTED, ...)."""
 
-    def __init__(self, method: str, code: grpc.StatusCode | None, message: str, reason: str | None = None):
+    def __init__(self, method: str, code: grpc.StatusCode | None, message: str | None, reason: str | None = None):
         super().__init__(f"{method}: {code.name if code else 'ERROR'}: {message}")
         self.method, self.code, self.details, self.reason = method, code, message, reason
 
@@ -110,7 +110,7 @@ class OracleClient:
         tunnel) is not a name the certificate holds."""
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", MESSAGE_LIMIT),
             ("grpc.max_send_message_length", MESSAGE_LIMIT),
             *RECONNECT_OPTIONS,
@@ -217,7 +217,7 @@ class OracleClient:
         )[1]
 
     def forward(
-        self, tower: int, tensors: Tensors, texts: Sequence[str] = (), grad_inputs: Sequence[str] = ()
+        self, tower: pb.Tower, tensors: Tensors, texts: Sequence[str] = (), grad_inputs: Sequence[str] = ()
     ) -> tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the server holds the graph for one `backward`."""
         return self._inputs_call("Forward", tower, tensors, texts, grad_inputs)
@@ -240,7 +240,7 @@ class OracleClient:
 
     # -- plumbing ------------------------------------------------------------------------
     @property
-    def _wire(self) -> int:
+    def _wire(self) -> pb.DataType:
         return tensor_codec.wire_dtype_of(self.wire_dtype)
 
     def _chunks(self, tensors: Tensors) -> Iterator[bytes]:
@@ -254,7 +254,7 @@ class OracleClient:
     def _inputs_call(
         self,
         method: str,
-        tower: int,
+        tower: pb.Tower,
         tensors: Tensors,
         texts: Sequence[str] = (),
         grad_inputs: Sequence[str] = (),
@@ -305,10 +305,11 @@ class OracleClient:
                 except grpc.RpcError as e:
                     self.connection.failed(method, e)
                     refused = error_details.refusal(e)
-                    rate_limited = refused.reason in error_details.WAITED_OUT and refused.retry_after is not None
-                    if (e.code() not in RETRIED and not rate_limited) or attempt == self.retries:
+                    # the wait a refusal asks for (the rate limit, or calls in flight); None: not one
+                    delay = refused.retry_after if refused.reason in error_details.WAITED_OUT else None
+                    if (e.code() not in RETRIED and delay is None) or attempt == self.retries:
                         raise OracleError(method, e.code(), self._explained(e), refused.reason) from None
-                    if rate_limited:
+                    if delay is not None:
                         with self._counting:  # the first refusal is logged once, whichever thread gets it
                             first, self._rate_limit_logged = not self._rate_limit_logged, True
                         if first:
@@ -324,15 +325,15 @@ class OracleClient:
                                 what,
                                 e.details(),
                             )
-                        wait.for_rate_limit(e.details(), refused.retry_after, refused.reason)
+                        wait.for_rate_limit(e.details(), delay, refused.reason)
                         with self._counting:
-                            self.rate_limited_seconds += refused.retry_after
+                            self.rate_limited_seconds += delay
                     else:
                         wait.for_server(e.details())
                 except tensor_codec.TensorFormatError as e:
                     raise OracleError(method, None, f"malformed reply: {e}") from None
 
-    def _explained(self, error: grpc.RpcError) -> str:
+    def _explained(self, error: grpc.RpcError) -> str | None:
         if error.code() == grpc.StatusCode.UNAUTHENTICATED and not self._has_key:
             return f"{error.details()}; no key was sent: $GRAYTUNE_API_KEY is not set"
         return error.details()
@@ -402,7 +403,7 @@ class _ServerWait:
         if self.began is not None and answered:
             log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint, time.monotonic() - self.began)
 
-    def for_rate_limit(self, details: str, delay: float, reason: str) -> None:
+    def for_rate_limit(self, details: str | None, delay: float, reason: str | None) -> None:
         """Sleeps the `delay` the server asked for; OracleError(RESOURCE_EXHAUSTED) instead when
         this call's waits would pass `timeout` seconds."""
         if self.rate_waited + delay > self.timeout:
@@ -415,7 +416,7 @@ class _ServerWait:
         time.sleep(delay)
         self.rate_waited += delay
 
-    def for_server(self, details: str) -> None:
+    def for_server(self, details: str | None) -> None:
         """Returns when the next attempt may go; OracleError(UNAVAILABLE) once time is up."""
         connection = self.connection
         if self.began is None:
@@ -456,7 +457,7 @@ class _ServerWait:
                 raise self._gave_up(details) from None
             # Any other answer came over a connection: the next attempt may go.
 
-    def _gave_up(self, details: str) -> OracleError:
+    def _gave_up(self, details: str | None) -> OracleError:
         if not self.connection.reached:
             return OracleError(
                 self.method,
@@ -486,5 +487,6 @@ def _stub(channel: grpc.Channel) -> pb_grpc.GradientOracleStub:
     service = pb.DESCRIPTOR.services_by_name["GradientOracle"]
     for method in service.methods:
         if method.client_streaming:
-            setattr(stub, method.name, channel.stream_stream(f"/{service.full_name}/{method.name}"))
+            # No (de)serializers: the messages go and come as the bytes they are.
+            setattr(stub, method.name, channel.stream_stream(f"/{service.full_name}/{method.name}", None, None))
     return stub

@@ -21,7 +21,12 @@ from graytune.v1 import oracle_pb2 as pb
 class _RemoteEncode(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, oracle: OracleClient, tower: int, texts: tuple[str, ...], names: tuple[str, ...], *inputs: torch.Tensor
+        ctx,
+        oracle: OracleClient,
+        tower: pb.Tower,
+        texts: tuple[str, ...],
+        names: tuple[str, ...],
+        *inputs: torch.Tensor,
     ) -> torch.Tensor:
         tensors = dict(zip(names, inputs))
         grad_inputs = [n for n, needs in zip(names, ctx.needs_input_grad[4:]) if needs]
@@ -45,15 +50,15 @@ class _RemoteEncode(torch.autograd.Function):
 
 
 def remote_encode(
-    oracle: OracleClient, tower: int, texts: Sequence[str] = (), **inputs: torch.Tensor | None
+    oracle: OracleClient, tower: pb.Tower, texts: Sequence[str] = (), **inputs: torch.Tensor | None
 ) -> torch.Tensor:
     """Embeddings of the inputs; differentiable w.r.t. every input that requires grad."""
-    inputs = {n: t for n, t in inputs.items() if t is not None}
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs.values()):
-        return _RemoteEncode.apply(oracle, tower, tuple(texts), tuple(inputs), *inputs.values())
+    given = {n: t for n, t in inputs.items() if t is not None}
+    if torch.is_grad_enabled() and any(t.requires_grad for t in given.values()):
+        return _RemoteEncode.apply(oracle, tower, tuple(texts), tuple(given), *given.values())
     if tower == pb.IMAGE:
-        return oracle.embed_images(**inputs)
-    return oracle.embed_texts(texts, **inputs)
+        return oracle.embed_images(**given)
+    return oracle.embed_texts(texts, **given)
 
 
 class RemoteImageTower(torch.nn.Module):

@@ -14,7 +14,7 @@ from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
 
-class Craft(Method):
+class Craft(Method[CraftConfig, CraftOptions]):
     name, saved_as, options, config = "craft", ("craft",), CraftOptions, CraftConfig
     help = "black-box prompt search + a refinement module (classify; any tier, no gradient)"
 
@@ -44,7 +44,7 @@ class Craft(Method):
 
     def trainer(
         self,
-        model: nn.Module,
+        model: CraftClassifier,
         options: CraftOptions,
         run: Any,
         task: Any,

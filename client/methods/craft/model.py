@@ -55,9 +55,10 @@ class RefinementMLP(nn.Module):
 
     def __init__(self, classes: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(classes, hidden), nn.ReLU(), nn.Linear(hidden, classes))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        first, last = nn.Linear(classes, hidden), nn.Linear(hidden, classes)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(first, nn.ReLU(), last)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., C)"""
@@ -66,6 +67,9 @@ class RefinementMLP(nn.Module):
 
 class CraftClassifier(nn.Module):
     """The weights are `z` and the MLP; the rest is CraftConfig's."""
+
+    z: torch.Tensor  # (d,) buffers, registered in __init__
+    projection: torch.Tensor  # (d, N*W)
 
     def __init__(self, config: CraftConfig, oracle: OracleClient, cache: EmbeddingCache | None = None):
         super().__init__()

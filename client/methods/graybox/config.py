@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from graytune.client.methods.base import AdapterConfig, backbone_identity
 from graytune.client.methods.graybox.options import SIDES, DGAOptions, LGAOptions
@@ -66,7 +67,7 @@ class GrayboxConfig(AdapterConfig):
         return Need(frozenset(points), training)
 
 
-def _deep_prompts(oracle: OracleClient, options: LGAOptions) -> dict[str, int]:
+def _deep_prompts(oracle: OracleClient, options: LGAOptions) -> dict[str, Any]:
     """The depth, by default every block the key is offered deep prompts at."""
     info = oracle.info()
     offered = min(info.image.deep_prompt_layers, info.text.deep_prompt_layers)

@@ -14,7 +14,7 @@ from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
 
-class DGA(GradientMethod):
+class DGA(GradientMethod[GrayboxConfig, DGAOptions]):
     name, saved_as, options, config = "dga", ("graybox-dga",), DGAOptions, GrayboxConfig
     help = "input and output adapters (tier graybox)"
 

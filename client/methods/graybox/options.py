@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from graytune.client.methods.gradient import GradientOptions
 from graytune.client.options import option
@@ -23,7 +24,13 @@ class DGAOptions(GradientOptions):
     extra_tokens: int = option(1, "learnable prompt tokens after start-of-text (0: none)")
 
     # Changing these on resume would change the model, or one optimiser group into two.
-    FIXED_ON_RESUME = ("input_lr", "adapters", "pixel_layers", "pixel_channels", "extra_tokens")
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = (
+        "input_lr",
+        "adapters",
+        "pixel_layers",
+        "pixel_channels",
+        "extra_tokens",
+    )
 
     def __post_init__(self) -> None:
         if self.input_lr is not None and self.adapters == "output":

@@ -12,7 +12,7 @@ from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
 
 
-class LinearProbeMethod(GradientMethod):
+class LinearProbeMethod(GradientMethod[LinearProbeConfig, GradientOptions]):
     name, saved_as, options, config = "linear-probe", ("linear-probe",), GradientOptions, LinearProbeConfig
     help = "a classifier on frozen image embeddings (classify; any tier)"
 

@@ -31,7 +31,8 @@ class LabeledImage:
 
 
 def read_classnames(path: str) -> list[str]:
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}  # name -> its line
     for line, name in read_lines(path, "class names"):
         if name in seen:
             raise DataError(f"{path}, line {line}: class name {name!r} repeats line {seen[name]}")

@@ -19,7 +19,7 @@ from graytune.client.data.batches import in_order
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.data.tables import CsvFormat
 from graytune.client.data.text import prompt_name
-from graytune.client.methods.base import AdapterConfig
+from graytune.client.methods.base import AdapterConfig, Model
 from graytune.client.methods.linear_probe.model import LinearProbe
 from graytune.client.options import option
 from graytune.client.tasks.base import Metrics, Task
@@ -82,7 +82,10 @@ class ClassifyTask(Task):
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:
         config = super().adapter_config(config)
-        return dataclasses.replace(config, classes=len(self.classnames)) if config.classifies else config
+        if not config.classifies:
+            return config
+        assert self.classnames is not None  # `load` read them
+        return dataclasses.replace(config, classes=len(self.classnames))
 
     def read(self, path: str) -> tuple[list, list[str]]:
         return read_labeled(path, self.classnames, **self.csv("img_key", "label_key", "separator"))
@@ -120,14 +123,16 @@ class ClassifyTask(Task):
 
     def prompts(self) -> list[str]:
         """C × T prompts, class-major."""
+        assert self.classnames is not None  # `load` or `restore` set them
         return [t.format(prompt_name(c)) for c in self.classnames for t in self.templates]
 
-    def class_embeddings(self, model: nn.Module) -> torch.Tensor:
+    def class_embeddings(self, model: Model) -> torch.Tensor:
         """-> (C, E) unit vectors: each class's templates, embedded in one call and averaged."""
+        assert self.classnames is not None  # `load` or `restore` set them
         per_prompt = model.encode_text(self.prompts())  # (C*T, E), unit rows
         return F.normalize(per_prompt.view(len(self.classnames), len(self.templates), -1).mean(dim=1), dim=-1)
 
-    def logits(self, model: nn.Module, pixels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, model: Model, pixels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) scores; `classes` (C, E) saves embedding the prompts again."""
         if classifies_itself(model):
             return model.classify(pixels)
@@ -146,4 +151,5 @@ class ClassifyTask(Task):
         """top1, top5 and per_class_accuracy; the class prompts are embedded once."""
         classes = None if classifies_itself(model) else self.class_embeddings(model)
         logits = [self.logits(model, pixels, classes) for pixels, _ in in_order(dataset, batch_size)]
+        assert self.classnames is not None  # `load` or `restore` set them
         return classification_metrics(torch.cat(logits), dataset.labels, self.classnames)

@@ -8,12 +8,14 @@ A query's rank is the number of gallery items scored strictly higher than its be
 so an item tying with that positive does not count against it, whatever the order of the gallery.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def unique_captions(captions: list[str]) -> list[str]:
+def unique_captions(captions: Sequence[str]) -> list[str]:
     """Distinct captions in first-seen order."""
     return list(dict.fromkeys(captions))
 
@@ -70,7 +72,7 @@ def _ranks(scores: torch.Tensor, is_positive: torch.Tensor, query_captions: list
     """0-based rank of each query's best positive: (Q, G) scores and positives -> (Q,)."""
     without_positive = (~is_positive.any(dim=1)).nonzero().flatten()
     if len(without_positive):
-        q = without_positive[0].item()
+        q = int(without_positive[0])
         raise ValueError(
             f"{name}: query {q} (caption {query_captions[q]!r}) has no match in the gallery; "
             f"{len(without_positive)} queries have none"

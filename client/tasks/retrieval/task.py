@@ -12,6 +12,7 @@ import torch
 
 from graytune.client.data.batches import chunks, in_order
 from graytune.client.data.preprocess import preprocess_for
+from graytune.client.methods.base import Model
 from graytune.client.tasks.base import Task
 from graytune.client.tasks.retrieval.data import ImageCaptionDataset
 from graytune.client.tasks.retrieval.loss import contrastive_loss
@@ -29,7 +30,7 @@ def load_dataset(
 
 
 def contrastive_step_loss(
-    model: torch.nn.Module, pixels: torch.Tensor, captions: Sequence[str], visual: str = "image"
+    model: Model, pixels: torch.Tensor, captions: Sequence[str], visual: str = "image"
 ) -> torch.Tensor:
     """(B, 3, H, W) pixels (visual="video": (B, T, 3, H, W) clips) and their B captions -> the
     batch's contrastive loss."""
@@ -40,7 +41,7 @@ def contrastive_step_loss(
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, batch_size: int = 64, visual: str = "image") -> dict[str, float]:
+def evaluate(model: Model, dataset, batch_size: int = 64, visual: str = "image") -> dict[str, float]:
     """OpenCLIP's retrieval metrics; the text gallery is the data set's distinct captions.
     `dataset` items are (pixels or clip, caption); `visual` names the encoder and the metrics."""
     encode = getattr(model, f"encode_{visual}")

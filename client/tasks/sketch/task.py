@@ -16,7 +16,7 @@ from torch import nn
 from graytune.client.data.batches import chunks
 from graytune.client.data.preprocess import preprocess_for
 from graytune.client.data.tables import CsvFormat
-from graytune.client.methods.base import AdapterConfig
+from graytune.client.methods.base import AdapterConfig, Model
 from graytune.client.methods.graybox.cross_domain import CrossDomainCLIP
 from graytune.client.modules.losses import category_contrastive_loss
 from graytune.client.options import option
@@ -26,7 +26,7 @@ from graytune.client.tasks.sketch.metrics import sketch_metrics
 from graytune.client.transport.oracle_client import OracleClient
 
 
-def encode(model: nn.Module, pixels: torch.Tensor, domain: str) -> torch.Tensor:
+def encode(model: Model, pixels: torch.Tensor, domain: str) -> torch.Tensor:
     """(B, 3, H, W) -> (B, E): the domain's adapters, or the backbone alone (zero-shot)."""
     return model.encode_image(pixels, domain) if isinstance(model, CrossDomainCLIP) else model.encode_image(pixels)
 
@@ -48,9 +48,7 @@ class SketchTask(Task):
         super().__init__(oracle, csv_format, options)
         self.precision_at = self.options.precision_at
 
-    @property
-    def headline(self):
-        return ("sketch_to_photo_mAP@all",)
+    headline = ("sketch_to_photo_mAP@all",)
 
     def load(self, train_path: str | None, val_path: str | None, seed: int):
         preprocess, fmt = preprocess_for(self.oracle), self.csv("img_key", "separator")

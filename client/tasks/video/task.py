@@ -61,7 +61,8 @@ class VideoTask(Task):
         return dataclasses.replace(super().adapter_config(config), temporal_pooling=self.pooling)
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
-        return contrastive_step_loss(model, *batch, visual="video")
+        clips, captions = batch
+        return contrastive_step_loss(model, clips, captions, visual="video")
 
     def evaluate(self, model: torch.nn.Module, dataset: VideoCaptionDataset, batch_size: int) -> dict[str, float]:
         """`batch_size` clips per call, fewer where their frames would pass the server's max_batch
