@@ -457,20 +457,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("graytune.server")
-    import torch  # after logging is set up: importing open_clip takes a few seconds
-
-    from graytune.server import pretraining
-    from graytune.server.access.auth import Authenticator
     from graytune.server.access.credentials import KeyFile
     from graytune.server.access.key_schema import KeyFileError
     from graytune.server.access.tls_files import TlsFileError, server_credentials
-    from graytune.server.access.usage import Budgets
-    from graytune.server.compute.backbone import BackboneSource, load_backbone
-    from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
-    from graytune.server.compute.oracle import GradientOracle
-    from graytune.server.service.metrics import ServerMetrics
-    from graytune.server.service.usage_store import UsageStore
 
+    # The owner's files are checked before OpenCLIP is imported (seconds) and the backbone loaded
+    # (minutes for a large one): a wrong path, key file or certificate fails at once.
     if args.dev == (args.keys is not None):
         fail("give --keys FILE, or --dev for development without credentials")
     if args.plaintext == bool(args.tls_cert and args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
@@ -488,6 +480,17 @@ def main(argv=None) -> None:
         tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     except TlsFileError as e:
         fail(str(e))
+    import torch
+
+    from graytune.server import pretraining
+    from graytune.server.access.auth import Authenticator
+    from graytune.server.access.usage import Budgets
+    from graytune.server.compute.backbone import BackboneSource, load_backbone
+    from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
+    from graytune.server.compute.oracle import GradientOracle
+    from graytune.server.service.metrics import ServerMetrics
+    from graytune.server.service.usage_store import UsageStore
+
     if args.pretrained and pretraining.is_builtin(args.model, args.pretrained):
         check_writable(pretraining.cache_dir(), "the cache of built-in weights ($GRAYTUNE_CACHE)")
     if args.threads:

@@ -16,6 +16,7 @@ MNIST sample, read through its public data API (`pip install 'graytune[data]'`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -188,9 +189,16 @@ def builtin_weights(model_name: str, tag: str) -> Path:
     path = cache_dir() / f"{model_name}-{tag}-v{RECIPE_VERSION}-{hashlib.sha256(config).hexdigest()[:12]}.safetensors"
     if path.is_file():
         return path
-    log.info("building %s/%s weights once (cached at %s)", model_name, tag, path)
-    with reproducibly(seed=0, threads=1):
-        model = open_clip.create_model(model_name)
-        BUILDERS[(model_name, tag)](model, open_clip.get_tokenizer(model_name))
-    save_weights(model, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Replicas sharing a cache volume start together: one builds, the others wait for its file.
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            log.info("%s/%s weights built by another process meanwhile (%s)", model_name, tag, path)
+            return path
+        log.info("building %s/%s weights once (cached at %s)", model_name, tag, path)
+        with reproducibly(seed=0, threads=1):
+            model = open_clip.create_model(model_name)
+            BUILDERS[(model_name, tag)](model, open_clip.get_tokenizer(model_name))
+        save_weights(model, path)
     return path

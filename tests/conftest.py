@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from graytune.openmp import wait_passively
 
@@ -12,19 +11,20 @@ os.environ.pop("GRAYTUNE_API_KEY", None)  # a developer's own key must not reach
 wait_passively()  # the test process mostly waits on servers
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from graytune.client.transport.local_server import LocalServer  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
-# Every server a test starts shares the cores with the test process.
-SERVER_ARGS = ("--dev", "--plaintext", "--threads", "1", "--log-level", "WARNING")
+from helpers import SERVER_ARGS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """Where built-in pretrained weights are built: once per test session."""
-    path = tmp_path_factory.mktemp("graytune-cache")
+    """Where built-in pretrained weights are built: once per test run, the workers of
+    pytest-xdist sharing one folder (the server's build lock makes the others wait)."""
+    root = tmp_path_factory.getbasetemp()
+    path = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "graytune-cache"
+    path.mkdir(exist_ok=True)
     os.environ["GRAYTUNE_CACHE"] = str(path)
     return path
 
@@ -63,23 +63,3 @@ def digits(tmp_path_factory):
     from graytune.client.demo.digits import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits"))
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    """Polls `condition` until true; a generous deadline, never a guess at how long work takes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout} s")
-        time.sleep(0.005)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
-# Relative L2 error of float32 results whose sums run in another order or over other shapes
-# (e.g. the server's text transformer stops at the batch's last end-of-text, a reference runs the
-# whole context): ~170 units of rounding; seen up to 6e-7. Element-wise tolerances do not hold
-# there: a gradient summed over positions cancels, and a small element carries a large error.
-REORDERED = 1e-5

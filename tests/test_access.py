@@ -4,16 +4,14 @@ Describe, before any sample of the key's budget is spent and before a run direct
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
+
+from helpers import KEYED_ARGS, create_key, graytune
 
 BUDGET = 100_000
 
@@ -35,22 +33,12 @@ def remaining(server, secret) -> int:
         return oracle.describe(refresh=True).budget_remaining
 
 
-def graytune(server, secret, *args):
-    env = {**os.environ, "GRAYTUNE_API_KEY": secret}
-    return subprocess.run(
-        [sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", server.endpoint],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-
-
 def test_zero_shot_eval_works_for_every_tier(tiers, digits):
     server, secrets = tiers
     recalls = set()
     for tier, secret in secrets.items():
         before = remaining(server, secret)
-        result = graytune(server, secret, "eval", "--val-data", digits["val"])
+        result = graytune(server.endpoint, "eval", "--val-data", digits["val"], key=secret)
         assert result.returncode == 0, (tier, result.stderr)
         recalls.add(json.loads(result.stdout)["image_to_text_R@1"])
         val_rows = len(open(digits["val"]).read().splitlines()) - 1
@@ -63,8 +51,7 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
     before = remaining(server, secrets["blackbox"])
     run_dir = tmp_path / "run"
     result = graytune(
-        server,
-        secrets["blackbox"],
+        server.endpoint,
         "train",
         "--train-data",
         digits["train"],
@@ -73,6 +60,7 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
         "--output-dir",
         str(run_dir),
         "--no-progress",
+        key=secrets["blackbox"],
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]
@@ -88,8 +76,7 @@ def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp
     server, secrets = tiers
     before = remaining(server, secrets["graybox"])
     result = graytune(
-        server,
-        secrets["graybox"],
+        server.endpoint,
         "train",
         "--train-data",
         digits["train"],
@@ -99,6 +86,7 @@ def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp
         "lga",
         "--deep-prompt-depth",
         "1",
+        key=secrets["graybox"],
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "deep_prompt_depth 1" in result.stderr and "tier 'graybox'" in result.stderr
@@ -110,8 +98,7 @@ def test_evaluating_graybox_adapters_with_a_blackbox_key_is_refused_before_it_pa
     server, secrets = tiers
     run_dir = tmp_path / "run"
     trained = graytune(
-        server,
-        secrets["graybox"],
+        server.endpoint,
         "train",
         "--train-data",
         digits["train"],
@@ -122,11 +109,18 @@ def test_evaluating_graybox_adapters_with_a_blackbox_key_is_refused_before_it_pa
         "--batch-size",
         "8",
         "--no-progress",
+        key=secrets["graybox"],
     )
     assert trained.returncode == 0, trained.stderr
     before = remaining(server, secrets["blackbox"])
     result = graytune(
-        server, secrets["blackbox"], "eval", "--val-data", digits["val"], "--adapter", str(run_dir / "adapter")
+        server.endpoint,
+        "eval",
+        "--val-data",
+        digits["val"],
+        "--adapter",
+        str(run_dir / "adapter"),
+        key=secrets["blackbox"],
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot run evaluation of graybox-dga adapters" in result.stderr
@@ -150,14 +144,14 @@ def test_bad_data_is_refused_in_one_line_before_any_call_is_billed(tiers, tmp_pa
     damage(tmp_path / "data" / image)  # line 2 is the first row: always decoded by the check
     before = remaining(server, secrets["graybox"])
     result = graytune(
-        server,
-        secrets["graybox"],
+        server.endpoint,
         "train",
         "--train-data",
         data["train"],
         "--output-dir",
         str(tmp_path / "run"),
         "--no-progress",
+        key=secrets["graybox"],
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]

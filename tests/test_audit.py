@@ -8,14 +8,13 @@ import time
 
 import pytest
 import torch
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.access.audit import parse_line
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import wait_until
+from helpers import KEYED_ARGS, create_key, wait_until
 
 E = 128  # graytune-tiny's embedding width
 

@@ -14,7 +14,7 @@ from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.server.compute.backbone import BUILTIN_CONFIGS, BackboneSource, load_backbone, weights_sha256
 
-from conftest import SERVER_ARGS
+from helpers import SERVER_ARGS
 
 
 @pytest.fixture(scope="module")

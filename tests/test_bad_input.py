@@ -22,7 +22,7 @@ from graytune.client.transport.remote import RemoteImageTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
-from conftest import SERVER_ARGS
+from helpers import SERVER_ARGS
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 ABORTED = grpc.StatusCode.ABORTED

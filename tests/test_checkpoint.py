@@ -21,7 +21,7 @@ from graytune.client.training import checkpoint
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 
-from conftest import SERVER_ARGS
+from helpers import SERVER_ARGS
 
 
 def trained_looking(oracle) -> GrayboxCLIP:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.data.tables import DataError
 from graytune.client.tasks.classify.data import few_shot_split, read_classnames, read_labeled, read_templates
@@ -19,7 +17,7 @@ from graytune.client.tasks.classify.metrics import classification_metrics, true_
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient
 
-from conftest import wait_until
+from helpers import KEYED_ARGS, create_key, graytune, records, wait_until
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -140,20 +138,6 @@ def test_repeated_class_names_are_refused(tmp_path):
 
 
 # -- through the real server -------------------------------------------------------------------
-
-
-def graytune(endpoint, *args, key=None):
-    env = {**os.environ, "GRAYTUNE_API_KEY": key} if key else os.environ
-    return subprocess.run(
-        [sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", endpoint],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-
-
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def classify_args(digits, run_dir, *extra):

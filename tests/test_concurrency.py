@@ -27,7 +27,7 @@ from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
-from conftest import SERVER_ARGS, relative_error
+from helpers import SERVER_ARGS, relative_error
 
 CLIENTS = 4
 ROUNDING_BOUND = 40 * 512 * 2.0**-24  # relative L2 error a reordered float32 step can show

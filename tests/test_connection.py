@@ -3,7 +3,6 @@ for up to reconnect_timeout; one error type, clean shutdown."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -13,13 +12,7 @@ import pytest
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 
-from conftest import SERVER_ARGS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import SERVER_ARGS, free_port
 
 
 def test_unavailable_server_is_one_clear_error():

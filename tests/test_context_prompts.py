@@ -10,13 +10,12 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from test_credentials import KEYED_ARGS, code_of, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import relative_error
+from helpers import KEYED_ARGS, code_of, create_key, relative_error
 
 TEMPLATE = "a photo of a"
 NAMES = ["cat", "golden retriever", "seven"]

@@ -17,8 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_classify import graytune, records
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.methods.craft.losses import prompt_fitness, refinement_loss
 from graytune.client.methods.craft.model import RefinementMLP
@@ -27,7 +25,7 @@ from graytune.client.methods.craft.search import PromptSearch
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient
 
-from conftest import wait_until
+from helpers import KEYED_ARGS, create_key, graytune, records, wait_until
 
 # -- the modules, in-process ------------------------------------------------------------------
 

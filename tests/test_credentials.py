@@ -19,19 +19,7 @@ from graytune.client.transport.remote import RemoteImageTower
 from graytune.server.access.credentials import KeyFile
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import wait_until
-
-KEYED_ARGS = ("--plaintext", "--threads", "1", "--log-level", "INFO")
-
-
-def create_key(key_file, *args) -> str:
-    result = subprocess.run(
-        server_command() + ["keys", "--file", str(key_file), "create", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
+from helpers import KEYED_ARGS, code_of, create_key, refusal_of, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +45,6 @@ def keyed_server(keys):
 
 def client(server, secret=None) -> OracleClient:
     return OracleClient(server.endpoint, api_key=secret, retries=0, timeout=30)
-
-
-def refusal_of(call) -> OracleError:
-    with pytest.raises(OracleError) as failure:
-        call()
-    return failure.value
-
-
-def code_of(call) -> tuple:
-    error = refusal_of(call)
-    return error.code, error.details
 
 
 def test_key_file_holds_hashes_never_secrets(keys):

@@ -16,7 +16,7 @@ from graytune.server.compute.errors import DeadlineExceeded
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
-from conftest import SERVER_ARGS, wait_until
+from helpers import SERVER_ARGS, wait_until
 
 
 def test_work_still_queued_at_its_deadline_is_dropped_unstarted():

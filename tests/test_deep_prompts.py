@@ -9,7 +9,6 @@ import grpc
 import open_clip
 import pytest
 import torch
-from test_gradients import CAPTIONS, TIGHT, reference_text
 
 from graytune.client.methods.graybox.config import GrayboxConfig
 from graytune.client.methods.graybox.model import GrayboxCLIP
@@ -18,7 +17,7 @@ from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
 
-from conftest import REORDERED, SERVER_ARGS, relative_error
+from helpers import CAPTIONS, REORDERED, SERVER_ARGS, TIGHT, reference_text, relative_error
 
 
 @contextlib.contextmanager

@@ -10,10 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_connection import free_port
 
 import graytune
 from graytune.client.transport.local_server import server_command
+
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

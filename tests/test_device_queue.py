@@ -9,7 +9,7 @@ import pytest
 
 from graytune.server.compute.device import DeviceQueue, Work
 
-from conftest import wait_until
+from helpers import wait_until
 
 
 @pytest.fixture

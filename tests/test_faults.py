@@ -23,9 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_connection import free_port
-from test_load_balancer import calls_on
-from test_prometheus import scrape
 
 from graytune.client import cli
 from graytune.client.methods import adapter_dir
@@ -35,7 +32,7 @@ from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import SERVER_ARGS, wait_until
+from helpers import SERVER_ARGS, calls_on, free_port, scrape, wait_until
 
 SWEEP_SECONDS = 1.0  # how often the server drops expired graphs (GraphStore.run_sweeper)
 

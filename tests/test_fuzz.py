@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SERVER_ARGS
+from helpers import SERVER_ARGS
 from hostile.cases import PAIRS, each_case
 from hostile.runner import OK, harness, report
 from hostile.wire import NEVER_ISSUED

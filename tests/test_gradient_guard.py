@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.server.access.gradient_guard import protect
 from graytune.v1 import oracle_pb2 as pb
+
+from helpers import KEYED_ARGS, create_key
 
 
 def test_clipping_bounds_each_samples_gradient_and_keeps_its_direction():

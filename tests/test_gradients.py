@@ -11,35 +11,12 @@ import open_clip
 import pytest
 import torch
 
+from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower, remote_encode
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import REORDERED, relative_error
-
-CAPTIONS = ["a photo of the digit three.", "a handwritten seven.", "a cat"]
-TIGHT = dict(rtol=1e-5, atol=1e-6)
-
-
-def reference_text(model, token_ids, shift=None, extra=None):
-    """OpenCLIP's encode_text, with shift/extra tokens injected at the token embedding."""
-    k = 0 if extra is None else extra.shape[0]
-    if k:  # make room after start-of-text: argmax pooling then lands K positions later
-        pad = torch.zeros(token_ids.shape[0], k, dtype=token_ids.dtype)
-        token_ids = torch.cat([token_ids[:, :1], pad, token_ids[:, 1:-k]], dim=1)
-
-    def inject(module, inputs, out):  # out (B, L, D)
-        if shift is not None:
-            out = out + shift
-        if k:
-            out = torch.cat([out[:, :1], extra.expand(out.shape[0], k, -1), out[:, 1 + k :]], dim=1)
-        return out
-
-    hook = model.token_embedding.register_forward_hook(inject)
-    try:
-        return model.encode_text(token_ids)
-    finally:
-        hook.remove()
+from helpers import CAPTIONS, REORDERED, SERVER_ARGS, TIGHT, reference_text, relative_error
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +120,6 @@ def test_half_precision_on_the_wire_stays_close(server, backbone, wire_dtype):
 
 def test_pixel_gradients_match_without_merged_batches(backbone):
     """The server's one-call-at-a-time path (--no-merge-batches) gives the same gradients."""
-    from graytune.client.transport.local_server import LocalServer
-
-    from conftest import SERVER_ARGS
-
     pixels, weight = torch.randn(3, 3, 32, 32), torch.randn(3, backbone.embed_dim)
     with LocalServer([*SERVER_ARGS, "--no-merge-batches"]) as server, OracleClient(server.endpoint) as oracle:
         remote = pixels.clone().requires_grad_()

@@ -7,13 +7,14 @@ import math
 import grpc
 import pytest
 import torch
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.compute.oracle import GradientOracle
 from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
+
+from helpers import KEYED_ARGS, create_key
 
 CAP_MB = 2
 HOG_BATCH = 4

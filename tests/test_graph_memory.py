@@ -16,7 +16,7 @@ from graytune.server.compute.oracle import GradientOracle
 from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import SERVER_ARGS
+from helpers import SERVER_ARGS
 
 
 @pytest.mark.parametrize("merge_batches", [True, False])

@@ -11,8 +11,6 @@ import uuid
 import grpc
 import pytest
 import torch
-from test_connection import free_port
-from test_credentials import KEYED_ARGS, create_key
 
 from graytune import error_details, tensor_codec
 from graytune.client.transport.local_server import LocalServer, server_command
@@ -21,7 +19,7 @@ from graytune.server.service.call_record import CallRecord
 from graytune.server.service.servicer import OracleServicer
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import SERVER_ARGS, wait_until
+from helpers import KEYED_ARGS, SERVER_ARGS, create_key, free_port, wait_until
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LOGGED_ARGS = [a if a != "WARNING" else "INFO" for a in SERVER_ARGS]

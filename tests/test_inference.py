@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from test_classify import graytune
 
 from graytune.client.data.preprocess import load_image, preprocess_for
 from graytune.client.inference.model import Classifier, load_model
@@ -19,6 +18,8 @@ from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.tasks.retrieval.data import read_pairs
 from graytune.client.training.loop import TrainConfig, train
 from graytune.client.transport.oracle_client import OracleClient
+
+from helpers import graytune
 
 # Unit vectors from the same server and inputs, sent in batches of other sizes: float32 sums
 # in another order differ by a few ulp per element, far below this.

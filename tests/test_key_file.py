@@ -15,7 +15,7 @@ from graytune.server.access.credentials import ApiKey, KeyFile, hash_secret
 from graytune.server.access.key_reload import KeyReloader
 from graytune.server.access.key_schema import KeyFileError, parse_key_file
 
-from conftest import wait_until
+from helpers import wait_until
 
 SHA = "0" * 64
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_connection import free_port
 
 from graytune.client.methods.graybox.config import GrayboxConfig
 from graytune.client.methods.graybox.model import GrayboxCLIP
@@ -20,7 +19,7 @@ from graytune.client.tasks.retrieval.task import contrastive_step_loss
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 
-from conftest import SERVER_ARGS, wait_until
+from helpers import SERVER_ARGS, calls_on, free_port, wait_until
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 REPLICA_ARGS = [a if a != "WARNING" else "INFO" for a in SERVER_ARGS]
@@ -49,10 +48,6 @@ def balanced():
         lb.wait(10)
         for r in replicas:
             r.stop()
-
-
-def calls_on(replica, status="OK"):
-    return sum(1 for line in replica.output if "call method=" in line and f"status={status}" in line)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.modules.layers import OutputAdapter, PixelAdapter, TextPrompt
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 
-from conftest import REORDERED, relative_error
+from helpers import REORDERED, relative_error
 
 
 @pytest.mark.parametrize("layers,channels,kernel", [(1, 3, 3), (2, 8, 3), (3, 16, 5)])

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_credentials import KEYED_ARGS, create_key
 
 import graytune.v1
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
+
+from helpers import KEYED_ARGS, create_key
 
 NODE_DIR = Path(__file__).parent / "node"
 PROTO = Path(graytune.v1.__file__).parent / "oracle.proto"

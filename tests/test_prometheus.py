@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
-from test_connection import free_port
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.v1 import oracle_pb2 as pb
 
-from conftest import SERVER_ARGS
-
-
-def scrape(port: int) -> dict:
-    """{(name, frozenset(labels)): value} of every sample."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from helpers import SERVER_ARGS, free_port, scrape
 
 
 def test_metrics_count_calls_samples_bytes_and_held_graphs():

@@ -12,7 +12,6 @@ from concurrent import futures
 import grpc
 import pytest
 import torch
-from test_connection import free_port
 
 import graytune
 from graytune import tensor_codec
@@ -20,6 +19,8 @@ from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.contract import CALL_ID_HEADER as CALL_ID
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
+
+from helpers import free_port
 
 
 class StandIn(pb_grpc.GradientOracleServicer):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from graytune.client.transport.local_server import LocalServer
 
-from conftest import SERVER_ARGS, wait_until
+from helpers import SERVER_ARGS, wait_until
 
 RUN_ARGS = ("--batch-size", "8", "--no-progress")
 

@@ -9,7 +9,7 @@ import sys
 from graytune.client.training import checkpoint
 from graytune.client.transport.local_server import LocalServer
 
-from conftest import SERVER_ARGS, wait_until
+from helpers import SERVER_ARGS, wait_until
 
 
 def test_sigterm_during_training_ends_cleanly(digits, tmp_path):

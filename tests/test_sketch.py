@@ -14,7 +14,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_classify import graytune, records
 
 from graytune.client.data.preprocess import Preprocess
 from graytune.client.data.tables import DataError
@@ -22,6 +21,8 @@ from graytune.client.modules.losses import category_contrastive_loss
 from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.sketch.data import SketchPhotoDataset
 from graytune.client.tasks.sketch.metrics import average_precision, precision_at, sketch_metrics
+
+from helpers import graytune, records
 
 # -- metrics ---------------------------------------------------------------------------------
 

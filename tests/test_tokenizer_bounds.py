@@ -22,7 +22,7 @@ from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.compute.tokenizer import CACHE_WORDS, END_OF_WORD, BoundedBPE, TooManyTokens
 from graytune.server.compute.validation import Limits
 
-from conftest import SERVER_ARGS
+from helpers import SERVER_ARGS
 
 CLIP_CONTEXT = 77
 

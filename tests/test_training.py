@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -16,10 +14,7 @@ from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.training.loop import TrainConfig, train
 from graytune.client.transport.oracle_client import OracleClient
 
-
-def records(run_dir: Path, kind: str) -> list:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+from helpers import records
 
 
 def test_training_lowers_the_loss_and_raises_recall(pretrained_server, digits, tmp_path):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_classify import graytune, records
 
 from graytune.client.data.tables import DataError
 from graytune.client.demo.digit_videos import drifting, write_digit_videos
 from graytune.client.modules.layers import AttentionPooling
 from graytune.client.tasks.video.frames import read_clip, uniform_indices, write_video
+
+from helpers import graytune, records
 
 
 @pytest.fixture(scope="module")

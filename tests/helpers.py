@@ -1,0 +1,129 @@
+"""What the tests share besides fixtures (those are in conftest.py): server arguments, waiting on
+events, keys, the CLI as a subprocess, a run's records, scraping metrics, tolerances and the
+in-process text reference."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from graytune.client.training.run_dir import RunDir
+from graytune.client.transport.oracle_client import OracleError
+from graytune.server.cli import keys_main
+
+# Every server a test starts shares the cores with the test process.
+SERVER_ARGS = ("--dev", "--plaintext", "--threads", "1", "--log-level", "WARNING")
+# A server with a key file (`--keys` added by the test); INFO for its audit lines.
+KEYED_ARGS = ("--plaintext", "--threads", "1", "--log-level", "INFO")
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    """Polls `condition` until true; a generous deadline, never a guess at how long work takes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true after {timeout} s")
+        time.sleep(0.005)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_key(key_file, *args) -> str:
+    """`graytune-server keys --file KEY_FILE create ARGS`, run in this process (the command's own
+    tests run it as a process: tests/test_key_file.py) -> the secret it prints."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        keys_main(["--file", str(key_file), "create", *args])
+    return printed.getvalue().strip()
+
+
+def refusal_of(call) -> OracleError:
+    with pytest.raises(OracleError) as failure:
+        call()
+    return failure.value
+
+
+def code_of(call) -> tuple:
+    error = refusal_of(call)
+    return error.code, error.details
+
+
+def graytune(endpoint, *args, key=None) -> subprocess.CompletedProcess:
+    """The customer's CLI as a process: `graytune ARGS --endpoint ENDPOINT`, with `key` as
+    GRAYTUNE_API_KEY."""
+    env = {**os.environ, "GRAYTUNE_API_KEY": key} if key else os.environ
+    return subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", endpoint],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+def records(run_dir, kind: str | None = None) -> list:
+    """A run's metrics.jsonl, all records or those of one kind ('train', 'eval', 'zero_shot')."""
+    return [r for r in RunDir(run_dir).records() if kind is None or r["kind"] == kind]
+
+
+def calls_on(replica, status="OK") -> int:
+    """Calls a server's audit log says ended with `status`."""
+    return sum(1 for line in replica.output if "call method=" in line and f"status={status}" in line)
+
+
+def scrape(port: int) -> dict:
+    """{(name, frozenset(labels)): value} of every sample a server's /metrics serves."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+# Relative L2 error of float32 results whose sums run in another order or over other shapes
+# (e.g. the server's text transformer stops at the batch's last end-of-text, a reference runs the
+# whole context): ~170 units of rounding; seen up to 6e-7. Element-wise tolerances do not hold
+# there: a gradient summed over positions cancels, and a small element carries a large error.
+REORDERED = 1e-5
+# Element-wise, for the gradient tests that compare entry by entry.
+TIGHT = dict(rtol=1e-5, atol=1e-6)
+CAPTIONS = ["a photo of the digit three.", "a handwritten seven.", "a cat"]
+
+
+def reference_text(model, token_ids, shift=None, extra=None):
+    """OpenCLIP's encode_text, with shift/extra tokens injected at the token embedding."""
+    k = 0 if extra is None else extra.shape[0]
+    if k:  # make room after start-of-text: argmax pooling then lands K positions later
+        pad = torch.zeros(token_ids.shape[0], k, dtype=token_ids.dtype)
+        token_ids = torch.cat([token_ids[:, :1], pad, token_ids[:, 1:-k]], dim=1)
+
+    def inject(module, inputs, out):  # out (B, L, D)
+        if shift is not None:
+            out = out + shift
+        if k:
+            out = torch.cat([out[:, :1], extra.expand(out.shape[0], k, -1), out[:, 1 + k :]], dim=1)
+        return out
+
+    hook = model.token_embedding.register_forward_hook(inject)
+    try:
+        return model.encode_text(token_ids)
+    finally:
+        hook.remove()
