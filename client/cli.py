@@ -84,19 +84,16 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _peek(argv: list[str], flag: str, choices: Collection[str], default: str) -> str:
-    """The value `flag` is given in `argv` (a parser is built for it before parsing), if valid."""
-    for i, arg in enumerate(argv):
-        value = (
-            argv[i + 1]
-            if arg == flag and i + 1 < len(argv)
-            else arg.split("=", 1)[1]
-            if arg.startswith(flag + "=")
-            else None
-        )
-        if value is not None and value in choices:
-            return value
-    return default
+def _chosen(argv: list[str], flag: str, choices: Collection[str], default: str) -> str:
+    """The value `argv` gives `flag` if it is one of `choices`, else `default`: train's and eval's
+    flags depend on their --method and --task, so these are read before the parser is built."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument(flag, dest="value")
+    try:
+        value = pre.parse_known_args(argv)[0].value
+    except argparse.ArgumentError:  # `--method` with no value: the full parser says so
+        return default
+    return value if value in choices else default
 
 
 def _task_args(p: argparse.ArgumentParser, task: str, help: str) -> None:
@@ -139,7 +136,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     import graytune
 
     argv = list(argv)
-    method, task = _peek(argv, "--method", METHODS, "dga"), _peek(argv, "--task", TASKS, "retrieval")
+    method, task = _chosen(argv, "--method", METHODS, "dga"), _chosen(argv, "--task", TASKS, "retrieval")
     parser = argparse.ArgumentParser(prog="graytune", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--version", action="version", version=f"graytune {graytune.__version__} (protocol {graytune.PROTOCOL_VERSION})"
@@ -391,9 +388,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in ("train", "eval"):
-        task = _peek(argv, "--task", TASKS, "retrieval")
+        task = _chosen(argv, "--task", TASKS, "retrieval")
         refusals = [_foreign_flags(argv, "task", task, {name: task_class(name).Options for name in TASKS})]
-        method = _peek(argv, "--method", [*METHODS, "zero-shot"], "dga")
+        method = _chosen(argv, "--method", [*METHODS, "zero-shot"], "dga")
         if command == "train" and method in METHODS:
             refusals.insert(0, _foreign_flags(argv, "method", method, {n: m.options for n, m in METHODS.items()}))
         for refusal in filter(None, refusals):

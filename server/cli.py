@@ -26,6 +26,11 @@ from graytune.server.compute.validation import Limits
 MB = 1 << 20
 
 
+def from_env(name: str) -> str | None:
+    """A flag's default from $GRAYTUNE_<NAME> (the compose file sets these), else none."""
+    return os.environ.get(f"GRAYTUNE_{name}") or None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     import graytune
 
@@ -38,18 +43,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("backbone")
     model.add_argument(
         "--model",
-        default=os.environ.get("GRAYTUNE_MODEL", "graytune-tiny"),
+        default=from_env("MODEL") or "graytune-tiny",
         help="OpenCLIP architecture name (default: %(default)s)",
     )
     model.add_argument(
         "--pretrained",
-        default=os.environ.get("GRAYTUNE_PRETRAINED") or None,
+        default=from_env("PRETRAINED"),
         help="OpenCLIP pretrained tag, fetched from the hub",
     )
     model.add_argument(
         "--weights",
         type=Path,
-        default=os.environ.get("GRAYTUNE_WEIGHTS") or None,
+        default=from_env("WEIGHTS"),
         help="local .safetensors or .pt weights for --model",
     )
     model.add_argument("--model-config", type=Path, help="architecture JSON file (its stem names the model)")
@@ -116,13 +121,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument(
         "--keys",
         type=Path,
-        default=os.environ.get("GRAYTUNE_KEYS") or None,
+        default=from_env("KEYS"),
         help="API key file (see `graytune-server keys`); required unless --dev",
     )
     serve.add_argument(
         "--usage-db",
         type=Path,
-        default=os.environ.get("GRAYTUNE_USAGE_DB") or None,
+        default=from_env("USAGE_DB"),
         help="SQLite file of budget usage (default: beside the key file)",
     )
     serve.add_argument(
@@ -138,23 +143,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     tls.add_argument(
         "--tls-cert",
         type=Path,
-        default=os.environ.get("GRAYTUNE_TLS_CERT") or None,
+        default=from_env("TLS_CERT"),
         help="server certificate chain (PEM)",
     )
-    tls.add_argument(
-        "--tls-key", type=Path, default=os.environ.get("GRAYTUNE_TLS_KEY") or None, help="server private key (PEM)"
-    )
+    tls.add_argument("--tls-key", type=Path, default=from_env("TLS_KEY"), help="server private key (PEM)")
     tls.add_argument(
         "--tls-client-ca",
         type=Path,
-        default=os.environ.get("GRAYTUNE_TLS_CLIENT_CA") or None,
+        default=from_env("TLS_CLIENT_CA"),
         help="CA that signs client certificates: mutual TLS",
     )
     tls.add_argument("--plaintext", action="store_true", help="serve without TLS (trusted networks only)")
     serve.add_argument(
         "--metrics-port",
         type=int,
-        default=os.environ.get("GRAYTUNE_METRICS_PORT") or None,
+        default=from_env("METRICS_PORT"),
         help="serve Prometheus metrics over HTTP on this port (default: off)",
     )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")

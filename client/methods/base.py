@@ -59,6 +59,10 @@ class AdapterConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """What a run's first metrics record says of its model."""
+        return {"method": self.method}
+
     def check_backbone(self, oracle: OracleClient) -> None:
         backbone = oracle.info().backbone
         if (backbone.name, backbone.sha256) != (self.backbone_name, self.backbone_sha256):
@@ -120,6 +124,17 @@ ConfigT = TypeVar("ConfigT", bound=AdapterConfig)
 OptionsT = TypeVar("OptionsT")
 
 
+@dataclass(frozen=True)
+class TrainingContext:
+    """What the run loop hands a method's trainer besides its model and options."""
+
+    run: Any  # the TrainConfig: batch size, seed
+    task: Any  # the Task: its loss and data
+    train_set: Any
+    oracle: OracleClient
+    state: dict[str, Any]  # a checkpoint's training state ({} for a new run)
+
+
 class Method(abc.ABC, Generic[ConfigT, OptionsT]):
     """One entry of the registry: a method's names, its options and how it builds and trains."""
 
@@ -143,15 +158,5 @@ class Method(abc.ABC, Generic[ConfigT, OptionsT]):
         """The run's number of steps."""
 
     @abc.abstractmethod
-    def trainer(
-        self,
-        model: Model,
-        options: OptionsT,
-        run: Any,
-        task: Any,
-        train_set: Any,
-        oracle: OracleClient,
-        state: dict[str, Any],
-    ) -> Trainer:
-        """The method's trainer over `train_set`; `run`: the TrainConfig (batch size, seed);
-        `task`: its loss and data; `state`: a checkpoint's training state ({} for a new run)."""
+    def trainer(self, model: Model, options: OptionsT, context: TrainingContext) -> Trainer:
+        """The method's trainer of `model` over `context.train_set`."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from graytune.client.data.batches import step_batches
-from graytune.client.methods.base import ConfigT, Method, Model, Trainer
+from graytune.client.methods.base import ConfigT, Method, Model, Trainer, TrainingContext
 from graytune.client.options import option
 
 
@@ -116,14 +116,5 @@ class GradientMethod(Method[ConfigT, GradientOptionsT]):
     def steps(self, options: GradientOptionsT, task_options: Any) -> int:
         return options.steps
 
-    def trainer(
-        self,
-        model: Model,
-        options: GradientOptionsT,
-        run: Any,
-        task: Any,
-        train_set: Any,
-        oracle: Any,
-        state: dict[str, Any],
-    ) -> Trainer:
-        return GradientTrainer(model, options, run, train_set, task.loss, state)
+    def trainer(self, model: Model, options: GradientOptionsT, context: TrainingContext) -> Trainer:
+        return GradientTrainer(model, options, context.run, context.train_set, context.task.loss, context.state)

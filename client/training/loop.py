@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from graytune.client.data.tables import CsvFormat
 from graytune.client.methods.adapter_dir import save_adapters
-from graytune.client.methods.base import AdapterConfig, StopTraining, Trainer
+from graytune.client.methods.base import AdapterConfig, StopTraining, Trainer, TrainingContext
 from graytune.client.methods.registry import load_adapters, method
 from graytune.client.modules.backbone import ZeroShotCLIP
 from graytune.client.options import option
@@ -195,8 +195,7 @@ def train(
                     "step": 0,
                     "kind": "run",
                     "task": cfg.task,
-                    "method": adapters.method,
-                    "adapters": getattr(adapters, "adapters", None),
+                    **adapters.summary(),
                     "train_samples": len(train_set),
                     "trainable_parameters": trainable_parameters(model),
                 }
@@ -204,7 +203,7 @@ def train(
             if val_set is not None:
                 zero_shot = task.evaluate(ZeroShotCLIP(oracle, cache), val_set, cfg.batch_size)
                 metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **oracle_usage(oracle, {})})
-        trainer = chosen.trainer(model, cfg.options, cfg, task, train_set, oracle, state)
+        trainer = chosen.trainer(model, cfg.options, TrainingContext(cfg, task, train_set, oracle, state))
         return _steps(Loop(cfg, steps, task, model, trainer, val_set, run, metrics_log, oracle), state, progress)
     finally:
         metrics_log.close()

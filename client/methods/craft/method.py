@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from graytune.client.methods.base import Method, Trainer, backbone_identity
+from graytune.client.methods.base import Method, Trainer, TrainingContext, backbone_identity
 from graytune.client.methods.craft.model import CraftClassifier, CraftConfig
 from graytune.client.methods.craft.options import CraftOptions
 from graytune.client.methods.craft.trainer import CraftTrainer
@@ -42,14 +42,6 @@ class Craft(Method[CraftConfig, CraftOptions]):
     def steps(self, options: CraftOptions, task_options: Any) -> int:
         return options.generations(task_options.shots)
 
-    def trainer(
-        self,
-        model: CraftClassifier,
-        options: CraftOptions,
-        run: Any,
-        task: Any,
-        train_set: Any,
-        oracle: OracleClient,
-        state: dict[str, Any],
-    ) -> Trainer:
-        return CraftTrainer(model, options, run.batch_size, run.seed, train_set, oracle, state)
+    def trainer(self, model: CraftClassifier, options: CraftOptions, context: TrainingContext) -> Trainer:
+        run = context.run
+        return CraftTrainer(model, options, run.batch_size, run.seed, context.train_set, context.oracle, context.state)

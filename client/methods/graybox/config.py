@@ -24,6 +24,9 @@ class GrayboxConfig(AdapterConfig):
     deep_prompt_depth: int = 0
     deep_prompt_tokens: int = 4
 
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "adapters": self.adapters}
+
     def __post_init__(self) -> None:
         if self.adapters not in SIDES:
             raise ValueError(f"adapters must be one of {', '.join(SIDES)}, not {self.adapters!r}")
