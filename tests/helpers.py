@@ -1,11 +1,12 @@
 """What the tests share besides fixtures (those are in conftest.py): server arguments, waiting on
-events, keys, the CLI as a subprocess, a run's records, scraping metrics, tolerances and the
-in-process text reference."""
+events, keys, the CLI as a subprocess and its training arguments, a server's audit, a run's
+config and records, scraping metrics, tolerances and the in-process text reference."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from graytune.client.training.loop import TrainConfig
 from graytune.client.training.run_dir import RunDir
+from graytune.client.transport.local_server import server_command
 from graytune.client.transport.oracle_client import OracleError
 from graytune.server.cli import keys_main
 
@@ -62,15 +65,53 @@ def code_of(call) -> tuple:
     return error.code, error.details
 
 
+def cli_command(*args) -> list:
+    """The customer's CLI `graytune ARGS` as a process's command line."""
+    return [sys.executable, "-m", "graytune.client.cli", *args]
+
+
 def graytune(endpoint, *args, key=None) -> subprocess.CompletedProcess:
     """The customer's CLI as a process: `graytune ARGS --endpoint ENDPOINT`, with `key` as
     GRAYTUNE_API_KEY."""
     env = {**os.environ, "GRAYTUNE_API_KEY": key} if key else os.environ
-    return subprocess.run(
-        [sys.executable, "-m", "graytune.client.cli", *args, "--endpoint", endpoint],
-        capture_output=True,
-        text=True,
-        env=env,
+    return subprocess.run(cli_command(*args, "--endpoint", endpoint), capture_output=True, text=True, env=env)
+
+
+def train_args(train_data, run_dir, *args) -> list:
+    """The CLI's arguments for `graytune train ARGS` on `train_data` into `run_dir`."""
+    return ["train", "--train-data", str(train_data), "--output-dir", str(run_dir), *args]
+
+
+def train_command(endpoint, train_data, run_dir, *args) -> list:
+    """`graytune train ARGS` against `endpoint`, without a progress bar, as a process's command line."""
+    return cli_command(*train_args(train_data, run_dir, "--endpoint", endpoint, "--no-progress", *args))
+
+
+def task_run_args(task, train_data, val_data, run_dir, steps, *args) -> list:
+    """`graytune train --task TASK ARGS` of `steps` steps, then one evaluation on `val_data` and one
+    checkpoint; without a progress bar."""
+    every = str(steps)
+    cadence = ("--steps", every, "--eval-every", every, "--save-every", every)
+    return train_args(train_data, run_dir, "--task", task, "--val-data", val_data, *cadence, "--no-progress", *args)
+
+
+def audit(log, secret) -> dict:
+    """`graytune-server audit --json` of one key's calls in a server's log file."""
+    command = server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def digits_run(digits, run_dir, options, **config) -> TrainConfig:
+    """Retrieval on the digits with DGA `options` into `run_dir`: evaluated on digits['val'] and
+    saved once, after the last step; `config`: the rest of the TrainConfig."""
+    return TrainConfig(
+        train_data=digits["train"],
+        val_data=digits["val"],
+        output_dir=str(run_dir),
+        eval_every=options.steps,
+        save_every=options.steps,
+        options=options,
+        **config,
     )
 
 

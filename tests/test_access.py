@@ -11,7 +11,7 @@ import pytest
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 
-from helpers import KEYED_ARGS, create_key, graytune
+from helpers import KEYED_ARGS, create_key, graytune, train_args
 
 BUDGET = 100_000
 
@@ -50,18 +50,8 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
     server, secrets = tiers
     before = remaining(server, secrets["blackbox"])
     run_dir = tmp_path / "run"
-    result = graytune(
-        server.endpoint,
-        "train",
-        "--train-data",
-        digits["train"],
-        "--val-data",
-        digits["val"],
-        "--output-dir",
-        str(run_dir),
-        "--no-progress",
-        key=secrets["blackbox"],
-    )
+    args = train_args(digits["train"], run_dir, "--val-data", digits["val"], "--no-progress")
+    result = graytune(server.endpoint, *args, key=secrets["blackbox"])
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -75,19 +65,8 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
 def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp_path):
     server, secrets = tiers
     before = remaining(server, secrets["graybox"])
-    result = graytune(
-        server.endpoint,
-        "train",
-        "--train-data",
-        digits["train"],
-        "--output-dir",
-        str(tmp_path / "run"),
-        "--method",
-        "lga",
-        "--deep-prompt-depth",
-        "1",
-        key=secrets["graybox"],
-    )
+    args = train_args(digits["train"], tmp_path / "run", "--method", "lga", "--deep-prompt-depth", "1")
+    result = graytune(server.endpoint, *args, key=secrets["graybox"])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "deep_prompt_depth 1" in result.stderr and "tier 'graybox'" in result.stderr
     assert remaining(server, secrets["graybox"]) == before
@@ -97,31 +76,12 @@ def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp
 def test_evaluating_graybox_adapters_with_a_blackbox_key_is_refused_before_it_pays(tiers, digits, tmp_path):
     server, secrets = tiers
     run_dir = tmp_path / "run"
-    trained = graytune(
-        server.endpoint,
-        "train",
-        "--train-data",
-        digits["train"],
-        "--output-dir",
-        str(run_dir),
-        "--steps",
-        "1",
-        "--batch-size",
-        "8",
-        "--no-progress",
-        key=secrets["graybox"],
-    )
+    args = train_args(digits["train"], run_dir, "--steps", "1", "--batch-size", "8", "--no-progress")
+    trained = graytune(server.endpoint, *args, key=secrets["graybox"])
     assert trained.returncode == 0, trained.stderr
     before = remaining(server, secrets["blackbox"])
-    result = graytune(
-        server.endpoint,
-        "eval",
-        "--val-data",
-        digits["val"],
-        "--adapter",
-        str(run_dir / "adapter"),
-        key=secrets["blackbox"],
-    )
+    args = ("eval", "--val-data", digits["val"], "--adapter", str(run_dir / "adapter"))
+    result = graytune(server.endpoint, *args, key=secrets["blackbox"])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot run evaluation of graybox-dga adapters" in result.stderr
     assert "gradients" not in result.stderr, "evaluation needs the inputs, not gradients"
@@ -143,16 +103,8 @@ def test_bad_data_is_refused_in_one_line_before_any_call_is_billed(tiers, tmp_pa
     image = open(data["train"]).read().splitlines()[line - 1].split("\t")[0]
     damage(tmp_path / "data" / image)  # line 2 is the first row: always decoded by the check
     before = remaining(server, secrets["graybox"])
-    result = graytune(
-        server.endpoint,
-        "train",
-        "--train-data",
-        data["train"],
-        "--output-dir",
-        str(tmp_path / "run"),
-        "--no-progress",
-        key=secrets["graybox"],
-    )
+    args = train_args(data["train"], tmp_path / "run", "--no-progress")
+    result = graytune(server.endpoint, *args, key=secrets["graybox"])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and re.search(rf"train\.csv, line {line}: {message}", errors[0]), result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 import torch
@@ -14,10 +13,10 @@ from PIL import Image
 from graytune.client.data.tables import DataError
 from graytune.client.tasks.classify.data import few_shot_split, read_classnames, read_labeled, read_templates
 from graytune.client.tasks.classify.metrics import classification_metrics, true_class_rank
-from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 
-from helpers import KEYED_ARGS, create_key, graytune, records, wait_until
+from helpers import KEYED_ARGS, audit, create_key, graytune, records, task_run_args, wait_until
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -141,27 +140,7 @@ def test_repeated_class_names_are_refused(tmp_path):
 
 
 def classify_args(digits, run_dir, *extra):
-    return (
-        "train",
-        "--task",
-        "classify",
-        "--shots",
-        "8",
-        "--train-data",
-        digits["train_labels"],
-        "--val-data",
-        digits["val_labels"],
-        "--output-dir",
-        str(run_dir),
-        "--steps",
-        "20",
-        "--eval-every",
-        "20",
-        "--save-every",
-        "20",
-        "--no-progress",
-        *extra,
-    )
+    return task_run_args("classify", digits["train_labels"], digits["val_labels"], run_dir, 20, "--shots", "8", *extra)
 
 
 def test_dga_classification_beats_zero_shot_and_eval_reproduces_it(pretrained_server, digits, tmp_path):
@@ -197,7 +176,7 @@ def test_dga_classification_beats_zero_shot_and_eval_reproduces_it(pretrained_se
 
 
 def test_a_class_with_too_few_images_is_refused_before_any_call(pretrained_server, digits, tmp_path):
-    result = graytune(pretrained_server.endpoint, *classify_args(digits, tmp_path / "run")[:-1], "--shots", "1000")
+    result = graytune(pretrained_server.endpoint, *classify_args(digits, tmp_path / "run", "--shots", "1000"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "train_labels.csv: class 'eight' has 139 images, fewer than --shots 1000" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -226,14 +205,7 @@ def test_a_blackbox_key_trains_a_linear_probe_without_a_gradient_call(cache_dir,
     val_images = len(open(digits["val_labels"]).read().splitlines()) - 1
     # Every image and class prompt embedded once for the whole run, charged once.
     assert final["oracle/Embed_samples"] == charged == 80 + val_images + 10
-    report = json.loads(
-        subprocess.run(
-            server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    report = audit(log, secret)
     assert set(report["calls_by_method"]) == {"Describe", "Embed"}, report
     assert report["gradient_samples"] == 0 and report["samples_embedded"] == charged
 

@@ -22,10 +22,10 @@ from graytune.client.methods.craft.losses import prompt_fitness, refinement_loss
 from graytune.client.methods.craft.model import RefinementMLP
 from graytune.client.methods.craft.options import CraftOptions
 from graytune.client.methods.craft.search import PromptSearch
-from graytune.client.transport.local_server import LocalServer, server_command
+from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 
-from helpers import KEYED_ARGS, create_key, graytune, records, wait_until
+from helpers import KEYED_ARGS, REORDERED, audit, cli_command, create_key, graytune, records, train_args, wait_until
 
 # -- the modules, in-process ------------------------------------------------------------------
 
@@ -82,31 +82,9 @@ def test_the_search_is_a_function_of_its_seed_and_resumes_bit_for_bit():
 
 
 def craft_args(digits, run_dir, *extra):
-    return (
-        "train",
-        "--task",
-        "classify",
-        "--method",
-        "craft",
-        "--shots",
-        "16",
-        "--popsize",
-        "8",
-        "--queries",
-        "160",
-        "--train-data",
-        digits["train_labels"],
-        "--val-data",
-        digits["val_labels"],
-        "--output-dir",
-        str(run_dir),
-        "--eval-every",
-        "20",
-        "--save-every",
-        "4",
-        "--no-progress",
-        *extra,
-    )
+    craft = ("--task", "classify", "--method", "craft", "--shots", "16", "--popsize", "8", "--queries", "160")
+    cadence = ("--eval-every", "20", "--save-every", "4", "--no-progress")
+    return train_args(digits["train_labels"], run_dir, "--val-data", digits["val_labels"], *craft, *cadence, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -129,17 +107,6 @@ def blackbox(cache_dir, tmp_path_factory):
 def charged(server, secret, budget) -> int:
     with OracleClient(server.endpoint, api_key=secret) as oracle:
         return budget - oracle.describe().budget_remaining
-
-
-def audit(log, secret) -> dict:
-    return json.loads(
-        subprocess.run(
-            server_command() + ["audit", "--log", str(log), "--key", secret.split("_")[1], "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
 
 
 def test_craft_beats_zero_shot_with_no_gradient_call_and_counts_what_was_charged(blackbox, digits, tmp_path):
@@ -181,7 +148,7 @@ def test_the_same_seed_gives_the_same_result_and_a_killed_run_resumes_to_it(blac
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert graytune(server.endpoint, *craft_args(digits, whole), key=key).returncode == 0
     run = subprocess.Popen(
-        [sys.executable, "-m", "graytune.client.cli", *craft_args(digits, killed), "--endpoint", server.endpoint],
+        cli_command(*craft_args(digits, killed), "--endpoint", server.endpoint),
         env={**os.environ, "GRAYTUNE_API_KEY": key},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -276,8 +243,6 @@ def test_the_queries_benchmark_runs_at_toy_size_one_call_per_generation(cache_di
 
 
 def test_a_generation_over_the_servers_rows_limit_is_split_over_calls(digits):
-    from test_context_prompts import ROUNDING
-
     from graytune.client.methods.craft.model import CraftClassifier
     from graytune.client.methods.registry import method
 
@@ -296,7 +261,7 @@ def test_a_generation_over_the_servers_rows_limit_is_split_over_calls(digits):
         assert together.shape == (8, 3, oracle.describe().embed_dim)
         assert oracle.usage() == {"Embed_calls": 2, "Embed_samples": 8}
         alone = torch.cat([model.class_embeddings_of(z[i : i + 1]) for i in range(8)])
-        assert (together - alone).norm() / alone.norm() < ROUNDING
+        assert (together - alone).norm() / alone.norm() < REORDERED
         with pytest.raises(ValueError, match="21 classes: the server embeds at most 20 prompts per call"):
             CraftClassifier(
                 dataclasses.replace(config, classes=21, task={"name": "classify", "classnames": ["c"] * 21}), oracle
@@ -318,8 +283,6 @@ class Pixels:
 
 
 def test_saved_image_features_are_reused_only_for_the_same_images_and_backbone():
-    from test_context_prompts import ROUNDING
-
     from graytune.client.methods.craft.model import CraftClassifier
     from graytune.client.methods.craft.trainer import image_features
     from graytune.client.methods.registry import method
@@ -341,6 +304,6 @@ def test_saved_image_features_are_reused_only_for_the_same_images_and_backbone()
         changed = image_features(model, Pixels(pixels.flip(0)), 2, "backbone a", saved)
         assert oracle.usage()["Embed_samples"] == 10 and changed["key"] != saved["key"]
         flipped = saved["features"].flip(0)  # the same images in other batches: rounding apart
-        assert (changed["features"] - flipped).norm() / flipped.norm() < ROUNDING
+        assert (changed["features"] - flipped).norm() / flipped.norm() < REORDERED
         assert image_features(model, Pixels(pixels), 2, "backbone b", saved)["key"] != saved["key"]
         assert oracle.usage()["Embed_samples"] == 15

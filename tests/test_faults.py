@@ -32,31 +32,19 @@ from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.v1 import oracle_pb2 as pb
 
-from helpers import SERVER_ARGS, calls_on, free_port, scrape, wait_until
+from helpers import SERVER_ARGS, calls_on, cli_command, free_port, scrape, train_args, wait_until
 
 SWEEP_SECONDS = 1.0  # how often the server drops expired graphs (GraphStore.run_sweeper)
 
 
 def train_argv(digits, run_dir: Path, *extra: str) -> list:
-    return [
-        "train",
-        "--train-data",
-        digits["train"],
-        "--output-dir",
-        str(run_dir),
-        "--steps",
-        "6",
-        "--batch-size",
-        "16",
-        "--save-every",
-        "2",
-        "--no-progress",
-        *extra,
-    ]
+    return train_args(
+        digits["train"], run_dir, "--steps", "6", "--batch-size", "16", "--save-every", "2", "--no-progress", *extra
+    )
 
 
 def cli_train(endpoint: str, digits, run_dir: Path, *extra: str) -> list:
-    return [sys.executable, "-m", "graytune.client.cli", *train_argv(digits, run_dir, "--endpoint", endpoint, *extra)]
+    return cli_command(*train_argv(digits, run_dir, "--endpoint", endpoint, *extra))
 
 
 def train_config(digits, run_dir: Path):

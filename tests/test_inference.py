@@ -58,19 +58,15 @@ def first_images(digits, count, path):
     return [p for p, _ in pairs]
 
 
+def on_images(server, command, adapter, folder, out, *args):
+    """`graytune COMMAND --adapter ADAPTER --images FOLDER/images.csv --out FOLDER/OUT ARGS`."""
+    images, output = str(folder / "images.csv"), str(folder / out)
+    return graytune(server.endpoint, command, "--adapter", adapter, "--images", images, "--out", output, *args)
+
+
 def test_embedded_images_equal_encode_image_with_ids_in_order(server, runs, digits, tmp_path):
     images = first_images(digits, 70, tmp_path / "images.csv")  # two batches: 64 + 6
-    result = graytune(
-        server.endpoint,
-        "embed",
-        "--adapter",
-        runs["retrieval"],
-        "--images",
-        str(tmp_path / "images.csv"),
-        "--out",
-        str(tmp_path / "emb.npy"),
-        "--no-progress",
-    )
+    result = on_images(server, "embed", runs["retrieval"], tmp_path, "emb.npy", "--no-progress")
     assert result.returncode == 0, result.stderr
     table = np.load(tmp_path / "emb.npy")
     assert [os.path.normpath(tmp_path / i) for i in table["id"]] == [os.path.normpath(p) for p in images]
@@ -113,34 +109,14 @@ def test_a_failure_mid_way_leaves_no_output_file(server, runs, digits, tmp_path)
     lines = (tmp_path / "images.csv").read_text().splitlines()
     lines[67] = "broken.png"  # in the second batch, after the first was embedded
     (tmp_path / "images.csv").write_text("\n".join(lines) + "\n")
-    result = graytune(
-        server.endpoint,
-        "embed",
-        "--adapter",
-        runs["retrieval"],
-        "--images",
-        str(tmp_path / "images.csv"),
-        "--out",
-        str(tmp_path / "emb.npy"),
-        "--no-progress",
-    )
+    result = on_images(server, "embed", runs["retrieval"], tmp_path, "emb.npy", "--no-progress")
     assert result.returncode == 1 and "images.csv, line 68: cannot read image" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["broken.png", "images.csv"], "no output, no temporary file"
 
 
 def test_predict_writes_the_classifiers_prediction_per_image(server, runs, digits, tmp_path):
     images = first_images(digits, 12, tmp_path / "images.csv")
-    result = graytune(
-        server.endpoint,
-        "predict",
-        "--adapter",
-        runs["classify"],
-        "--images",
-        str(tmp_path / "images.csv"),
-        "--out",
-        str(tmp_path / "pred.csv"),
-        "--no-progress",
-    )
+    result = on_images(server, "predict", runs["classify"], tmp_path, "pred.csv", "--no-progress")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
     with OracleClient(server.endpoint) as oracle:
@@ -156,16 +132,7 @@ def test_predict_writes_the_classifiers_prediction_per_image(server, runs, digit
 
 def test_predict_refuses_retrieval_adapters_and_a_bad_output_name(server, runs, digits, tmp_path):
     first_images(digits, 2, tmp_path / "images.csv")
-    result = graytune(
-        server.endpoint,
-        "predict",
-        "--adapter",
-        runs["retrieval"],
-        "--images",
-        str(tmp_path / "images.csv"),
-        "--out",
-        str(tmp_path / "pred.csv"),
-    )
+    result = on_images(server, "predict", runs["retrieval"], tmp_path, "pred.csv")
     assert result.returncode == 1 and "predict needs classification adapters" in result.stderr
     result = graytune(
         server.endpoint, "embed", "--images", str(tmp_path / "images.csv"), "--out", str(tmp_path / "emb.txt")

@@ -6,37 +6,26 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from graytune.client.transport.local_server import LocalServer
 
-from helpers import SERVER_ARGS, wait_until
-
-RUN_ARGS = ("--batch-size", "8", "--no-progress")
-
-
-def graytune(*args):
-    return [sys.executable, "-m", "graytune.client.cli", *args]
+from helpers import SERVER_ARGS, cli_command, records, train_command, wait_until
 
 
 def train_cmd(endpoint, digits, run_dir, *extra):
-    return graytune(
-        "train",
-        "--endpoint",
-        endpoint,
-        "--train-data",
-        digits["train"],
-        "--output-dir",
-        str(run_dir),
-        *RUN_ARGS,
-        *extra,
-    )
+    return train_command(endpoint, digits["train"], run_dir, "--batch-size", "8", *extra)
 
 
 def train_steps(run_dir: Path) -> list:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r["step"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    return [r["step"] for r in records(run_dir, "train")]
+
+
+def running(command, run_dir: Path, steps: int, **popen) -> subprocess.Popen:
+    """A trainer running `command`, once it logged `steps` training steps (or ended)."""
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    wait_until(lambda: run.poll() is not None or len(train_steps(run_dir)) >= steps, 300, f"{steps} training steps")
+    return run
 
 
 def checkpoint_step(run_dir: Path) -> int:
@@ -89,19 +78,8 @@ def as_in_a_terminal() -> None:
 
 
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_path):
-    run = subprocess.Popen(
-        train_cmd(server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "3"),
-        preexec_fn=as_in_a_terminal,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    metrics = tmp_path / "metrics.jsonl"
-    wait_until(
-        lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 5),
-        timeout=300,
-        what="five training steps",
-    )
+    command = train_cmd(server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "3")
+    run = running(command, tmp_path, 5, preexec_fn=as_in_a_terminal)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate()
     assert run.returncode == 128 + signal.SIGINT, err
@@ -125,20 +103,10 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_pat
 
 def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path):
     with LocalServer(SERVER_ARGS) as server:
-        run = subprocess.Popen(
-            train_cmd(
-                server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "2", "--reconnect-timeout", "1"
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        command = train_cmd(
+            server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "2", "--reconnect-timeout", "1"
         )
-        metrics = tmp_path / "metrics.jsonl"
-        wait_until(
-            lambda: run.poll() is not None or (metrics.exists() and len(train_steps(tmp_path)) >= 3),
-            timeout=300,
-            what="three training steps",
-        )
+        run = running(command, tmp_path, 3)
         server.kill()
         out, err = run.communicate()
     assert run.returncode == 1, err
@@ -155,7 +123,7 @@ def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path
 
 def test_a_closed_pipe_ends_quietly(server, digits):
     run = subprocess.Popen(
-        graytune("eval", "--endpoint", server.endpoint, "--val-data", digits["val"]),
+        cli_command("eval", "--endpoint", server.endpoint, "--val-data", digits["val"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -4,38 +4,29 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 from graytune.client.training import checkpoint
 from graytune.client.transport.local_server import LocalServer
 
-from helpers import SERVER_ARGS, wait_until
+from helpers import SERVER_ARGS, train_command, wait_until
 
 
 def test_sigterm_during_training_ends_cleanly(digits, tmp_path):
     server = LocalServer(SERVER_ARGS).start()
     trainer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "graytune.client.cli",
-            "train",
-            "--endpoint",
+        train_command(
             server.endpoint,
-            "--train-data",
             digits["train"],
-            "--output-dir",
-            str(tmp_path),
+            tmp_path,
             "--steps",
             "100000",
             "--save-every",
             "2",
             "--batch-size",
             "16",
-            "--no-progress",
             "--reconnect-timeout",
             "2",
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,7 +22,7 @@ from graytune.client.tasks.retrieval.loss import contrastive_loss
 from graytune.client.tasks.sketch.data import SketchPhotoDataset
 from graytune.client.tasks.sketch.metrics import average_precision, precision_at, sketch_metrics
 
-from helpers import graytune, records
+from helpers import graytune, records, task_run_args
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -149,25 +149,8 @@ def test_an_unknown_domain_names_its_line(tmp_path):
 
 def test_sketch_retrieval_beats_zero_shot(pretrained_server, digits, tmp_path):
     run_dir = tmp_path / "run"
-    result = graytune(
-        pretrained_server.endpoint,
-        "train",
-        "--task",
-        "sketch",
-        "--train-data",
-        digits["train_sketch"],
-        "--val-data",
-        digits["val_sketch"],
-        "--output-dir",
-        str(run_dir),
-        "--steps",
-        "30",
-        "--eval-every",
-        "30",
-        "--save-every",
-        "30",
-        "--no-progress",
-    )
+    args = task_run_args("sketch", digits["train_sketch"], digits["val_sketch"], run_dir, 30)
+    result = graytune(pretrained_server.endpoint, *args)
     assert result.returncode == 0, result.stderr
     final, logged = json.loads(result.stdout), records(run_dir)
     zero_shot = logged[1]

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from graytune.client.methods.graybox.options import DGAOptions
-from graytune.client.training.loop import TrainConfig, train
+from graytune.client.training.loop import train
 from graytune.client.training.tensorboard import scalars
 from graytune.client.transport.oracle_client import OracleClient
+
+from helpers import digits_run
 
 
 def test_records_become_tagged_scalars():
@@ -31,16 +33,7 @@ def test_records_become_tagged_scalars():
 
 def test_event_files_match_the_metrics_log(server, digits, tmp_path):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    cfg = TrainConfig(
-        train_data=digits["train"],
-        val_data=digits["val"],
-        output_dir=str(tmp_path),
-        batch_size=8,
-        eval_every=3,
-        save_every=3,
-        report_to=("tensorboard",),
-        options=DGAOptions(steps=3, workers=0),
-    )
+    cfg = digits_run(digits, tmp_path, DGAOptions(steps=3, workers=0), batch_size=8, report_to=("tensorboard",))
     with OracleClient(server.endpoint) as oracle:
         train(oracle, cfg, progress=False)
     events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))

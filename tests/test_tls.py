@@ -48,7 +48,8 @@ def make_ca(directory, name, days=30):
     )
 
 
-def make_cert(directory, ca, name, san, days=30):
+def make_request(directory, name, san):
+    """NAME.key, its certificate signing request NAME.csr, and NAME.ext naming `san` for the signer."""
     openssl(
         "req",
         "-newkey",
@@ -63,6 +64,10 @@ def make_cert(directory, ca, name, san, days=30):
         cwd=directory,
     )
     (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+
+
+def make_cert(directory, ca, name, san, days=30):
+    make_request(directory, name, san)
     openssl(
         "x509",
         "-req",
@@ -92,20 +97,7 @@ def make_dated_cert(directory, ca, name, start, end):
     )
     (directory / "index.txt").write_text("")
     (directory / "serial").write_text("01\n")
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        f"/CN={name}",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        cwd=directory,
-    )
-    (directory / f"{name}.ext").write_text(f"subjectAltName={LOCAL}\n")
+    make_request(directory, name, LOCAL)
     openssl(
         "ca",
         "-batch",
@@ -215,13 +207,8 @@ def assert_said_at_once(failure, *words):
 
 
 def test_a_server_signed_by_an_unknown_ca_is_reported(tls_server, pki):
-    assert_said_at_once(
-        handshake_failure(tls_server.endpoint, tls_channel_credentials(pki("rogue-ca.crt"))),
-        "not signed by the CA in",
-        "rogue-ca.crt",
-        "--tls-ca FILE",
-        "GRAYTUNE_TLS_CA",
-    )
+    failure = handshake_failure(tls_server.endpoint, tls_channel_credentials(pki("rogue-ca.crt")))
+    assert_said_at_once(failure, "not signed by the CA in", "rogue-ca.crt", "--tls-ca FILE", "GRAYTUNE_TLS_CA")
 
 
 def test_a_self_signed_server_is_reported(pki):
@@ -274,12 +261,8 @@ def test_a_plaintext_client_of_a_tls_server_is_told_to_use_tls(tls_server):
 
 
 def test_a_tls_client_of_a_plaintext_server_is_told_so(server, pki):
-    assert_said_at_once(
-        handshake_failure(server.endpoint, tls_channel_credentials(pki("ca.crt"))),
-        "does not complete a TLS handshake",
-        "--plaintext",
-        "without --tls",
-    )
+    failure = handshake_failure(server.endpoint, tls_channel_credentials(pki("ca.crt")))
+    assert_said_at_once(failure, "does not complete a TLS handshake", "--plaintext", "without --tls")
 
 
 # -- what the server says about its TLS files at start-up --------------------------------

@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import torch
 from safetensors.torch import load_file
 
 from graytune.client.methods.graybox.options import DGAOptions
-from graytune.client.training.loop import TrainConfig, train
+from graytune.client.training.loop import train
 from graytune.client.transport.oracle_client import OracleClient
 
-from helpers import records
+from helpers import digits_run, records, train_command
 
 
 def test_training_lowers_the_loss_and_raises_recall(pretrained_server, digits, tmp_path):
-    cfg = TrainConfig(
-        train_data=digits["train"],
-        val_data=digits["val"],
-        output_dir=str(tmp_path),
-        batch_size=32,
-        eval_every=60,
-        save_every=60,
-        options=DGAOptions(steps=60, lr=3e-3),
-    )
+    cfg = digits_run(digits, tmp_path, DGAOptions(steps=60, lr=3e-3), batch_size=32)
     with OracleClient(pretrained_server.endpoint) as oracle:
         final = train(oracle, cfg, progress=False)
     zero_shot = records(tmp_path, "zero_shot")[0]
@@ -39,26 +30,9 @@ def test_training_lowers_the_loss_and_raises_recall(pretrained_server, digits, t
 
 
 def cli_train(server, digits, run_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "graytune.client.cli",
-        "train",
-        "--endpoint",
-        server.endpoint,
-        "--train-data",
-        digits["train"],
-        "--output-dir",
-        str(run_dir),
-        "--steps",
-        "40",
-        "--save-every",
-        "4",
-        "--batch-size",
-        "16",
-        "--no-progress",
-        *extra,
-    ]
+    return train_command(
+        server.endpoint, digits["train"], run_dir, "--steps", "40", "--save-every", "4", "--batch-size", "16", *extra
+    )
 
 
 def test_interrupted_run_resumes_to_the_same_result(server, digits, tmp_path):

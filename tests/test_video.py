@@ -16,7 +16,7 @@ from graytune.client.demo.digit_videos import drifting, write_digit_videos
 from graytune.client.modules.layers import AttentionPooling
 from graytune.client.tasks.video.frames import read_clip, uniform_indices, write_video
 
-from helpers import graytune, records
+from helpers import graytune, records, task_run_args, train_args
 
 
 @pytest.fixture(scope="module")
@@ -73,31 +73,9 @@ def test_attention_pooling_starts_as_the_mean_and_learns_weights():
 
 def test_video_retrieval_beats_zero_shot_and_eval_reproduces_it(pretrained_server, videos, tmp_path):
     run_dir = tmp_path / "run"
-    result = graytune(
-        pretrained_server.endpoint,
-        "train",
-        "--task",
-        "video",
-        "--frames",
-        "4",
-        "--pooling",
-        "attention",
-        "--train-data",
-        videos["train_video"],
-        "--val-data",
-        videos["val_video"],
-        "--output-dir",
-        str(run_dir),
-        "--batch-size",
-        "16",
-        "--steps",
-        "20",
-        "--eval-every",
-        "20",
-        "--save-every",
-        "20",
-        "--no-progress",
-    )
+    clips = ("--batch-size", "16", "--frames", "4", "--pooling", "attention")
+    args = task_run_args("video", videos["train_video"], videos["val_video"], run_dir, 20, *clips)
+    result = graytune(pretrained_server.endpoint, *args)
     assert result.returncode == 0, result.stderr
     final, logged = json.loads(result.stdout), records(run_dir)
     zero_shot = logged[1]
@@ -118,18 +96,8 @@ def test_video_retrieval_beats_zero_shot_and_eval_reproduces_it(pretrained_serve
 
 
 def test_a_short_clip_in_the_data_is_refused_before_any_call(pretrained_server, videos, tmp_path):
-    result = graytune(
-        pretrained_server.endpoint,
-        "train",
-        "--task",
-        "video",
-        "--frames",
-        "11",
-        "--train-data",
-        videos["train_video"],
-        "--output-dir",
-        str(tmp_path / "run"),
-    )
+    args = train_args(videos["train_video"], tmp_path / "run", "--task", "video", "--frames", "11")
+    result = graytune(pretrained_server.endpoint, *args)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "train_video.csv, line 2: " in result.stderr and "has 10 frames, fewer than --frames 11" in result.stderr
     assert not (tmp_path / "run").exists()
