@@ -64,10 +64,11 @@ def test_an_empty_frame_folder_is_named(tmp_path):
 
 def test_attention_pooling_starts_as_the_mean_and_learns_weights():
     frames = torch.randn(2, 5, 6)
+    frames[0] = torch.eye(6)[:5]  # clip 0's frames orthonormal: a query along one scores only it
     pool = AttentionPooling(6)
     torch.testing.assert_close(pool(frames), frames.mean(dim=1))
     with torch.no_grad():
-        pool.query.copy_(frames[0, 3] * 50)  # a query that singles out frame 3 of clip 0
+        pool.query.copy_(frames[0, 3] * 50)  # scores 50 for frame 3, 0 for the others (weight e^-50 each)
     assert torch.allclose(pool(frames)[0], frames[0, 3], atol=1e-3)
 
 
