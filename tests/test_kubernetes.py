@@ -95,6 +95,17 @@ def test_every_object_validates_against_the_kubernetes_schemas(overlay, version)
             pytest.fail(f"{what}: {e.message}", pytrace=False)
 
 
+def test_every_object_is_labelled_as_graytunes(overlay):
+    """So that `kubectl get all -l app.kubernetes.io/part-of=graytune` shows them all."""
+    _, objects = overlay
+    unlabelled = [
+        o["metadata"]["name"]
+        for o in objects
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") != "graytune"
+    ]
+    assert not unlabelled
+
+
 def test_the_server_image_is_this_version_for_the_overlays_hardware(overlay):
     name, objects = overlay
     container = server_container(objects)
