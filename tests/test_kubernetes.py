@@ -218,6 +218,20 @@ def test_envoy_finds_the_replicas_through_the_headless_service(overlay):
     )
 
 
+def test_envoys_edge_certificate_is_the_tls_secret_where_envoy_yaml_reads_it(overlay):
+    """Optional: the Secret graytune-tls as the two files envoy.yaml's commented TLS block names."""
+    _, objects = overlay
+    pod = one(objects, "Deployment", "graytune-envoy")["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/certs"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["secretName"] == "graytune-tls" and secret["optional"] is True
+    files = {item["key"]: item["path"] for item in secret["items"]}
+    assert files == {"tls.crt": "server.crt", "tls.key": "server.key"}  # a kubernetes.io/tls Secret's keys
+    text = ENVOY_CONFIG.read_text()  # tests/test_envoy_config.py checks the block itself
+    assert all(f"{{filename: /certs/{path}}}" in text for path in files.values())
+
+
 def test_disruptions_and_network_are_bounded(overlay):
     _, objects = overlay
     labels = server_pod(objects)["metadata"]["labels"]
