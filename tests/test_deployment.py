@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 import graytune
 from graytune.client.transport.local_server import server_command
@@ -48,18 +49,35 @@ def test_compose_services_are_what_the_owner_needs():
         assert env["GRAYTUNE_KEYS"].startswith("/secrets/") and env["GRAYTUNE_TLS_CERT"].startswith("/certs/")
 
 
-def test_replicas_profile_puts_two_replicas_behind_haproxy():
+def test_replicas_profile_puts_two_replicas_behind_envoy():
+    """One service scaled to two, found by Envoy through its name (deploy/envoy/envoy.yaml's
+    cluster; tests/test_envoy_config.py checks the file itself)."""
     config = json.loads(compose("--profile", "replicas", "config", "--format", "json").stdout)
     services = config["services"]
-    lb = services["graytune-lb"]
-    assert lb["build"]["dockerfile"] == "deploy/haproxy.Dockerfile"
-    assert "COPY deploy/haproxy.cfg" in (ROOT / "deploy" / "haproxy.Dockerfile").read_text()
+    (cluster,) = yaml.safe_load((ROOT / "deploy" / "envoy" / "envoy.yaml").read_text())["static_resources"]["clusters"]
+    upstream = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert upstream == {"address": "graytune-replicas", "port_value": 50051}  # the service's name: all its replicas
+    lb, replicas = services["graytune-lb"], services[upstream["address"]]
+    assert lb["image"].startswith("envoyproxy/envoy:v1.40")
+    assert lb["command"] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
+    mounts = {v["target"]: v["source"] for v in lb["volumes"]}
+    assert mounts["/etc/envoy/envoy.yaml"] == str(ROOT / "deploy" / "envoy" / "envoy.yaml")
     assert [p["target"] for p in lb["ports"]] == [50051]
-    for name in ("graytune-replica-1", "graytune-replica-2"):
-        replica = services[name]
-        assert lb["environment"][f"REPLICA_{name[-1]}"] == f"{name}:50051"
-        assert replica["command"] == ["--plaintext"] and not replica.get("ports")
-        assert replica["environment"]["GRAYTUNE_USAGE_DB"] == "/state/usage.sqlite"  # shared budgets
+    assert replicas["deploy"]["replicas"] == 2
+    assert replicas["command"] == ["--plaintext"] and not replicas.get("ports")
+    assert replicas["environment"]["GRAYTUNE_USAGE_DB"] == "/state/usage.sqlite"  # shared budgets
+
+
+def test_the_build_context_is_what_the_image_copies():
+    """.dockerignore lets through exactly the Dockerfile's COPY sources: a key file, a
+    certificate or weights left in the repository never reach the builder."""
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith(("COPY ", "ADD ")):
+            copied.update(line.split()[1:-1])
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert ignore[0] == "*"
+    assert {line[1:] for line in ignore if line.startswith("!")} == copied
 
 
 def test_health_command_reports_serving(server):
@@ -116,9 +134,10 @@ def test_one_version_everywhere():
     printed = subprocess.run(server_command() + ["--version"], capture_output=True, text=True).stdout
     assert printed.startswith(f"graytune-server {graytune.__version__} ")
     config = json.loads(compose("--profile", "cpu", "--profile", "replicas", "config", "--format", "json").stdout)
-    tags = {name: service["image"].split(":")[1] for name, service in config["services"].items()}
+    images = {name: service["image"] for name, service in config["services"].items()}
+    assert images.pop("graytune-lb").startswith("envoyproxy/envoy:")  # upstream's, not ours
+    tags = {name: image.split(":")[1] for name, image in images.items()}
     assert tags.pop("graytune-server-cpu") == f"{graytune.__version__}-cpu"
-    assert tags.pop("graytune-lb") == graytune.__version__
     assert set(tags.values()) == {f"{graytune.__version__}-cuda"}, tags
     assert config["services"]["graytune-server"]["build"]["args"]["TORCH_INDEX"].endswith("/cu124")
     assert config["services"]["graytune-server-cpu"]["build"]["args"]["TORCH_INDEX"].endswith("/cpu")
