@@ -16,11 +16,11 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
 from graytune.contract import GRAYBOX, PROTOCOL_VERSION, TIERS
+from graytune.server.access.usage import is_url, redacted
 from graytune.server.compute.validation import Limits
 
 MB = 1 << 20
@@ -126,9 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     serve.add_argument(
         "--usage-db",
-        type=Path,
         default=from_env("USAGE_DB"),
-        help="SQLite file of budget usage (default: beside the key file)",
+        help="the usage store (budgets used, charged call ids): an SQLite file (default: beside the key "
+        "file) for one host, or postgresql://USER@HOST:PORT/DB shared by replicas on several hosts "
+        "(rate limits too; the password from PGPASSWORD, not the command line)",
     )
     serve.add_argument(
         "--usage-timeout",
@@ -272,7 +273,7 @@ def keys_main(argv) -> None:
         "--gradient-noise", type=float, help="add Gaussian noise of this standard deviation to returned gradients"
     )
     listing = sub.add_parser("list", help="key ids, tiers, labels, expiry, limits and budget used (never secrets)")
-    listing.add_argument("--usage-db", type=Path, help="the server's --usage-db, if not the default")
+    listing.add_argument("--usage-db", help="the server's --usage-db (a file or a URL), if not the default")
     revoke = sub.add_parser("revoke", help="remove a key")
     revoke.add_argument("key_id")
     args = p.parse_args(argv)
@@ -283,7 +284,7 @@ def keys_main(argv) -> None:
     if args.action == "create":
         create_key(keys, args)
     elif args.action == "list":
-        list_keys(keys, args.usage_db or default_usage_db(args.file))
+        list_keys(keys, args.usage_db or str(default_usage_db(args.file)))
     else:
         try:
             key = keys.revoke(args.key_id)
@@ -356,7 +357,7 @@ def describe_key(key) -> str:
     return f"{key.id} ({', '.join(about)})"
 
 
-def list_keys(keys, usage_db: Path) -> None:
+def list_keys(keys, usage_db: str) -> None:
     from graytune.server.access.credentials import utc_now
     from graytune.server.access.key_schema import format_expiry
     from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
@@ -364,7 +365,8 @@ def list_keys(keys, usage_db: Path) -> None:
     if not keys.keys:
         print(f"no keys in {keys.path}" + ("" if keys.path.exists() else " (the file does not exist yet)"))
         return
-    budgets = Budgets(usage_db) if usage_db.exists() else None  # no calls charged yet: nothing used
+    charged = is_url(usage_db) or Path(usage_db).exists()  # no SQLite file: no call charged yet
+    budgets = Budgets(open_usage_db(usage_db, timeout=30.0)) if charged else None
     now = utc_now()
 
     def budget(key, total, kind):
@@ -401,6 +403,25 @@ def list_keys(keys, usage_db: Path) -> None:
 
 def default_usage_db(key_file: Path) -> Path:
     return key_file.with_suffix(".usage.sqlite")
+
+
+def open_usage_db(location: str, timeout: float):
+    """The usage store, or exit 2 saying why it cannot be used."""
+    import sqlite3
+
+    from graytune.server.access.usage import SchemaError, open_store
+
+    unavailable: tuple[type[Exception], ...] = (sqlite3.Error, SchemaError)
+    if is_url(location):
+        try:
+            import psycopg
+        except ModuleNotFoundError:
+            fail("a PostgreSQL usage store needs psycopg: pip install 'graytune[fleet]'")
+        unavailable += (psycopg.Error,)
+    try:
+        return open_store(location, timeout)
+    except unavailable as e:  # locked while its schema needs creating, not SQLite, PostgreSQL out of reach
+        fail(f"the usage database {redacted(location)}: {e}")
 
 
 def health_main(argv) -> None:
@@ -474,7 +495,9 @@ def main(argv=None) -> None:
         if path is not None and not path.is_file():
             fail(f"file not found: {path}")
     if args.keys is not None:
-        check_writable((args.usage_db or default_usage_db(args.keys)).parent, "the usage database")
+        usage_db = args.usage_db or str(default_usage_db(args.keys))
+        if not is_url(usage_db):
+            check_writable(Path(usage_db).parent, "the usage database")
         try:
             keys = KeyFile(args.keys)  # every problem of the file, before the backbone loads
         except KeyFileError as e:
@@ -521,11 +544,7 @@ def main(argv=None) -> None:
         auth, store = Authenticator(None, args.tier), None
     else:
         auth = Authenticator(keys)
-        usage_db = args.usage_db or default_usage_db(args.keys)
-        try:
-            budgets = Budgets(usage_db, busy_timeout=args.usage_timeout)
-        except sqlite3.Error as e:  # locked by another process while its schema needs creating, or not SQLite
-            fail(f"the usage database {usage_db}: {e}")
+        budgets = Budgets(open_usage_db(usage_db, args.usage_timeout))
         store = UsageStore(budgets, timeout=args.usage_timeout)
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:

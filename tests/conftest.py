@@ -16,6 +16,7 @@ from graytune.client.transport.local_server import LocalServer  # noqa: E402
 from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 
 from helpers import SERVER_ARGS  # noqa: E402
+from postgres_cluster import PostgresCluster  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +64,11 @@ def digits(tmp_path_factory):
     from graytune.client.demo.digits import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server per test process; each test makes its own database."""
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()

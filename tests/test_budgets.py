@@ -1,31 +1,45 @@
-"""Budgets in SQLite: one charge per key, call id and request digest; refunds give back exactly
-what the failed request was charged, once; usage never goes below zero."""
+"""Budgets in each store engine (an SQLite file, a real PostgreSQL): one charge per key, call id
+and request digest; refunds give back exactly what the failed request was charged, once; usage
+never goes below zero; rate buckets shared by every process on the store."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 
+import psycopg
 import pytest
 
 from graytune.server.access.credentials import ApiKey
-from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
+from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets, SchemaError, open_store
 from graytune.server.compute.errors import OverLimit
 
 KEY = ApiKey("k1", "0" * 64, "graybox", budget_samples=100, gradient_budget_samples=10)
 
 
+DATABASES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """An empty store: an SQLite file, or a new database on the test process's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "usage.sqlite")
+    return request.getfixturevalue("postgres").create_database(f"usage_{next(DATABASES)}")
+
+
 @pytest.fixture
-def budgets(tmp_path):
-    return Budgets(tmp_path / "usage.sqlite")
+def budgets(location):
+    return Budgets(open_store(location))
 
 
-def test_a_retry_of_the_same_request_joins_its_charge_across_restarts(budgets, tmp_path):
+def test_a_retry_of_the_same_request_joins_its_charge_across_restarts(budgets, location):
     first = budgets.charge(KEY, 50, "call-1", "digest-a")
     assert (first.samples, first.new) == (50, True)
     retry = budgets.charge(KEY, 50, "call-1", "digest-a")
     assert (retry.samples, retry.new) == (50, False)  # a retry owes the same charge, not another
-    again = Budgets(tmp_path / "usage.sqlite").charge(KEY, 50, "call-1", "digest-a")  # another process
+    again = Budgets(open_store(location)).charge(KEY, 50, "call-1", "digest-a")  # another process
     assert not again.new
     assert budgets.used(KEY.id) == 50
 
@@ -68,14 +82,18 @@ def test_a_charge_held_by_a_retry_in_flight_is_not_given_back(budgets):
     assert budgets.used(KEY.id) == 20
 
 
-def test_usage_never_goes_below_zero(budgets, tmp_path):
+def test_usage_never_goes_below_zero(budgets, location):
     attempts = [budgets.charge(KEY, 4, "twin", "d") for _ in range(8)]
     for attempt in attempts:
         budgets.refund(attempt)
     assert budgets.used(KEY.id) == 0
-    db = sqlite3.connect(tmp_path / "usage.sqlite")
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-        db.execute("UPDATE usage SET samples = -1 WHERE key_id = ?", (KEY.id,))
+    negative = "UPDATE usage SET samples = -1 WHERE key_id = 'k1'"
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location) as db, pytest.raises(psycopg.errors.CheckViolation):
+            db.execute(negative)
+    else:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            sqlite3.connect(location).execute(negative)
 
 
 def test_concurrent_charges_never_overspend(budgets):
@@ -111,9 +129,9 @@ def test_gradient_samples_are_a_budget_of_their_own(budgets):
     assert (budgets.used(KEY.id, SAMPLES), budgets.used(KEY.id, GRADIENTS)) == (100, 10)
 
 
-def test_call_ids_are_forgotten_after_a_day(tmp_path):
+def test_call_ids_are_forgotten_after_a_day(location):
     now = [1000.0]
-    budgets = Budgets(tmp_path / "usage.sqlite", clock=lambda: now[0])
+    budgets = Budgets(open_store(location), clock=lambda: now[0])
     budgets.charge(KEY, 5, "old", "d")
     now[0] += 2 * 24 * 3600
     budgets.charge(KEY, 5, "new", "d")  # prunes what is older than a day
@@ -132,6 +150,64 @@ def test_a_version_1_file_keeps_its_usage(tmp_path):
         INSERT INTO gradient_usage VALUES ('k1', 3);
     """)
     db.close()
-    budgets = Budgets(path)
+    budgets = Budgets(open_store(path))
     assert (budgets.used("k1"), budgets.used("k1", GRADIENTS), budgets.used("k2")) == (60, 3, 0)
-    assert Budgets(path).used("k1") == 60  # opened again: migrated once
+    assert Budgets(open_store(path)).used("k1") == 60  # opened again: migrated once
+    budgets.charge(KEY, 5, "call", "d")  # the version 2 and 3 tables are there
+    budgets.take_call(RATED)
+
+
+RATED = ApiKey("k2", "0" * 64, "graybox", rate_per_second=5.0)
+
+
+def test_rate_buckets_are_shared_by_every_process_on_the_store(location):
+    now = [1000.0]
+    replicas = [Budgets(open_store(location), clock=lambda: now[0]) for _ in range(2)]
+    for i in range(5):  # a full bucket: one second's worth
+        replicas[i % 2].take_call(RATED)
+    with pytest.raises(OverLimit, match="limited to 5 calls/s; the next call is allowed in 0.20 s") as refused:
+        replicas[1].take_call(RATED)
+    assert refused.value.retry_after == pytest.approx(0.2)
+    now[0] += 0.2  # one call's worth refilled, counted by whichever replica sees it
+    replicas[1].take_call(RATED)
+    with pytest.raises(OverLimit):
+        replicas[0].take_call(RATED)
+
+
+def test_a_clock_behind_the_bucket_refills_nothing(location):
+    clocks = [[1000.0], [990.0]]  # two hosts, the second 10 s behind
+    ahead, behind = (Budgets(open_store(location), clock=lambda c=c: c[0]) for c in clocks)
+    for _ in range(5):
+        ahead.take_call(RATED)
+    with pytest.raises(OverLimit):
+        behind.take_call(RATED)
+
+
+def test_concurrent_calls_take_exactly_the_bucket(location):
+    replicas = [Budgets(open_store(location), clock=lambda: 1000.0) for _ in range(2)]
+    granted, threads = [], []
+
+    def call(i):
+        try:
+            replicas[i % 2].take_call(RATED)
+            granted.append(i)
+        except OverLimit:
+            pass
+
+    for i in range(16):
+        threads.append(threading.Thread(target=call, args=(i,)))
+        threads[-1].start()
+    for t in threads:
+        t.join(60)
+    assert len(granted) == 5
+
+
+def test_a_store_from_a_newer_graytune_is_refused(budgets, location):
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location) as db:
+            db.execute("UPDATE schema_version SET version = 99")
+    else:
+        with sqlite3.connect(location) as db:
+            db.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaError, match="schema version 99, written by a newer graytune; this one knows up to 3"):
+        open_store(location)

@@ -6,7 +6,6 @@ from typing import Any
 
 import graytune
 from graytune.contract import IMAGE_DEEP_PROMPTS, PROTOCOL_VERSION, TEXT_DEEP_PROMPTS, TIER_ENTRY_POINTS
-from graytune.server.access import rate_limit
 from graytune.server.access.auth import Caller
 from graytune.server.access.tiers import may_differentiate
 from graytune.server.access.usage import GRADIENTS, SAMPLES
@@ -27,8 +26,10 @@ def describe(
     remaining: dict[str, int | None],
     max_calls_per_key: int | None,
     pace: UploadPace,
+    rate_scope: str,
 ) -> pb.DescribeResponse:
-    """`remaining`: budget kind -> what the key has left (None: the store did not answer)."""
+    """`remaining`: budget kind -> what the key has left (None: the store did not answer).
+    `rate_scope`: what one rate bucket counts ("process" or "shared")."""
     key = caller.key
     budget = (
         {}
@@ -38,7 +39,7 @@ def describe(
     rate: dict[str, Any] = (  # DescribeResponse's fields, of several types
         {}
         if key is None or key.rate_per_second is None
-        else {"rate_per_second": key.rate_per_second, "rate_limit_scope": rate_limit.SCOPE}
+        else {"rate_per_second": key.rate_per_second, "rate_limit_scope": rate_scope}
     )
     gradients = (
         {}

@@ -56,7 +56,7 @@ from graytune.server.service.call_record import CallRecord
 from graytune.server.service.describe import describe
 from graytune.server.service.metrics import ServerMetrics
 from graytune.server.service.request_stream import RequestDigest, UploadPace, parse, read_stream
-from graytune.server.service.usage_store import UsageStore
+from graytune.server.service.usage_store import SharedRateLimiter, UsageStore, rate_limiter_for
 from graytune.tensor_codec import TensorFormatError, shown
 from graytune.v1 import oracle_pb2 as pb
 
@@ -103,11 +103,11 @@ class OracleServicer:
         store: UsageStore | None = None,
         metrics: ServerMetrics | None = None,
         pace: UploadPace | None = None,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: RateLimiter | SharedRateLimiter | None = None,
     ):
         self.oracle, self.auth, self.admission, self.store = oracle, auth, admission, store
         self.metrics, self.pace = metrics, pace or UploadPace()
-        self.rate_limiter = rate_limiter or RateLimiter()
+        self.rate_limiter = rate_limiter or rate_limiter_for(store)
         # Each admitted call holds at most one of these threads at a time: hashing its request
         # as it arrives, then while it waits for the device.
         self._threads = ThreadPoolExecutor(admission.max_calls, thread_name_prefix="call")
@@ -141,6 +141,7 @@ class OracleServicer:
                 remaining,
                 self.admission.max_calls_per_key,
                 self.pace,
+                self.rate_limiter.scope,
             )
             call.log("OK")
             return response
@@ -299,7 +300,7 @@ class OracleServicer:
                 # A call without an id is its own logical call: a repeat of it is charged again.
                 call.call_id = _call_id(metadata.get(CALL_ID_HEADER)) or f"~{uuid.uuid4().hex}"
                 if caller.key is not None:
-                    self.rate_limiter.acquire(caller.key)
+                    await self.rate_limiter.acquire(caller.key)
                 if billed:
                     admitted.enter_context(self.admission.slot(caller.id))
                     if self.store is not None and caller.key is not None:

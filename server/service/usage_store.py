@@ -2,20 +2,21 @@
 time limit, so no caller waits on another's lock.
 
 A store that does not answer within `timeout` seconds (another process holding its write
-lock, a slow disk) makes billed calls UNAVAILABLE (the client retries with the same call id)
-— never free, never INTERNAL. A charge that completes after its call gave up on it is let go
-again, so a slow store never bills a call that was not served.
+lock, a slow disk, a PostgreSQL server down or out of reach) makes billed calls UNAVAILABLE
+(the client retries with the same call id) — never free, never INTERNAL. A charge that
+completes after its call gave up on it is let go again, so a slow store never bills a call that
+was not served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from graytune.server.access.credentials import ApiKey
+from graytune.server.access.rate_limit import RateLimiter
 from graytune.server.access.usage import Attempt, Budgets
 from graytune.server.compute.errors import StoreUnavailable
 
@@ -28,6 +29,9 @@ class UsageStore:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="usage")
         # Describe's reads have threads of their own: a flood of Describe calls cannot delay a charge.
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="usage-read")
+
+    async def take_call(self, key: ApiKey) -> None:
+        await self._run("take a call from the rate bucket", self.budgets.take_call, key)
 
     async def refuse_if_spent(self, key: ApiKey, kind: str, call_id: str) -> None:
         await self._run("check the budget", self.budgets.refuse_if_spent, key, kind, call_id)
@@ -72,7 +76,7 @@ class UsageStore:
             raise StoreUnavailable(
                 f"usage store: no answer within {self.timeout:g} s to {what} (--usage-timeout); retry the call"
             ) from None
-        except sqlite3.OperationalError as e:  # "database is locked" after the busy timeout
+        except self.budgets.db.unavailable as e:  # SQLite's "database is locked", PostgreSQL down
             raise StoreUnavailable(f"usage store: {e} (while trying to {what}); retry the call") from None
 
     def _let_go(self, future) -> None:
@@ -86,3 +90,23 @@ class UsageStore:
                 log.error("usage store: could not %s: %s", what, future.exception())
 
         self._pool.submit(fn, *args).add_done_callback(logged)
+
+
+class SharedRateLimiter:
+    """The rate buckets of a store every replica shares: each call takes from the store's bucket."""
+
+    scope = "shared"
+
+    def __init__(self, store: UsageStore):
+        self.store = store
+
+    async def acquire(self, key: ApiKey) -> None:
+        if key.rate_per_second is not None:
+            await self.store.take_call(key)
+
+
+def rate_limiter_for(store: UsageStore | None) -> RateLimiter | SharedRateLimiter:
+    """Rate buckets where the store keeps them: in it when replicas share it, else in this process."""
+    if store is not None and store.budgets.db.rate_scope == SharedRateLimiter.scope:
+        return SharedRateLimiter(store)
+    return RateLimiter()

@@ -1,0 +1,39 @@
+"""Usage: budgets charged exactly once per call, and rate buckets, in a store every replica
+shares: an SQLite file (one host, the default) or PostgreSQL (a fleet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from graytune.server.access.usage.budgets import GRADIENTS, SAMPLES, Attempt, Budgets, budget_of
+from graytune.server.access.usage.engine import SchemaError, UsageDb
+
+__all__ = ["GRADIENTS", "SAMPLES", "Attempt", "Budgets", "SchemaError", "UsageDb", "budget_of"]
+__all__ += ["is_url", "open_store", "redacted"]
+
+
+def is_url(location: str | Path) -> bool:
+    """A PostgreSQL URL, rather than an SQLite file's path."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def redacted(location: str | Path) -> str:
+    """The store as messages may name it: never a password (in the URL or its query)."""
+    if not is_url(location):
+        return str(location)
+    parts = urlsplit(str(location))
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def open_store(location: str | Path, timeout: float = 30.0, connections: int = 8) -> UsageDb:
+    """The store at `location`, its schema created or upgraded. `timeout`: seconds any one
+    operation may wait for a lock, a connection or an answer."""
+    if is_url(location):
+        from graytune.server.access.usage.postgres import PostgresUsageDb  # psycopg: the `fleet` extra
+
+        return PostgresUsageDb(str(location), timeout, connections)
+    from graytune.server.access.usage.sqlite import SqliteUsageDb
+
+    return SqliteUsageDb(location, timeout)
