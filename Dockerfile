@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY protos protos
 COPY server server
 COPY client client
-RUN pip install --extra-index-url "$TORCH_INDEX" ".[server]"
+RUN pip install --extra-index-url "$TORCH_INDEX" ".[server,fleet]"
 # The server runs as uid 1000. /models/cache and /state are created here with that owner, so
 # named volumes start writable; host folders bind-mounted there must be owned by uid 1000
 # (README: "Volumes and permissions").

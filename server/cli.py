@@ -5,6 +5,7 @@ graytune-server --keys keys.json                  # built-in tiny model, random 
 graytune-server --dev --plaintext                 # no credentials, no TLS: development only
 graytune-server health                            # exit 0 when serving (container checks)
 graytune-server audit --log server.log            # per key: calls, samples, gradients, refusals
+graytune-server usage migrate --from keys.usage.sqlite --to postgresql://graytune@db/graytune
 graytune-server --model ViT-B-32 --pretrained laion2b_s34b_b79k
 graytune-server --model ViT-B-32 --weights /models/vit-b-32.safetensors
 """
@@ -130,6 +131,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the usage store (budgets used, charged call ids): an SQLite file (default: beside the key "
         "file) for one host, or postgresql://USER@HOST:PORT/DB shared by replicas on several hosts "
         "(rate limits too; the password from PGPASSWORD, not the command line)",
+    )
+    serve.add_argument(
+        "--usage-db-password-file",
+        type=Path,
+        default=from_env("USAGE_DB_PASSWORD_FILE"),
+        help="a file holding the PostgreSQL password (a mounted secret), when not in PGPASSWORD or ~/.pgpass",
     )
     serve.add_argument(
         "--usage-timeout",
@@ -366,7 +373,7 @@ def list_keys(keys, usage_db: str) -> None:
         print(f"no keys in {keys.path}" + ("" if keys.path.exists() else " (the file does not exist yet)"))
         return
     charged = is_url(usage_db) or Path(usage_db).exists()  # no SQLite file: no call charged yet
-    budgets = Budgets(open_usage_db(usage_db, timeout=30.0)) if charged else None
+    budgets = Budgets(open_usage_db(usage_db, timeout=10.0)) if charged else None
     now = utc_now()
 
     def budget(key, total, kind):
@@ -405,22 +412,18 @@ def default_usage_db(key_file: Path) -> Path:
     return key_file.with_suffix(".usage.sqlite")
 
 
-def open_usage_db(location: str, timeout: float):
+STORE_CONNECT_WAIT = 30.0  # seconds a starting server waits for its PostgreSQL (starting beside it)
+
+
+def open_usage_db(location: str, timeout: float, password_file: Path | None = None):
     """The usage store, or exit 2 saying why it cannot be used."""
-    import sqlite3
+    from graytune.server.access.usage import open_store, store_errors
 
-    from graytune.server.access.usage import SchemaError, open_store
-
-    unavailable: tuple[type[Exception], ...] = (sqlite3.Error, SchemaError)
-    if is_url(location):
-        try:
-            import psycopg
-        except ModuleNotFoundError:
-            fail("a PostgreSQL usage store needs psycopg: pip install 'graytune[fleet]'")
-        unavailable += (psycopg.Error,)
     try:
-        return open_store(location, timeout)
-    except unavailable as e:  # locked while its schema needs creating, not SQLite, PostgreSQL out of reach
+        return open_store(location, timeout, connect_wait=STORE_CONNECT_WAIT, password_file=password_file)
+    except ModuleNotFoundError:
+        fail("a PostgreSQL usage store needs psycopg: pip install 'graytune[fleet]'")
+    except store_errors(location) as e:  # locked while its schema needs creating, not SQLite, out of reach
         fail(f"the usage database {redacted(location)}: {e}")
 
 
@@ -474,6 +477,10 @@ def main(argv=None) -> None:
         return keys_main(argv[1:])
     if argv[:1] == ["health"]:
         return health_main(argv[1:])
+    if argv[:1] == ["usage"]:
+        from graytune.server.access.usage.migrate import main as usage_main
+
+        return usage_main(argv[1:])
     if argv[:1] == ["audit"]:
         from graytune.server.access.audit import main as audit_main
 
@@ -484,6 +491,7 @@ def main(argv=None) -> None:
     from graytune.server.access.credentials import KeyFile
     from graytune.server.access.key_schema import KeyFileError
     from graytune.server.access.tls_files import TlsFileError, server_credentials
+    from graytune.server.access.usage import Budgets
 
     # The owner's files are checked before OpenCLIP is imported (seconds) and the backbone loaded
     # (minutes for a large one): a wrong path, key file or certificate fails at once.
@@ -491,7 +499,7 @@ def main(argv=None) -> None:
         fail("give --keys FILE, or --dev for development without credentials")
     if args.plaintext == bool(args.tls_cert and args.tls_key) or bool(args.tls_cert) != bool(args.tls_key):
         fail("give --tls-cert and --tls-key, or --plaintext to serve without TLS")
-    for path in (args.keys, args.tls_cert, args.tls_key, args.tls_client_ca):
+    for path in (args.keys, args.tls_cert, args.tls_key, args.tls_client_ca, args.usage_db_password_file):
         if path is not None and not path.is_file():
             fail(f"file not found: {path}")
     if args.keys is not None:
@@ -502,6 +510,8 @@ def main(argv=None) -> None:
             keys = KeyFile(args.keys)  # every problem of the file, before the backbone loads
         except KeyFileError as e:
             fail(*e.problems)
+        # Reachable, with a schema this server knows, before the model loads.
+        budgets = Budgets(open_usage_db(usage_db, args.usage_timeout, args.usage_db_password_file))
     try:  # the certificate files too
         tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     except TlsFileError as e:
@@ -510,7 +520,6 @@ def main(argv=None) -> None:
 
     from graytune.server import pretraining
     from graytune.server.access.auth import Authenticator
-    from graytune.server.access.usage import Budgets
     from graytune.server.compute.backbone import BackboneSource, load_backbone
     from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
     from graytune.server.compute.oracle import GradientOracle
@@ -544,7 +553,6 @@ def main(argv=None) -> None:
         auth, store = Authenticator(None, args.tier), None
     else:
         auth = Authenticator(keys)
-        budgets = Budgets(open_usage_db(usage_db, args.usage_timeout))
         store = UsageStore(budgets, timeout=args.usage_timeout)
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:

@@ -132,7 +132,9 @@ def test_rate_limit_says_when_the_next_call_is_allowed(keyed_server, keys):
     with client(keyed_server, keys[1]["slow"]) as oracle:  # retries=0: the refusal itself
         info = oracle.describe()
         assert (info.rate_per_second, info.rate_limit_scope) == (0.001, "process")  # each replica counts its own
-        error = refusal_of(lambda: oracle.describe(refresh=True))
+        oracle.embed_texts(["a cat."])  # a burst of one call
+        oracle.describe(refresh=True)  # Describe is not rate limited
+        error = refusal_of(lambda: oracle.embed_texts(["a cat."]))
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == error_details.RATE_LIMITED
     assert "0.001 calls/s" in error.details and "allowed in" in error.details
 
@@ -140,10 +142,10 @@ def test_rate_limit_says_when_the_next_call_is_allowed(keyed_server, keys):
 def test_a_rate_limited_call_waits_as_long_as_the_server_asks(keyed_server, keys):
     with OracleClient(keyed_server.endpoint, api_key=keys[1]["rate"], timeout=30) as oracle:
         for _ in range(3):  # a burst of one call at 0.5 calls/s: the 2nd and 3rd wait
-            oracle.describe(refresh=True)
+            oracle.embed_texts(["a cat."])
         assert 0 < oracle.rate_limited_seconds <= 3 * 2.0 + 0.01  # a wait is at most 1 / rate (+ ns of rounding)
     with OracleClient(keyed_server.endpoint, api_key=keys[1]["slow"], timeout=30, reconnect_timeout=60) as oracle:
-        error = refusal_of(lambda: [oracle.describe(refresh=True) for _ in range(2)])  # 1,000 s > 60
+        error = refusal_of(lambda: [oracle.embed_texts(["a cat."]) for _ in range(2)])  # 1,000 s > 60
     assert error.reason == error_details.RATE_LIMITED and "waited 0.0 s of 60 s" in error.details
 
 
@@ -154,7 +156,7 @@ def test_calls_refused_together_by_the_rate_limit_log_it_once(keyed_server, keys
 
         def call():
             together.wait()
-            oracle.describe(refresh=True)
+            oracle.embed_texts(["a cat."])
 
         threads = [threading.Thread(target=call) for _ in range(3)]  # a burst of one: two or three refused
         with caplog.at_level(logging.WARNING, logger="graytune.client.transport.oracle_client"):

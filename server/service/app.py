@@ -22,6 +22,10 @@ from graytune.v1 import oracle_pb2
 
 log = logging.getLogger("graytune.server")
 SERVICE_NAME = oracle_pb2.DESCRIPTOR.services_by_name["GradientOracle"].full_name
+# A health status of its own: NOT_SERVING while the usage store does not answer. The server's
+# own ("" and SERVICE_NAME) stays SERVING, since Describe and unbudgeted keys are still served
+# and every replica shares the store: a balancer ejecting them all would serve no one.
+USAGE_STORE_HEALTH = "graytune.UsageStore"
 
 
 class OracleServer:
@@ -72,6 +76,14 @@ class OracleServer:
         self.oracle.store.run_sweeper(self._stop_sweeper)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        store = self.servicer.store
+        if store is not None:
+            status = health_pb2.HealthCheckResponse
+            report = lambda answering: self.health.set(
+                USAGE_STORE_HEALTH, status.SERVING if answering else status.NOT_SERVING
+            )
+            await report(True)
+            store.on_change = lambda answering: asyncio.ensure_future(report(answering))
 
     async def stop(self, grace_seconds: float) -> None:
         """Stops accepting calls, lets in-flight ones finish within the grace period; calls

@@ -299,9 +299,9 @@ class OracleServicer:
                     raise CallFailed(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
                 # A call without an id is its own logical call: a repeat of it is charged again.
                 call.call_id = _call_id(metadata.get(CALL_ID_HEADER)) or f"~{uuid.uuid4().hex}"
-                if caller.key is not None:
-                    await self.rate_limiter.acquire(caller.key)
-                if billed:
+                if billed:  # the calls that cost the device; Describe is answered whatever the rate
+                    if caller.key is not None:
+                        await self.rate_limiter.acquire(caller.key)
                     admitted.enter_context(self.admission.slot(caller.id))
                     if self.store is not None and caller.key is not None:
                         await self.store.refuse_if_spent(caller.key, billed, call.call_id)

@@ -29,6 +29,8 @@ class UsageStore:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="usage")
         # Describe's reads have threads of their own: a flood of Describe calls cannot delay a charge.
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="usage-read")
+        self.answering = True  # whether the last operation got its answer in time
+        self.on_change: Callable[[bool], None] | None = None  # told when that changes (in the event loop)
 
     async def take_call(self, key: ApiKey) -> None:
         await self._run("take a call from the rate bucket", self.budgets.take_call, key)
@@ -69,15 +71,33 @@ class UsageStore:
     ):
         future = (pool or self._pool).submit(fn, *args)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+            result = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError:
             if on_late is not None:
                 future.add_done_callback(on_late)
+            self._answering(False, f"no answer within {self.timeout:g} s")
             raise StoreUnavailable(
                 f"usage store: no answer within {self.timeout:g} s to {what} (--usage-timeout); retry the call"
             ) from None
         except self.budgets.db.unavailable as e:  # SQLite's "database is locked", PostgreSQL down
+            self._answering(False, str(e))
             raise StoreUnavailable(f"usage store: {e} (while trying to {what}); retry the call") from None
+        self._answering(True)
+        return result
+
+    def _answering(self, answering: bool, why: str = "") -> None:
+        """Logs when the store stops or starts answering again, and tells `on_change`."""
+        if answering == self.answering:
+            return
+        self.answering = answering
+        if answering:
+            log.info("usage store %s: answering again; billed calls are served", self.budgets.db.location)
+        else:
+            log.warning(
+                "usage store %s: not answering (%s); billed calls are UNAVAILABLE", self.budgets.db.location, why
+            )
+        if self.on_change is not None:
+            self.on_change(answering)
 
     def _let_go(self, future) -> None:
         """A charge made after its call stopped waiting for it: refunded at once."""

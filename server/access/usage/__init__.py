@@ -10,7 +10,7 @@ from graytune.server.access.usage.budgets import GRADIENTS, SAMPLES, Attempt, Bu
 from graytune.server.access.usage.engine import SchemaError, UsageDb
 
 __all__ = ["GRADIENTS", "SAMPLES", "Attempt", "Budgets", "SchemaError", "UsageDb", "budget_of"]
-__all__ += ["is_url", "open_store", "redacted"]
+__all__ += ["is_url", "open_store", "redacted", "store_errors"]
 
 
 def is_url(location: str | Path) -> bool:
@@ -27,13 +27,36 @@ def redacted(location: str | Path) -> str:
     return f"{parts.scheme}://{user}{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
-def open_store(location: str | Path, timeout: float = 30.0, connections: int = 8) -> UsageDb:
+def store_errors(location: str | Path) -> tuple[type[Exception], ...]:
+    """What opening or using the store at `location` may raise: out of reach, locked, not a
+    store, a newer schema (ModuleNotFoundError: psycopg, from the `fleet` extra, is missing)."""
+    import sqlite3
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, SchemaError, OSError)
+    if is_url(location):
+        try:
+            import psycopg
+        except ModuleNotFoundError:
+            return (*errors, ModuleNotFoundError)
+        errors += (psycopg.Error,)
+    return errors
+
+
+def open_store(
+    location: str | Path,
+    timeout: float = 30.0,
+    connections: int = 8,
+    connect_wait: float = 0.0,
+    password_file: Path | None = None,
+) -> UsageDb:
     """The store at `location`, its schema created or upgraded. `timeout`: seconds any one
-    operation may wait for a lock, a connection or an answer."""
+    operation may wait for a lock, a connection or an answer; `connect_wait`: seconds to wait
+    for a PostgreSQL server that is not listening yet; `password_file`: PostgreSQL's password."""
     if is_url(location):
         from graytune.server.access.usage.postgres import PostgresUsageDb  # psycopg: the `fleet` extra
 
-        return PostgresUsageDb(str(location), timeout, connections)
+        password = None if password_file is None else password_file.read_text().rstrip("\n")
+        return PostgresUsageDb(str(location), timeout, connections, connect_wait, password)
     from graytune.server.access.usage.sqlite import SqliteUsageDb
 
     return SqliteUsageDb(location, timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,31 +24,43 @@ from graytune.server.access.usage.engine import SCHEMA_LOCK, upgrade
 
 
 class PostgresUsageDb:
-    unavailable = (psycopg.OperationalError,)  # no connection, lock or statement timeout, PoolTimeout
+    # No connection, a lock or statement timeout, PoolTimeout (a subclass).
+    unavailable: tuple[type[Exception], ...] = (psycopg.OperationalError,)
     rate_scope = "shared"
 
-    def __init__(self, url: str, timeout: float = 2.0, connections: int = 8, connect_wait: float = 30.0):
-        """`connect_wait`: seconds to wait for the server at start-up (it may still be starting)."""
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 2.0,
+        connections: int = 8,
+        connect_wait: float = 30.0,
+        password: str | None = None,
+    ):
+        """`connect_wait`: seconds to wait for a server that is not listening yet (still starting).
+        `password`: when not in the URL, PGPASSWORD or ~/.pgpass (a Secret's file, say)."""
         self.location = redacted(url)
         milliseconds = max(1, round(timeout * 1000))
+        settings: dict[str, Any] = {
+            "autocommit": True,  # reads see the latest commit; `transaction` opens its own
+            "connect_timeout": max(2, round(timeout)),  # libpq's least
+            "options": f"-c lock_timeout={milliseconds} -c statement_timeout={milliseconds}",
+            "application_name": "graytune-server",
+            **({"password": password} if password is not None else {}),
+        }
+        wait_for_server(url, self.location, settings, connect_wait)
         self.pool = ConnectionPool(
             url,
             min_size=1,
             max_size=connections,
             timeout=timeout,  # for a connection from the pool
-            kwargs={
-                "autocommit": True,  # reads see the latest commit; `transaction` opens its own
-                "connect_timeout": max(2, round(timeout)),  # libpq's least
-                "options": f"-c lock_timeout={milliseconds} -c statement_timeout={milliseconds}",
-                "application_name": "graytune-server",
-            },
+            kwargs=settings,
             check=ConnectionPool.check_connection,  # a connection broken by a store restart is replaced
             open=False,
             name="graytune-usage",
         )
-        self.pool.open(wait=True, timeout=connect_wait)
+        self.pool.open(wait=True, timeout=max(timeout, 5.0))
         with self.transaction(SCHEMA_LOCK) as sql:
-            exists = sql.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+            exists = sql.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone() == (True,)
             row = sql.execute("SELECT version FROM schema_version").fetchone() if exists else None
             upgrade(sql, None if row is None else int(row[0]), self.location)
 
@@ -74,7 +87,26 @@ class QmarkSql:
         self.connection = connection
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self.connection.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]  # SQL built at run time
+        return self.connection.execute(sql.replace("?", "%s"), params)
+
+
+def wait_for_server(url: str, location: str, settings: dict[str, Any], seconds: float) -> None:
+    """Returns once the server accepts a connection; waits up to `seconds` for one that is not
+    listening yet (still starting). A server that answers with a refusal (no such database, a
+    wrong password) is an error at once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            psycopg.connect(url, **settings).close()
+            return
+        except psycopg.OperationalError as e:
+            if e.sqlstate is not None:  # the server answered: waiting will not change it
+                raise psycopg.OperationalError(f"{location}: {e}") from None
+            if time.monotonic() >= deadline:
+                reason = " ".join(line.strip() for line in str(e).splitlines())
+                waited = f" (waited {seconds:g} s)" if seconds else ""
+                raise psycopg.OperationalError(f"{location}: {reason}{waited}") from None
+        time.sleep(1.0)  # it may be starting: try again
 
 
 def lock_number(key_id: str) -> int:

@@ -26,7 +26,9 @@ VERSION_1_TABLES = ("usage", "gradient_usage")
 
 
 class SqliteUsageDb:
-    unavailable = (sqlite3.OperationalError,)  # "database is locked" after the busy timeout
+    unavailable: tuple[type[Exception], ...] = (
+        sqlite3.OperationalError,
+    )  # "database is locked" after the busy timeout
     rate_scope = "process"
 
     def __init__(self, path: str | Path, busy_timeout: float = 30.0):
