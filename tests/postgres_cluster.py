@@ -14,7 +14,6 @@ import psycopg
 
 from helpers import free_port
 
-
 SECURED_ROLE = "secured"
 
 

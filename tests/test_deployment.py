@@ -65,7 +65,16 @@ def test_replicas_profile_puts_two_replicas_behind_envoy():
     assert [p["target"] for p in lb["ports"]] == [50051]
     assert replicas["deploy"]["replicas"] == 2
     assert replicas["command"] == ["--plaintext"] and not replicas.get("ports")
-    assert replicas["environment"]["GRAYTUNE_USAGE_DB"] == "/state/usage.sqlite"  # shared budgets
+    # Budgets, charges and rate buckets in the profile's PostgreSQL, its password from one file.
+    store = services["graytune-usage-db"]
+    assert replicas["environment"]["GRAYTUNE_USAGE_DB"] == "postgresql://graytune@graytune-usage-db:5432/graytune"
+    assert replicas["depends_on"]["graytune-usage-db"]["condition"] == "service_healthy"
+    assert store["image"].startswith("postgres:") and store["healthcheck"]["test"][1] == "pg_isready"
+    password = {v["target"]: v["source"] for v in store["volumes"]}[store["environment"]["POSTGRES_PASSWORD_FILE"]]
+    secrets = {v["target"]: v["source"] for v in replicas["volumes"]}["/secrets"]
+    assert replicas["environment"]["GRAYTUNE_USAGE_DB_PASSWORD_FILE"] == "/secrets/usage-db-password"
+    assert password == str(Path(secrets) / "usage-db-password")
+    assert not store.get("ports")  # reached on the compose network only
 
 
 def test_the_build_context_is_what_the_image_copies():
@@ -136,6 +145,7 @@ def test_one_version_everywhere():
     config = json.loads(compose("--profile", "cpu", "--profile", "replicas", "config", "--format", "json").stdout)
     images = {name: service["image"] for name, service in config["services"].items()}
     assert images.pop("graytune-lb").startswith("envoyproxy/envoy:")  # upstream's, not ours
+    assert images.pop("graytune-usage-db").startswith("postgres:")
     tags = {name: image.split(":")[1] for name, image in images.items()}
     assert tags.pop("graytune-server-cpu") == f"{graytune.__version__}-cpu"
     assert set(tags.values()) == {f"{graytune.__version__}-cuda"}, tags
