@@ -20,11 +20,10 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
   echo "$node_want" > "$node_stamp"
 fi
-# Debian packages: haproxy stands in for the gRPC load balancer in the multi-replica test;
-# PostgreSQL is the fleet's usage store in the tests (run from a temporary folder, never as a
-# service); the colour emoji font is the evidence suite's image-text data (benchmarks/evidence/emoji.py).
+# Debian packages: PostgreSQL is the fleet's usage store in the tests (each run starts its own
+# from a temporary folder, never as a service); the colour emoji font is the evidence suite's
+# image-text data (benchmarks/evidence/emoji.py).
 debian=()
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || debian+=(haproxy)
 command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debian+=(postgresql)
 [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debian+=(fonts-noto-color-emoji)
 if [ ${#debian[@]} -gt 0 ]; then

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -168,7 +169,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=from_env("METRICS_PORT"),
         help="serve Prometheus metrics over HTTP on this port (default: off)",
     )
-    serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on SIGTERM")
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=from_env("DRAIN_SECONDS") or "0",
+        help="on SIGTERM, first report NOT_SERVING for this long while still serving, so a balancer "
+        "moves callers away before calls are refused; a second SIGTERM cuts it short (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to finish calls in flight once the server stops"
+    )
     limits = p.add_argument_group("limits")
     d = Limits()
     limits.add_argument("--max-batch", type=int, default=d.max_batch)
@@ -607,6 +617,14 @@ async def serve(args, oracle, auth, store, metrics, tls) -> None:
         flush=True,
     )
     await stop.wait()
+    if args.drain_seconds > 0:
+        stop.clear()
+        await server.report_draining()
+        log.info(
+            "draining: NOT_SERVING while still serving for up to %g s (SIGTERM again: stop now)", args.drain_seconds
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.drain_seconds)
     log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
     await server.stop(args.grace)
     if store is not None:

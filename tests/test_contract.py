@@ -11,7 +11,6 @@ from graytune import contract
 from graytune.v1 import oracle_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
-HAPROXY = ROOT / "deploy" / "haproxy.cfg"
 NODE_CLIENT = ROOT / "tests" / "node" / "describe_embed.js"
 PROTO = Path(graytune.v1.__file__).parent / "oracle.proto"
 
@@ -33,12 +32,6 @@ def test_the_contract_is_consistent():
     every_tier = {point for points in contract.TIER_ENTRY_POINTS.values() for point in points}
     assert every_tier == set(contract.ENTRY_POINTS) and len(contract.ENTRY_POINTS) == len(every_tier)
     assert all(contract.entry_point(*point.split(".")) == point for point in contract.ENTRY_POINTS)
-
-
-def test_the_load_balancer_hashes_on_the_contracts_affinity_header():
-    text = HAPROXY.read_text()
-    assert set(GRAYTUNE_HEADER.findall(text)) <= HEADERS
-    assert f"balance hdr({contract.AFFINITY_HEADER})" in text
 
 
 def test_the_node_client_sends_the_contracts_headers_and_inputs():

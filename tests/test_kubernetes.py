@@ -251,3 +251,18 @@ def test_metrics_are_on_a_named_port_for_scraping(overlay):
     assert env_of(objects, container)["GRAYTUNE_METRICS_PORT"] == port
     annotations = server_pod(objects)["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
+
+
+def test_a_stopping_replica_drains_before_envoy_would_send_it_more(overlay):
+    """SIGTERM: NOT_SERVING for GRAYTUNE_DRAIN_SECONDS while still serving (long enough for
+    Envoy's health check to mark it unhealthy), then --grace for calls in flight, all within the
+    pod's termination grace period."""
+    _, objects = overlay
+    drain = float(env_of(objects, server_container(objects))["GRAYTUNE_DRAIN_SECONDS"])
+    envoy = yaml.safe_load((ROOT / "deploy" / "envoy" / "envoy.yaml").read_text())
+    (check,) = envoy["static_resources"]["clusters"][0]["health_checks"]
+    seconds = lambda text: float(text.rstrip("s"))
+    assert drain >= seconds(check["interval"]) * check["unhealthy_threshold"] + seconds(check["timeout"])
+    grace = 10.0  # graytune-server's --grace default; the Deployment sets no other
+    assert "--grace" not in " ".join(server_container(objects).get("args", []))
+    assert drain + grace <= server_pod(objects)["spec"]["terminationGracePeriodSeconds"]

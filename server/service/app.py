@@ -85,6 +85,12 @@ class OracleServer:
             await report(True)
             store.on_change = lambda answering: asyncio.ensure_future(report(answering))
 
+    async def report_draining(self) -> None:
+        """NOT_SERVING for the server's own services while calls are still served: balancers
+        move callers to other replicas before this one stops."""
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace_seconds: float) -> None:
         """Stops accepting calls, lets in-flight ones finish within the grace period; calls
         still queued for the device then end UNAVAILABLE (refunded, with their audit lines)."""
