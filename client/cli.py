@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from graytune.client.data.tables import CsvFormat
 from graytune.client.methods.registry import METHODS
 from graytune.client.options import add_options, flag_name, given_flags, option_fields, values
 from graytune.client.tasks import TASKS, task_class
-from graytune.client.training.loop import TrainConfig, train
+from graytune.client.training.loop import TrainConfig, check_data_parallel, train
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_ENDPOINT = os.environ.get("GRAYTUNE_ENDPOINT", "127.0.0.1:50051")
@@ -181,6 +182,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="delete the run already in --output-dir and start over"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel in this many processes (torchrun, gloo): each sends its shard of every "
+        "batch; the same run and charge as one process (--method dga or lga; default: %(default)s)",
+    )
 
     ev = _parser(sub, "eval", "a task's metrics of trained adapters (or of the backbone alone)")
     _connection_args(ev)
@@ -280,11 +288,37 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args) -> None:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: give 1 or more processes")
+    config = train_config(args)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        check_data_parallel(config, args.nproc)  # refused once, here, rather than by each process
+        return torchrun(args.nproc, args.argv)
     with _client(args) as oracle:
-        result = train(
-            oracle, train_config(args), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-        )
-    print(json.dumps(result, indent=2, sort_keys=True))
+        result = train(oracle, config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") == "0":  # one result, not one per process
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def torchrun(nproc: int, argv: Sequence[str]) -> None:
+    """This command again in `nproc` processes on this machine (torchrun --standalone); exits
+    with torchrun's status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["--module", "graytune.client.cli", *without_nproc(argv)]  # the processes read torchrun's env
+    sys.exit(subprocess.call(command))
+
+
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """`argv` less its `--nproc N` (torchrun would take --nproc for an abbreviation of its own)."""
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--nproc":
+            skip = True
+        elif not word.startswith("--nproc="):
+            kept.append(word)
+    return kept
 
 
 def cmd_eval(args) -> None:
@@ -403,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parse_args(argv)
+        args.argv = argv  # `train --nproc N` starts the same command in N processes
         run(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
     except BrokenPipeError:  # `graytune eval ... | head`: the reader left; say nothing more

@@ -30,16 +30,30 @@ def location(request, tmp_path):
 
 
 @pytest.fixture
-def budgets(location):
-    return Budgets(open_store(location))
+def store():
+    """open_store, each store it opened closed after the test (PostgreSQL's pools have threads)."""
+    opened = []
+
+    def open_(location):
+        opened.append(open_store(location))
+        return opened[-1]
+
+    yield open_
+    for db in opened:
+        db.close()
 
 
-def test_a_retry_of_the_same_request_joins_its_charge_across_restarts(budgets, location):
+@pytest.fixture
+def budgets(location, store):
+    return Budgets(store(location))
+
+
+def test_a_retry_of_the_same_request_joins_its_charge_across_restarts(budgets, location, store):
     first = budgets.charge(KEY, 50, "call-1", "digest-a")
     assert (first.samples, first.new) == (50, True)
     retry = budgets.charge(KEY, 50, "call-1", "digest-a")
     assert (retry.samples, retry.new) == (50, False)  # a retry owes the same charge, not another
-    again = Budgets(open_store(location)).charge(KEY, 50, "call-1", "digest-a")  # another process
+    again = Budgets(store(location)).charge(KEY, 50, "call-1", "digest-a")  # another process
     assert not again.new
     assert budgets.used(KEY.id) == 50
 
@@ -129,16 +143,16 @@ def test_gradient_samples_are_a_budget_of_their_own(budgets):
     assert (budgets.used(KEY.id, SAMPLES), budgets.used(KEY.id, GRADIENTS)) == (100, 10)
 
 
-def test_call_ids_are_forgotten_after_a_day(location):
+def test_call_ids_are_forgotten_after_a_day(location, store):
     now = [1000.0]
-    budgets = Budgets(open_store(location), clock=lambda: now[0])
+    budgets = Budgets(store(location), clock=lambda: now[0])
     budgets.charge(KEY, 5, "old", "d")
     now[0] += 2 * 24 * 3600
     budgets.charge(KEY, 5, "new", "d")  # prunes what is older than a day
     assert budgets.charge(KEY, 5, "old", "d").new and budgets.used(KEY.id) == 15
 
 
-def test_a_version_1_file_keeps_its_usage(tmp_path):
+def test_a_version_1_file_keeps_its_usage(tmp_path, store):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript("""
@@ -150,9 +164,9 @@ def test_a_version_1_file_keeps_its_usage(tmp_path):
         INSERT INTO gradient_usage VALUES ('k1', 3);
     """)
     db.close()
-    budgets = Budgets(open_store(path))
+    budgets = Budgets(store(path))
     assert (budgets.used("k1"), budgets.used("k1", GRADIENTS), budgets.used("k2")) == (60, 3, 0)
-    assert Budgets(open_store(path)).used("k1") == 60  # opened again: migrated once
+    assert Budgets(store(path)).used("k1") == 60  # opened again: migrated once
     budgets.charge(KEY, 5, "call", "d")  # the version 2 and 3 tables are there
     budgets.take_call(RATED)
 
@@ -160,9 +174,9 @@ def test_a_version_1_file_keeps_its_usage(tmp_path):
 RATED = ApiKey("k2", "0" * 64, "graybox", rate_per_second=5.0)
 
 
-def test_rate_buckets_are_shared_by_every_process_on_the_store(location):
+def test_rate_buckets_are_shared_by_every_process_on_the_store(location, store):
     now = [1000.0]
-    replicas = [Budgets(open_store(location), clock=lambda: now[0]) for _ in range(2)]
+    replicas = [Budgets(store(location), clock=lambda: now[0]) for _ in range(2)]
     for i in range(5):  # a full bucket: one second's worth
         replicas[i % 2].take_call(RATED)
     with pytest.raises(OverLimit, match="limited to 5 calls/s; the next call is allowed in 0.20 s") as refused:
@@ -174,17 +188,17 @@ def test_rate_buckets_are_shared_by_every_process_on_the_store(location):
         replicas[0].take_call(RATED)
 
 
-def test_a_clock_behind_the_bucket_refills_nothing(location):
+def test_a_clock_behind_the_bucket_refills_nothing(location, store):
     clocks = [[1000.0], [990.0]]  # two hosts, the second 10 s behind
-    ahead, behind = (Budgets(open_store(location), clock=lambda c=c: c[0]) for c in clocks)
+    ahead, behind = (Budgets(store(location), clock=lambda c=c: c[0]) for c in clocks)
     for _ in range(5):
         ahead.take_call(RATED)
     with pytest.raises(OverLimit):
         behind.take_call(RATED)
 
 
-def test_concurrent_calls_take_exactly_the_bucket(location):
-    replicas = [Budgets(open_store(location), clock=lambda: 1000.0) for _ in range(2)]
+def test_concurrent_calls_take_exactly_the_bucket(location, store):
+    replicas = [Budgets(store(location), clock=lambda: 1000.0) for _ in range(2)]
     granted, threads = [], []
 
     def call(i):
@@ -202,7 +216,7 @@ def test_concurrent_calls_take_exactly_the_bucket(location):
     assert len(granted) == 5
 
 
-def test_a_store_from_a_newer_graytune_is_refused(budgets, location):
+def test_a_store_from_a_newer_graytune_is_refused(budgets, location, store):
     if location.startswith("postgresql://"):
         with psycopg.connect(location) as db:
             db.execute("UPDATE schema_version SET version = 99")
@@ -210,4 +224,4 @@ def test_a_store_from_a_newer_graytune_is_refused(budgets, location):
         with sqlite3.connect(location) as db:
             db.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(SchemaError, match="schema version 99, written by a newer graytune; this one knows up to 3"):
-        open_store(location)
+        store(location)

@@ -98,6 +98,7 @@ RUN_FLAGS = {
     "--resume",
     "--overwrite",
     "--no-progress",
+    "--nproc",
     "-h",
 }
 
@@ -106,6 +107,19 @@ RUN_FLAGS = {
 def test_train_help_shows_the_chosen_methods_options_only(method):
     shown = set(option_blocks(train_help("--method", method)))
     assert shown - RUN_FLAGS == {flag_name(f.name) for f in option_fields(METHODS[method].options)}
+
+
+def test_several_processes_are_refused_in_one_line_where_a_method_cannot_shard():
+    result = subprocess.run(
+        [sys.executable, "-m", "graytune.client.cli", "train", "--train-data", "x.csv", "--output-dir", "run"]
+        + ["--method", "craft", "--nproc", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert (
+        "a run over 2 processes trains --method dga or lga" in result.stderr and "not --method craft" in result.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ every row the same; a store that holds usage already is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -20,22 +21,30 @@ def migrate(source, target) -> subprocess.CompletedProcess:
 
 
 def rows(location) -> dict:
-    with open_store(location).reading() as sql:
+    with contextlib.closing(open_store(location)) as db, db.reading() as sql:
         return {table: sorted(map(tuple, sql.execute(f"SELECT * FROM {table}").fetchall())) for table in COPIED}
+
+
+def charge(location, *args) -> None:
+    with contextlib.closing(open_store(location)) as db:
+        budgets = Budgets(db)
+        budgets.settle(budgets.charge(*args))
 
 
 def test_usage_migrates_into_postgresql_and_back(tmp_path, postgres):
     source = str(tmp_path / "keys.usage.sqlite")
-    budgets = Budgets(open_store(source))
-    budgets.settle(budgets.charge(KEY, 30, "call-1", "digest-a"))
-    budgets.charge(KEY, 7, "call-2", "digest-b")  # in flight when the servers stopped
-    budgets.settle(budgets.charge(KEY, 5, "call-3", "digest-c", GRADIENTS))
+    with contextlib.closing(open_store(source)) as db:
+        budgets = Budgets(db)
+        budgets.settle(budgets.charge(KEY, 30, "call-1", "digest-a"))
+        budgets.charge(KEY, 7, "call-2", "digest-b")  # in flight when the servers stopped
+        budgets.settle(budgets.charge(KEY, 5, "call-3", "digest-c", GRADIENTS))
     fleet = postgres.create_database("migrated")
     done = migrate(source, fleet)
     assert done.returncode == 0, done.stderr
     assert "copied the usage of 1 keys (samples), 1 keys (gradient samples) and 3 charged call ids" in done.stdout
     assert rows(fleet) == rows(source)
-    assert not Budgets(open_store(fleet)).charge(KEY, 30, "call-1", "digest-a").new  # a retry still joins
+    with contextlib.closing(open_store(fleet)) as db:
+        assert not Budgets(db).charge(KEY, 30, "call-1", "digest-a").new  # a retry still joins
     back = str(tmp_path / "back.sqlite")
     assert migrate(fleet, back).returncode == 0
     assert rows(back) == rows(fleet)
@@ -43,8 +52,8 @@ def test_usage_migrates_into_postgresql_and_back(tmp_path, postgres):
 
 def test_a_store_holding_usage_is_not_overwritten(tmp_path, postgres):
     source, target = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
-    Budgets(open_store(source)).charge(KEY, 1, "a", "d")
-    Budgets(open_store(target)).charge(KEY, 2, "b", "d")
+    charge(source, KEY, 1, "a", "d")
+    charge(target, KEY, 2, "b", "d")
     refused = migrate(source, target)
     assert refused.returncode == 2
     assert f"{target} holds usage already (1 rows in usage, 0 rows in gradient_usage, 1 rows in call_charges)" in (

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from torch import nn
 
+from graytune.client.methods.distributed import Ranks
 from graytune.client.transport.access import Need
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
@@ -133,6 +134,7 @@ class TrainingContext:
     train_set: Any
     oracle: OracleClient
     state: dict[str, Any]  # a checkpoint's training state ({} for a new run)
+    ranks: Ranks | None = None  # this process's part of a run over several (methods/distributed.py)
 
 
 class Method(abc.ABC, Generic[ConfigT, OptionsT]):

@@ -13,6 +13,7 @@ from torch import nn
 
 from graytune.client.data.batches import step_batches
 from graytune.client.methods.base import ConfigT, Method, Model, Trainer, TrainingContext
+from graytune.client.methods.distributed import Ranks, ShardedModel
 from graytune.client.options import option
 
 
@@ -55,16 +56,21 @@ def parameter_groups(model: nn.Module, lr: float, input_lr: float | None = None)
 
 
 def train_step(
-    loss_of: Callable[[nn.Module, Any], torch.Tensor],
+    loss_of: Callable[[Model, Any], torch.Tensor],
     model: nn.Module,
     batch: Any,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
+    ranks: Ranks | None = None,
 ) -> torch.Tensor:
-    """One update: the loss, backward (through the oracle to the input modules), AdamW."""
-    loss = loss_of(model, batch)
+    """One update: the loss, backward (through the oracle to the input modules), AdamW. With
+    `ranks`, this process's part of a data-parallel step (methods/distributed.py): the same
+    loss and update as one process over the whole batch."""
+    loss = loss_of(model if ranks is None else ShardedModel(model, ranks), batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if ranks is None else loss / ranks.world).backward()
+    if ranks is not None:
+        ranks.sum_gradients(model)
     optimizer.step()
     schedule.step()
     return loss
@@ -82,8 +88,10 @@ class GradientTrainer(Trainer):
         train_set: Any,
         loss_of: Callable[[nn.Module, Any], torch.Tensor],
         state: dict[str, Any],
+        ranks: Ranks | None = None,
     ):
         self.model, self.options, self.run, self.train_set, self.loss_of = model, options, run, train_set, loss_of
+        self.ranks = ranks
         groups = parameter_groups(model, options.lr, getattr(options, "input_lr", None))
         self.optimizer = torch.optim.AdamW(groups, weight_decay=options.wd)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -97,7 +105,7 @@ class GradientTrainer(Trainer):
         return step_batches(self.train_set, self.run.batch_size, self.run.seed, first, end, self.options.workers)
 
     def step(self, step: int, batch: Any) -> dict[str, float]:
-        loss = train_step(self.loss_of, self.model, batch, self.optimizer, self.schedule)
+        loss = train_step(self.loss_of, self.model, batch, self.optimizer, self.schedule, self.ranks)
         record = {"loss": loss.item(), "lr": float(self.schedule.get_last_lr()[0])}
         if hasattr(self.model, "logit_scale"):
             record["logit_scale"] = self.model.logit_scale().item()
@@ -117,4 +125,6 @@ class GradientMethod(Method[ConfigT, GradientOptionsT]):
         return options.steps
 
     def trainer(self, model: Model, options: GradientOptionsT, context: TrainingContext) -> Trainer:
-        return GradientTrainer(model, options, context.run, context.train_set, context.task.loss, context.state)
+        return GradientTrainer(
+            model, options, context.run, context.train_set, context.task.loss, context.state, context.ranks
+        )

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graytune.client.data.tables import CsvFormat
+from graytune.client.methods import distributed
 from graytune.client.methods.adapter_dir import save_adapters
 from graytune.client.methods.base import AdapterConfig, StopTraining, Trainer, TrainingContext
 from graytune.client.methods.registry import load_adapters, method
@@ -142,9 +143,12 @@ def train(
     A new run refuses a directory that holds another unless `overwrite`. Everything that can
     be refused (the key's tier, the data, a changed config on resume) is refused before the
     first call that is billed and before the run directory is touched."""
+    ranks = distributed.from_environment()  # one of several processes (torchrun), or None
     chosen = method(cfg.method)
     task = make_task(cfg.task, oracle, cfg.csv, cfg.task_options)
     task.check_method(cfg.method)
+    if ranks is not None:
+        check_data_parallel(cfg, ranks.world)
     steps = chosen.steps(cfg.options, task.options)
     run = RunDir(cfg.output_dir)
     if resume and run.is_complete(steps):
@@ -168,6 +172,13 @@ def train(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the modules' random init (extra tokens, deep prompts)
             model = task.build_model(adapters, cache)
+    if ranks is not None:
+        ranks.barrier()  # every process has checked the directory before rank 0 claims it
+    main = ranks is None or ranks.main
+    trainer = chosen.trainer(model, cfg.options, TrainingContext(cfg, task, train_set, oracle, state, ranks))
+    if not main:  # rank 0 evaluates and writes the run directory
+        loop = Loop(cfg, steps, task, model, trainer, None, run, MetricsLog.discarding(), oracle, ranks)
+        return _steps(loop, state, progress=False)
     open_reporters = reporters(cfg.report_to, run.path, state["step"])
     run.claim(overwrite)
     config = resolved_config(cfg, adapters, oracle)
@@ -203,10 +214,25 @@ def train(
             if val_set is not None:
                 zero_shot = task.evaluate(ZeroShotCLIP(oracle, cache), val_set, cfg.batch_size)
                 metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **oracle_usage(oracle, {})})
-        trainer = chosen.trainer(model, cfg.options, TrainingContext(cfg, task, train_set, oracle, state))
-        return _steps(Loop(cfg, steps, task, model, trainer, val_set, run, metrics_log, oracle), state, progress)
+        return _steps(Loop(cfg, steps, task, model, trainer, val_set, run, metrics_log, oracle, ranks), state, progress)
     finally:
         metrics_log.close()
+
+
+def check_data_parallel(cfg: TrainConfig, processes: int) -> None:
+    """Refuses what a run over several processes cannot do, before anything is billed."""
+    if cfg.method not in DATA_PARALLEL_METHODS or cfg.task not in DATA_PARALLEL_TASKS:
+        raise ValueError(
+            f"a run over {processes} processes trains --method {' or '.join(DATA_PARALLEL_METHODS)} on --task "
+            f"{', '.join(DATA_PARALLEL_TASKS)}, not --method {cfg.method} --task {cfg.task}; run it in one process"
+        )
+    if cfg.batch_size < processes:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {processes} processes it is split over")
+
+
+# What a run over several processes shards: the gradient methods' encoder calls (methods/distributed.py).
+DATA_PARALLEL_METHODS = ("dga", "lga")
+DATA_PARALLEL_TASKS = ("retrieval", "video", "classify")
 
 
 def usage_before(run: RunDir, step: int) -> dict:
@@ -233,6 +259,17 @@ class Loop:
     run: RunDir
     metrics_log: MetricsLog
     oracle: OracleClient
+    ranks: distributed.Ranks | None = None
+
+    @property
+    def main(self) -> bool:
+        """Whether this process evaluates and writes the run directory."""
+        return self.ranks is None or self.ranks.main
+
+    def usage(self, before: dict) -> dict[str, int]:
+        """The run's oracle calls and samples, of every process (a collective: all call it)."""
+        counts = oracle_usage(self.oracle, before)
+        return counts if self.ranks is None else self.ranks.sum_counts(counts)
 
     def save(self, done: int) -> None:
         checkpoint.save_checkpoint(
@@ -273,6 +310,7 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
                 break
             done = step + 1
             counters = trainer.counters(done)
+            usage = loop.usage(before)
             # OpenCLIP's names: data_time waits for the batch, batch_time is the whole step.
             loop.metrics_log.write(
                 {
@@ -282,27 +320,26 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
                     **record,
                     "data_time": started - waited,
                     "batch_time": time.perf_counter() - waited,
-                    **oracle_usage(loop.oracle, before),
+                    **usage,
                 }
             )
             result = {"train/loss": record["loss"]}
             bar.update(trainer.units(1))
             bar.set_postfix({k: f"{record[k]:.4f}" for k in trainer.shown})
             if loop.val_set is not None and (done % cfg.eval_every == 0 or done == loop.steps):
-                result = {
-                    **loop.task.evaluate(loop.model, loop.val_set, cfg.batch_size),
-                    **oracle_usage(loop.oracle, before),
-                }
+                result = {**loop.task.evaluate(loop.model, loop.val_set, cfg.batch_size), **loop.usage(before)}
                 loop.metrics_log.write({"step": done, "kind": "eval", **counters, **result})
                 bar.write(
                     f"{trainer.label(done)}: " + ", ".join(f"{k}={result[k]:.3f}" for k in loop.task.headline),
                     file=sys.stderr,
                 )  # beside the bar; stdout carries only the result
-            if done % cfg.save_every == 0 or done == loop.steps or stop.requested:
+            if loop.main and (done % cfg.save_every == 0 or done == loop.steps or stop.requested):
                 loop.save(done)
             if stop.requested and done < loop.steps:
                 raise KeyboardInterrupt
             waited = time.perf_counter()
+    if not loop.main:
+        return result
     if done > first and loop.run.checkpoint_step() != done:
         loop.save(done)  # stopped early (StopTraining) between checkpoints
     save_adapters(loop.run.path / "adapter", loop.model)

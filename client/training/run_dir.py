@@ -96,11 +96,18 @@ class MetricsLog:
     """metrics.jsonl: one JSON object per train step or evaluation; `reporters` (objects with
     write(record) and close(), e.g. TensorBoardWriter) get every record too."""
 
-    def __init__(self, run_dir: Path, reporters: tuple = ()):
-        self.path = Path(run_dir) / METRICS
+    def __init__(self, run_dir: Path | None, reporters: tuple = ()):
+        """`run_dir` None: records are discarded (a run's other processes than rank 0)."""
+        self.path = None if run_dir is None else Path(run_dir) / METRICS
         self.reporters = reporters
 
+    @classmethod
+    def discarding(cls) -> MetricsLog:
+        return cls(None)
+
     def write(self, record: dict) -> None:
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         for reporter in self.reporters:
@@ -112,6 +119,6 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drops records past a resumed checkpoint, so a resumed run logs each step once."""
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             lines = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
             write_text_atomically(self.path, "".join(line + "\n" for line in lines))

@@ -65,6 +65,7 @@ class UsageStore:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self.budgets.db.close()
 
     async def _run(
         self, what: str, fn: Callable, *args, on_late: Callable | None = None, pool: ThreadPoolExecutor | None = None

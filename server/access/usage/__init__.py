@@ -4,27 +4,12 @@ shares: an SQLite file (one host, the default) or PostgreSQL (a fleet)."""
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from graytune.server.access.usage.budgets import GRADIENTS, SAMPLES, Attempt, Budgets, budget_of
-from graytune.server.access.usage.engine import SchemaError, UsageDb
+from graytune.server.access.usage.engine import SchemaError, UsageDb, is_url, redacted
 
 __all__ = ["GRADIENTS", "SAMPLES", "Attempt", "Budgets", "SchemaError", "UsageDb", "budget_of"]
 __all__ += ["is_url", "open_store", "redacted", "store_errors"]
-
-
-def is_url(location: str | Path) -> bool:
-    """A PostgreSQL URL, rather than an SQLite file's path."""
-    return str(location).startswith(("postgresql://", "postgres://"))
-
-
-def redacted(location: str | Path) -> str:
-    """The store as messages may name it: never a password (in the URL or its query)."""
-    if not is_url(location):
-        return str(location)
-    parts = urlsplit(str(location))
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def store_errors(location: str | Path) -> tuple[type[Exception], ...]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 SCHEMA_VERSION = 3
 # Types both engines read alike: BIGINT is SQLite's INTEGER, DOUBLE PRECISION its REAL.
@@ -73,3 +75,17 @@ def upgrade(sql: Sql, found: int | None, location: str) -> None:
         sql.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
     elif found < SCHEMA_VERSION:
         sql.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+
+def is_url(location: str | Path) -> bool:
+    """A PostgreSQL URL, rather than an SQLite file's path."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def redacted(location: str | Path) -> str:
+    """The store as messages may name it: never a password (in the URL or its query)."""
+    if not is_url(location):
+        return str(location)
+    parts = urlsplit(str(location))
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{parts.netloc.rpartition('@')[2]}{parts.path}"

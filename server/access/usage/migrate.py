@@ -8,6 +8,7 @@ retry across the move still joins its charge. Not copied: rate buckets (they ref
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -48,8 +49,11 @@ def main(argv: Sequence[str]) -> None:
     args = p.parse_args(argv)
     errors: tuple[type[Exception], ...] = (NotEmpty, *store_errors(args.source), *store_errors(args.target))
     try:
-        source, target = open_store(args.source), open_store(args.target)
-        copied = migrate(source, target)
+        with (
+            contextlib.closing(open_store(args.source)) as source,
+            contextlib.closing(open_store(args.target)) as target,
+        ):
+            copied = migrate(source, target)
     except errors as e:
         print(f"graytune-server usage: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -19,8 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from graytune.server.access.usage import redacted
-from graytune.server.access.usage.engine import SCHEMA_LOCK, upgrade
+from graytune.server.access.usage.engine import SCHEMA_LOCK, redacted, upgrade
 
 
 class PostgresUsageDb:
@@ -59,10 +58,14 @@ class PostgresUsageDb:
             name="graytune-usage",
         )
         self.pool.open(wait=True, timeout=max(timeout, 5.0))
-        with self.transaction(SCHEMA_LOCK) as sql:
-            exists = sql.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone() == (True,)
-            row = sql.execute("SELECT version FROM schema_version").fetchone() if exists else None
-            upgrade(sql, None if row is None else int(row[0]), self.location)
+        try:
+            with self.transaction(SCHEMA_LOCK) as sql:
+                exists = sql.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone() == (True,)
+                row = sql.execute("SELECT version FROM schema_version").fetchone() if exists else None
+                upgrade(sql, None if row is None else int(row[0]), self.location)
+        except BaseException:
+            self.pool.close()  # its threads would otherwise outlive the refusal
+            raise
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[QmarkSql]:
