@@ -29,6 +29,7 @@ SUITE = (
     ("transport", "speed", ["transport.py"]),
     ("step_overhead", "speed", ["step_overhead.py", "--models", "small-224", "--runs", "3"]),
     ("concurrent_clients", "speed", ["concurrent_clients.py"]),
+    ("balancer", "speed", ["balancer.py"]),
     ("memory", "speed", ["memory.py"]),
     ("craft_queries", "speed", ["craft_queries.py"]),
     ("fuzz", "robustness", ["fuzz.py", "--cases", "2000"]),

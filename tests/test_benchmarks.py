@@ -171,6 +171,17 @@ def test_the_abuse_benchmark_measures_a_victim_under_each_case(tmp_path):
         assert case["failures"] == 0 and case["unhealthy_checks"] == 0 and case["rss_after_mib"] > 0
 
 
+def test_the_balancer_benchmark_times_envoy_against_direct_and_counts_replicas(tmp_path):
+    args = ("--model", "graytune-tiny", "--batch", "4", "--steps", "2", "--runs", "2", "--clients", "2")
+    run_benchmark("balancer.py", *args, "--replicas", "1,2", "--out", str(tmp_path))
+    result = written(tmp_path, "balancer")
+    runs = result["step"]["runs"]
+    assert len(runs) == 2 and all(r["ratio"] == r["median_s"]["envoy"] / r["median_s"]["direct"] for r in runs)
+    assert min(r["ratio"] for r in runs) <= result["step"]["ratio"] <= max(r["ratio"] for r in runs)
+    assert [row["replicas"] for row in result["throughput"]["rows"]] == [1, 2]
+    assert all(row["samples_per_s"] > 0 for row in result["throughput"]["rows"])
+
+
 def test_the_suite_command_names_real_scripts_and_refuses_unknown_parts():
     sys.path.insert(0, str(BENCHMARKS))
     try:

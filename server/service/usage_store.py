@@ -114,15 +114,19 @@ class UsageStore:
 
 
 class SharedRateLimiter:
-    """The rate buckets of a store every replica shares: each call takes from the store's bucket."""
+    """The rate buckets of a store every replica shares: each call takes from the store's bucket.
+
+    This process's own bucket is asked first: a key flooding one replica is refused there, and
+    never holds the store threads that every key's charges need."""
 
     scope = "shared"
 
     def __init__(self, store: UsageStore):
-        self.store = store
+        self.store, self.local = store, RateLimiter()
 
     async def acquire(self, key: ApiKey) -> None:
         if key.rate_per_second is not None:
+            await self.local.acquire(key)
             await self.store.take_call(key)
 
 
