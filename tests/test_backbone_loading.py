@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import open_clip
@@ -69,3 +70,17 @@ def test_missing_weights_file_stops_the_server_with_a_message(tmp_path):
 def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown model 'ViT-Z-99'.*graytune-tiny"):
         load_backbone(BackboneSource(model="ViT-Z-99"))
+
+
+def test_random_weights_are_said_loudly(caplog, tmp_path):
+    with caplog.at_level(logging.INFO, logger="graytune.server"):
+        load_backbone(BackboneSource(model="graytune-tiny", seed=3))
+        ours = lambda: [r for r in caplog.records if r.name.startswith("graytune") and r.levelno >= logging.WARNING]
+        (warning,) = ours()
+        assert "graytune-tiny has RANDOM weights (seed 3)" in warning.getMessage()
+        assert "--pretrained TAG or --weights FILE" in warning.getMessage()
+        caplog.clear()
+        weights = tmp_path / "tiny.safetensors"
+        save_file(open_clip.create_model("graytune-tiny").state_dict(), str(weights))
+        load_backbone(BackboneSource(model="graytune-tiny", weights=str(weights)))
+        assert not ours()

@@ -45,6 +45,8 @@ def test_compose_services_are_what_the_owner_needs():
         mounts = {v["target"]: v.get("read_only", False) for v in service["volumes"]}
         assert mounts == {"/models": False, "/state": False, "/secrets": True, "/certs": True}
         assert {p["target"] for p in service["ports"]} == {50051, 9464}
+        published = {p["target"]: p.get("host_ip", "0.0.0.0") for p in service["ports"]}
+        assert published[9464] == "127.0.0.1"  # metrics have no authentication: the host's loopback only
         env = service["environment"]
         assert env["GRAYTUNE_KEYS"].startswith("/secrets/") and env["GRAYTUNE_TLS_CERT"].startswith("/certs/")
 

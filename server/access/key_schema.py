@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -195,7 +196,10 @@ def read_key_file(path: Path) -> list[dict[str, Any]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError([f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
+        why = getattr(e, "strerror", None) or str(e)
+        if isinstance(e, PermissionError):  # a container's uid is not the one that created the file
+            why += f" (this process runs as uid {os.getuid()}: `chown {os.getuid()} {path}`, mode 0600 kept)"
+        raise KeyFileError([f"{path}: cannot read: {why}"]) from None
     return parse_key_file(text, str(path))
 
 

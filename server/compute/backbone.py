@@ -145,6 +145,14 @@ def load_backbone(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(source.seed)
         model = open_clip.create_model(name, pretrained=pretrained)
-    log.info("loaded %s (%s)", name, pretrained or f"random init, seed {source.seed}")
+    if pretrained:
+        log.info("loaded %s (%s)", name, pretrained)
+    else:  # fine for tests and benchmarks, never for customers: say so where an owner looks
+        log.warning(
+            "%s has RANDOM weights (seed %d): its embeddings and gradients mean nothing; give --pretrained "
+            "TAG or --weights FILE (GRAYTUNE_PRETRAINED, GRAYTUNE_WEIGHTS) to serve a trained model",
+            name,
+            source.seed,
+        )
     autocast_dtype = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}[precision]
     return Backbone(model, name, tokenizer, pick_device(device), autocast_dtype, prompt_templates)
