@@ -602,6 +602,8 @@ async def serve(args, oracle, auth, store, metrics, tls) -> None:
         reloader = KeyReloader(auth.keys).start()
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
     await server.start()
+    if store is not None:  # a call still running after --max-call-seconds has been ended, on any replica
+        sweeper = asyncio.create_task(store.release_abandoned(2 * args.max_call_seconds + 60))
     backbone = oracle.backbone
     log.info(
         "backbone %s sha256=%s on %s, %d threads",
@@ -628,6 +630,7 @@ async def serve(args, oracle, auth, store, metrics, tls) -> None:
     log.info("stopping: finishing in-flight calls for up to %.0f s", args.grace)
     await server.stop(args.grace)
     if store is not None:
+        sweeper.cancel()
         store.close()
     if reloader is not None:
         reloader.close()

@@ -225,3 +225,20 @@ def test_a_store_from_a_newer_graytune_is_refused(budgets, location, store):
             db.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(SchemaError, match="schema version 99, written by a newer graytune; this one knows up to 3"):
         store(location)
+
+
+def test_charges_abandoned_by_a_dead_server_are_given_back(location, store):
+    now = [1000.0]
+    budgets = Budgets(store(location), clock=lambda: now[0])
+    budgets.charge(KEY, 10, "died", "d")  # its server was killed before settling or refunding
+    budgets.settle(budgets.charge(KEY, 20, "served", "d"))
+    budgets.charge(KEY, 30, "retried", "d")
+    now[0] += 500
+    budgets.charge(KEY, 30, "retried", "d")  # a retry in flight: the charge is held anew
+    budgets.charge(KEY, 5, "recent", "d")
+    assert budgets.release_abandoned(400) == 1  # "died" only
+    assert budgets.used(KEY.id) == 20 + 30 + 5
+    assert budgets.release_abandoned(400) == 0  # given back once
+    now[0] += 500
+    assert budgets.release_abandoned(400) == 2  # the retry and "recent" died too
+    assert budgets.used(KEY.id) == 20

@@ -48,6 +48,22 @@ class UsageStore:
         except StoreUnavailable:
             return None
 
+    async def release_abandoned(self, seconds: float, every: float = 60.0) -> None:
+        """Until cancelled: every `every` seconds, gives back the charges no attempt has settled
+        or refunded for `seconds` (a server died holding them)."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                released = await self._run("release abandoned charges", self.budgets.release_abandoned, seconds)
+            except StoreUnavailable:
+                continue
+            if released:
+                log.warning(
+                    "usage store: gave back %d charges abandoned for over %g s (a server died holding them)",
+                    released,
+                    seconds,
+                )
+
     def settle(self, attempt: Attempt) -> None:
         """Marks the charge served, in the background: nothing waits on it."""
         self._background("settle", self.budgets.settle, attempt)

@@ -93,7 +93,10 @@ class Budgets:
         with self.db.transaction(key.id) as sql:
             row = sql.execute(f"SELECT samples FROM call_charges WHERE {THIS_CHARGE}", ident).fetchone()
             if row is not None:  # a retry of this very request: it joins the earlier charge
-                sql.execute(f"UPDATE call_charges SET holders = holders + 1 WHERE {THIS_CHARGE}", ident)
+                # `at` moves on: an attempt in flight keeps its charge from release_abandoned
+                sql.execute(
+                    f"UPDATE call_charges SET holders = holders + 1, at = ? WHERE {THIS_CHARGE}", (self.clock(), *ident)
+                )
                 return Attempt(*ident, int(row[0]), new=False)
             used = _used(sql, key.id, kind)
             if used + samples > budget:
@@ -125,12 +128,32 @@ class Budgets:
             if row is None or row[1] > 0 or row[2]:
                 return 0
             sql.execute(f"DELETE FROM call_charges WHERE {THIS_CHARGE}", ident)
-            sql.execute(
-                f"UPDATE {TABLES[attempt.kind]} SET samples = CASE WHEN samples > ? THEN samples - ? ELSE 0 END "
-                "WHERE key_id = ?",
-                (row[0], row[0], attempt.key_id),
-            )
+            _give_back(sql, attempt.key_id, attempt.kind, int(row[0]))
             return int(row[0])
+
+    def release_abandoned(self, seconds: float) -> int:
+        """Gives back the charges that no attempt settled or refunded within `seconds` of their
+        last attempt: their server died holding them (a crash, SIGKILL), since a call still
+        running that long has been ended by its server. -> how many."""
+        with self.db.reading() as sql:
+            abandoned = sql.execute(
+                "SELECT key_id, call_id, kind, digest, samples FROM call_charges "
+                "WHERE served = 0 AND holders > 0 AND at < ?",
+                (self.clock() - seconds,),
+            ).fetchall()
+        released = 0
+        for key_id, call_id, kind, digest, samples in abandoned:
+            ident = (key_id, call_id, kind, digest)
+            with self.db.transaction(key_id) as sql:
+                # Still abandoned: not settled, refunded or joined by a retry since it was read.
+                gone = sql.execute(
+                    f"DELETE FROM call_charges WHERE {THIS_CHARGE} AND served = 0 AND holders > 0 AND at < ?",
+                    (*ident, self.clock() - seconds),
+                )
+                if gone.rowcount:
+                    _give_back(sql, key_id, kind, int(samples))
+                    released += 1
+        return released
 
     def take_call(self, key: ApiKey) -> None:
         """Takes one call from the key's rate bucket, shared by every replica on this store, or
@@ -164,6 +187,14 @@ LET_GO = "holders = CASE WHEN holders > 0 THEN holders - 1 ELSE 0 END"  # one at
 
 def _ident(attempt: Attempt) -> tuple[str, str, str, str]:
     return attempt.key_id, attempt.call_id, attempt.kind, attempt.digest
+
+
+def _give_back(sql: Sql, key_id: str, kind: str, samples: int) -> None:
+    """A charge's samples returned to the key's usage, which never goes below zero."""
+    sql.execute(
+        f"UPDATE {TABLES[kind]} SET samples = CASE WHEN samples > ? THEN samples - ? ELSE 0 END WHERE key_id = ?",
+        (samples, samples, key_id),
+    )
 
 
 def _used(sql: Sql, key_id: str, kind: str) -> int:

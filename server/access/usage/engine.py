@@ -31,6 +31,11 @@ SCHEMA_LOCK = "schema"  # the `transaction` key under which a schema is created 
 
 
 class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement changed."""
+        ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
