@@ -50,7 +50,7 @@ def build(dockerfile: Path, root: Path) -> tuple:
     for instruction, value in instructions(dockerfile):
         expand = lambda s: re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), env.get(m.group(1), "")), s)
         if instruction == "FROM":
-            assert value.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}"), value
+            assert expand(value).startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}"), value
         elif instruction == "ARG":
             name, _, default = value.partition("=")
             args[name] = BUILD_ARGS.get(name, default)

