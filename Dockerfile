@@ -3,21 +3,18 @@
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
 # BASE is any Debian-like image with Python 3.11 whose `pip` is on PATH (a registry's
 # python:3.11-slim by default; deploy/compose_e2e.sh builds one locally when no registry answers).
-# TORCH_REQUIREMENT pins a torch build the index alone would not choose (e.g. torch==2.13.0+cpu
-# from a local mirror, against PyPI's newer CUDA release).
 # tests/test_container_env.py runs this file's install commands in a fresh venv, so what the
 # image holds is what the tests ran.
 ARG BASE=python:3.11-slim
 FROM $BASE
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_REQUIREMENT=torch
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY protos protos
 COPY server server
 COPY client client
-RUN pip install --extra-index-url "$TORCH_INDEX" "$TORCH_REQUIREMENT" ".[server,fleet]"
+RUN pip install --extra-index-url "$TORCH_INDEX" ".[server,fleet]"
 # The server runs as uid 1000. /models/cache and /state are created here with that owner, so
 # named volumes start writable; host folders bind-mounted there must be owned by uid 1000
 # (README: "Volumes and permissions").

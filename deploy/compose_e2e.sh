@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `docker compose up`, for real, on this host, end to end:
 #   1. a Docker engine (dockerd started when none answers; Debian's docker.io installed if absent);
-#   2. the images: the server's (CPU torch), and, when no registry answers, local stand-ins for
-#      the bases it needs (a debootstrapped Debian bookworm with Python 3.11, PostgreSQL, Envoy);
+#   2. the images: the server's (CPU torch where download.pytorch.org answers) and, when no
+#      registry answers, local stand-ins for the bases it needs (a debootstrapped Debian bookworm
+#      with Python 3.11, PostgreSQL, Envoy);
 #   3. the cpu profile: waits for the container's health check, fine-tunes against it from this
 #      host with the CLI over TLS (R@1 must rise), restarting the container mid-run (the run must
 #      finish, charged what it was served);
@@ -38,7 +39,6 @@ reachable() { curl -s -o /dev/null --max-time 10 "$1"; }
 
 cleanup() {
   compose --profile cpu --profile replicas down -v --remove-orphans >/dev/null 2>&1 || true
-  [ -n "${WHEEL_SERVER:-}" ] && kill "$WHEEL_SERVER" 2>/dev/null || true
   if [ "$KEEP" = --keep ]; then echo "compose_e2e: work folder kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -70,8 +70,12 @@ local_base() {  # Debian bookworm, minimal, with Python 3.11 and a venv whose pi
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
       bookworm "$rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1
     chroot "$rootfs" python3 -m venv /opt/venv
+    # The CAs this host added (a TLS-inspecting proxy's, say) are trusted inside too, by pip as well.
+    cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
+    chroot "$rootfs" update-ca-certificates >/dev/null
     tar -C "$rootfs" -c . | docker import \
       --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
       --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$LOCAL_BASE" >/dev/null
     rm -rf "$rootfs"
   fi
@@ -93,30 +97,16 @@ local_envoy() {
   echo graytune-local/envoy:1.40
 }
 
-# The CPU torch wheels: download.pytorch.org if it answers, else a local CPU wheel (pip's
-# find-links folder, /opt/wheels by default) served to the build as a one-project index.
+# torch's CPU wheels from download.pytorch.org if it answers. Where it does not, PyPI's build
+# (made for CUDA, and running on the CPU too, at several GB more): a CPU torch wheel alone would
+# not do, as PyPI's torchvision needs the CUDA build's libraries.
 torch_source() {
   if reachable https://download.pytorch.org/whl/cpu/torch/; then
-    TORCH_ARGS=(--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu)
-    return
+    TORCH_INDEX=https://download.pytorch.org/whl/cpu
+  else
+    echo "download.pytorch.org does not answer: torch from PyPI (its CUDA build, on the CPU)" >&2
+    TORCH_INDEX=https://pypi.org/simple
   fi
-  local wheel
-  wheel=$(ls "${GRAYTUNE_TORCH_WHEELS:-/opt/wheels}"/torch-*+cpu-cp311-*.whl 2>/dev/null | sort -V | tail -1)
-  if [ -z "$wheel" ]; then
-    echo "compose_e2e: download.pytorch.org does not answer and no torch-*+cpu-cp311 wheel is in" \
-      "${GRAYTUNE_TORCH_WHEELS:-/opt/wheels}: the image would get PyPI's CUDA torch" >&2
-    exit 1
-  fi
-  mkdir -p "$WORK/index/torch"
-  cp "$wheel" "$WORK/index/torch/"
-  local port
-  port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  "$PY" -m http.server --bind 127.0.0.1 --directory "$WORK/index" "$port" >/dev/null 2>&1 &
-  WHEEL_SERVER=$!
-  local version
-  version=$(basename "$wheel" | cut -d- -f2)  # torch-2.13.0+cpu-cp311-... -> 2.13.0+cpu
-  TORCH_ARGS=(--network host --build-arg "TORCH_INDEX=http://127.0.0.1:$port/"
-    --build-arg "TORCH_REQUIREMENT=torch==$version")
 }
 
 images() {
@@ -124,7 +114,7 @@ images() {
   POSTGRES_IMAGE=$(pulled_or postgres:16-bookworm local_postgres)
   ENVOY_IMAGE=$(pulled_or envoyproxy/envoy:v1.40-latest local_envoy)
   torch_source
-  docker build -q -t "graytune-server:$VERSION-cpu" --build-arg BASE="$BASE" "${TORCH_ARGS[@]}" . >/dev/null
+  docker build -q -t "graytune-server:$VERSION-cpu" --build-arg BASE="$BASE" --build-arg TORCH_INDEX="$TORCH_INDEX" . >/dev/null
   export GRAYTUNE_BASE_IMAGE=$BASE GRAYTUNE_POSTGRES_IMAGE=$POSTGRES_IMAGE GRAYTUNE_ENVOY_IMAGE=$ENVOY_IMAGE
 }
 
@@ -134,7 +124,10 @@ owner_folder() {
   mkdir -p "$WORK"/{models/cache,secrets,certs,state,deploy/envoy}
   cp deploy/envoy/envoy.yaml "$WORK/deploy/envoy/"
   local weights
-  weights=$("$PY" -c 'from graytune.server.pretraining import builtin_weights; print(builtin_weights("graytune-tiny", "mnist"))')
+  weights=$("$PY" -c '
+import graytune.server.compute.backbone  # registers the built-in model configs with OpenCLIP
+from graytune.server.pretraining import builtin_weights
+print(builtin_weights("graytune-tiny", "mnist"))')
   cp "$weights" "$WORK/models/graytune-tiny-mnist.safetensors"
   export GRAYTUNE_MODEL=graytune-tiny GRAYTUNE_WEIGHTS=/models/graytune-tiny-mnist.safetensors
   export GRAYTUNE_PORT=${GRAYTUNE_E2E_PORT:-50551} GRAYTUNE_METRICS_PORT=${GRAYTUNE_E2E_METRICS_PORT:-59464}
@@ -186,21 +179,44 @@ sys.exit(0 if last > first else 1)
 EOF
 }
 
+# billed RUN_NAME LEDGER: the samples the run was served (its Embed and Forward samples, as each
+# reply reported them) against the samples `keys list` says the key used; fails unless equal.
+billed() {
+  local used served
+  used=$(grep -o 'used [0-9]*' <<<"$2" | cut -d' ' -f2)
+  served=$("$PY" -c '
+import json, sys
+usage = [r for r in map(json.loads, open(sys.argv[1])) if "oracle/Forward_samples" in r][-1]
+print(usage.get("oracle/Embed_samples", 0) + usage["oracle/Forward_samples"])' "$WORK/runs/$1/metrics.jsonl")
+  echo "samples served $served, charged $used"
+  [ "$used" = "$served" ]
+}
+
+past_first_checkpoint() {  # RUN_NAME PID: waits until the run is past step 10, its first checkpoint
+  until [ -s "$WORK/runs/$1/metrics.jsonl" ] && grep -q '"step": 1[0-9]' "$WORK/runs/$1/metrics.jsonl"; do
+    kill -0 "$2" 2>/dev/null || { cat "$WORK/$1.log"; exit 1; }
+    sleep 1
+  done
+}
+
+calls_served() {  # CONTAINER_ID: the audit lines of the calls it served
+  docker logs "$1" 2>&1 | grep -c 'call method=' || true
+}
+
 cpu_profile() {
   compose --profile cpu up -d --no-build graytune-server-cpu
   timed cpu_healthy wait_healthy graytune-server-cpu
   train cpu --tls-ca "$WORK/certs/ca.crt" &
   local trainer=$!
-  # Restart the container once the run has saved its first checkpoint: mid-run.
-  until [ -s "$WORK/runs/cpu/metrics.jsonl" ] && grep -q '"step": 1[0-9]' "$WORK/runs/cpu/metrics.jsonl"; do
-    kill -0 "$trainer" 2>/dev/null || { cat "$WORK/cpu.log"; exit 1; }
-    sleep 1
-  done
+  past_first_checkpoint cpu "$trainer"
   echo "restarting the server container mid-run"
   timed cpu_restart compose --profile cpu restart graytune-server-cpu
   wait "$trainer" || { cat "$WORK/cpu.log"; exit 1; }
   R_CPU=$(recall cpu) || { echo "cpu profile: R@1 did not rise: $R_CPU" >&2; exit 1; }
   echo "$R_CPU"
+  B_CPU=$(billed cpu "$(.venv/bin/graytune-server keys --file "$WORK/secrets/keys.json" list \
+    --usage-db "$WORK/state/usage.sqlite")") || { echo "cpu profile: $B_CPU" >&2; exit 1; }
+  echo "$B_CPU"
   compose --profile cpu down
 }
 
@@ -208,11 +224,31 @@ replicas_profile() {
   local cpu=(-f "$ROOT/docker-compose.cpu.yml")
   compose "${cpu[@]}" --profile replicas up -d --no-build graytune-lb
   timed replicas_healthy wait_healthy graytune-usage-db graytune-replicas
-  timed replicas_train train replicas
+  # One client's calls all hash to one replica: stop that one mid-run (it drains, Envoy moves the
+  # client to the other), and the run must finish.
+  local start=$SECONDS id ledger serving
+  train replicas &
+  local trainer=$!
+  past_first_checkpoint replicas "$trainer"
+  for id in $(compose "${cpu[@]}" --profile replicas ps -q graytune-replicas); do
+    if [ "$(calls_served "$id")" -gt 0 ]; then serving=$id; fi
+  done
+  echo "stopping the replica serving the run mid-run: $(docker inspect -f '{{.Name}}' "$serving")"
+  timed replica_stop docker stop "$serving" >/dev/null
+  wait "$trainer" || { cat "$WORK/replicas.log"; exit 1; }
+  TIMES[replicas_train]=$((SECONDS - start))
   R_REPLICAS=$(recall replicas) || { echo "replicas profile: R@1 did not rise: $R_REPLICAS" >&2; exit 1; }
   echo "$R_REPLICAS"
-  compose "${cpu[@]}" --profile replicas ps
-  compose "${cpu[@]}" --profile replicas logs graytune-replicas | grep -c "audit" | sed 's/^/audit lines from the replicas: /'
+  for id in $(compose "${cpu[@]}" --profile replicas ps -a -q graytune-replicas); do
+    echo "$(docker inspect -f '{{.Name}}' "$id"): $(calls_served "$id") calls served"
+  done
+  docker start "$serving" >/dev/null
+  wait_healthy graytune-replicas
+  ledger=$(compose "${cpu[@]}" --profile replicas exec -T -e PGPASSWORD="$(cat "$WORK/secrets/usage-db-password")" \
+    graytune-replicas graytune-server keys --file /secrets/keys.json list \
+    --usage-db postgresql://graytune@graytune-usage-db:5432/graytune)
+  B_REPLICAS=$(billed replicas "$ledger") || { echo "replicas profile: $B_REPLICAS" >&2; exit 1; }
+  echo "$B_REPLICAS"
   compose "${cpu[@]}" --profile replicas down -v
 }
 
@@ -223,8 +259,9 @@ phase "cpu profile";       timed cpu_profile cpu_profile
 phase "replicas profile";  timed replicas_profile replicas_profile
 phase "summary"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "graytune|postgres|envoy|python"
-for name in engine images owner_folder cpu_healthy cpu_restart cpu_profile replicas_healthy replicas_train replicas_profile; do
+for name in engine images owner_folder cpu_healthy cpu_restart cpu_profile replicas_healthy replica_stop replicas_train \
+  replicas_profile; do
   printf '%-18s %5s s\n' "$name" "${TIMES[$name]:-}"
 done
-echo "cpu profile (restarted mid-run): $R_CPU"
-echo "replicas profile (through Envoy): $R_REPLICAS"
+echo "cpu profile (restarted mid-run): $R_CPU; $B_CPU"
+echo "replicas profile (through Envoy): $R_REPLICAS; $B_REPLICAS"
