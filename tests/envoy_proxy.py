@@ -29,18 +29,26 @@ class EnvoyProxy:
         self.port, self.admin_port = free_port(), free_port()
         config = folder / "envoy.yaml"
         config.write_text(yaml.safe_dump(self.local_config(replicas)))
-        self.process = subprocess.Popen(
-            [str(ENVOY), "-c", str(config), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.log = folder / "envoy.log"
+        # Without --disable-hot-restart every Envoy on a host claims the same shared-memory
+        # domain socket (base id 0): a second one, from another test or suite, exits at once.
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [str(ENVOY), "-c", str(config), "--log-level", "warning", "--disable-hot-restart"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wanted = [port_of(r) for r in replicas]
         wait_until(
-            lambda: sorted(self.healthy_ports()) == sorted(wanted),
+            lambda: self.exited() or sorted(self.healthy_ports()) == sorted(wanted),
             120,
             "Envoy's health checks passing for every replica",
         )
+        assert not self.exited(), f"Envoy exited ({self.process.returncode}): {self.log.read_text()[-2000:]}"
         self.endpoint = f"127.0.0.1:{self.port}"
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
 
     def local_config(self, replicas: list[LocalServer]) -> dict:
         """envoy.yaml as deployed, listening on loopback, with the replicas as static endpoints

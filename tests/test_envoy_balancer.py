@@ -86,3 +86,19 @@ def test_training_moves_off_a_draining_replica_and_survives_a_killed_one(fleet):
         )
         served = (oracle.samples["Forward"] + oracle.samples["Embed"], oracle.samples["Backward"])
     assert charged == served  # nothing free, nothing twice, across the three replicas
+
+
+def test_two_envoys_serve_side_by_side_on_one_host(server, tmp_path):
+    """Another test's or suite's Envoy on the same host: each must start and route (Envoy's hot
+    restart would have them share one shared-memory socket, and the second exit at once)."""
+    proxies = []
+    try:
+        for name in ("first", "second"):
+            (tmp_path / name).mkdir()
+            proxies.append(EnvoyProxy([server], tmp_path / name))
+        for proxy in proxies:
+            with OracleClient(proxy.endpoint, retries=0, timeout=60) as oracle:
+                assert oracle.embed_images(torch.randn(2, 3, 32, 32)).shape[0] == 2
+    finally:
+        for proxy in proxies:
+            proxy.close()
