@@ -3,6 +3,7 @@ finished run says so; Ctrl-C, a lost server and a closed pipe end in one line, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -21,9 +22,25 @@ def train_steps(run_dir: Path) -> list:
     return [r["step"] for r in records(run_dir, "train")]
 
 
-def running(command, run_dir: Path, steps: int, **popen) -> subprocess.Popen:
-    """A trainer running `command`, once it logged `steps` training steps (or ended)."""
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+@contextlib.contextmanager
+def sigint_as_in_a_terminal():
+    """Starts children with a foreground process's SIGINT. A suite run in the background of a
+    script inherits SIGINT ignored, and "ignored" survives exec, so a trainer started from it could
+    not be stopped by Ctrl-C; a handler does not survive exec, so with one installed here the child
+    starts with the default. (Not `preexec_fn`: Python code between fork and exec can deadlock on a
+    lock another thread of this process held at the fork, and Popen then waits forever.)"""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def running(command, run_dir: Path, steps: int, stoppable: bool = False) -> subprocess.Popen:
+    """A trainer running `command`, once it logged `steps` training steps (or ended); `stoppable`:
+    by SIGINT, as in a terminal."""
+    with sigint_as_in_a_terminal() if stoppable else contextlib.nullcontext():
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: run.poll() is not None or len(train_steps(run_dir)) >= steps, 300, f"{steps} training steps")
     return run
 
@@ -71,17 +88,11 @@ def test_resuming_a_finished_run_prints_its_final_metrics_without_a_call(server,
     assert "image_to_text_R@1" in json.loads(again.stdout)
 
 
-def as_in_a_terminal() -> None:
-    """A foreground process's SIGINT: default. A suite run in the background of a script
-    inherits SIGINT ignored, and so would the trainer, which Ctrl-C then could not stop."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_path):
     command = train_cmd(server.endpoint, digits, tmp_path, "--steps", "40", "--save-every", "3")
-    run = running(command, tmp_path, 5, preexec_fn=as_in_a_terminal)
+    run = running(command, tmp_path, 5, stoppable=True)
     run.send_signal(signal.SIGINT)
-    out, err = run.communicate()
+    out, err = run.communicate(timeout=300)
     assert run.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err
     last, step = err.strip().splitlines()[-1], train_steps(tmp_path)[-1]
@@ -108,7 +119,7 @@ def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path
         )
         run = running(command, tmp_path, 3)
         server.kill()
-        out, err = run.communicate()
+        out, err = run.communicate(timeout=300)
     assert run.returncode == 1, err
     assert "Traceback" not in err
     lines = err.strip().splitlines()
