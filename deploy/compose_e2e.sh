@@ -192,8 +192,8 @@ print(usage.get("oracle/Embed_samples", 0) + usage["oracle/Forward_samples"])' "
   [ "$used" = "$served" ]
 }
 
-past_first_checkpoint() {  # RUN_NAME PID: waits until the run is past step 10, its first checkpoint
-  until [ -s "$WORK/runs/$1/metrics.jsonl" ] && grep -q '"step": 1[0-9]' "$WORK/runs/$1/metrics.jsonl"; do
+past_first_checkpoint() {  # RUN_NAME PID: waits until the run has written its first checkpoint
+  until [ -s "$WORK/runs/$1/latest" ]; do
     kill -0 "$2" 2>/dev/null || { cat "$WORK/$1.log"; exit 1; }
     sleep 1
   done
