@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -65,7 +66,7 @@ SMOKE_SETTINGS = (
 
 
 def domain_settings(pairs, workdir: Path, shots: int, size: int, smoke: bool = False) -> list:
-    data = OwnerData.build(size)
+    data = functools.cache(lambda: OwnerData.build(size))  # only if a domain is not yet written
     settings = []
     for task, name in pairs:
         domain = target.DOMAINS[name]

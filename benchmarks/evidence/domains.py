@@ -141,12 +141,13 @@ def drifting(image: np.ndarray, generator: torch.Generator, frames: int = CLIP_F
     return list(moved.permute(0, 2, 3, 1).numpy())
 
 
-def write_domain(domain: Domain, out: Path, data: OwnerData, size: int, seed: int = 0) -> Path:
-    """Writes the domain under out/<name> (if not already complete) and returns that folder."""
+def write_domain(domain: Domain, out: Path, data: Callable[[], OwnerData], size: int, seed: int = 0) -> Path:
+    """Writes the domain under out/<name> (if not already complete) and returns that folder;
+    `data()` is called only to write it (rendering the owner's images takes a while)."""
     root = out / domain.name
     if all((root / f"{s}.csv").is_file() for s in SPLITS):
         return root
-    images, labels, template = concept_images(domain, data, size)
+    images, labels, template = concept_images(domain, data(), size)
     generator = torch.Generator().manual_seed(seed)
     if domain.concepts == "digits":  # many real images per class: split them, no synthetic views
         rng = np.random.default_rng(seed)
