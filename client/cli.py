@@ -9,7 +9,7 @@
     graytune eval  --endpoint HOST:PORT --adapter runs/digits/adapter --val-data data/digits/val.csv
     graytune embed --adapter runs/digits/adapter --images data/digits/images --out emb.npy
     graytune predict --adapter runs/digits-16shot/adapter --images data/digits/images --out classes.csv
-    graytune plot  runs/digits     # runs/digits/metrics.png: loss, learning rate, recall curves
+    graytune plot  runs/digits     # runs/digits/metrics.png: training curves, val metrics
     graytune demo  # local server + digits + a short fine-tune, before/after metrics
 """
 
@@ -222,7 +222,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     pred.add_argument("--templates", help="without --adapter: prompt templates file (default: 'a photo of a {}.')")
     pred.add_argument("--classnames", help="without --adapter (then required): the class names file, one per line")
 
-    plot = _parser(sub, "plot", "loss, learning rate and recall curves of runs, as an image")
+    plot = _parser(sub, "plot", "training curves and validation metrics of runs (any task or method), as an image")
     plot.add_argument("run_dirs", nargs="+", type=Path, help="`graytune train` output directories")
     plot.add_argument(
         "--out", type=Path, help="image file (default: RUN_DIR/metrics.png for one run; needed for several)"

@@ -138,6 +138,8 @@ def test_craft_beats_zero_shot_with_no_gradient_call_and_counts_what_was_charged
     assert evaluated.returncode == 0, evaluated.stderr
     # the same prompt and MLP on the same images; a near-tie may flip under other batching
     assert abs(json.loads(evaluated.stdout)["top1"] - final["top1"]) <= 1 / val_images + 1e-9
+    plotted = subprocess.run(cli_command("plot", str(run_dir)), capture_output=True, text=True, timeout=120)
+    assert plotted.returncode == 0 and (run_dir / "metrics.png").stat().st_size > 0, plotted.stderr
 
 
 def test_the_same_seed_gives_the_same_result_and_a_killed_run_resumes_to_it(blackbox, digits, tmp_path):

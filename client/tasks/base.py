@@ -40,6 +40,8 @@ class Task(abc.ABC):
     # The methods it trains (their command-line names), and the metrics shown beside the progress bar.
     methods: ClassVar[tuple[str, ...]] = ("dga", "lga")
     headline: ClassVar[tuple[str, ...]]
+    # What `graytune plot` draws of every evaluation when not the headline ("…@" stands for every K).
+    plotted: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type] = NoOptions  # its flags (options.py)
 
     def __init__(self, oracle: OracleClient, csv_format: CsvFormat | None = None, options: Any = None):

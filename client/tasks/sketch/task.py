@@ -49,6 +49,7 @@ class SketchTask(Task):
         self.precision_at = self.options.precision_at
 
     headline = ("sketch_to_photo_mAP@all",)
+    plotted = ("sketch_to_photo_mAP@all", "sketch_to_photo_P@")
 
     def load(self, train_path: str | None, val_path: str | None, seed: int):
         preprocess, fmt = preprocess_for(self.oracle), self.csv("img_key", "separator")
