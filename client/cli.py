@@ -449,6 +449,7 @@ def run(args) -> None:
     """Runs one command; an expected failure ends in one line on stderr and exit code 1."""
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("graytune").setLevel(logging.INFO)  # data checks, run config, server waits
+    from graytune.client.data.tables import DataError
     from graytune.client.methods.base import BackboneMismatch
     from graytune.client.transport.oracle_client import OracleError
 
@@ -459,7 +460,7 @@ def run(args) -> None:
         where = f" {stopped}" if stopped else (" before the first step" if args.command == "train" else "")
         print(f"graytune {args.command}: interrupted{where}", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    except OracleError as e:
+    except (OracleError, DataError) as e:  # mid-run too: the run can be resumed
         print(f"graytune {args.command}: error: {e}", file=sys.stderr)
         stopped = _where_the_run_stopped(args)
         if stopped:

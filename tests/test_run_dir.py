@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -129,6 +130,29 @@ def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path
     assert lines[-1] == (
         f"graytune train: the run stopped after step {step}; resume with --resume "
         f"(continues from the checkpoint at step {step // 2 * 2})"
+    )
+
+
+def test_an_image_unreadable_mid_run_ends_in_one_line_with_the_steps_done_kept(server, digits, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(Path(digits["train"]).parent, data)
+    run_dir = tmp_path / "run"
+    command = train_cmd(
+        server.endpoint, {"train": str(data / "train.csv")}, run_dir, "--steps", "60", "--save-every", "50"
+    )
+    run = running([*command, "--workers", "2"], run_dir, 2)  # past the check that decodes a sample
+    for image in (data / "images").iterdir():
+        image.write_bytes(b"not a PNG")  # the batches not yet made, in the workers, fail
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 1, err
+    assert "Traceback" not in err and "DataLoader worker" not in err, err
+    error, stopped = err.strip().splitlines()[-2:]
+    assert error.startswith("graytune train: error: ") and f"{data / 'train.csv'}, line " in error, error
+    step = train_steps(run_dir)[-1]
+    assert 2 <= step < 60 and checkpoint_step(run_dir) == step, "the steps done are checkpointed"
+    assert stopped == (
+        f"graytune train: the run stopped after step {step}; resume with --resume "
+        f"(continues from the checkpoint at step {step})"
     )
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, Self, TypeVar
 
 import torch
+
+from graytune.client.data.tables import DataError
 
 
 def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -57,7 +60,21 @@ class StepBatches(torch.utils.data.Dataset):
         return self.end - self.first
 
     def __getitem__(self, k: int) -> Any:
-        return self.dataset.batch(batch_indices(len(self.dataset), self.batch_size, self.seed, self.first + k))
+        indices = batch_indices(len(self.dataset), self.batch_size, self.seed, self.first + k)
+        try:
+            return self.dataset.batch(indices)
+        except DataError as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return Unreadable(str(e))  # raised again by the trainer, as the same one line
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A batch a worker could not make, and why. A DataError raised in a worker would reach the
+    trainer as a new exception holding the worker's whole traceback as its message."""
+
+    message: str
 
 
 def _worker_init(worker_id: int) -> None:
@@ -67,13 +84,16 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def step_batches(
-    dataset: Any, batch_size: int, seed: int, first: int, end: int, workers: int
-) -> torch.utils.data.DataLoader:
-    """The batches of steps [first, end), `workers` processes ahead (0: built on this thread)."""
+def step_batches(dataset: Any, batch_size: int, seed: int, first: int, end: int, workers: int) -> Iterator[Any]:
+    """The batches of steps [first, end), `workers` processes ahead (0: built on this thread);
+    DataError naming the file and line of an image that cannot be read."""
     ahead: dict[str, Any] = (
         dict(multiprocessing_context="spawn", prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
     )
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         StepBatches(dataset, batch_size, seed, first, end), batch_size=None, num_workers=workers, **ahead
     )
+    for batch in loader:
+        if isinstance(batch, Unreadable):
+            raise DataError(batch.message)
+        yield batch

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from graytune.client.data.tables import CsvFormat
+from graytune.client.data.tables import CsvFormat, DataError
 from graytune.client.methods import distributed
 from graytune.client.methods.adapter_dir import save_adapters
 from graytune.client.methods.base import AdapterConfig, StopTraining, Trainer, TrainingContext
@@ -300,44 +300,49 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
         disable=not progress,
         dynamic_ncols=True,
     )
-    with StopRequest() as stop, bar:
-        waited = time.perf_counter()
-        for step, batch in zip(range(first, loop.steps), trainer.batches(first, loop.steps)):
-            started = time.perf_counter()
-            try:
-                record = trainer.step(step, batch)
-            except StopTraining:
-                break
-            done = step + 1
-            counters = trainer.counters(done)
-            usage = loop.usage(before)
-            # OpenCLIP's names: data_time waits for the batch, batch_time is the whole step.
-            loop.metrics_log.write(
-                {
-                    "step": done,
-                    "kind": "train",
-                    **counters,
-                    **record,
-                    "data_time": started - waited,
-                    "batch_time": time.perf_counter() - waited,
-                    **usage,
-                }
-            )
-            result = {"train/loss": record["loss"]}
-            bar.update(trainer.units(1))
-            bar.set_postfix({k: f"{record[k]:.4f}" for k in trainer.shown})
-            if loop.val_set is not None and (done % cfg.eval_every == 0 or done == loop.steps):
-                result = {**loop.task.evaluate(loop.model, loop.val_set, cfg.batch_size), **loop.usage(before)}
-                loop.metrics_log.write({"step": done, "kind": "eval", **counters, **result})
-                bar.write(
-                    f"{trainer.label(done)}: " + ", ".join(f"{k}={result[k]:.3f}" for k in loop.task.headline),
-                    file=sys.stderr,
-                )  # beside the bar; stdout carries only the result
-            if loop.main and (done % cfg.save_every == 0 or done == loop.steps or stop.requested):
-                loop.save(done)
-            if stop.requested and done < loop.steps:
-                raise KeyboardInterrupt
+    try:
+        with StopRequest() as stop, bar:
             waited = time.perf_counter()
+            for step, batch in zip(range(first, loop.steps), trainer.batches(first, loop.steps)):
+                started = time.perf_counter()
+                try:
+                    record = trainer.step(step, batch)
+                except StopTraining:
+                    break
+                done = step + 1
+                counters = trainer.counters(done)
+                usage = loop.usage(before)
+                # OpenCLIP's names: data_time waits for the batch, batch_time is the whole step.
+                loop.metrics_log.write(
+                    {
+                        "step": done,
+                        "kind": "train",
+                        **counters,
+                        **record,
+                        "data_time": started - waited,
+                        "batch_time": time.perf_counter() - waited,
+                        **usage,
+                    }
+                )
+                result = {"train/loss": record["loss"]}
+                bar.update(trainer.units(1))
+                bar.set_postfix({k: f"{record[k]:.4f}" for k in trainer.shown})
+                if loop.val_set is not None and (done % cfg.eval_every == 0 or done == loop.steps):
+                    result = {**loop.task.evaluate(loop.model, loop.val_set, cfg.batch_size), **loop.usage(before)}
+                    loop.metrics_log.write({"step": done, "kind": "eval", **counters, **result})
+                    bar.write(
+                        f"{trainer.label(done)}: " + ", ".join(f"{k}={result[k]:.3f}" for k in loop.task.headline),
+                        file=sys.stderr,
+                    )  # beside the bar; stdout carries only the result
+                if loop.main and (done % cfg.save_every == 0 or done == loop.steps or stop.requested):
+                    loop.save(done)
+                if stop.requested and done < loop.steps:
+                    raise KeyboardInterrupt
+                waited = time.perf_counter()
+    except DataError:  # an image that cannot be read: the steps done so far are kept
+        if loop.main and done > first and loop.run.checkpoint_step() != done:
+            loop.save(done)
+        raise
     if not loop.main:
         return result
     if done > first and loop.run.checkpoint_step() != done:
