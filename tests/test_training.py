@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from graytune.client.data.tables import CsvFormat
 from graytune.client.methods.graybox.options import DGAOptions
-from graytune.client.training.loop import train
+from graytune.client.training.loop import TrainConfig, _check_resume, train
 from graytune.client.transport.oracle_client import OracleClient
 
 from helpers import digits_run, records, train_command
@@ -60,13 +66,47 @@ def test_interrupted_run_resumes_to_the_same_result(server, digits, tmp_path):
     assert steps == list(range(1, 41)), "each step is logged once after a resume"
 
 
-def test_resume_refuses_a_changed_batch_size(server, digits, tmp_path):
+def test_resume_refuses_a_changed_batch_size_or_more_steps(server, digits, tmp_path):
     subprocess.run(cli_train(server, digits, tmp_path, "--steps", "4"), check=True, capture_output=True)
-    result = subprocess.run(
-        cli_train(server, digits, tmp_path, "--resume", "--batch-size", "8"), capture_output=True, text=True
-    )
-    assert result.returncode == 1
-    assert "batch_size was 16" in result.stderr
+    # cli_train's 40 steps: more than the run's 4, so the run is not complete
+    for changed, said in (("--batch-size", "8"), "--batch-size was 16"), ((), "--steps was 4"):
+        result = subprocess.run(
+            cli_train(server, digits, tmp_path, "--resume", *changed), capture_output=True, text=True
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert said in result.stderr and f"now {changed[1] if changed else 40}" in result.stderr, result.stderr
+
+
+def resume_check(before: TrainConfig, now: TrainConfig, caplog) -> list[str]:
+    """_check_resume of `now` against a checkpoint of `before` -> the lines it logged."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="graytune.client"):
+        _check_resume(now, Path("ckpt"), {"train_config": json.loads(json.dumps(dataclasses.asdict(before)))})
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_resume_names_each_setting_that_would_change_the_run(caplog):
+    run = TrainConfig(train_data="t.csv", output_dir="run", val_data="v.csv", method="dga")
+    refused = {
+        "--steps was 100 in ckpt, now 200": dict(options=DGAOptions(steps=200)),
+        "--val-data was 'v.csv' in ckpt, now None": dict(val_data=None),
+        "--lr was 0.001 in ckpt, now 0.01": dict(options=DGAOptions(lr=0.01)),
+        "--csv-separator was '\\t' in ckpt, now ','": dict(csv=CsvFormat(csv_separator=",")),
+        "--shots was 16 in ckpt, now 8": dict(task="classify", task_options={"shots": 8}),
+    }
+    for said, change in refused.items():
+        before = dataclasses.replace(run, task="classify", task_options={"shots": 16}) if "task" in change else run
+        with pytest.raises(ValueError) as refusal:
+            resume_check(before, dataclasses.replace(run, **change), caplog)
+        assert said in str(refusal.value), (said, str(refusal.value))
+    taken = dataclasses.replace(run, eval_every=10, save_every=5, options=DGAOptions(workers=0))
+    lines = resume_check(run, taken, caplog)
+    assert lines == [
+        "--resume: --eval-every was 50, now 10 (taken: it does not change the result)",
+        "--resume: --workers was 2, now 0 (taken: it does not change the result)",
+        "--resume: --save-every was 50, now 5 (taken: it does not change the result)",
+    ]
+    assert resume_check(run, run, caplog) == []
 
 
 def test_resume_without_a_checkpoint_says_so(server, digits, tmp_path):

@@ -27,7 +27,8 @@ class GradientOptions:
     warmup: int = option(10, "steps of linear warm-up before the cosine decay")
     workers: int = option(2, "DataLoader processes decoding and resizing batches ahead of the step (0: none)")
 
-    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ()  # the optimiser's settings may change on resume
+    # What a resume may change: the same batches, made in more or fewer processes.
+    FREE_ON_RESUME: ClassVar[tuple[str, ...]] = ("workers",)
 
 
 def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -90,24 +90,53 @@ class TrainConfig:
                 f"not {type(self.options).__name__}"
             )
 
-    def fixed_on_resume(self) -> dict[str, Any]:
-        """What a resume may not change: it would change the data order or the model."""
-        fixed = {k: getattr(self, k) for k in ("train_data", "batch_size", "seed", "task", "method")}
-        fixed["task_options"] = self.task_options
-        fixed.update({f"options.{k}": getattr(self.options, k) for k in self.options.FIXED_ON_RESUME})
-        return fixed
+    # What a resume may change: it cannot change the result (cadence, reporting, the folder's name).
+    FREE_ON_RESUME: ClassVar[tuple[str, ...]] = ("output_dir", "eval_every", "save_every", "report_to")
+
+    def free_on_resume(self) -> set[str]:
+        return {*self.FREE_ON_RESUME, *(f"options.{k}" for k in self.options.FREE_ON_RESUME)}
 
 
 def _check_resume(cfg: TrainConfig, latest: Path, saved: dict[str, Any]) -> None:
-    was = saved.get("fixed_on_resume", {})
-    for key, now in cfg.fixed_on_resume().items():
-        if key not in was:
+    """A resume continues the run it finds. A changed setting that shapes the result (the data,
+    the model, the optimiser and its schedule: --steps too) is refused, naming it with its old and
+    new value; a changed one that cannot (cadence, reporting, loader processes) is taken, in a line."""
+    if "train_config" not in saved:
+        raise ValueError(f"--resume: {latest} was written by another version of graytune; start again with --overwrite")
+    before, now = _flat(saved["train_config"]), _flat(_jsonable(dataclasses.asdict(cfg)))
+    for key in sorted(now):
+        if key not in before:
             raise ValueError(
                 f"--resume: {latest} was written by another version of graytune (it has no "
-                f"{key}); start the run again with --overwrite"
+                f"{_flag(key)}); start the run again with --overwrite"
             )
-        if was[key] != _jsonable(now):
-            raise ValueError(f"--resume: {key} was {was[key]!r} in {latest}, now {now!r}")
+        if before[key] == now[key]:
+            continue
+        if key in cfg.free_on_resume():
+            log.info(
+                "--resume: %s was %r, now %r (taken: it does not change the result)", _flag(key), before[key], now[key]
+            )
+        else:
+            raise ValueError(
+                f"--resume: {_flag(key)} was {before[key]!r} in {latest}, now {now[key]!r}; a resumed run keeps "
+                "what shapes its result (start another run to change it: --overwrite, or a new --output-dir)"
+            )
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"options": {"lr": 0.1}} -> {"options.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _flag(key: str) -> str:
+    """ "options.lr" -> "--lr", "csv.csv_separator" -> "--csv-separator": the flag that sets it."""
+    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
 
 
 def _jsonable(value: Any) -> Any:
@@ -280,7 +309,6 @@ class Loop:
                 "step": done,
                 **self.trainer.state_dict(),
                 "train_config": _jsonable(dataclasses.asdict(self.cfg)),
-                "fixed_on_resume": _jsonable(self.cfg.fixed_on_resume()),
             },
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from graytune.client.options import option
 
@@ -32,8 +33,7 @@ class CraftOptions:
     )
     lr: float = option(1e-3, "learning rate of the refinement module's Adam")
 
-    # The search and the prompt: changing them on resume would change what is searched.
-    FIXED_ON_RESUME = ("popsize", "sigma", "bound", "intrinsic_dim", "kl_weight", "prompt_template")
+    FREE_ON_RESUME: ClassVar[tuple[str, ...]] = ()  # each option shapes the search
 
     def __post_init__(self) -> None:
         if self.popsize < 2:

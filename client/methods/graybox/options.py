@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from graytune.client.methods.gradient import GradientOptions
 from graytune.client.options import option
@@ -23,15 +22,6 @@ class DGAOptions(GradientOptions):
     pixel_channels: int = option(8, "channels between the pixel adapter's convolutions")
     extra_tokens: int = option(1, "learnable prompt tokens after start-of-text (0: none)")
 
-    # Changing these on resume would change the model, or one optimiser group into two.
-    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = (
-        "input_lr",
-        "adapters",
-        "pixel_layers",
-        "pixel_channels",
-        "extra_tokens",
-    )
-
     def __post_init__(self) -> None:
         if self.input_lr is not None and self.adapters == "output":
             raise ValueError("--input-lr: --adapters output trains no input modules")
@@ -43,8 +33,6 @@ class LGAOptions(DGAOptions):
         0, "deep prompts at the first N blocks of each tower (0: every block the key is offered them at)"
     )
     deep_prompt_tokens: int = option(4, "deep prompt tokens per block")
-
-    FIXED_ON_RESUME = (*DGAOptions.FIXED_ON_RESUME, "deep_prompt_depth", "deep_prompt_tokens")
 
     def __post_init__(self) -> None:
         super().__post_init__()
