@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from graytune.client.tasks.retrieval.task import RetrievalTask
 from graytune.client.transport.local_server import LocalServer
 
 from helpers import SERVER_ARGS, cli_command, records, train_command, wait_until
@@ -77,6 +78,12 @@ def test_resuming_a_finished_run_prints_its_final_metrics_without_a_call(server,
         text=True,
     )
     assert done.returncode == 0, done.stderr
+    evaluated = [line for line in done.stderr.splitlines() if line.startswith(("zero-shot: ", "step "))]
+    shown = lambda r: ", ".join(f"{k}={r[k]:.3f}" for k in RetrievalTask.headline)
+    assert evaluated == [
+        f"zero-shot: {shown(records(tmp_path, 'zero_shot')[0])}",  # the first evaluation is printed too
+        f"step 2: {shown(records(tmp_path, 'eval')[0])}",
+    ]
     # No server at this endpoint: the answer comes from the run directory alone.
     again = subprocess.run(
         train_cmd("127.0.0.1:1", digits, tmp_path, "--steps", "2", "--val-data", digits["val"], "--resume"),

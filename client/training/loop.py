@@ -243,9 +243,15 @@ def train(
             if val_set is not None:
                 zero_shot = task.evaluate(ZeroShotCLIP(oracle, cache), val_set, cfg.batch_size)
                 metrics_log.write({"step": 0, "kind": "zero_shot", **zero_shot, **oracle_usage(oracle, {})})
+                print(f"zero-shot: {headline(task, zero_shot)}", file=sys.stderr)  # the first evaluation line
         return _steps(Loop(cfg, steps, task, model, trainer, val_set, run, metrics_log, oracle, ranks), state, progress)
     finally:
         metrics_log.close()
+
+
+def headline(task: Task, metrics: dict[str, Any]) -> str:
+    """An evaluation's line: "top1=0.412, top5=0.806"."""
+    return ", ".join(f"{k}={metrics[k]:.3f}" for k in task.headline)
 
 
 def check_data_parallel(cfg: TrainConfig, processes: int) -> None:
@@ -359,7 +365,7 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
                     result = {**loop.task.evaluate(loop.model, loop.val_set, cfg.batch_size), **loop.usage(before)}
                     loop.metrics_log.write({"step": done, "kind": "eval", **counters, **result})
                     bar.write(
-                        f"{trainer.label(done)}: " + ", ".join(f"{k}={result[k]:.3f}" for k in loop.task.headline),
+                        f"{trainer.label(done)}: {headline(loop.task, result)}",
                         file=sys.stderr,
                     )  # beside the bar; stdout carries only the result
                 if loop.main and (done % cfg.save_every == 0 or done == loop.steps or stop.requested):
