@@ -55,9 +55,16 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
-    assert "tier 'blackbox' cannot run graybox-dga training" in errors[0]
+    assert "tier 'blackbox' cannot run training with --method dga" in errors[0]
     assert "gradients" in errors[0] and "text.shift" in errors[0]
-    assert "allows zero-shot evaluation" in errors[0]
+    assert "which a key of tier 'graybox' or 'graybox-plus' has" in errors[0], "the tier that would do"
+    allowed = errors[0].split("tier 'blackbox' allows ")[1].split("; ")
+    assert allowed == [
+        "zero-shot evaluation (`graytune eval` without --adapter)",
+        "--method linear-probe (--task classify)",
+        "--method craft (--task classify)",
+        "--method dga --adapters output",
+    ]
     assert remaining(server, secrets["blackbox"]) == before
     assert not run_dir.exists()
 
@@ -65,10 +72,12 @@ def test_a_blackbox_key_is_refused_training_before_it_pays_for_anything(tiers, d
 def test_a_graybox_key_is_refused_deep_prompts_before_it_pays(tiers, digits, tmp_path):
     server, secrets = tiers
     before = remaining(server, secrets["graybox"])
-    args = train_args(digits["train"], tmp_path / "run", "--method", "lga", "--deep-prompt-depth", "1")
+    args = train_args(digits["train"], tmp_path / "run", "--method", "lga")  # no depth asked: LGA alone
     result = graytune(server.endpoint, *args, key=secrets["graybox"])
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "deep_prompt_depth 1" in result.stderr and "tier 'graybox'" in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error" in line]
+    assert "offers deep prompts at 0 layers to this key (tier 'graybox')" in error
+    assert error.endswith("use a key of tier 'graybox-plus', or --method dga"), error
     assert remaining(server, secrets["graybox"]) == before
     assert not (tmp_path / "run").exists()
 

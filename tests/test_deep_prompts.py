@@ -13,6 +13,7 @@ import torch
 from graytune.client.methods.graybox.config import GrayboxConfig
 from graytune.client.methods.graybox.model import GrayboxCLIP
 from graytune.client.methods.graybox.options import LGAOptions
+from graytune.client.transport.access import AccessDenied
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.client.transport.remote import RemoteImageTower, RemoteTextTower
@@ -179,9 +180,14 @@ def test_method_lga_takes_every_layer_the_key_is_offered(plus):
     assert offered > 0 and (config.method, config.deep_prompt_depth) == ("graybox-lga", offered)
 
 
-def test_deep_prompts_beyond_the_offer_are_refused_at_config(oracle):
-    with pytest.raises(ValueError, match="offers deep prompts at 0 layers"):
+def test_deep_prompts_beyond_the_offer_are_refused_at_config(oracle, plus):
+    with pytest.raises(AccessDenied, match="offers deep prompts at 0 layers .* a key of tier 'graybox-plus'"):
         GrayboxConfig.for_oracle(oracle, LGAOptions(deep_prompt_depth=1))  # tier graybox
+    offered = plus.describe().image.deep_prompt_layers
+    with pytest.raises(
+        ValueError, match=f"--deep-prompt-depth {offered + 1}: .* leave the flag out to use all {offered}"
+    ):
+        GrayboxConfig.for_oracle(plus, LGAOptions(deep_prompt_depth=offered + 1))
 
 
 def test_deep_prompt_adapters_round_trip(plus, tmp_path):

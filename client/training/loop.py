@@ -186,7 +186,7 @@ def train(
     run.check_start(resume, overwrite)
     info = oracle.info()
     adapters = chosen.adapter_config(oracle, cfg.options, cfg.seed)
-    access.require(info, f"{adapters.method} training", adapters.need(training=True))
+    access.require(info, f"training with --method {cfg.method}", adapters.need(training=True))
     train_set, val_set = task.load(cfg.train_data, cfg.val_data, cfg.seed)
     adapters = task.adapter_config(adapters)
     cache = EmbeddingCache(oracle)

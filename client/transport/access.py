@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from graytune.client.transport.oracle_info import OracleInfo
 from graytune.contract import (
+    GRADIENT_TIERS,
     IMAGE_DEEP_PROMPTS,
     IMAGE_PIXELS,
     TEXT_CONTEXT_DELTA,
@@ -18,6 +19,7 @@ from graytune.contract import (
     TEXT_EXTRA_TOKENS,
     TEXT_SHIFT,
     TEXT_TEXTS,
+    TIER_ENTRY_POINTS,
 )
 
 BACKBONE_INPUTS = frozenset({IMAGE_PIXELS, TEXT_TEXTS})
@@ -38,14 +40,16 @@ class Need:
 
 ZERO_SHOT = Need(BACKBONE_INPUTS, gradients=False)  # the backbone alone: Embed of pixels, captions
 CRAFT = Need(BACKBONE_INPUTS | {TEXT_CONTEXT_DELTA}, gradients=False)  # Embed only, any tier
-# The methods a customer can run, for telling one what its key allows.
+DGA = Need(BACKBONE_INPUTS | {TEXT_SHIFT, TEXT_EXTRA_TOKENS}, gradients=True)
+LGA = Need(DGA.entry_points | {IMAGE_DEEP_PROMPTS, TEXT_DEEP_PROMPTS}, gradients=True)
+# What a customer can run, in the words they type, for telling one what a key allows.
 METHODS = {
     "zero-shot evaluation (`graytune eval` without --adapter)": ZERO_SHOT,
-    "craft training (--task classify --method craft)": CRAFT,
-    "graybox-dga training": Need(BACKBONE_INPUTS | {TEXT_SHIFT, TEXT_EXTRA_TOKENS}, True),
-    "graybox-lga training (--method lga)": Need(
-        BACKBONE_INPUTS | {TEXT_SHIFT, TEXT_EXTRA_TOKENS, IMAGE_DEEP_PROMPTS, TEXT_DEEP_PROMPTS}, True
-    ),
+    "--method linear-probe (--task classify)": ZERO_SHOT,
+    "--method craft (--task classify)": CRAFT,
+    "--method dga --adapters output": ZERO_SHOT,
+    "--method dga": DGA,
+    "--method lga": LGA,
 }
 
 
@@ -53,12 +57,22 @@ class AccessDenied(PermissionError):
     """The key's tier cannot run the method asked for; nothing was sent that costs samples."""
 
 
+def tiers_for(need: Need) -> list[str]:
+    """The contract's tiers whose keys may run `need`, lowest first."""
+    return [
+        tier
+        for tier, points in TIER_ENTRY_POINTS.items()
+        if need.entry_points <= set(points) and (tier in GRADIENT_TIERS or not need.gradients)
+    ]
+
+
 def require(info: OracleInfo, method: str, need: Need) -> None:
     unmet = need.unmet(info)
     if unmet:
         allowed = [name for name, n in METHODS.items() if not n.unmet(info)]
+        tiers = " or ".join(f"'{t}'" for t in tiers_for(need))
         raise AccessDenied(
-            f"this key's tier '{info.tier}' cannot run {method}: it needs "
-            f"{' and '.join(unmet)}; tier '{info.tier}' allows "
-            f"{'; '.join(allowed) or 'nothing this client offers'}"
+            f"this key's tier '{info.tier}' cannot run {method}: it needs {' and '.join(unmet)}, "
+            f"{f'which a key of tier {tiers} has' if tiers else 'which no tier offers'}; tier '{info.tier}' "
+            f"allows {'; '.join(allowed) or 'nothing this client offers'}"
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 from graytune.client.methods.base import AdapterConfig, backbone_identity
 from graytune.client.methods.graybox.options import SIDES, DGAOptions, LGAOptions
-from graytune.client.transport.access import BACKBONE_INPUTS, Need
+from graytune.client.transport.access import BACKBONE_INPUTS, LGA, AccessDenied, Need, tiers_for
 from graytune.client.transport.oracle_client import OracleClient
 from graytune.contract import IMAGE_DEEP_PROMPTS, IMAGE_PIXELS, TEXT_DEEP_PROMPTS, TEXT_EXTRA_TOKENS, TEXT_SHIFT
 
@@ -74,10 +74,16 @@ def _deep_prompts(oracle: OracleClient, options: LGAOptions) -> dict[str, Any]:
     """The depth, by default every block the key is offered deep prompts at."""
     info = oracle.info()
     offered = min(info.image.deep_prompt_layers, info.text.deep_prompt_layers)
-    depth = options.deep_prompt_depth or max(offered, 1)  # 1 on a key offered none: refused below
+    if offered == 0:
+        tiers = " or ".join(f"'{t}'" for t in tiers_for(LGA))
+        raise AccessDenied(
+            f"--method lga learns deep prompts, and {oracle.endpoint} offers deep prompts at 0 layers to this "
+            f"key (tier '{info.tier}'): use a key of tier {tiers}, or --method dga"
+        )
+    depth = options.deep_prompt_depth or offered
     if depth > offered:
         raise ValueError(
-            f"deep_prompt_depth {depth}: {oracle.endpoint} offers deep prompts at "
-            f"{offered} layers to this key (tier '{info.tier}')"
+            f"--deep-prompt-depth {depth}: {oracle.endpoint} offers deep prompts at {offered} layers to this "
+            f"key (tier '{info.tier}'); leave the flag out to use all {offered}"
         )
     return {"deep_prompt_depth": depth, "deep_prompt_tokens": options.deep_prompt_tokens}
