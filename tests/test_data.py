@@ -152,6 +152,15 @@ def test_read_pairs_names_file_line_and_missing_key(tmp_path):
     ):
         read_pairs(tsv)
 
+    comma = tmp_path / "pairs.csv"  # comma-separated, read with the default tab
+    comma.write_text("filepath,title\na.png,a cat.\n")
+    with pytest.raises(
+        ValueError, match=r"\(found: \['filepath,title'\]\); the columns look separated by ',': add --csv-separator ','"
+    ):
+        read_pairs(comma)
+    with pytest.raises(ValueError, match=rf"{tmp_path} is a folder, not a data set file \(\.csv, \.tsv or \.jsonl\)"):
+        read_pairs(tmp_path)
+
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text('{"filepath": "a.png", "title": "a cat."}\n{"filepath": "b.png"}\n')
     with pytest.raises(ValueError, match=r"pairs\.jsonl, line 2: missing key 'title'"):

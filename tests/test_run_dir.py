@@ -4,16 +4,22 @@ finished run says so; Ctrl-C, a lost server and a closed pipe end in one line, n
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
+import pty
+import re
 import shutil
 import signal
+import struct
 import subprocess
+import termios
 from pathlib import Path
 
 from graytune.client.tasks.retrieval.task import RetrievalTask
 from graytune.client.transport.local_server import LocalServer
 
-from helpers import SERVER_ARGS, cli_command, records, train_command, wait_until
+from helpers import SERVER_ARGS, cli_command, records, train_args, train_command, wait_until
 
 
 def train_cmd(endpoint, digits, run_dir, *extra):
@@ -161,6 +167,26 @@ def test_an_image_unreadable_mid_run_ends_in_one_line_with_the_steps_done_kept(s
         f"graytune train: the run stopped after step {step}; resume with --resume "
         f"(continues from the checkpoint at step {step})"
     )
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_and_not_into_a_log(server, digits, tmp_path):
+    command = lambda run: cli_command(
+        *train_args(digits["train"], tmp_path / run, "--endpoint", server.endpoint, "--steps", "2", "--batch-size", "8")
+    )
+    logged = subprocess.run(command("logged"), capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr
+    assert "\r" not in logged.stderr and "100%" not in logged.stderr, "no bar frames in a log file"
+    terminal, child_side = pty.openpty()
+    fcntl.ioctl(child_side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns: a new pty has 0
+    run = subprocess.Popen(command("terminal"), stdout=subprocess.PIPE, stderr=child_side)
+    os.close(child_side)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO: the trainer closed the terminal
+        while chunk := os.read(terminal, 65536):
+            shown += chunk
+    os.close(terminal)
+    assert run.wait(timeout=300) == 0, shown.decode(errors="replace")
+    assert re.search(rb"\r[^\n]*100%", shown), "the bar, redrawn in place"
 
 
 def test_a_closed_pipe_ends_quietly(server, digits):

@@ -51,6 +51,14 @@ def test_a_short_clip_names_its_row_and_the_frames_asked_for(tmp_path):
         read_clip(str(tmp_path / "short.mp4"), 8, "v.csv, line 2")
 
 
+def test_a_still_image_given_as_a_clip_is_named(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "still.png")
+    with pytest.raises(
+        DataError, match=r"v\.csv, line 3: .*still\.png is a single frame \(a still image\?\), not a clip"
+    ):
+        read_clip(str(tmp_path / "still.png"), 8, "v.csv, line 3")
+
+
 def test_an_unreadable_video_is_named(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
     with pytest.raises(DataError, match=r"v\.csv, line 5: cannot read video .*bad\.mp4"):

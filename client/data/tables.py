@@ -33,6 +33,8 @@ class CsvFormat:
 def read_table(path: str, separator: str = "\t") -> Iterator[tuple[int, dict]]:
     """Yields (line number, row dict) of a .csv/.tsv (`separator`) or .jsonl file."""
     extension = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder, not a data set file (.csv, .tsv or .jsonl)")
     if extension in (".csv", ".tsv"):
         rows = _read_csv_rows(path, separator)
     elif extension == ".jsonl":
@@ -77,7 +79,15 @@ def field(row: dict, key: str, path: str, line: int) -> str:
     if value is None:
         # csv.DictReader gives None for fields missing from a short row.
         columns = [k for k in row if k is not None]
-        raise DataError(f"{path}, line {line}: missing key {key!r} (found: {columns})")
+        raise DataError(f"{path}, line {line}: missing key {key!r} (found: {columns}){_separator_hint(key, columns)}")
     if not isinstance(value, str) or not value:
         raise DataError(f"{path}, line {line}: {key!r} must be a non-empty string, got {value!r}")
     return value
+
+
+def _separator_hint(key: str, columns: list[str]) -> str:
+    """Where one column holds the key beside others ("filepath,title"), the separator it uses."""
+    for separator in (",", "\t", ";", "|"):
+        if any(key in column.split(separator) for column in columns if separator in column):
+            return f"; the columns look separated by {separator!r}: add --csv-separator {separator!r}"
+    return ""

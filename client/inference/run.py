@@ -67,7 +67,9 @@ def in_batches(
     what: str,
 ) -> torch.Tensor:
     """compute(load(batch)) for consecutive batches of `items`, concatenated: (N, ...)."""
-    bar = tqdm(total=len(items), desc=what, unit=what.split()[-1], disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items), desc=what, unit=what.split()[-1], disable=None if progress else True, dynamic_ncols=True
+    )  # None: terminals only
     results = []
     for batch in chunks(items, batch_size):
         results.append(compute(load(batch)))

@@ -331,7 +331,7 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
         initial=trainer.units(first),
         desc=loop.cfg.method,
         unit=trainer.unit,
-        disable=not progress,
+        disable=None if progress else True,  # None: tqdm draws only on a terminal, never into a log file
         dynamic_ncols=True,
     )
     try:

@@ -34,7 +34,12 @@ def read_clip(path: str, frames: int, where: str) -> list[Image.Image]:
             raise DataError(f"{where}: cannot read a frame of {path}: {e}") from None
     if not os.path.isfile(path):
         raise DataError(f"{where}: no such video file or frame folder {path}")
-    return _enough(_decode(path, where), frames, where, path)
+    decoded = _decode(path, where)
+    if len(decoded) == 1:
+        raise DataError(
+            f"{where}: {path} is a single frame (a still image?), not a clip: give a video or a folder of frames"
+        )
+    return _enough(decoded, frames, where, path)
 
 
 def _enough(available: list, frames: int, where: str, path: str) -> list:
