@@ -75,7 +75,7 @@ def read_metrics(run_dir: Path) -> RunMetrics:
     evals = sorted((r for r in records if r["kind"] in ("zero_shot", "eval")), key=lambda r: r["step"])
     if not train and not evals:
         raise ValueError(f"{path}: no training or evaluation records yet")
-    started = next((r for r in records if r["kind"] == "run"), {})
+    started: dict = next((r for r in records if r["kind"] == "run"), {})
     # Runs from before the tasks existed logged no run record: all were retrieval, by gradient.
     task, method = started.get("task", "retrieval"), started.get("method", "dga")
     return RunMetrics(Path(run_dir).resolve().name, task, method, train, evals)

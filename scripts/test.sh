@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q --durations=10 -n "${GRAYTUNE_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q --durations=10 -n "${GRAYTUNE_TEST_WORKERS:-2}" --dist loadfile \
+  --no-loadscope-reorder "$@"  # in conftest.py's order: the longest files first

@@ -18,6 +18,31 @@ from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
 from helpers import SERVER_ARGS  # noqa: E402
 from postgres_cluster import PostgresCluster  # noqa: E402
 
+# The files that take longest (seconds on 2 loaded cores, `scripts/test.sh --durations=0`,
+# 2026-12-07), run first: pytest-xdist hands whole files to its workers in collection order
+# (scripts/test.sh keeps it with --no-loadscope-reorder), so a long file started last would
+# leave the other worker idle until it ends. The rest follow in their usual order.
+LONGEST_FIRST = (
+    "test_benchmarks.py",  # 682
+    "test_evidence.py",  # 416
+    "test_faults.py",  # 274
+    "test_classify.py",  # 258, the MNIST backbone's first build among them
+    "test_craft.py",  # 237
+    "test_container_env.py",  # 235
+    "test_run_dir.py",  # 211
+    "test_training.py",  # 207
+    "test_fleet_usage.py",  # 173
+    "test_pretrained.py",  # 136
+    "test_tls.py",  # 135
+    "test_credentials.py",  # 130
+    "test_readme.py",  # 111
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
