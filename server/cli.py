@@ -1,7 +1,7 @@
 """graytune-server: serve a frozen OpenCLIP backbone as a gradient oracle.
 
 graytune-server keys --file keys.json create --tier graybox --budget 100000
-graytune-server --keys keys.json                  # built-in tiny model, random weights
+graytune-server --keys keys.json --tls-cert server.crt --tls-key server.key   # tiny model, random weights
 graytune-server --dev --plaintext                 # no credentials, no TLS: development only
 graytune-server health                            # exit 0 when serving (container checks)
 graytune-server audit --log server.log            # per key: calls, samples, gradients, refusals
@@ -33,32 +33,35 @@ def from_env(name: str) -> str | None:
     return os.environ.get(f"GRAYTUNE_{name}") or None
 
 
+def env_argument(group, name: str, flag: str, default=None, **kwargs) -> None:
+    """A flag whose default is $GRAYTUNE_<NAME> when set (the compose file and the Kubernetes
+    manifests set these), else `default`."""
+    action = group.add_argument(flag, default=from_env(name) or default, **kwargs)
+    action.env = f"GRAYTUNE_{name}"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default (unless it says it) and its environment variable."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = "default" in text or not action.option_strings or action.default is argparse.SUPPRESS
+        if not shown and not isinstance(action, argparse._StoreTrueAction):
+            text += f" (default: {'none' if action.default is None else '%(default)s'})"
+        return text + (f" [${action.env}]" if getattr(action, "env", None) else "")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     import graytune
 
-    p = argparse.ArgumentParser(
-        prog="graytune-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="graytune-server", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--version", action="version", version=f"graytune-server {graytune.__version__} (protocol {PROTOCOL_VERSION})"
     )
     model = p.add_argument_group("backbone")
-    model.add_argument(
-        "--model",
-        default=from_env("MODEL") or "graytune-tiny",
-        help="OpenCLIP architecture name (default: %(default)s)",
-    )
-    model.add_argument(
-        "--pretrained",
-        default=from_env("PRETRAINED"),
-        help="OpenCLIP pretrained tag, fetched from the hub",
-    )
-    model.add_argument(
-        "--weights",
-        type=Path,
-        default=from_env("WEIGHTS"),
-        help="local .safetensors or .pt weights for --model",
-    )
+    env_argument(model, "MODEL", "--model", default="graytune-tiny", help="OpenCLIP architecture name")
+    env_argument(model, "PRETRAINED", "--pretrained", help="OpenCLIP pretrained tag, fetched from the hub")
+    env_argument(model, "WEIGHTS", "--weights", type=Path, help="local .safetensors or .pt weights for --model")
     model.add_argument("--model-config", type=Path, help="architecture JSON file (its stem names the model)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random init without weights")
     model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -78,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "prompt search); repeat for more (default: 'a photo of a')",
     )
     serve = p.add_argument_group("serving")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one")
     serve.add_argument(
         "--no-merge-batches",
         action="store_true",
@@ -120,23 +123,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="serve gRPC reflection (for grpcurl and the like), at most this many "
         "streams at once; 0: off, as in production (default: %(default)s)",
     )
-    serve.add_argument(
-        "--keys",
-        type=Path,
-        default=from_env("KEYS"),
-        help="API key file (see `graytune-server keys`); required unless --dev",
+    env_argument(
+        serve, "KEYS", "--keys", type=Path, help="API key file (see `graytune-server keys`); required unless --dev"
     )
-    serve.add_argument(
+    env_argument(
+        serve,
+        "USAGE_DB",
         "--usage-db",
-        default=from_env("USAGE_DB"),
         help="the usage store (budgets used, charged call ids): an SQLite file (default: beside the key "
         "file) for one host, or postgresql://USER@HOST:PORT/DB shared by replicas on several hosts "
         "(rate limits too; the password from PGPASSWORD, not the command line)",
     )
-    serve.add_argument(
+    env_argument(
+        serve,
+        "USAGE_DB_PASSWORD_FILE",
         "--usage-db-password-file",
         type=Path,
-        default=from_env("USAGE_DB_PASSWORD_FILE"),
         help="a file holding the PostgreSQL password (a mounted secret), when not in PGPASSWORD or ~/.pgpass",
     )
     serve.add_argument(
@@ -149,30 +151,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--dev", action="store_true", help="development mode: no credentials, every caller gets --tier")
     serve.add_argument("--tier", choices=TIERS, default=GRAYBOX, help="the callers' tier with --dev")
     tls = p.add_argument_group("transport security")
-    tls.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=from_env("TLS_CERT"),
-        help="server certificate chain (PEM)",
-    )
-    tls.add_argument("--tls-key", type=Path, default=from_env("TLS_KEY"), help="server private key (PEM)")
-    tls.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        default=from_env("TLS_CLIENT_CA"),
-        help="CA that signs client certificates: mutual TLS",
+    env_argument(tls, "TLS_CERT", "--tls-cert", type=Path, help="server certificate chain (PEM)")
+    env_argument(tls, "TLS_KEY", "--tls-key", type=Path, help="server private key (PEM)")
+    env_argument(
+        tls, "TLS_CLIENT_CA", "--tls-client-ca", type=Path, help="CA that signs client certificates: mutual TLS"
     )
     tls.add_argument("--plaintext", action="store_true", help="serve without TLS (trusted networks only)")
-    serve.add_argument(
+    env_argument(
+        serve,
+        "METRICS_PORT",
         "--metrics-port",
         type=int,
-        default=from_env("METRICS_PORT"),
         help="serve Prometheus metrics over HTTP on this port (default: off)",
     )
-    serve.add_argument(
+    env_argument(
+        serve,
+        "DRAIN_SECONDS",
         "--drain-seconds",
         type=float,
-        default=from_env("DRAIN_SECONDS") or "0",
+        default=0.0,
         help="on SIGTERM, first report NOT_SERVING for this long while still serving, so a balancer "
         "moves callers away before calls are refused; a second SIGTERM cuts it short (default: %(default)s)",
     )
@@ -181,8 +178,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     limits = p.add_argument_group("limits")
     d = Limits()
-    limits.add_argument("--max-batch", type=int, default=d.max_batch)
-    limits.add_argument("--max-tensor-mb", type=float, default=d.max_tensor_bytes / MB)
+    limits.add_argument("--max-batch", type=int, default=d.max_batch, help="samples (images or captions) per call")
+    limits.add_argument(
+        "--max-tensor-mb", type=float, default=d.max_tensor_bytes / MB, help="MiB of one tensor a caller sends"
+    )
     limits.add_argument(
         "--max-graph-mb",
         type=float,
@@ -217,7 +216,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=d.max_call_seconds,
         help="a call still running this long is ended (DEADLINE_EXCEEDED or cancelled)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="the server's own log lines"
+    )
+    p.epilog = (
+        "environment (a flag given wins): "
+        + ", ".join(f"{a.env} ({a.option_strings[0]})" for a in p._actions if getattr(a, "env", None))
+        + "; GRAYTUNE_CACHE: where built-in pretrained weights are built and kept (default: ~/.cache/graytune). "
+        "`graytune-server health --help` lists the health check's."
+    )
     return p.parse_args(argv)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from graytune.client.methods.registry import METHODS
 from graytune.client.options import defaults, flag_name, option_fields
 from graytune.client.tasks import TASKS, task_class
 from graytune.client.training.loop import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = ("info", "data", "train", "eval", "embed", "predict", "plot", "demo")
 
@@ -158,3 +161,38 @@ def test_the_command_lines_defaults_are_the_dataclasses():
 
 def subparser(parser, command: str):
     return next(a for a in parser._actions if a.dest == "command").choices[command]
+
+
+def test_every_server_flag_shows_its_default_and_the_variable_it_is_read_from():
+    from graytune.client.transport.local_server import server_command
+
+    shown = subprocess.run([*server_command(), "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    blocks = {}
+    for section in re.split(r"\n(?=\S[^\n]*:\n)", text.split("options:\n", 1)[1]):  # options, then each group
+        blocks.update(option_blocks("options:\n" + section.split(":\n", 1)[-1]))
+    flags = {f for f in blocks if f not in ("-h", "--version")}
+    assert {"--host", "--port", "--grace", "--max-batch", "--max-tensor-mb", "--log-level"} <= flags
+    for flag in flags:
+        words = blocks[flag].split(None, 2)[-1]
+        assert len(words) > 15, f"{flag}: no help"
+        if not re.search(rf"{flag} [A-Z_{{]", blocks[flag]):  # a switch, off unless given
+            continue
+        assert "default" in blocks[flag], f"{flag}: no default shown"
+    # Every variable the deployments set for the server is one it reads, and says so.
+    deployed = set(re.findall(r"GRAYTUNE_[A-Z_]+", (ROOT / "docker-compose.yml").read_text()))
+    deployed |= {
+        v
+        for f in (ROOT / "deploy" / "kubernetes").rglob("*.yaml")
+        for v in re.findall(r"GRAYTUNE_[A-Z_]+", f.read_text())
+    }
+    images = {
+        "GRAYTUNE_BASE_IMAGE",
+        "GRAYTUNE_POSTGRES_IMAGE",
+        "GRAYTUNE_ENVOY_IMAGE",
+    }  # compose's own, not the server's
+    health = {"GRAYTUNE_HEALTH_HOST", "GRAYTUNE_HEALTH_TLS_CA", "GRAYTUNE_PORT"}  # `graytune-server health`'s
+    listed = set(re.findall(r"GRAYTUNE_[A-Z_]+", text.split("environment (a flag given wins):", 1)[1]))
+    assert deployed - images - health <= listed, deployed - images - health - listed
+    assert "--keys KEYS" in text and "[$GRAYTUNE_KEYS]" in blocks["--keys"]

@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
+from graytune.client.data.files import umask
 from graytune.client.data.preprocess import load_image, preprocess_for
 from graytune.client.inference.model import Classifier, load_model
 from graytune.client.methods.graybox.options import DGAOptions
@@ -94,6 +97,9 @@ def test_embedded_texts_in_safetensors_carry_their_ids(server, runs, tmp_path):
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
+    usual = 0o666 & ~umask()  # as the .npy, and any new file (safetensors writes 0600 of its own)
+    assert stat.S_IMODE((tmp_path / "emb.safetensors").stat().st_mode) == usual
+    assert {stat.S_IMODE(f.stat().st_mode) for f in Path(runs["retrieval"]).iterdir()} == {usual}
     with safe_open(str(tmp_path / "emb.safetensors"), "pt") as f:
         ids, embeddings = json.loads(f.metadata()["ids"]), f.get_tensor("embeddings")
     assert ids == ["1", "2", "3"]

@@ -17,6 +17,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """This process's umask, read without setting it (os.umask would set it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path) -> None:
+    """The mode open() gives a new file: some writers (safetensors) make theirs 0600, and the
+    customer's outputs would be readable or not by how they were written."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     """Calls write(tmp_dir), syncs it, then renames it to `final` (replacing an older one)."""
     final = Path(final)
@@ -27,6 +46,7 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     tmp.mkdir()
     write(tmp)
     for f in tmp.iterdir():
+        _usual_mode(f)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
@@ -44,6 +64,7 @@ def write_file_atomically(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
     try:
         write(tmp)
+        _usual_mode(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

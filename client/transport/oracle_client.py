@@ -357,6 +357,22 @@ class _Connection:
         self.tls_files = _TLS_FILES.get(credentials) if credentials is not None else None
         self.reached = False
         self.unreachable: str | None = None  # why the endpoint refused a connection, last we looked
+        # When the server stopped answering, while some call waits for it: the calls of both
+        # towers wait at once, and the user is told of one outage, not of each call's.
+        self._outage: float | None = None
+        self._outage_lock = threading.Lock()
+
+    def outage_began(self) -> bool:
+        """Notes that a call waits for the server; True for the first call of an outage."""
+        with self._outage_lock:
+            first, self._outage = self._outage is None, self._outage or time.monotonic()
+            return first
+
+    def outage_ended(self) -> float | None:
+        """The outage's start, for the first call through (or given up) after it; else None."""
+        with self._outage_lock:
+            began, self._outage = self._outage, None
+            return began
 
     def failed(self, method: str, error: grpc.RpcError) -> None:
         """After a call failed: an answer over a connection to the server, or a failure to make one."""
@@ -384,7 +400,8 @@ class _ServerWait:
     reconnection until a health check gets through, again after each failed attempt, `timeout`
     seconds in all. A server never reached is waited for the connection's `connect_timeout`,
     with the backoff sleeps alone (each attempt looks into why it is not reached).
-    Logs one line when the wait begins and one when the server answers.
+    Logs one line when the wait begins and one when the server answers, once per outage
+    however many calls wait through it.
     Waits the server asks for (the key's rate limit, its calls in flight) are counted apart,
     `timeout` seconds of them too."""
 
@@ -399,9 +416,12 @@ class _ServerWait:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        if self.began is None:
+            return
         answered = error is None or (isinstance(error, OracleError) and error.code not in RETRIED)
-        if self.began is not None and answered:
-            log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint, time.monotonic() - self.began)
+        outage = self.connection.outage_ended()
+        if outage is not None and answered:
+            log.warning("%s: server %s is back after %.1f s", self.method, self.endpoint, time.monotonic() - outage)
 
     def for_rate_limit(self, details: str | None, delay: float, reason: str | None) -> None:
         """Sleeps the `delay` the server asked for; OracleError(RESOURCE_EXHAUSTED) instead when
@@ -421,7 +441,8 @@ class _ServerWait:
         connection = self.connection
         if self.began is None:
             self.began = time.monotonic()
-            if connection.reached:
+            first = connection.outage_began()  # of the calls in flight, the first says it waits
+            if first and connection.reached:
                 log.warning(
                     "%s: server %s unavailable (%s); waiting up to %g s for it to come back",
                     self.method,
@@ -429,7 +450,7 @@ class _ServerWait:
                     details,
                     self.timeout,
                 )
-            else:
+            elif first:
                 log.warning(
                     "%s: server %s not reached (%s); waiting up to %g s for it to accept connections",
                     self.method,
