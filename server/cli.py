@@ -28,16 +28,26 @@ from graytune.server.compute.validation import Limits
 MB = 1 << 20
 
 
-def from_env(name: str) -> str | None:
-    """A flag's default from $GRAYTUNE_<NAME> (the compose file sets these), else none."""
-    return os.environ.get(f"GRAYTUNE_{name}") or None
+# The flags whose default is read from the environment (the compose file and the Kubernetes
+# manifests set these); a flag given wins.
+ENVIRONMENT = {
+    "--model": "GRAYTUNE_MODEL",
+    "--pretrained": "GRAYTUNE_PRETRAINED",
+    "--weights": "GRAYTUNE_WEIGHTS",
+    "--keys": "GRAYTUNE_KEYS",
+    "--usage-db": "GRAYTUNE_USAGE_DB",
+    "--usage-db-password-file": "GRAYTUNE_USAGE_DB_PASSWORD_FILE",
+    "--tls-cert": "GRAYTUNE_TLS_CERT",
+    "--tls-key": "GRAYTUNE_TLS_KEY",
+    "--tls-client-ca": "GRAYTUNE_TLS_CLIENT_CA",
+    "--metrics-port": "GRAYTUNE_METRICS_PORT",
+    "--drain-seconds": "GRAYTUNE_DRAIN_SECONDS",
+}
 
 
-def env_argument(group, name: str, flag: str, default=None, **kwargs) -> None:
-    """A flag whose default is $GRAYTUNE_<NAME> when set (the compose file and the Kubernetes
-    manifests set these), else `default`."""
-    action = group.add_argument(flag, default=from_env(name) or default, **kwargs)
-    action.env = f"GRAYTUNE_{name}"
+def env_argument(group, flag: str, default=None, **kwargs) -> None:
+    """A flag whose default is its ENVIRONMENT variable when set, else `default`."""
+    group.add_argument(flag, default=os.environ.get(ENVIRONMENT[flag]) or default, **kwargs)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -48,7 +58,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         shown = "default" in text or not action.option_strings or action.default is argparse.SUPPRESS
         if not shown and not isinstance(action, argparse._StoreTrueAction):
             text += f" (default: {'none' if action.default is None else '%(default)s'})"
-        return text + (f" [${action.env}]" if getattr(action, "env", None) else "")
+        env = ENVIRONMENT.get(action.option_strings[0]) if action.option_strings else None
+        return text + (f" [${env}]" if env else "")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,9 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--version", action="version", version=f"graytune-server {graytune.__version__} (protocol {PROTOCOL_VERSION})"
     )
     model = p.add_argument_group("backbone")
-    env_argument(model, "MODEL", "--model", default="graytune-tiny", help="OpenCLIP architecture name")
-    env_argument(model, "PRETRAINED", "--pretrained", help="OpenCLIP pretrained tag, fetched from the hub")
-    env_argument(model, "WEIGHTS", "--weights", type=Path, help="local .safetensors or .pt weights for --model")
+    env_argument(model, "--model", default="graytune-tiny", help="OpenCLIP architecture name")
+    env_argument(model, "--pretrained", help="OpenCLIP pretrained tag, fetched from the hub")
+    env_argument(model, "--weights", type=Path, help="local .safetensors or .pt weights for --model")
     model.add_argument("--model-config", type=Path, help="architecture JSON file (its stem names the model)")
     model.add_argument("--seed", type=int, default=0, help="seed of the random init without weights")
     model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -123,12 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="serve gRPC reflection (for grpcurl and the like), at most this many "
         "streams at once; 0: off, as in production (default: %(default)s)",
     )
-    env_argument(
-        serve, "KEYS", "--keys", type=Path, help="API key file (see `graytune-server keys`); required unless --dev"
-    )
+    env_argument(serve, "--keys", type=Path, help="API key file (see `graytune-server keys`); required unless --dev")
     env_argument(
         serve,
-        "USAGE_DB",
         "--usage-db",
         help="the usage store (budgets used, charged call ids): an SQLite file (default: beside the key "
         "file) for one host, or postgresql://USER@HOST:PORT/DB shared by replicas on several hosts "
@@ -136,7 +144,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     env_argument(
         serve,
-        "USAGE_DB_PASSWORD_FILE",
         "--usage-db-password-file",
         type=Path,
         help="a file holding the PostgreSQL password (a mounted secret), when not in PGPASSWORD or ~/.pgpass",
@@ -151,22 +158,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     serve.add_argument("--dev", action="store_true", help="development mode: no credentials, every caller gets --tier")
     serve.add_argument("--tier", choices=TIERS, default=GRAYBOX, help="the callers' tier with --dev")
     tls = p.add_argument_group("transport security")
-    env_argument(tls, "TLS_CERT", "--tls-cert", type=Path, help="server certificate chain (PEM)")
-    env_argument(tls, "TLS_KEY", "--tls-key", type=Path, help="server private key (PEM)")
-    env_argument(
-        tls, "TLS_CLIENT_CA", "--tls-client-ca", type=Path, help="CA that signs client certificates: mutual TLS"
-    )
+    env_argument(tls, "--tls-cert", type=Path, help="server certificate chain (PEM)")
+    env_argument(tls, "--tls-key", type=Path, help="server private key (PEM)")
+    env_argument(tls, "--tls-client-ca", type=Path, help="CA that signs client certificates: mutual TLS")
     tls.add_argument("--plaintext", action="store_true", help="serve without TLS (trusted networks only)")
     env_argument(
         serve,
-        "METRICS_PORT",
         "--metrics-port",
         type=int,
         help="serve Prometheus metrics over HTTP on this port (default: off)",
     )
     env_argument(
         serve,
-        "DRAIN_SECONDS",
         "--drain-seconds",
         type=float,
         default=0.0,
@@ -220,10 +223,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="the server's own log lines"
     )
     p.epilog = (
-        "environment (a flag given wins): "
-        + ", ".join(f"{a.env} ({a.option_strings[0]})" for a in p._actions if getattr(a, "env", None))
-        + "; GRAYTUNE_CACHE: where built-in pretrained weights are built and kept (default: ~/.cache/graytune). "
-        "`graytune-server health --help` lists the health check's."
+        "environment (a flag given wins):\n"
+        + "".join(f"  {env:34}{flag}\n" for flag, env in ENVIRONMENT.items())
+        + (
+            f"  {'GRAYTUNE_CACHE':34}where built-in weights are built and kept (default: ~/.cache/graytune)\n"
+            "`graytune-server health --help` lists the health check's."
+        )
     )
     return p.parse_args(argv)
 
