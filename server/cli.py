@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -237,6 +238,24 @@ def fail(*messages: str) -> None:
     for message in messages:
         print(f"graytune-server: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Start-up refuses a port another process listens on, as gRPC would, but at once."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's own listener
+            probe.bind(address)
+    except OSError as e:
+        fail(
+            f"cannot listen on {host}:{port}: {e.strerror or e} (`ss -ltnp 'sport = :{port}'` names a process "
+            "listening there)"
+        )
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -538,6 +557,7 @@ def main(argv=None) -> None:
         tls = None if args.plaintext else server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     except TlsFileError as e:
         fail(str(e))
+    check_port_free(args.host, args.port)  # before the backbone, which may take minutes to load or build
     import torch
 
     from graytune.server import pretraining

@@ -5,6 +5,7 @@ must see (one server per port, budgets charged once per call). Real server proce
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import uuid
 
@@ -274,14 +275,21 @@ def test_gradient_samples_have_a_budget_of_their_own(budgeted):
 
 
 # -- 7: one server per port ---------------------------------------------------------------------
-def test_a_second_server_on_a_port_in_use_fails_to_start():
+def test_a_second_server_on_a_port_in_use_fails_to_start_before_its_model_loads(tmp_path):
     port = free_port()
     with LocalServer([*SERVER_ARGS, "--port", str(port)]):
+        # A model built at start in an empty cache (a minute or more): refused before it.
         second = subprocess.run(
-            server_command() + [*SERVER_ARGS, "--port", str(port)], capture_output=True, text=True, timeout=120
+            server_command() + [*SERVER_ARGS, "--port", str(port), "--pretrained", "mnist"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "GRAYTUNE_CACHE": str(tmp_path)},
         )
     assert second.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "in use" in second.stderr
+    [error] = [line for line in second.stderr.splitlines() if line.strip()]
+    assert error.startswith(f"graytune-server: error: cannot listen on 127.0.0.1:{port}: ") and "in use" in error
+    assert not list(tmp_path.iterdir()), "nothing was built"
 
 
 # -- 9: handles that are not the caller's; size checked before budget ----------------------------
