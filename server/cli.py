@@ -24,7 +24,7 @@ from pathlib import Path
 
 from graytune.contract import GRAYBOX, PROTOCOL_VERSION, TIERS
 from graytune.server.access.usage import is_url, redacted
-from graytune.server.compute.validation import Limits
+from graytune.server.compute.limits import Limits
 
 MB = 1 << 20
 
@@ -501,11 +501,10 @@ def health_main(argv) -> None:
     try:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
     except grpc.RpcError as e:
-        hint = (
-            ("; if the server certificate names a host rather than this address, set GRAYTUNE_HEALTH_HOST to that name")
-            if args.tls_ca and not args.tls_host
-            else ""
-        )
+        if args.tls_ca:
+            hint = "" if args.tls_host else "; if the server certificate names a host, set GRAYTUNE_HEALTH_HOST to it"
+        else:  # a TLS server closes a plaintext connection: "Socket closed"
+            hint = "; if the server serves TLS, give --tls-ca (or GRAYTUNE_HEALTH_TLS_CA)"
         fail(f"{args.address}: {e.code().name}: {e.details()}{hint}")
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)

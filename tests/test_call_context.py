@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from graytune.server.compute.call_context import CallContext
+from graytune.server.compute.limits import Limits
 from graytune.server.compute.oracle import GradientOracle
-from graytune.server.compute.validation import Limits
 
 
 @pytest.mark.parametrize("tower", ["image", "text"])  # image Forward and Backward run as merged batches

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,16 @@ def test_health_command_reports_serving(server):
     assert (result.returncode, result.stdout.strip()) == (0, "SERVING")
 
 
+def test_health_command_answers_without_importing_torch(server):
+    """Orchestrators run it every few seconds with a timeout (compose: 10 s): no torch import."""
+    probe = (
+        "import sys\nfrom graytune.server.cli import main\ntry:\n    main(['health', '--address', sys.argv[1]])\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, server.endpoint], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["SERVING", "0", "False"], result.stderr
+
+
 def test_health_command_fails_without_a_server():
     result = subprocess.run(
         server_command() + ["health", "--address", f"127.0.0.1:{free_port()}", "--timeout", "2"],
@@ -142,6 +153,7 @@ def test_health_command_fails_without_a_server():
         timeout=60,
     )
     assert result.returncode == 2 and "UNAVAILABLE" in result.stderr
+    assert "if the server serves TLS, give --tls-ca" in result.stderr
 
 
 @pytest.mark.parametrize(

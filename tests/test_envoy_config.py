@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from graytune import contract
-from graytune.server.compute.validation import Limits
+from graytune.server.compute.limits import Limits
 from graytune.v1 import oracle_pb2
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "envoy" / "envoy.yaml"

@@ -10,8 +10,8 @@ import torch
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.server.compute.limits import Limits
 from graytune.server.compute.oracle import GradientOracle
-from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
 
 from helpers import KEYED_ARGS, create_key

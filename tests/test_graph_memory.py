@@ -12,8 +12,8 @@ import torch
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
+from graytune.server.compute.limits import Limits
 from graytune.server.compute.oracle import GradientOracle
-from graytune.server.compute.validation import Limits
 from graytune.v1 import oracle_pb2 as pb
 
 from helpers import SERVER_ARGS

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
+from graytune.server.compute.limits import Limits
 from graytune.server.compute.tokenizer import CACHE_WORDS, END_OF_WORD, BoundedBPE, TooManyTokens
-from graytune.server.compute.validation import Limits
 
 from helpers import SERVER_ARGS
 

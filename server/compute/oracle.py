@@ -25,7 +25,7 @@ from graytune.server.compute.device import DeviceQueue, Work
 from graytune.server.compute.errors import HandleExpired, InputError, OverLimit
 from graytune.server.compute.graph_memory import graph_bytes
 from graytune.server.compute.graph_store import GraphGroup, GraphStore, HeldGraph
-from graytune.server.compute.validation import Limits
+from graytune.server.compute.limits import Limits
 
 Tensors = dict[str, torch.Tensor]
 IMAGE_FORWARD = "image-forward"  # the device-queue group of mergeable image Forward calls

@@ -10,7 +10,7 @@ from graytune.server.access.auth import Caller
 from graytune.server.access.tiers import may_differentiate
 from graytune.server.access.usage import GRADIENTS, SAMPLES
 from graytune.server.compute.backbone import Backbone
-from graytune.server.compute.validation import Limits
+from graytune.server.compute.limits import Limits
 from graytune.server.service.request_stream import UploadPace
 from graytune.v1 import oracle_pb2 as pb
 
