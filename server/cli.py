@@ -25,6 +25,7 @@ from pathlib import Path
 from graytune.contract import GRAYBOX, PROTOCOL_VERSION, TIERS
 from graytune.server.access.usage import is_url, redacted
 from graytune.server.compute.limits import Limits
+from graytune.server.service import logs
 
 MB = 1 << 20
 
@@ -43,6 +44,7 @@ ENVIRONMENT = {
     "--tls-client-ca": "GRAYTUNE_TLS_CLIENT_CA",
     "--metrics-port": "GRAYTUNE_METRICS_PORT",
     "--drain-seconds": "GRAYTUNE_DRAIN_SECONDS",
+    "--log-format": "GRAYTUNE_LOG_FORMAT",
 }
 
 
@@ -222,6 +224,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="the server's own log lines"
+    )
+    env_argument(
+        p,
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="json: one JSON object per line (time, level, logger, message; an audit line's fields as keys)",
     )
     p.epilog = (
         "environment (a flag given wins):\n"
@@ -526,7 +535,7 @@ def main(argv=None) -> None:
 
         return audit_main(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     log = logging.getLogger("graytune.server")
     from graytune.server.access.credentials import KeyFile
     from graytune.server.access.key_schema import KeyFileError

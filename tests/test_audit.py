@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
-import time
+from datetime import UTC, datetime
 
 import pytest
 import torch
 
+from graytune import error_details
 from graytune.client.transport.local_server import LocalServer, server_command
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.server.access.audit import parse_line
@@ -37,7 +40,7 @@ def session(tmp_path_factory):
         name: create_key(key_file, "--tier", tier)
         for name, tier in (("a", "graybox"), ("b", "graybox"), ("c", "blackbox"))
     }
-    start = time.strftime("%Y-%m-%d %H:%M:%S")
+    start = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}.000+00:00"  # the log's ISO-8601 times, in UTC
     wire = {}
     with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:
         with OracleClient(server.endpoint, api_key=secrets["a"], retries=0, timeout=60) as a:
@@ -65,7 +68,7 @@ def session(tmp_path_factory):
     log = tmp_path_factory.mktemp("audit-log") / "server.log"
     log.write_text("\n".join(server.output) + "\n")
     ids = {name: secret.split("_")[1] for name, secret in secrets.items()}
-    return {"log": log, "ids": ids, "wire": wire, "window": (start, time.strftime("%Y-%m-%d %H:%M:%S,999"))}
+    return {"log": log, "ids": ids, "wire": wire, "window": (start, f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}.999+00:00")}
 
 
 def audit(*args, stdin=None) -> str:
@@ -141,3 +144,43 @@ def test_text_in_a_detail_is_never_read_as_fields(detail):
         "7",
         "2026-11-24 10:00:02,100",
     )
+
+
+def test_a_json_log_gives_each_call_its_fields_peer_and_the_limit_that_refused_it(tmp_path):
+    key_file = tmp_path / "keys.json"
+    rated = create_key(key_file, "--tier", "graybox", "--rate", "0.001")  # one call, then refused for long
+    spent = create_key(key_file, "--tier", "graybox", "--budget", "0")
+    with LocalServer([*KEYED_ARGS, "--keys", str(key_file), "--log-format", "json"]) as server:
+        for secret, calls in ((rated, 2), (spent, 1), ("gt_k00000000_wrong", 1)):
+            with OracleClient(server.endpoint, api_key=secret, retries=0, timeout=60) as oracle:
+                for n in range(calls):
+                    with pytest.raises(OracleError) if n == calls - 1 else contextlib.nullcontext():
+                        oracle.embed_images(pixels(1))
+        server.stop()
+        records = lambda: [json.loads(line) for line in server.output if line.startswith("{")]
+        wait_until(lambda: any(r["message"] == "stopped" for r in records()), 30, "log read")
+        other = [line for line in server.output if not line.startswith("{")]
+    assert len(other) == 1 and other[0].startswith("graytune-server listening on"), other  # printed, not logged
+    for record in records():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", record["time"]), record
+        assert record["level"] != "INFO" or record["logger"].startswith("graytune"), record  # no OpenCLIP chatter
+    calls = [r for r in records() if r["message"].startswith("call ")]
+    shown = [(r["caller"], r["method"], r["status"], r.get("reason")) for r in calls]
+    ids = [s.split("_")[1] for s in (rated, spent)]
+    assert shown == [
+        (ids[0], "Embed", "OK", None),
+        (ids[0], "Embed", "RESOURCE_EXHAUSTED", error_details.RATE_LIMITED),
+        (ids[1], "Embed", "RESOURCE_EXHAUSTED", error_details.BUDGET_EXHAUSTED),
+        ("-", "Embed", "UNAUTHENTICATED", None),
+    ]
+    assert all(r["peer"].startswith("ipv4:127.0.0.1:") and r["latency_ms"] >= 0 for r in calls)
+    assert calls[0]["call_id"] and calls[0]["samples"] == 1
+    log = tmp_path / "server.log"
+    log.write_text("\n".join(server.output) + "\n")
+    report = json.loads(audit("--log", str(log), "--json"))
+    refusals = {u["key"]: u["refusals"] for u in report}
+    assert refusals == {
+        ids[0]: {"RESOURCE_EXHAUSTED/RATE_LIMITED": 1},
+        ids[1]: {"RESOURCE_EXHAUSTED/BUDGET_EXHAUSTED": 1},
+        "-": {"UNAUTHENTICATED": 1},
+    }

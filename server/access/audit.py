@@ -5,12 +5,12 @@
     docker compose logs graytune-server | graytune-server audit
 
 Reads the one audit line the server writes per call (`call method=... caller=... status=...`,
-with the log format `graytune-server` sets) and skips every other line. Per key: calls (by
+in either `--log-format`, text or json) and skips every other line. Per key: calls (by
 method), samples embedded (Embed and Forward), gradient samples (Backward), bytes in and out,
-calls refused or failed (any status but OK, by status), and when the key was first and last
-seen. Samples count whatever the call's status: a call that failed after computing (cancelled
-mid-reply) may still have sent its answer. Calls refused for a missing or unknown key have the
-key `-`.
+calls refused or failed (any status but OK, by status and the limit that refused them), and
+when the key was first and last seen. Samples count whatever the call's status: a call that
+failed after computing (cancelled mid-reply) may still have sent its answer. Calls refused for
+a missing or unknown key have the key `-` (their line names the peer address).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 # Searched, not matched: a prefix (a container's name, a journal's) may stand before the line.
 CALL_LINE = re.compile(
-    r"(?:(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) \S+ \S+: )?"
+    r"(?:(?P<time>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+(?:[+-]\d\d:\d\d|Z)?) \S+ \S+: )?"
     r"\bcall (?P<fields>\w+=.*)"
 )
 # key=value; a quoted value is a Python repr (detail=...) and may hold spaces, quotes and
@@ -37,18 +37,39 @@ GRADIENT_METHODS = ("Backward",)
 
 
 def parse_line(line: str) -> dict[str, str] | None:
-    """The fields of an audit line (and `time`, when the line has one), or None for other lines."""
+    """The fields of an audit line (and `time`, when the line has one), or None for other lines;
+    a line of `--log-format json` gives its fields as keys."""
+    record = _json_object(line)
+    if record is not None:
+        fields = {k: str(v) for k, v in record.items() if isinstance(v, str | int | float)}
+        return fields if fields.get("message", "").startswith("call ") and _has_who_and_what(fields) else None
     match = CALL_LINE.search(line.rstrip("\n"))
     if match is None:
         return None
-    fields: dict[str, str] = {}
+    fields = {}
     for m in FIELD.finditer(match.group("fields")):
         fields.setdefault(m.group(1), m.group(2))  # the server's fields come before any detail
-    if not all(fields.get(name) for name in ("method", "caller", "status")):
+    if not _has_who_and_what(fields):
         return None
     if match.group("time"):
         fields["time"] = match.group("time")
     return fields
+
+
+def _has_who_and_what(fields: dict[str, str]) -> bool:
+    return all(fields.get(name) for name in ("method", "caller", "status"))
+
+
+def _json_object(line: str) -> dict[str, object] | None:
+    """The JSON object a line holds after any prefix (a container's name), else None."""
+    start = line.find("{")
+    if start < 0:
+        return None
+    try:
+        record = json.loads(line[start:])
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _count(fields: dict[str, str], name: str) -> int:
@@ -64,7 +85,7 @@ class KeyUsage:
     calls_by_method: dict[str, int] = field(default_factory=dict)
     samples_embedded: int = 0
     gradient_samples: int = 0
-    refusals: dict[str, int] = field(default_factory=dict)  # calls not answered OK, by status
+    refusals: dict[str, int] = field(default_factory=dict)  # calls not answered OK, by status/reason
     bytes_in: int = 0
     bytes_out: int = 0
     first_seen: str | None = None  # asctime strings: their order is the time order
@@ -78,8 +99,9 @@ class KeyUsage:
         self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
         self.samples_embedded += samples if method in EMBEDDING_METHODS else 0
         self.gradient_samples += samples if method in GRADIENT_METHODS else 0
-        if status != "OK":
-            self.refusals[status] = self.refusals.get(status, 0) + 1
+        if status != "OK":  # by status and, where a limit refused it, which (RESOURCE_EXHAUSTED/RATE_LIMITED)
+            kind = f"{status}/{fields['reason']}" if fields.get("reason") else status
+            self.refusals[kind] = self.refusals.get(kind, 0) + 1
         self.bytes_in += _count(fields, "bytes_in")
         self.bytes_out += _count(fields, "bytes_out")
         if "time" in fields:

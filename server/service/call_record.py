@@ -25,8 +25,10 @@ class CallRecord:
         metrics: ServerMetrics | None = None,
         deadline: float | None = None,
         call_id: str = "",
+        peer: str = "",
     ):
         self.method, self.caller, self.metrics = method, caller, metrics
+        self.peer = peer  # the caller's address, as gRPC gives it ("ipv4:10.0.0.7:51234")
         # What the oracle needs of the call (deadline: time.monotonic by which it must be done),
         # and where it tells the call's device time.
         self.compute = CallContext(deadline)
@@ -41,8 +43,9 @@ class CallRecord:
         self.began = time.monotonic()
         self._logged = threading.Lock()
 
-    def log(self, status: str, detail: str = "") -> None:
-        """The call's one log line and metrics; later calls (a call expired, then failing) are no-ops."""
+    def log(self, status: str, detail: str = "", reason: str = "") -> None:
+        """The call's one log line and metrics; later calls (a call expired, then failing) are no-ops.
+        `reason`: which limit refused it (error_details' RATE_LIMITED, BUDGET_EXHAUSTED, ...)."""
         if not self._logged.acquire(blocking=False):
             return
         seconds = time.perf_counter() - self.start
@@ -57,23 +60,24 @@ class CallRecord:
                 seconds,
                 self.compute.device_seconds,
             )
-        level = logging.INFO if status == "OK" else logging.WARNING
         # What this attempt paid: a retry that joined an earlier attempt's charge paid nothing.
-        charged = " ".join(f"charged_{a.kind.replace(' ', '_')}={a.samples if a.new else 0}" for a in self.attempts)
-        log.log(
-            level,
-            "call method=%s caller=%s tier=%s samples=%d bytes_in=%d bytes_out=%d "
-            "status=%s latency_ms=%.1f device_ms=%.1f%s%s%s",
-            self.method,
-            self.caller.id,
-            self.caller.tier,
-            self.samples,
-            self.bytes_in,
-            self.bytes_out,
-            status,
-            seconds * 1e3,
-            self.compute.device_seconds * 1e3,
-            f" call_id={self.call_id}" if self.call_id else "",
-            f" {charged}" if charged else "",
-            f" detail={detail[:MAX_DETAIL_CHARS]!r}" if detail else "",
-        )
+        charged = {f"charged_{a.kind.replace(' ', '_')}": a.samples if a.new else 0 for a in self.attempts}
+        fields = {
+            "method": self.method,
+            "caller": self.caller.id,
+            "tier": self.caller.tier,
+            "samples": self.samples,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "status": status,
+            **({"reason": reason} if reason else {}),
+            "latency_ms": round(seconds * 1e3, 1),
+            "device_ms": round(self.compute.device_seconds * 1e3, 1),
+            **({"peer": self.peer} if self.peer else {}),
+            **({"call_id": self.call_id} if self.call_id else {}),
+            **charged,
+            **({"detail": detail[:MAX_DETAIL_CHARS]} if detail else {}),
+        }
+        text = " ".join(f"{k}={v!r}" if k == "detail" else f"{k}={v}" for k, v in fields.items())
+        # The text line for people and `graytune-server audit`; the fields as data for a JSON log.
+        log.log(logging.INFO if status == "OK" else logging.WARNING, "call %s", text, extra=fields)

@@ -286,7 +286,9 @@ class OracleServicer:
         seconds = limit if client_limit is None else min(limit, client_limit)
         metadata = dict(context.invocation_metadata())
         caller = self.auth.caller_for(metadata.items())
-        call = CallRecord(method, caller or UNKNOWN_CALLER, self.metrics, deadline=time.monotonic() + seconds)
+        call = CallRecord(
+            method, caller or UNKNOWN_CALLER, self.metrics, deadline=time.monotonic() + seconds, peer=context.peer()
+        )
         call.billed = billed
         task = asyncio.current_task()
         assert task is not None  # this coroutine runs in the call's task
@@ -362,7 +364,7 @@ class OracleServicer:
             assert self.store is not None  # attempts are the store's charges
             await self.store.refund(attempt)
         call.attempts = []
-        call.log(code.name, message)
+        call.log(code.name, message, e.reason if isinstance(e, OverLimit) else "")
         if isinstance(e, OverLimit):  # which limit, for programs, and when to retry
             await context.abort_with_status(error_details.status(code, message, e.reason, e.retry_after))
         await context.abort(code, message)
