@@ -568,6 +568,7 @@ def main(argv=None) -> None:
     check_port_free(args.host, args.port)  # before the backbone, which may take minutes to load or build
     import torch
 
+    import graytune
     from graytune.server import pretraining
     from graytune.server.access.auth import Authenticator
     from graytune.server.compute.backbone import BackboneSource, load_backbone
@@ -597,6 +598,9 @@ def main(argv=None) -> None:
     )
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device)
+    metrics.describe_server(
+        graytune.__version__, PROTOCOL_VERSION, backbone.name, backbone.sha256, str(backbone.device)
+    )
     oracle.on_merged_batch = metrics.observe_merged_batch
     if args.dev:
         log.warning("DEVELOPMENT MODE: no credentials; every caller has tier '%s'", args.tier)
@@ -604,6 +608,7 @@ def main(argv=None) -> None:
     else:
         auth = Authenticator(keys)
         store = UsageStore(budgets, timeout=args.usage_timeout)
+        metrics.watch_budgets(keys, budgets)
         log.info("%d API keys from %s", len(keys.keys), args.keys)
     if args.plaintext:
         log.warning("serving plaintext: no transport security")

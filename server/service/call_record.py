@@ -52,6 +52,7 @@ class CallRecord:
         if self.metrics is not None:
             self.metrics.observe(
                 self.method,
+                self.caller.id,
                 self.caller.tier,
                 status,
                 self.samples,

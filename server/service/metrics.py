@@ -9,16 +9,29 @@ graytune_device_seconds{method}                  time on the device thread
 graytune_graphs_held, graytune_graph_bytes_held  graphs waiting for Backward
 graytune_device_memory_bytes                     CUDA memory allocated, or the process RSS on CPU
 graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
+graytune_key_requests_total{key,method,status}   calls per key id ("-": no valid key), by outcome
+graytune_key_samples_total{key,method}           samples answered per key id
+graytune_key_budget_remaining{key,kind}          what a key's budget has left ("samples", "gradient
+                                                 samples"), read from the usage store at each scrape
+graytune_build_info{version,protocol}            1; the server's version
+graytune_backbone_info{model,sha256,device}      1; the backbone served
+
+Key labels are key ids from the owner's key file (never secrets), so their number is bounded by it.
 """
 
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
 from typing import cast
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from graytune.server.access.credentials import KeyFile
+from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
 from graytune.server.compute.graph_store import GraphStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -61,10 +74,27 @@ class ServerMetrics:
         Gauge(
             "graytune_device_memory_bytes", "CUDA memory allocated, or the process RSS on CPU", registry=r
         ).set_function(lambda: _device_memory(device))
+        self.key_requests = Counter(
+            "graytune_key_requests", "Calls by key id, method and status", ["key", "method", "status"], registry=r
+        )
+        self.key_samples = Counter("graytune_key_samples", "Samples answered by key id", ["key", "method"], registry=r)
+
+    def describe_server(self, version: str, protocol: str, model: str, sha256: str, device: str) -> None:
+        Info("graytune_build", "The server's version", registry=self.registry).info(
+            {"version": version, "protocol": protocol}
+        )
+        Info("graytune_backbone", "The backbone served", registry=self.registry).info(
+            {"model": model, "sha256": sha256, "device": device}
+        )
+
+    def watch_budgets(self, keys: KeyFile, budgets: Budgets) -> None:
+        """graytune_key_budget_remaining of each key with a budget, at each scrape."""
+        self.registry.register(_BudgetsLeft(keys, budgets))
 
     def observe(
         self,
         method: str,
+        key: str,
         tier: str,
         status: str,
         samples: int,
@@ -74,8 +104,10 @@ class ServerMetrics:
         device_seconds: float,
     ) -> None:
         self.requests.labels(method, tier, status).inc()
+        self.key_requests.labels(key, method, status).inc()
         if status == "OK":
             self.samples.labels(method, tier).inc(samples)
+            self.key_samples.labels(key, method).inc(samples)
             self.device_time.labels(method).observe(device_seconds)
         self.received.labels(method).inc(bytes_in)
         self.sent.labels(method).inc(bytes_out)
@@ -87,3 +119,19 @@ class ServerMetrics:
     def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _ = start_http_server(port, host, registry=self.registry)
         return cast(tuple[str, int], server.server_address[:2])  # an IP socket's: (host, port, ...)
+
+
+class _BudgetsLeft(Collector):
+    def __init__(self, keys: KeyFile, budgets: Budgets):
+        self.keys, self.budgets = keys, budgets
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        left = GaugeMetricFamily(
+            "graytune_key_budget_remaining", "Samples a key's budget has left, by kind", labels=["key", "kind"]
+        )
+        for key in self.keys.keys.values():  # the file as last reloaded
+            for kind in (SAMPLES, GRADIENTS):
+                remaining = self.budgets.remaining(key, kind)
+                if remaining is not None:
+                    left.add_metric([key.id, kind], remaining)
+        yield left
