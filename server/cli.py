@@ -597,7 +597,7 @@ def main(argv=None) -> None:
         max_context_rows=args.max_context_rows,
     )
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
-    metrics = ServerMetrics(oracle.store, backbone.device)
+    metrics = ServerMetrics(oracle.store, backbone.device, oracle.device, limits.max_graph_bytes)
     metrics.describe_server(
         graytune.__version__, PROTOCOL_VERSION, backbone.name, backbone.sha256, str(backbone.device)
     )

@@ -9,6 +9,7 @@ import graytune
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.contract import PROTOCOL_VERSION
+from graytune.server.compute.limits import Limits
 from graytune.v1 import oracle_pb2 as pb
 
 from helpers import KEYED_ARGS, SERVER_ARGS, create_key, free_port, scrape
@@ -67,9 +68,13 @@ def test_metrics_per_key_budgets_left_and_what_is_served(tmp_path):
     assert m[("graytune_key_requests_total", denied)] == 1
     samples = lambda name: [(dict(found), value) for (sample, found), value in m.items() if sample == name]
     left = samples("graytune_key_budget_remaining")  # the other key has no budget, so no gauge
-    assert sorted(left, key=str) == sorted(
-        [({"key": key, "kind": "samples"}, 10 - 3 - 2), ({"key": key, "kind": "gradient samples"}, 4 - 2)], key=str
-    )
+    assert {found["kind"]: value for found, value in left} == {"samples": 10 - 3 - 2, "gradient samples": 4 - 2}
+    assert {found["key"] for found, _ in left} == {key}
     assert samples("graytune_build_info") == [({"version": graytune.__version__, "protocol": PROTOCOL_VERSION}, 1)]
     [(backbone, _)] = samples("graytune_backbone_info")
+    # What the alert rules watch (deploy/monitoring/rules.yml): health, the device queue, the graph cap.
+    serving = {found["service"]: value for found, value in samples("graytune_serving")}
+    assert serving == {"server": 1, "graytune.v1.GradientOracle": 1, "graytune.UsageStore": 1}
+    assert samples("graytune_device_queue_pending") == [({}, 0)]
+    assert samples("graytune_graph_bytes_cap") == [({}, Limits().max_graph_bytes)]
     assert backbone == {"model": "graytune-tiny", "sha256": sha256, "device": "cpu"}

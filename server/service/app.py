@@ -75,21 +75,28 @@ class OracleServer:
         await self.server.start()
         self.oracle.store.run_sweeper(self._stop_sweeper)
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self._report(service, True)
         store = self.servicer.store
         if store is not None:
-            status = health_pb2.HealthCheckResponse
-            report = lambda answering: self.health.set(
-                USAGE_STORE_HEALTH, status.SERVING if answering else status.NOT_SERVING
-            )
-            await report(True)
-            store.on_change = lambda answering: asyncio.ensure_future(report(answering))
+            await self._report(USAGE_STORE_HEALTH, True)
+
+            def changed(answering: bool) -> None:
+                asyncio.ensure_future(self._report(USAGE_STORE_HEALTH, answering))
+
+            store.on_change = changed
 
     async def report_draining(self) -> None:
         """NOT_SERVING for the server's own services while calls are still served: balancers
         move callers to other replicas before this one stops."""
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._report(service, False)
+
+    async def _report(self, service: str, serving: bool) -> None:
+        """A health status, and the same in the metrics (graytune_serving)."""
+        status = health_pb2.HealthCheckResponse
+        await self.health.set(service, status.SERVING if serving else status.NOT_SERVING)
+        if self.servicer.metrics is not None:
+            self.servicer.metrics.serving.labels(service or "server").set(int(serving))
 
     async def stop(self, grace_seconds: float) -> None:
         """Stops accepting calls, lets in-flight ones finish within the grace period; calls

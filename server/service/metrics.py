@@ -7,6 +7,9 @@ graytune_sent_bytes_total{method}                tensor bytes out
 graytune_request_seconds{method}                 latency histogram, whole call
 graytune_device_seconds{method}                  time on the device thread
 graytune_graphs_held, graytune_graph_bytes_held  graphs waiting for Backward
+graytune_graph_bytes_cap                         --max-graph-mb: when held reaches it, graphs are evicted
+graytune_device_queue_pending                    device work queued, not yet started (all callers)
+graytune_serving{service}                        1 while the health service says SERVING, else 0
 graytune_device_memory_bytes                     CUDA memory allocated, or the process RSS on CPU
 graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
 graytune_key_requests_total{key,method,status}   calls per key id ("-": no valid key), by outcome
@@ -32,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from graytune.server.access.credentials import KeyFile
 from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
+from graytune.server.compute.device import DeviceQueue
 from graytune.server.compute.graph_store import GraphStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -45,7 +49,14 @@ def _device_memory(device: torch.device) -> float:
 
 
 class ServerMetrics:
-    def __init__(self, store: GraphStore, device: torch.device, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        store: GraphStore,
+        device: torch.device,
+        queue: DeviceQueue,
+        graph_cap_bytes: int,
+        registry: CollectorRegistry | None = None,
+    ):
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -74,6 +85,13 @@ class ServerMetrics:
         Gauge(
             "graytune_device_memory_bytes", "CUDA memory allocated, or the process RSS on CPU", registry=r
         ).set_function(lambda: _device_memory(device))
+        Gauge("graytune_graph_bytes_cap", "Graph bytes held at which graphs are evicted", registry=r).set(
+            graph_cap_bytes
+        )
+        Gauge("graytune_device_queue_pending", "Device work queued, not started", registry=r).set_function(
+            queue.pending
+        )
+        self.serving = Gauge("graytune_serving", "1 while the health service says SERVING", ["service"], registry=r)
         self.key_requests = Counter(
             "graytune_key_requests", "Calls by key id, method and status", ["key", "method", "status"], registry=r
         )
