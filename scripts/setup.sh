@@ -22,9 +22,11 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
 fi
 # Debian packages: PostgreSQL is the fleet's usage store in the tests (each run starts its own
 # from a temporary folder, never as a service); the colour emoji font is the evidence suite's
-# image-text data (benchmarks/evidence/emoji.py).
+# image-text data (benchmarks/evidence/emoji.py); prometheus ships promtool, which checks and
+# unit-tests deploy/monitoring's alert rules (the service itself is never started).
 debian=()
 command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debian+=(postgresql)
+command -v promtool >/dev/null || debian+=(prometheus)
 [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debian+=(fonts-noto-color-emoji)
 if [ ${#debian[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

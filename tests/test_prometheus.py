@@ -70,6 +70,10 @@ def test_metrics_per_key_budgets_left_and_what_is_served(tmp_path):
     left = samples("graytune_key_budget_remaining")  # the other key has no budget, so no gauge
     assert {found["kind"]: value for found, value in left} == {"samples": 10 - 3 - 2, "gradient samples": 4 - 2}
     assert {found["key"] for found, _ in left} == {key}
+    assert {found["kind"]: value for found, value in samples("graytune_key_budget")} == {
+        "samples": 10,
+        "gradient samples": 4,
+    }
     assert samples("graytune_build_info") == [({"version": graytune.__version__, "protocol": PROTOCOL_VERSION}, 1)]
     [(backbone, _)] = samples("graytune_backbone_info")
     # What the alert rules watch (deploy/monitoring/rules.yml): health, the device queue, the graph cap.

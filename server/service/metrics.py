@@ -14,8 +14,8 @@ graytune_device_memory_bytes                     CUDA memory allocated, or the p
 graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
 graytune_key_requests_total{key,method,status}   calls per key id ("-": no valid key), by outcome
 graytune_key_samples_total{key,method}           samples answered per key id
-graytune_key_budget_remaining{key,kind}          what a key's budget has left ("samples", "gradient
-                                                 samples"), read from the usage store at each scrape
+graytune_key_budget{key,kind}                    a key's budget ("samples", "gradient samples")
+graytune_key_budget_remaining{key,kind}          what it has left, read from the usage store at each scrape
 graytune_build_info{version,protocol}            1; the server's version
 graytune_backbone_info{model,sha256,device}      1; the backbone served
 
@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from graytune.server.access.credentials import KeyFile
-from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets
+from graytune.server.access.usage import GRADIENTS, SAMPLES, Budgets, budget_of
 from graytune.server.compute.device import DeviceQueue
 from graytune.server.compute.graph_store import GraphStore
 
@@ -144,12 +144,15 @@ class _BudgetsLeft(Collector):
         self.keys, self.budgets = keys, budgets
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        total = GaugeMetricFamily("graytune_key_budget", "A key's budget in samples, by kind", labels=["key", "kind"])
         left = GaugeMetricFamily(
             "graytune_key_budget_remaining", "Samples a key's budget has left, by kind", labels=["key", "kind"]
         )
         for key in self.keys.keys.values():  # the file as last reloaded
             for kind in (SAMPLES, GRADIENTS):
-                remaining = self.budgets.remaining(key, kind)
-                if remaining is not None:
-                    left.add_metric([key.id, kind], remaining)
+                budget = budget_of(key, kind)
+                if budget is not None:
+                    total.add_metric([key.id, kind], budget)
+                    left.add_metric([key.id, kind], max(0, budget - self.budgets.used(key.id, kind)))
+        yield total
         yield left
