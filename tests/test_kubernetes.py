@@ -266,3 +266,39 @@ def test_a_stopping_replica_drains_before_envoy_would_send_it_more(overlay):
     grace = 10.0  # graytune-server's --grace default; the Deployment sets no other
     assert "--grace" not in " ".join(server_container(objects).get("args", []))
     assert drain + grace <= server_pod(objects)["spec"]["terminationGracePeriodSeconds"]
+
+
+def test_monitoring_runs_in_the_dev_overlay_on_deploy_monitorings_own_files(overlay):
+    name, objects = overlay
+    deployments = {o["metadata"]["name"] for o in find(objects, "Deployment")}
+    if name != "dev":  # opt-in elsewhere: components/monitoring
+        assert not deployments & {"graytune-prometheus", "graytune-grafana"}
+        return
+    monitoring = ROOT / "deploy" / "monitoring"
+    files = {
+        "graytune-prometheus": ["prometheus.yml", "rules.yml"],
+        "graytune-grafana-datasources": ["grafana/provisioning/datasources/prometheus.yml"],
+        "graytune-grafana-dashboard-providers": ["grafana/provisioning/dashboards/graytune.yml"],
+        "graytune-grafana-dashboards": ["grafana/dashboards/graytune.json"],
+    }
+    for config, paths in files.items():  # the very files compose mounts
+        data = one(objects, "ConfigMap", config)["data"]
+        assert data == {Path(p).name: (monitoring / p).read_text() for p in paths}, config
+    mounts = {}  # mount path -> the ConfigMap (or other volume) behind it
+    for deployment in ("graytune-prometheus", "graytune-grafana"):
+        pod = one(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v.get("configMap", {}).get("name", v["name"]) for v in pod["volumes"]}
+        mounts |= {m["mountPath"]: volumes[m["name"]] for m in pod["containers"][0]["volumeMounts"]}
+    prometheus = one(objects, "Deployment", "graytune-prometheus")["spec"]["template"]["spec"]["containers"][0]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["args"]
+    assert named({"kind": "ConfigMap", "metadata": {"name": mounts["/etc/prometheus"]}}, "graytune-prometheus")
+    for path, config in (
+        ("/etc/grafana/provisioning/datasources", "graytune-grafana-datasources"),
+        ("/etc/grafana/provisioning/dashboards", "graytune-grafana-dashboard-providers"),
+        ("/var/lib/grafana/dashboards", "graytune-grafana-dashboards"),
+    ):
+        assert named({"kind": "ConfigMap", "metadata": {"name": mounts[path]}}, config), path
+    # Grafana's data source is the Prometheus Service; Prometheus finds the replicas by the
+    # headless Service's DNS name, and the network policy lets it scrape their metrics port.
+    assert one(objects, "Service", "graytune-prometheus")["spec"]["ports"][0]["port"] == 9090
+    assert one(objects, "Service", "graytune-replicas")["spec"]["clusterIP"] == "None"

@@ -69,7 +69,7 @@ def test_the_rules_and_dashboard_query_only_what_a_server_exports(tmp_path):
 def test_the_monitoring_profile_mounts_the_config_rules_and_dashboard():
     services = compose_services("monitoring")
     mounts = lambda service: {v["target"]: Path(v["source"]) for v in services[service]["volumes"]}
-    prometheus, grafana = mounts("prometheus"), mounts("grafana")
+    prometheus, grafana = mounts("graytune-prometheus"), mounts("graytune-grafana")
     assert prometheus["/etc/prometheus/prometheus.yml"] == MONITORING / "prometheus.yml"
     assert prometheus["/etc/prometheus/rules.yml"] == MONITORING / "rules.yml"
     assert grafana["/etc/grafana/provisioning"] == MONITORING / "grafana" / "provisioning"
@@ -78,7 +78,8 @@ def test_the_monitoring_profile_mounts_the_config_rules_and_dashboard():
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     source = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
     [datasource] = source["datasources"]
-    assert datasource["url"] == "http://prometheus:9090" and services["prometheus"]["ports"][0]["target"] == 9090
+    assert datasource["url"] == "http://graytune-prometheus:9090"
+    assert services["graytune-prometheus"]["ports"][0]["target"] == 9090
     uids = {t["datasource"]["uid"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]}
     assert uids == {datasource["uid"]}
     # Prometheus finds every server by its compose service name, whichever profile runs.
