@@ -169,9 +169,10 @@ def test_every_server_flag_shows_its_default_and_the_variable_it_is_read_from():
     shown = subprocess.run([*server_command(), "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
+    body = text.split("options:\n", 1)[1].split("\nenvironment (", 1)[0]
     blocks = {}
-    for section in re.split(r"\n(?=\S[^\n]*:\n)", text.split("options:\n", 1)[1]):  # options, then each group
-        blocks.update(option_blocks("options:\n" + section.split(":\n", 1)[-1]))
+    for i, section in enumerate(re.split(r"\n\n(?=\S[^\n]*:\n)", body)):  # options, then each group after a blank line
+        blocks.update(option_blocks("options:\n" + (section if i == 0 else section.split("\n", 1)[1])))
     flags = {f for f in blocks if f not in ("-h", "--version")}
     assert {"--host", "--port", "--grace", "--max-batch", "--max-tensor-mb", "--log-level"} <= flags
     for flag in flags:
@@ -187,11 +188,7 @@ def test_every_server_flag_shows_its_default_and_the_variable_it_is_read_from():
         for f in (ROOT / "deploy" / "kubernetes").rglob("*.yaml")
         for v in re.findall(r"GRAYTUNE_[A-Z_]+", f.read_text())
     }
-    images = {
-        "GRAYTUNE_BASE_IMAGE",
-        "GRAYTUNE_POSTGRES_IMAGE",
-        "GRAYTUNE_ENVOY_IMAGE",
-    }  # compose's own, not the server's
+    images = {v for v in deployed if v.endswith("_IMAGE")}  # compose's own: which image runs, not the server's
     health = {"GRAYTUNE_HEALTH_HOST", "GRAYTUNE_HEALTH_TLS_CA", "GRAYTUNE_PORT"}  # `graytune-server health`'s
     listed = set(re.findall(r"GRAYTUNE_[A-Z_]+", text.split("environment (a flag given wins):", 1)[1]))
     assert deployed - images - health <= listed, deployed - images - health - listed
