@@ -20,7 +20,7 @@ from helpers import compose, compose_services, free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("profile", [[], ["--profile", "cpu"], ["--profile", "replicas"]])
+@pytest.mark.parametrize("profile", [[], ["--profile", "cpu"], ["--profile", "replicas"], ["--profile", "monitoring"]])
 def test_compose_file_is_valid(profile):
     result = compose(*profile, "config", "--quiet")
     assert result.returncode == 0, result.stderr
