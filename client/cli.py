@@ -33,23 +33,12 @@ from graytune.client.methods.registry import METHODS
 from graytune.client.options import add_options, flag_name, given_flags, option_fields, values
 from graytune.client.tasks import TASKS, task_class
 from graytune.client.training.loop import TrainConfig, check_data_parallel, train
+from graytune.help_format import DefaultsHelpFormatter
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_ENDPOINT = os.environ.get("GRAYTUNE_ENDPOINT", "127.0.0.1:50051")
 INTERRUPTED, BROKEN_PIPE = 128 + signal.SIGINT, 128 + signal.SIGPIPE  # as a shell reports them
 USAGE = 2  # argparse's exit status for a bad command line
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default after its help, unless the help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.required or not action.option_strings or action.default is argparse.SUPPRESS:
-            return text
-        if isinstance(action, argparse._StoreTrueAction):
-            return f"{text} (default: off)"
-        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
@@ -128,7 +117,7 @@ def _inference_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    return sub.add_parser(name, help=help, description=help, formatter_class=DefaultsHelpFormatter)
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -138,7 +127,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     argv = list(argv)
     method, task = _chosen(argv, "--method", METHODS, "dga"), _chosen(argv, "--task", TASKS, "retrieval")
-    parser = argparse.ArgumentParser(prog="graytune", description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(prog="graytune", description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument(
         "--version", action="version", version=f"graytune {graytune.__version__} (protocol {graytune.PROTOCOL_VERSION})"
     )

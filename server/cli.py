@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from graytune.contract import GRAYBOX, PROTOCOL_VERSION, TIERS
+from graytune.help_format import DefaultsHelpFormatter
 from graytune.server.access.usage import is_url, redacted
 from graytune.server.compute.limits import Limits
 from graytune.server.service import logs
@@ -53,16 +54,12 @@ def env_argument(group, flag: str, default=None, **kwargs) -> None:
     group.add_argument(flag, default=os.environ.get(ENVIRONMENT[flag]) or default, **kwargs)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each flag's help ends with its default (unless it says it) and its environment variable."""
+class HelpFormatter(DefaultsHelpFormatter):
+    """The client's help format, and each flag's environment variable after its help."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        shown = "default" in text or not action.option_strings or action.default is argparse.SUPPRESS
-        if not shown and not isinstance(action, argparse._StoreTrueAction):
-            text += f" (default: {'none' if action.default is None else '%(default)s'})"
         env = ENVIRONMENT.get(action.option_strings[0]) if action.option_strings else None
-        return text + (f" [${env}]" if env else "")
+        return super()._get_help_string(action) + (f" [${env}]" if env else "")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

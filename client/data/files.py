@@ -30,10 +30,10 @@ def umask() -> int:
     return mask
 
 
-def _usual_mode(path: Path) -> None:
+def _usual_mode() -> int:
     """The mode open() gives a new file: some writers (safetensors) make theirs 0600, and the
     customer's outputs would be readable or not by how they were written."""
-    os.chmod(path, 0o666 & ~umask())
+    return 0o666 & ~umask()
 
 
 def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
@@ -45,8 +45,9 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     write(tmp)
+    mode = _usual_mode()
     for f in tmp.iterdir():
-        _usual_mode(f)
+        os.chmod(f, mode)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
@@ -64,7 +65,7 @@ def write_file_atomically(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
     try:
         write(tmp)
-        _usual_mode(tmp)
+        os.chmod(tmp, _usual_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
