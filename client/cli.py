@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -175,7 +174,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--nproc",
         type=int,
         default=1,
-        help="train data-parallel in this many processes (torchrun, gloo): each sends its shard of every "
+        help="train data-parallel in this many processes (gloo, as under torchrun): each sends its shard of every "
         "batch; the same run and charge as one process (--method dga or lga; default: %(default)s)",
     )
 
@@ -282,23 +281,17 @@ def cmd_train(args) -> None:
     config = train_config(args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_data_parallel(config, args.nproc)  # refused once, here, rather than by each process
-        return torchrun(args.nproc, args.argv)
+        from graytune.client.methods.launch import launch
+
+        sys.exit(launch(args.nproc, without_nproc(args.argv)))
     with _client(args) as oracle:
         result = train(oracle, config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # one result, not one per process
         print(json.dumps(result, indent=2, sort_keys=True))
 
 
-def torchrun(nproc: int, argv: Sequence[str]) -> None:
-    """This command again in `nproc` processes on this machine (torchrun --standalone); exits
-    with torchrun's status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    command += ["--module", "graytune.client.cli", *without_nproc(argv)]  # the processes read torchrun's env
-    sys.exit(subprocess.call(command))
-
-
 def without_nproc(argv: Sequence[str]) -> list[str]:
-    """`argv` less its `--nproc N` (torchrun would take --nproc for an abbreviation of its own)."""
+    """`argv` less its `--nproc N`: what each of the N processes runs."""
     kept, skip = [], False
     for word in argv:
         if skip:
@@ -435,31 +428,38 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args) -> None:
-    """Runs one command; an expected failure ends in one line on stderr and exit code 1."""
+    """Runs one command; an expected failure ends in one line on stderr and exit code 1. Of a
+    run in several processes (--nproc), process 0 speaks for the run: the others log nothing
+    below an error, and say only what may have happened to them alone (a failed call)."""
+    rank = os.environ.get("RANK", "0")
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("graytune").setLevel(logging.INFO)  # data checks, run config, server waits
+    # INFO: data checks, run config, server waits
+    logging.getLogger("graytune").setLevel(logging.INFO if rank == "0" else logging.ERROR)
     from graytune.client.data.tables import DataError
     from graytune.client.methods.base import BackboneMismatch
     from graytune.client.transport.oracle_client import OracleError
 
+    alone = False  # whether the failure may be this process's alone
     try:
         COMMANDS[args.command](args)
+        return
     except KeyboardInterrupt:
         stopped = _where_the_run_stopped(args)
         where = f" {stopped}" if stopped else (" before the first step" if args.command == "train" else "")
-        print(f"graytune {args.command}: interrupted{where}", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        lines, code = [f"interrupted{where}"], INTERRUPTED
     except (OracleError, DataError) as e:  # mid-run too: the run can be resumed
-        print(f"graytune {args.command}: error: {e}", file=sys.stderr)
         stopped = _where_the_run_stopped(args)
-        if stopped:
-            print(f"graytune {args.command}: the run stopped {stopped}", file=sys.stderr)
-        sys.exit(1)
+        lines, code = [f"error: {e}", *([f"the run stopped {stopped}"] if stopped else [])], 1
+        alone = isinstance(e, OracleError)
     except BrokenPipeError:
         raise
     except (OSError, ValueError, ModuleNotFoundError, BackboneMismatch) as e:  # bad input, refusals
-        print(f"graytune {args.command}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        lines, code = [f"error: {e}"], 1
+    if rank == "0":
+        print("\n".join(f"graytune {args.command}: {line}" for line in lines), file=sys.stderr)
+    elif alone:
+        print(f"graytune {args.command} (process {rank}): {lines[0]}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

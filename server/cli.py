@@ -480,18 +480,31 @@ def health_main(argv) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="graytune-server health", description=health_main.__doc__)
-    p.add_argument("--address", default=f"127.0.0.1:{env('GRAYTUNE_PORT', '50051')}")
-    p.add_argument("--tls-ca", default=env("GRAYTUNE_HEALTH_TLS_CA"), help="CA of the server certificate")
-    p.add_argument("--tls-cert", default=env("GRAYTUNE_HEALTH_TLS_CERT"), help="client certificate (mTLS)")
-    p.add_argument("--tls-key", default=env("GRAYTUNE_HEALTH_TLS_KEY"), help="client key (mTLS)")
+    p = argparse.ArgumentParser(
+        prog="graytune-server health", description=health_main.__doc__, formatter_class=DefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--address",
+        default=f"127.0.0.1:{env('GRAYTUNE_PORT', '50051')}",
+        help="host:port of the server checked (default: 127.0.0.1 and $GRAYTUNE_PORT, else %(default)s)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=env("GRAYTUNE_HEALTH_TLS_CA"),
+        help="CA of the server certificate, for a TLS server (default: $GRAYTUNE_HEALTH_TLS_CA, else plaintext)",
+    )
+    for flag, variable, what in (
+        ("--tls-cert", "GRAYTUNE_HEALTH_TLS_CERT", "client certificate"),
+        ("--tls-key", "GRAYTUNE_HEALTH_TLS_KEY", "client key"),
+    ):
+        p.add_argument(flag, default=env(variable), help=f"{what}, for mutual TLS (default: ${variable}, else none)")
     p.add_argument(
         "--tls-host",
         default=env("GRAYTUNE_HEALTH_HOST"),
         help="the host name the server certificate is verified against, when it does not "
         "name the address checked (default: $GRAYTUNE_HEALTH_HOST, else the address)",
     )
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     args = p.parse_args(argv)
     read = lambda path: Path(path).read_bytes() if path else None
     options = [("grpc.ssl_target_name_override", args.tls_host)] if args.tls_host else []

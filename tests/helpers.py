@@ -107,15 +107,14 @@ def audit(log, secret) -> dict:
 
 def digits_run(digits, run_dir, options, **config) -> TrainConfig:
     """Retrieval on the digits with DGA `options` into `run_dir`: evaluated on digits['val'] and
-    saved once, after the last step; `config`: the rest of the TrainConfig."""
+    saved once, after the last step, unless `config` (the rest of the TrainConfig) says otherwise."""
+    once = dict(eval_every=options.steps, save_every=options.steps)
     return TrainConfig(
         train_data=digits["train"],
         val_data=digits["val"],
         output_dir=str(run_dir),
-        eval_every=options.steps,
-        save_every=options.steps,
         options=options,
-        **config,
+        **{**once, **config},
     )
 
 

@@ -193,3 +193,16 @@ def test_every_server_flag_shows_its_default_and_the_variable_it_is_read_from():
     listed = set(re.findall(r"GRAYTUNE_[A-Z_]+", text.split("environment (a flag given wins):", 1)[1]))
     assert deployed - images - health <= listed, deployed - images - health - listed
     assert "--keys KEYS" in text and "[$GRAYTUNE_KEYS]" in blocks["--keys"]
+
+
+def test_the_health_probe_says_what_each_flag_is_and_the_variable_it_defaults_to():
+    from graytune.client.transport.local_server import server_command
+
+    shown = subprocess.run([*server_command(), "health", "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    blocks = option_blocks(shown.stdout)
+    assert set(blocks) == {"-h", "--address", "--tls-ca", "--tls-cert", "--tls-key", "--tls-host", "--timeout"}
+    for flag in set(blocks) - {"-h"}:
+        assert "(default: " in blocks[flag] and len(blocks[flag].split(None, 2)[-1]) > 15, blocks[flag]
+    for variable in ("GRAYTUNE_PORT", "GRAYTUNE_HEALTH_TLS_CA", "GRAYTUNE_HEALTH_TLS_CERT", "GRAYTUNE_HEALTH_HOST"):
+        assert f"${variable}" in shown.stdout, variable

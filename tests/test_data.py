@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from graytune.client.data.batches import batch_indices, step_batches
 from graytune.client.data.preprocess import Preprocess
 from graytune.client.data.tables import DataError
 from graytune.client.demo.digits import DIGIT_NAMES, TRAIN_TEMPLATES, VAL_TEMPLATE, write_digits
@@ -212,7 +213,9 @@ def small_set(tmp_path, rows: int = 5):
 
 def test_check_summarises_a_good_set(tmp_path):
     dataset = ImageCaptionDataset(small_set(tmp_path), Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
-    assert dataset.check(decode=3).endswith("pairs.csv: 5 pairs, 5 distinct captions, every image found, 3 decoded")
+    assert dataset.check(decode=3).endswith(
+        "pairs.csv: 5 pairs, 5 distinct captions, every image file found, 3 decoded"
+    )
 
 
 def test_check_names_the_line_of_a_missing_image(tmp_path):
@@ -229,6 +232,41 @@ def test_check_names_the_line_of_a_file_that_is_not_an_image(tmp_path):
     (tmp_path / "0.png").write_text("not an image")
     with pytest.raises(DataError, match=r"pairs\.csv, line 2: cannot read image .*0\.png: cannot identify image file"):
         ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD)).check(decode=1)
+
+
+def test_check_counts_what_a_run_that_skips_unreadable_files_leaves_out(tmp_path):
+    path = small_set(tmp_path)
+    (tmp_path / "0.png").write_text("not an image")
+    (tmp_path / "3.png").unlink()
+    dataset = ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
+    summary = dataset.check(decode=5, skip_unreadable=True)
+    assert summary.endswith("5 pairs, 5 distinct captions, 1 of 5 missing (skipped), 3 of 5 decoded"), summary
+
+
+def test_step_batches_leave_out_unreadable_samples_and_say_why_before_their_batch(tmp_path):
+    path = small_set(tmp_path, rows=8)
+    (tmp_path / "5.png").write_text("not an image")
+    dataset = ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
+    events: list = []  # in the order they happen
+    for _, captions in step_batches(dataset, 4, 0, 0, 4, workers=0, skipped=lambda why: events.append(why)):
+        assert "red 5." not in captions
+        events.append(len(captions))
+    why = f"{path}, line 7: cannot read image {tmp_path / '5.png'}: cannot identify image file '{tmp_path / '5.png'}'"
+    expected = []
+    for step in range(4):  # two epochs of two batches: image 5 is in one batch of each
+        expected += [(why,), 3] if 5 in batch_indices(8, 4, 0, step) else [4]
+    assert events == expected
+    with pytest.raises(DataError, match=r"line 7: cannot read image"):
+        list(step_batches(dataset, 4, 0, 0, 4, workers=0))  # without `skipped`: the run stops
+
+
+def test_a_batch_with_nothing_readable_stops_the_run(tmp_path):
+    path = small_set(tmp_path, rows=2)
+    for i in range(2):
+        (tmp_path / f"{i}.png").unlink()
+    dataset = ImageCaptionDataset(path, Preprocess(6, 6, CLIP_MEAN, CLIP_STD))
+    with pytest.raises(DataError, match=r"step 1: none of its 2 samples can be read \(.*line 2: cannot read image"):
+        list(step_batches(dataset, 2, 0, 0, 1, workers=0, skipped=lambda why: None))
 
 
 def test_an_image_that_fails_later_names_its_file_and_line(tmp_path):

@@ -16,6 +16,7 @@ import subprocess
 import termios
 from pathlib import Path
 
+from graytune.client.data.batches import batch_indices
 from graytune.client.tasks.retrieval.task import RetrievalTask
 from graytune.client.transport.local_server import LocalServer
 
@@ -126,6 +127,28 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(server, digits, tmp_pat
     assert train_steps(tmp_path) == list(range(1, 41))
 
 
+def test_ctrl_c_stops_a_run_in_several_processes_once_with_its_checkpoint(server, digits, tmp_path):
+    """Ctrl-C in a terminal reaches every process of its group: `--nproc 2`'s launcher and both
+    trainers. Each trainer finishes the step in progress (a first Ctrl-C; the launcher must not
+    pass on a second, which means "stop at once"), process 0 checkpoints it and says so, once."""
+    command = train_cmd(server.endpoint, digits, tmp_path, "--steps", "400", "--save-every", "50", "--nproc", "2")
+    with sigint_as_in_a_terminal():
+        run = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+    wait_until(lambda: run.poll() is not None or len(train_steps(tmp_path)) >= 3, 300, "3 training steps")
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 128 + signal.SIGINT, err
+    step = train_steps(tmp_path)[-1]
+    assert checkpoint_step(tmp_path) == step < 400
+    said = [line for line in err.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]  # less log lines
+    assert said == [
+        f"graytune train: interrupted after step {step}; "
+        f"resume with --resume (continues from the checkpoint at step {step})"
+    ], err
+
+
 def test_a_lost_server_ends_in_an_error_that_says_how_to_resume(digits, tmp_path):
     with LocalServer(SERVER_ARGS) as server:
         command = train_cmd(
@@ -167,6 +190,36 @@ def test_an_image_unreadable_mid_run_ends_in_one_line_with_the_steps_done_kept(s
         f"graytune train: the run stopped after step {step}; resume with --resume "
         f"(continues from the checkpoint at step {step})"
     )
+
+
+def test_skip_unreadable_trains_on_and_counts_what_it_left_out(server, digits, tmp_path):
+    """Two --epochs over training data holding three files that are not images: every step is
+    taken without them (in the DataLoader workers), each file is logged once although it recurs,
+    and the samples left out are counted per step and in the final metrics."""
+    data = tmp_path / "data"
+    shutil.copytree(Path(digits["train"]).parent, data)
+    rows = [line.split("\t")[0] for line in (data / "train.csv").read_text().splitlines()[1:]]
+    broken = [1, 2, 700]
+    for row in broken:
+        (data / rows[row]).write_bytes(b"not a PNG")
+    run_dir, batch = tmp_path / "run", 128
+    command = train_command(
+        server.endpoint, str(data / "train.csv"), run_dir, "--batch-size", str(batch), "--epochs", "2"
+    )
+    done = subprocess.run([*command, "--skip-unreadable"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = 2 * (len(rows) // batch)
+    left_out = [len(set(broken) & set(batch_indices(len(rows), batch, 0, step))) for step in range(steps)]
+    assert [r.get("skipped_unreadable") for r in records(run_dir, "train")] == left_out
+    assert json.loads(done.stdout)["skipped_unreadable"] == sum(left_out)
+    logged = [line.split(": ", 1)[1] for line in done.stderr.splitlines() if "skipped (--skip-unreadable)" in line]
+    assert sorted(logged) == sorted(
+        f"{data / 'train.csv'}, line {row + 2}: cannot read image {data / rows[row]}: cannot identify image file "
+        f"'{data / rows[row]}'"
+        for row in broken
+        if any(row in batch_indices(len(rows), batch, 0, step) for step in range(steps))
+    )
+    assert sum(left_out) > len(logged), "a file left out in both epochs, logged once"
 
 
 def test_the_progress_bar_is_drawn_on_a_terminal_and_not_into_a_log(server, digits, tmp_path):

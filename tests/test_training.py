@@ -86,7 +86,9 @@ def resume_check(before: TrainConfig, now: TrainConfig, caplog) -> list[str]:
 
 
 def test_resume_names_each_setting_that_would_change_the_run(caplog):
-    run = TrainConfig(train_data="t.csv", output_dir="run", val_data="v.csv", method="dga")
+    run = TrainConfig(
+        train_data="t.csv", output_dir="run", val_data="v.csv", method="dga", options=DGAOptions(steps=100)
+    )
     refused = {
         "--steps was 100 in ckpt, now 200": dict(options=DGAOptions(steps=200)),
         "--val-data was 'v.csv' in ckpt, now None": dict(val_data=None),
@@ -99,14 +101,44 @@ def test_resume_names_each_setting_that_would_change_the_run(caplog):
         with pytest.raises(ValueError) as refusal:
             resume_check(before, dataclasses.replace(run, **change), caplog)
         assert said in str(refusal.value), (said, str(refusal.value))
-    taken = dataclasses.replace(run, eval_every=10, save_every=5, options=DGAOptions(workers=0))
+    taken = dataclasses.replace(
+        run, eval_every=10, save_every=5, options=DGAOptions(steps=100, workers=0, skip_unreadable=True)
+    )
     lines = resume_check(run, taken, caplog)
     assert lines == [
         "--resume: --eval-every was 50, now 10 (taken: it does not change the result)",
-        "--resume: --workers was 2, now 0 (taken: it does not change the result)",
+        "--resume: --skip-unreadable was False, now True (taken: it changes only batches holding a file that "
+        "cannot be read, which stop a run without it)",
+        "--resume: --workers was 2, now 0 (taken: the same batches, made in more or fewer processes)",
         "--resume: --save-every was 50, now 5 (taken: it does not change the result)",
     ]
     assert resume_check(run, run, caplog) == []
+
+
+def test_a_setting_added_since_a_checkpoint_is_taken_when_left_unset(caplog):
+    run = TrainConfig(train_data="t.csv", output_dir="run", options=DGAOptions(steps=100))
+    saved = json.loads(json.dumps(dataclasses.asdict(run)))
+    del saved["options"]["epochs"]  # written before --epochs existed
+    _check_resume(run, Path("ckpt"), {"train_config": saved})
+    with pytest.raises(
+        ValueError, match="--resume: ckpt was written by another version of graytune .it has no --epochs"
+    ):
+        _check_resume(dataclasses.replace(run, options=DGAOptions(epochs=2)), Path("ckpt"), {"train_config": saved})
+
+
+def test_epochs_become_the_steps_of_that_many_passes_over_the_data():
+    assert DGAOptions(epochs=3).resolved(train_samples=1438, batch_size=128) == DGAOptions(steps=33)
+    assert DGAOptions().resolved(1438, 128) == DGAOptions(steps=100)  # the default
+    assert DGAOptions(steps=7).resolved(1438, 128) == DGAOptions(steps=7)
+    for given, refusal in (
+        (dict(steps=5, epochs=1), "--steps 5 and --epochs 1: give one"),
+        (dict(epochs=0), "--epochs 0: give 1 or more"),
+        (dict(steps=-1), "--steps -1: give 1 or more"),
+    ):
+        with pytest.raises(ValueError, match=refusal):
+            DGAOptions(**given)
+    with pytest.raises(ValueError, match="--batch-size 128 exceeds the 100 training samples"):
+        DGAOptions(epochs=1).resolved(100, 128)
 
 
 def test_resume_without_a_checkpoint_says_so(server, digits, tmp_path):

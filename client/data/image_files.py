@@ -28,17 +28,27 @@ def check_images(
     seed: int = 0,
     exists: Callable[[str], bool] = os.path.isfile,
     what: str = "image file",
-) -> int:
-    """listed[i] = (where item i was listed, its image path); `load(i)` decodes item i.
-    Every image must exist, and `decode` of them (the first and a seeded sample) must decode.
-    -> how many were decoded; DataError naming where a bad one was listed."""
-    missing = [(where, image) for where, image in listed if not exists(image)]
-    if missing:
-        where, image = missing[0]
+    skip_unreadable: bool = False,
+) -> str:
+    """listed[i] = (where item i was listed, its file path); `load(i)` decodes item i.
+    Every file must exist, and `decode` of them (the first and a seeded sample) must decode:
+    DataError naming where a bad one was listed. With `skip_unreadable` (training data the
+    run's batches skip, data/batches.py), bad ones are counted instead.
+    -> what was found, for the data set's summary line: "every image file found, 16 decoded"."""
+    missing = [(where, path) for where, path in listed if not exists(path)]
+    if missing and not skip_unreadable:
+        where, path = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{where}: no such {what} {image}{more}")
+        raise DataError(f"{where}: no such {what} {path}{more}")
     others = 1 + torch.randperm(len(listed) - 1, generator=torch.Generator().manual_seed(seed))
     sample = [0] + sorted(others[: decode - 1].tolist())
+    failed = 0
     for index in sample:
-        load(index)
-    return len(sample)
+        try:
+            load(index)
+        except DataError:
+            if not skip_unreadable:
+                raise
+            failed += 1
+    found = f"{len(missing):,} of {len(listed):,} missing (skipped)" if missing else f"every {what} found"
+    return f"{found}, {len(sample) - failed} of {len(sample)} decoded" if failed else f"{found}, {len(sample)} decoded"

@@ -155,9 +155,17 @@ class Method(abc.ABC, Generic[ConfigT, OptionsT]):
     def build_model(self, config: ConfigT, oracle: OracleClient, cache: EmbeddingCache | None = None) -> nn.Module:
         """A new model of `config` (weights at their initial values)."""
 
+    def skips_unreadable(self, options: OptionsT) -> bool:
+        """Whether a run leaves out the training files that cannot be read (--skip-unreadable)."""
+        return False
+
+    def resolved(self, options: OptionsT, train_samples: int, batch_size: int) -> OptionsT:
+        """The options with what depends on the training data filled in (e.g. steps from epochs)."""
+        return options
+
     @abc.abstractmethod
-    def steps(self, options: OptionsT, task_options: Any) -> int:
-        """The run's number of steps."""
+    def steps(self, options: OptionsT, task_options: Any) -> int | None:
+        """The run's number of steps; None while it depends on the training data (see `resolved`)."""
 
     @abc.abstractmethod
     def trainer(self, model: Model, options: OptionsT, context: TrainingContext) -> Trainer:

@@ -51,8 +51,9 @@ class Task(abc.ABC):
         self.options = options or self.Options()
 
     @abc.abstractmethod
-    def load(self, train_path: str | None, val_path: str | None, seed: int) -> tuple[Any, Any]:
-        """(train set, val set or None), each checked before any call is billed."""
+    def load(self, train_path: str | None, val_path: str | None, seed: int, skip_unreadable: bool = False):
+        """(train set, val set or None), each checked before any call is billed (the train set's
+        missing or unreadable files counted rather than refused with `skip_unreadable`)."""
 
     def saved_with_adapters(self) -> dict:
         """What inference needs besides the weights (class names, ...): adapter_config.json's `task`."""
@@ -63,16 +64,18 @@ class Task(abc.ABC):
         return self.csv_format.reader(*keys)
 
     @staticmethod
-    def log_check(dataset: Any, seed: int) -> None:
-        """Runs the data set's check (files found, a sample decoded) and logs its summary."""
-        log.info("%s", dataset.check(seed=seed))
+    def log_checks(train_set: Any, val_set: Any, seed: int, skip_unreadable: bool = False) -> None:
+        """Runs each data set's check (files found, a sample decoded) and logs its summary."""
+        for dataset, lenient in ((train_set, skip_unreadable), (val_set, False)):
+            if dataset is not None:
+                log.info("%s", dataset.check(seed=seed, skip_unreadable=lenient))
 
-    def checked(self, make, train_path: str | None, val_path: str | None, seed: int) -> tuple[Any, Any]:
+    def checked(
+        self, make, train_path: str | None, val_path: str | None, seed: int, skip_unreadable: bool = False
+    ) -> tuple[Any, Any]:
         """(make(train_path), make(val_path)), None for a path not given, each checked and logged."""
         train_set, val_set = (make(path) if path else None for path in (train_path, val_path))
-        for dataset in (train_set, val_set):
-            if dataset is not None:
-                self.log_check(dataset, seed)
+        self.log_checks(train_set, val_set, seed, skip_unreadable)
         return train_set, val_set
 
     def restore(self, saved: dict) -> None:  # noqa: B027 (a task that saves nothing restores nothing)

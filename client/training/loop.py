@@ -35,8 +35,8 @@ from graytune.client.tasks import TASKS, make_task
 from graytune.client.tasks.base import Task
 from graytune.client.training import checkpoint
 from graytune.client.training.interrupt import StopRequest
+from graytune.client.training.reporters import REPORTERS, reporters
 from graytune.client.training.run_dir import CONFIG, MetricsLog, RunDir
-from graytune.client.training.tensorboard import reporters
 from graytune.client.transport import access
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient
@@ -67,10 +67,10 @@ class TrainConfig:
     seed: int = option(0, "seeds the data order and the modules' init")
     report_to: tuple[str, ...] = option(
         (),
-        "also write the metrics as TensorBoard event files to "
-        "OUTPUT_DIR/tensorboard (needs graytune[tensorboard]) "
-        "(default: metrics.jsonl only)",
-        choices=("tensorboard",),
+        "also write the metrics to TensorBoard (OUTPUT_DIR/tensorboard; needs graytune[tensorboard]) "
+        "or Weights & Biases (project $WANDB_PROJECT or graytune; WANDB_MODE=offline keeps it in "
+        "OUTPUT_DIR/wandb; needs graytune[wandb]); repeatable (default: metrics.jsonl only)",
+        choices=tuple(REPORTERS),
         action="append",
     )
     task: str = "retrieval"
@@ -90,11 +90,14 @@ class TrainConfig:
                 f"not {type(self.options).__name__}"
             )
 
-    # What a resume may change: it cannot change the result (cadence, reporting, the folder's name).
-    FREE_ON_RESUME: ClassVar[tuple[str, ...]] = ("output_dir", "eval_every", "save_every", "report_to")
+    # What a resume may change, and why it may: cadence, reporting, the folder's name.
+    FREE_ON_RESUME: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("output_dir", "eval_every", "save_every", "report_to"), "it does not change the result"
+    )
 
-    def free_on_resume(self) -> set[str]:
-        return {*self.FREE_ON_RESUME, *(f"options.{k}" for k in self.options.FREE_ON_RESUME)}
+    def free_on_resume(self) -> dict[str, str]:
+        """Flattened setting name ("options.workers") -> why a resume may change it."""
+        return {**self.FREE_ON_RESUME, **{f"options.{k}": why for k, why in self.options.FREE_ON_RESUME.items()}}
 
 
 def _check_resume(cfg: TrainConfig, latest: Path, saved: dict[str, Any]) -> None:
@@ -104,7 +107,10 @@ def _check_resume(cfg: TrainConfig, latest: Path, saved: dict[str, Any]) -> None
     if "train_config" not in saved:
         raise ValueError(f"--resume: {latest} was written by another version of graytune; start again with --overwrite")
     before, now = _flat(saved["train_config"]), _flat(_jsonable(dataclasses.asdict(cfg)))
+    free = cfg.free_on_resume()
     for key in sorted(now):
+        if key not in before and now[key] is None:
+            continue  # a setting added since that run, unset
         if key not in before:
             raise ValueError(
                 f"--resume: {latest} was written by another version of graytune (it has no "
@@ -112,10 +118,8 @@ def _check_resume(cfg: TrainConfig, latest: Path, saved: dict[str, Any]) -> None
             )
         if before[key] == now[key]:
             continue
-        if key in cfg.free_on_resume():
-            log.info(
-                "--resume: %s was %r, now %r (taken: it does not change the result)", _flag(key), before[key], now[key]
-            )
+        if key in free:
+            log.info("--resume: %s was %r, now %r (taken: %s)", _flag(key), before[key], now[key], free[key])
         else:
             raise ValueError(
                 f"--resume: {_flag(key)} was {before[key]!r} in {latest}, now {now[key]!r}; a resumed run keeps "
@@ -141,6 +145,11 @@ def _flag(key: str) -> str:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+def resolved(cfg: TrainConfig, train_samples: int) -> TrainConfig:
+    """`cfg` with what depends on the training data filled in: --epochs becomes --steps."""
+    return dataclasses.replace(cfg, options=method(cfg.method).resolved(cfg.options, train_samples, cfg.batch_size))
 
 
 def resolved_config(cfg: TrainConfig, adapters: AdapterConfig, oracle: OracleClient) -> dict:
@@ -178,16 +187,20 @@ def train(
     task.check_method(cfg.method)
     if ranks is not None:
         check_data_parallel(cfg, ranks.world)
-    steps = chosen.steps(cfg.options, task.options)
     run = RunDir(cfg.output_dir)
-    if resume and run.is_complete(steps):
-        log.info("%s is complete (step %d of %d): nothing to resume; its final metrics follow", run.path, steps, steps)
-        return run.final_metrics()
+    steps = chosen.steps(cfg.options, task.options)  # None with --epochs, until the data is read
+    if resume and steps is not None and run.is_complete(steps):
+        return _complete(run, steps)  # without a call
     run.check_start(resume, overwrite)
     info = oracle.info()
     adapters = chosen.adapter_config(oracle, cfg.options, cfg.seed)
     access.require(info, f"training with --method {cfg.method}", adapters.need(training=True))
-    train_set, val_set = task.load(cfg.train_data, cfg.val_data, cfg.seed)
+    train_set, val_set = task.load(cfg.train_data, cfg.val_data, cfg.seed, chosen.skips_unreadable(cfg.options))
+    cfg = resolved(cfg, len(train_set))
+    steps = chosen.steps(cfg.options, task.options)
+    assert steps is not None
+    if resume and run.is_complete(steps):
+        return _complete(run, steps)
     adapters = task.adapter_config(adapters)
     cache = EmbeddingCache(oracle)
     state: dict[str, Any] = {"step": 0}
@@ -225,7 +238,7 @@ def train(
         " ".join(f"{k}={json.dumps(v)}" for k, v in config["train"].items()),
         run.path / CONFIG,
     )
-    metrics_log = MetricsLog(run.path, open_reporters())
+    metrics_log = MetricsLog(run.path, open_reporters(config))
     try:
         if resume:
             metrics_log.truncate_after(state["step"])
@@ -247,6 +260,11 @@ def train(
         return _steps(Loop(cfg, steps, task, model, trainer, val_set, run, metrics_log, oracle, ranks), state, progress)
     finally:
         metrics_log.close()
+
+
+def _complete(run: RunDir, steps: int) -> dict[str, float]:
+    log.info("%s is complete (step %d of %d): nothing to resume; its final metrics follow", run.path, steps, steps)
+    return run.final_metrics()
 
 
 def headline(task: Task, metrics: dict[str, Any]) -> str:
@@ -382,4 +400,4 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
     if done > first and loop.run.checkpoint_step() != done:
         loop.save(done)  # stopped early (StopTraining) between checkpoints
     save_adapters(loop.run.path / "adapter", loop.model)
-    return result
+    return {**result, **loop.run.skipped_unreadable()}

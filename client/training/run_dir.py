@@ -5,6 +5,7 @@ config.json     the resolved configuration of the latest start or resume
 checkpoints/    the newest checkpoints, `latest` naming the newest
 adapter/        the final adapters, written when the last step is done
 tensorboard/    with --report-to tensorboard: the metrics as event files
+wandb/          with --report-to wandb: the W&B run's id (and its files, offline)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from graytune.client.training import checkpoint
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 # What a run writes; a directory holding any of these is in use.
-RUN_FILES = (METRICS, CONFIG, checkpoint.LATEST, "checkpoints", "adapter", "tensorboard")
+RUN_FILES = (METRICS, CONFIG, checkpoint.LATEST, "checkpoints", "adapter", "tensorboard", "wandb")
 
 
 class RunDirInUse(FileExistsError):
@@ -79,9 +80,14 @@ class RunDir:
         records = self.records()
         evals = [r for r in records if r["kind"] == "eval"]
         if evals:
-            return {k: v for k, v in evals[-1].items() if k not in ("step", "kind")}
+            return {**{k: v for k, v in evals[-1].items() if k not in ("step", "kind")}, **self.skipped_unreadable()}
         trains = [r for r in records if r["kind"] == "train"]
-        return {"train/loss": trains[-1]["loss"]} if trains else {}
+        return {"train/loss": trains[-1]["loss"], **self.skipped_unreadable()} if trains else {}
+
+    def skipped_unreadable(self) -> dict[str, int]:
+        """With --skip-unreadable: the training samples left out over the whole run."""
+        counts = [r["skipped_unreadable"] for r in self.records() if "skipped_unreadable" in r]
+        return {"skipped_unreadable": sum(counts)} if counts else {}
 
     def resume_hint(self) -> str:
         step = self.checkpoint_step()

@@ -33,7 +33,7 @@ class CraftOptions:
     )
     lr: float = option(1e-3, "learning rate of the refinement module's Adam")
 
-    FREE_ON_RESUME: ClassVar[tuple[str, ...]] = ()  # each option shapes the search
+    FREE_ON_RESUME: ClassVar[dict[str, str]] = {}  # each option shapes the search
 
     def __post_init__(self) -> None:
         if self.popsize < 2:

@@ -23,6 +23,7 @@ class DGAOptions(GradientOptions):
     extra_tokens: int = option(1, "learnable prompt tokens after start-of-text (0: none)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.input_lr is not None and self.adapters == "output":
             raise ValueError("--input-lr: --adapters output trains no input modules")
 

@@ -139,14 +139,13 @@ class LabeledImageDataset(torch.utils.data.Dataset):
     def labels(self) -> torch.Tensor:
         return torch.tensor([image.label for image in self.images])  # (N,)
 
-    def check(self, decode: int = 16, seed: int = 0) -> str:
+    def check(self, decode: int = 16, seed: int = 0, skip_unreadable: bool = False) -> str:
         """Before any call is billed: every image exists and `decode` of them decode."""
-        decoded = check_images([(i.where, i.path) for i in self.images], self.__getitem__, decode, seed)
-        classes = len(set(self.labels.tolist()))
-        return (
-            f"{self.source}: {len(self):,} images of {classes} of {len(self.classnames)} classes, "
-            f"every image found, {decoded} decoded"
+        found = check_images(
+            [(i.where, i.path) for i in self.images], self.__getitem__, decode, seed, skip_unreadable=skip_unreadable
         )
+        classes = len(set(self.labels.tolist()))
+        return f"{self.source}: {len(self):,} images of {classes} of {len(self.classnames)} classes, {found}"
 
 
 def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

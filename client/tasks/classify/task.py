@@ -90,7 +90,7 @@ class ClassifyTask(Task):
     def read(self, path: str) -> tuple[list, list[str]]:
         return read_labeled(path, self.classnames, **self.csv("img_key", "label_key", "separator"))
 
-    def load(self, train_path: str | None, val_path: str | None, seed: int):
+    def load(self, train_path: str | None, val_path: str | None, seed: int, skip_unreadable: bool = False):
         """K shots per class from `train_path`; evaluation on `val_path`, else on the rest."""
         preprocess = preprocess_for(self.oracle)
         train = val = None
@@ -109,9 +109,7 @@ class ClassifyTask(Task):
         if val_path:
             images, self.classnames = self.read(val_path)
             val = LabeledImageDataset(val_path, images, self.classnames, preprocess)
-        for dataset in (train, val):
-            if dataset is not None:
-                self.log_check(dataset, seed)
+        self.log_checks(train, val, seed, skip_unreadable)
         return train, val
 
     def build_model(self, config: AdapterConfig, cache: EmbeddingCache | None = None) -> nn.Module:

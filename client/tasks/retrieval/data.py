@@ -68,16 +68,17 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         """-> (pixels (B, 3, H, W), B captions)."""
         return collate([self[i] for i in indices])
 
-    def check(self, decode: int = 16, seed: int = 0) -> str:
+    def check(self, decode: int = 16, seed: int = 0, skip_unreadable: bool = False) -> str:
         """Before any call is billed: every image exists and `decode` of them (the first and a
         seeded sample) decode. -> a one-line summary; DataError naming file and line if not."""
-        decoded = check_images(
-            [(f"{self.path}, line {line}", image) for line, image, _ in self.rows], self.__getitem__, decode, seed
+        found = check_images(
+            [(f"{self.path}, line {line}", image) for line, image, _ in self.rows],
+            self.__getitem__,
+            decode,
+            seed,
+            skip_unreadable=skip_unreadable,
         )
-        return (
-            f"{self.path}: {len(self):,} pairs, {len(set(self.captions)):,} distinct captions, "
-            f"every image found, {decoded} decoded"
-        )
+        return f"{self.path}: {len(self):,} pairs, {len(set(self.captions)):,} distinct captions, {found}"
 
 
 def collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:

@@ -60,9 +60,11 @@ class RetrievalTask(Task):
     name = "retrieval"
     headline = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")
 
-    def load(self, train_path: str | None, val_path: str | None, seed: int):
+    def load(self, train_path: str | None, val_path: str | None, seed: int, skip_unreadable: bool = False):
         fmt = self.csv("img_key", "caption_key", "separator")
-        return self.checked(lambda path: load_dataset(path, self.oracle, **fmt), train_path, val_path, seed)
+        return self.checked(
+            lambda path: load_dataset(path, self.oracle, **fmt), train_path, val_path, seed, skip_unreadable
+        )
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         return contrastive_step_loss(model, *batch)

@@ -99,10 +99,16 @@ class SketchPhotoDataset(torch.utils.data.Dataset):
         photos, photo_labels = zip(*[self.photo(i) for i in self.paired_photos(indices)])
         return torch.stack(sketches), torch.tensor(labels), torch.stack(photos), torch.tensor(photo_labels)
 
-    def check(self, decode: int = 16, seed: int = 0) -> str:
+    def check(self, decode: int = 16, seed: int = 0, skip_unreadable: bool = False) -> str:
         listed = [(w, p) for w, p, _ in self.sketches + self.photos]
-        decoded = check_images(listed, lambda i: self[i] if i < len(self) else self.photo(i - len(self)), decode, seed)
+        found = check_images(
+            listed,
+            lambda i: self[i] if i < len(self) else self.photo(i - len(self)),
+            decode,
+            seed,
+            skip_unreadable=skip_unreadable,
+        )
         return (
             f"{self.path}: {len(self.sketches):,} sketches and {len(self.photos):,} photos of "
-            f"{len(self.categories)} categories, every image found, {decoded} decoded"
+            f"{len(self.categories)} categories, {found}"
         )

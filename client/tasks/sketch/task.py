@@ -51,10 +51,14 @@ class SketchTask(Task):
     headline = ("sketch_to_photo_mAP@all",)
     plotted = ("sketch_to_photo_mAP@all", "sketch_to_photo_P@")
 
-    def load(self, train_path: str | None, val_path: str | None, seed: int):
+    def load(self, train_path: str | None, val_path: str | None, seed: int, skip_unreadable: bool = False):
         preprocess, fmt = preprocess_for(self.oracle), self.csv("img_key", "separator")
         return self.checked(
-            lambda path: SketchPhotoDataset(path, preprocess, seed=seed, **fmt), train_path, val_path, seed
+            lambda path: SketchPhotoDataset(path, preprocess, seed=seed, **fmt),
+            train_path,
+            val_path,
+            seed,
+            skip_unreadable,
         )
 
     def adapter_config(self, config: AdapterConfig) -> AdapterConfig:

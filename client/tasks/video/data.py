@@ -45,17 +45,18 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         """-> (clips (B, T, 3, H, W), B captions)."""
         return collate([self[i] for i in indices])
 
-    def check(self, decode: int = 4, seed: int = 0) -> str:
+    def check(self, decode: int = 4, seed: int = 0, skip_unreadable: bool = False) -> str:
         """Before any call is billed: every clip exists and `decode` of them decode to N frames."""
-        decoded = check_images(
+        found = check_images(
             [(f"{self.path}, line {line}", clip) for line, clip, _ in self.rows],
             self.__getitem__,
             decode,
             seed,
             exists=os.path.exists,
             what="video file or frame folder",
+            skip_unreadable=skip_unreadable,
         )
         return (
             f"{self.path}: {len(self):,} clips of {self.frames} frames, {len(set(self.captions)):,} "
-            f"distinct captions, every clip found, {decoded} decoded"
+            f"distinct captions, {found}"
         )

@@ -45,10 +45,14 @@ class VideoTask(Task):
         super().__init__(oracle, csv_format, options)
         self.frames, self.pooling = self.options.frames, self.options.pooling
 
-    def load(self, train_path: str | None, val_path: str | None, seed: int):
+    def load(self, train_path: str | None, val_path: str | None, seed: int, skip_unreadable: bool = False):
         preprocess, fmt = preprocess_for(self.oracle), self.csv("img_key", "caption_key", "separator")
         return self.checked(
-            lambda path: VideoCaptionDataset(path, preprocess, self.frames, **fmt), train_path, val_path, seed
+            lambda path: VideoCaptionDataset(path, preprocess, self.frames, **fmt),
+            train_path,
+            val_path,
+            seed,
+            skip_unreadable,
         )
 
     def saved_with_adapters(self) -> dict:

@@ -1,0 +1,65 @@
+"""`graytune train --nproc N`: the command again in N processes of one data-parallel run.
+
+Each process gets the environment torchrun gives its own (RANK, LOCAL_RANK, WORLD_SIZE,
+LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so `distributed.from_environment` joins them
+either way. Not torchrun itself: its agent sends a Ctrl-C on to its processes a second time
+(each takes a first Ctrl-C as "checkpoint, then stop" and a second as "stop at once"), and
+reports a failed process in a traceback of its own after that process's one-line error.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """`python -m graytune.client.cli ARGV` in `nproc` processes; -> the exit status of the
+    first to fail (a shell's 128 + N for a signal N), the others then stopped; 0 if none failed."""
+    common = {
+        **os.environ,
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),  # process 0's rendezvous store listens there
+    }
+    command = [sys.executable, "-m", "graytune.client.cli", *argv]
+    # Ctrl-C reaches every process of the terminal's group: each stops itself, with a checkpoint.
+    # This one waits for them. (A handler rather than "ignored", which would pass on to them.)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        processes = [
+            subprocess.Popen(command, env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+            for rank in range(nproc)
+        ]
+        ended: queue.SimpleQueue[subprocess.Popen] = queue.SimpleQueue()
+
+        def wait(process: subprocess.Popen) -> None:
+            process.wait()
+            ended.put(process)
+
+        for process in processes:
+            threading.Thread(target=wait, args=(process,), daemon=True).start()
+        status = 0
+        for _ in processes:
+            code = ended.get().returncode
+            if code != 0 and status == 0:
+                status = code if code > 0 else 128 - code
+                for other in processes:  # the others would wait for it in a collective
+                    if other.poll() is None:
+                        other.terminate()
+        return status
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
