@@ -43,11 +43,13 @@ import torch
 from graytune.client.methods.graybox.config import GrayboxConfig
 from graytune.client.methods.graybox.options import DGAOptions, LGAOptions
 from graytune.openmp import wait_passively
+from graytune.pixel_adapter import normalise
 
 from evidence.memory import status_bytes
 from evidence.output import RESULTS, plt, save_results
 from evidence.wire import tcp_bytes
 
+CLIP_NORMALISATION = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # mean, std
 MODELS = {  # name: (OpenCLIP architecture, image size, default batch, default repetitions)
     "small-224": ("graytune-small-224", 224, 32, 15),
     "vit-b-32": ("ViT-B-32", 224, 16, 5),
@@ -58,7 +60,12 @@ METHODS = {  # name: the step's modules (LGA's depth: every layer the backbone o
     "input": DGAOptions(adapters="input"),
     "lga": LGAOptions(),
 }
-WIRE = ("float32", "bfloat16")
+# Remote variants: (tensors' dtype on the wire, image wire). "pixels": the pixel adapter runs in
+# the trainer and its float output goes up, the pixel gradient comes back; "frugal": uint8 pixels
+# and the adapter's parameters go up, the server runs the adapter, its parameters' gradients
+# come back (transport/remote.py).
+WIRE = (("float32", "pixels"), ("bfloat16", "pixels"), ("float32", "frugal"), ("bfloat16", "frugal"))
+REFERENCE = "remote float32 pixels"  # what bytes are compared with
 
 
 # -- workers ---------------------------------------------------------------------------------
@@ -73,7 +80,8 @@ def build_step(args):
     if args.data_csv:
         batches = iter(data_batches(args))
     else:
-        pixels = torch.randn(args.batch, 3, args.size, args.size)  # (B, 3, H, W)
+        eight_bit = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8)
+        pixels = normalise(eight_bit, *CLIP_NORMALISATION)  # (B, 3, H, W), as graytune preprocesses images
         captions = [f"a photo of item number {i}." for i in range(args.batch)]
         batches = iter(lambda: (pixels, captions), None)
     options = METHODS[args.method]
@@ -107,7 +115,7 @@ def build_step(args):
     else:
         from graytune.client.transport.oracle_client import OracleClient
 
-        oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype))
+        oracle = OracleClient(args.endpoint, wire_dtype=getattr(torch, args.wire_dtype), image_wire=args.image_wire)
         model = GrayboxCLIP(GrayboxConfig.for_oracle(oracle, options), oracle)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(10, 10**6))
@@ -129,9 +137,7 @@ def data_batches(args):
     from graytune.client.tasks.retrieval.data import ImageCaptionDataset
 
     # The backbone's preprocessing (OpenCLIP's defaults for these models), as Describe reports it.
-    preprocess = Preprocess(
-        args.size, args.size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    )
+    preprocess = Preprocess(args.size, args.size, *CLIP_NORMALISATION)
     dataset = ImageCaptionDataset(args.data_csv, preprocess)
     return step_batches(dataset, args.batch, seed=0, first=0, end=10**6, workers=args.loader_workers)
 
@@ -167,8 +173,8 @@ class LocalImageTower(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, pixels: torch.Tensor, deep_prompts=None) -> torch.Tensor:
-        return self.backbone.encode_image(pixels, deep_prompts)
+    def forward(self, pixels: torch.Tensor, deep_prompts=None, adapter=None) -> torch.Tensor:
+        return self.backbone.encode_image(pixels if adapter is None else adapter(pixels), deep_prompts)
 
 
 class LocalTextTower(torch.nn.Module):
@@ -249,15 +255,10 @@ def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data:
         ["--dev", "--plaintext", "--tier", "graybox-plus", "--model", arch, "--log-level", "WARNING"]
     ) as server:
         workers = [Worker("in-process", ["--worker", "in-process", *common], dict(os.environ))]
-        for wire in WIRE:
+        for dtype, image_wire in WIRE:
             env = wait_passively(dict(os.environ))
-            workers.append(
-                Worker(
-                    f"remote {wire}",
-                    ["--worker", "remote", "--endpoint", server.endpoint, "--wire-dtype", wire, *common],
-                    env,
-                )
-            )
+            remote = ["--worker", "remote", "--endpoint", server.endpoint, "--wire-dtype", dtype]
+            workers.append(Worker(f"remote {dtype} {image_wire}", [*remote, "--image-wire", image_wire, *common], env))
         try:
             for _ in range(warmup):
                 for w in workers:
@@ -272,6 +273,7 @@ def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data:
             for w in workers:
                 w.close()
     base = workers[0].results
+    reference = next(w for w in workers if w.label == REFERENCE).results
     rows = []
     for w in workers:
         med = lambda key: statistics.median(r[key] for r in w.results)
@@ -290,6 +292,9 @@ def bench_case(name: str, method: str, batch: int, reps: int, warmup: int, data:
                 "transport_s": med("transport"),
                 "up_bytes": w.results[-1]["up"],
                 "down_bytes": w.results[-1]["down"],
+                # This step's tensor bytes both ways ÷ the float32 pixel-mode step's.
+                "bytes_ratio": (w.results[-1]["up"] + w.results[-1]["down"])
+                / (reference[-1]["up"] + reference[-1]["down"]),
                 "wire_over_minimum": wire_over_minimum(w.results),
             }
         )
@@ -321,7 +326,7 @@ def report(result: dict) -> None:
     )
     print(
         f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
-        f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'wire ÷ min':>12}"
+        f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'bytes ratio':>12}{'wire ÷ min':>12}"
     )
     for r in result["rows"]:
         remote = r["variant"] != "in-process"
@@ -334,6 +339,7 @@ def report(result: dict) -> None:
             f"  {r['variant']:<17}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
             f"{r['paired_q1']:>8.3f}-{r['paired_q3']:.3f}{split}"
             f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}"
+            + (f"{r['bytes_ratio']:>12.3f}" if remote else f"{'':>12}")
             + (f"{r['wire_over_minimum']:>12.4f}" if r["wire_over_minimum"] else "")
         )
     print(
@@ -342,8 +348,8 @@ def report(result: dict) -> None:
     )
     print(
         "  client s: the trainer's own work; server s: the server's device thread; "
-        "wire s: the rest of the calls (serialisation, gRPC, queueing); MB: tensor bytes; wire ÷ min: TCP "
-        "bytes both ways ÷ the step's tensors and captions"
+        "wire s: the rest of the calls (serialisation, gRPC, queueing); MB: tensor bytes; bytes ratio: "
+        f"tensor bytes both ways ÷ {REFERENCE}'s; wire ÷ min: TCP bytes both ways ÷ the step's tensors and captions"
     )
 
 
@@ -366,9 +372,9 @@ def figure(results: list) -> plt.Figure:
     fig, (ratio_ax, split_ax) = plt.subplots(1, 2, figsize=(5 + 3 * len(results), 4))
     labels = []
     for i, model in enumerate(results):
-        for j, variant in enumerate(f"remote {wire}" for wire in WIRE):  # colours in WIRE's order
+        for j, variant in enumerate(f"remote {dtype} {image_wire}" for dtype, image_wire in WIRE):  # WIRE's colours
             spread = model["across_runs"][variant]
-            x = i + 0.2 * (j - 0.5)
+            x = i + 0.15 * (j - (len(WIRE) - 1) / 2)
             ratio_ax.scatter(
                 [x] * len(spread["ratios"]), spread["ratios"], color=f"C{j}", label=variant if i == 0 else None
             )
@@ -429,6 +435,7 @@ def main() -> None:
     p.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
     p.add_argument("--wire-dtype", help=argparse.SUPPRESS)
+    p.add_argument("--image-wire", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return run_worker(args)

@@ -32,6 +32,7 @@ from graytune.client.methods.registry import METHODS
 from graytune.client.options import add_options, flag_name, given_flags, option_fields, values
 from graytune.client.tasks import TASKS, task_class
 from graytune.client.training.loop import TrainConfig, check_data_parallel, train
+from graytune.client.transport.oracle_client import IMAGE_WIRES
 from graytune.help_format import DefaultsHelpFormatter
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,6 +60,15 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
         choices=WIRE_DTYPES,
         default="float32",
         help="precision of tensors on the wire; half precision halves the bytes",
+    )
+    p.add_argument(
+        "--wire",
+        choices=IMAGE_WIRES,
+        default="auto",
+        help="how images behind a pixel adapter travel: frugal (uint8 pixels and the adapter's parameters, "
+        "the adapter run on the server: about a quarter of the bytes up, its parameters' gradients back "
+        "instead of the images'), pixels (the adapter's float output), auto (frugal where the server, "
+        "the key and the pixels allow it)",
     )
     p.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
     p.add_argument("--tls-ca", help="CA certificate that signed the server's (default: system roots)")
@@ -236,6 +246,7 @@ def _client(args):
         wire_dtype=WIRE_DTYPES[args.wire_dtype],
         credentials=credentials,
         tls_server_name=args.tls_server_name,
+        image_wire=args.wire,
     )
 
 

@@ -214,6 +214,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="candidate contexts x class names in one context_delta call (default: %(default)s)",
     )
     limits.add_argument(
+        "--max-pixel-adapter",
+        type=pixel_adapter_limits,
+        default=d.max_pixel_adapter,
+        metavar="LAYERS,CHANNELS,KERNEL",
+        help="the largest pixel adapter a frugal image call may run here (uint8 pixels and the "
+        "adapter's parameters in, its parameters' gradients out); 0 runs none "
+        f"(default: {','.join(map(str, d.max_pixel_adapter))})",
+    )
+    limits.add_argument(
         "--max-call-seconds",
         type=float,
         default=d.max_call_seconds,
@@ -289,6 +298,7 @@ KEY_FLAGS = {
     "rate_per_second": "--rate",
     "gradient_clip_norm": "--gradient-clip",
     "gradient_noise_std": "--gradient-noise",
+    "pixel_gradients": "--pixel-gradients",
 }
 RELOAD_NOTE = "a server running with --keys {} reloads it within seconds (or at once on SIGHUP)"
 
@@ -326,6 +336,13 @@ def keys_main(argv) -> None:
     create.add_argument(
         "--gradient-noise", type=float, help="add Gaussian noise of this standard deviation to returned gradients"
     )
+    create.add_argument(
+        "--pixel-gradients",
+        choices=("allowed", "never"),
+        help="never: Backward returns this key no gradient w.r.t. pixels (what model extraction wants "
+        "most); it can still train a pixel adapter through the frugal image call, whose gradients "
+        "are the adapter's parameters' (default: allowed)",
+    )
     listing = sub.add_parser("list", help="key ids, tiers, labels, expiry, limits and budget used (never secrets)")
     listing.add_argument("--usage-db", help="the server's --usage-db (a file or a URL), if not the default")
     revoke = sub.add_parser("revoke", help="remove a key")
@@ -349,6 +366,19 @@ def keys_main(argv) -> None:
             + RELOAD_NOTE.format(args.file)
             + " and refuses it from then on"
         )
+
+
+def pixel_adapter_limits(text: str) -> tuple[int, int, int]:
+    """ "4,16,5" -> (4, 16, 5): layers, channels, kernel size; "0" -> (0, 0, 0), none."""
+    if text.strip() == "0":
+        return (0, 0, 0)
+    try:
+        layers, channels, kernel = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LAYERS,CHANNELS,KERNEL (e.g. 4,16,5), or 0") from None
+    if min(layers, channels, kernel) < 1 or kernel % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: each at least 1, the kernel size odd")
+    return (layers, channels, kernel)
 
 
 def expiry_time(text: str):
@@ -386,6 +416,7 @@ def create_key(keys, args) -> None:
         rate_per_second=args.rate,
         gradient_clip_norm=args.gradient_clip,
         gradient_noise_std=args.gradient_noise,
+        pixel_gradients=args.pixel_gradients,
     )
     problems = [f"{KEY_FLAGS[name]}: {problem}" for name, problem in value_problems(fields)]
     if fields["expires_at"] is not None and fields["expires_at"] <= utc_now():
@@ -435,7 +466,7 @@ def list_keys(keys, usage_db: str) -> None:
         )
 
     unset = lambda value: "-" if value is None else f"{value:g}"
-    rows = [("ID", "TIER", "LABEL", "EXPIRES", "BUDGET", "RATE/S", "GRADIENT BUDGET", "CLIP", "NOISE")]
+    rows = [("ID", "TIER", "LABEL", "EXPIRES", "BUDGET", "RATE/S", "GRADIENT BUDGET", "CLIP", "NOISE", "PIXEL GRADS")]
     rows += [
         (
             key.id,
@@ -447,6 +478,7 @@ def list_keys(keys, usage_db: str) -> None:
             budget(key, key.gradient_budget_samples, GRADIENTS),
             unset(key.gradient_clip_norm),
             unset(key.gradient_noise_std),
+            key.pixel_gradients or "allowed",
         )
         for key in keys.list()
     ]
@@ -605,6 +637,7 @@ def main(argv=None) -> None:
         max_call_seconds=args.max_call_seconds,
         max_caption_bytes=args.max_caption_bytes,
         max_context_rows=args.max_context_rows,
+        max_pixel_adapter=args.max_pixel_adapter,
     )
     oracle = GradientOracle(backbone, limits, merge_batches=not args.no_merge_batches)
     metrics = ServerMetrics(oracle.store, backbone.device, oracle.device, limits.max_graph_bytes)

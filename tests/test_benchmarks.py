@@ -81,12 +81,19 @@ def test_the_step_overhead_benchmark_splits_a_tiny_step_and_counts_its_wire_byte
     assert len(model["runs"]) == 1
     # LGA sends its deep prompts on top of DGA's tensors, every step
     assert lga["runs"][0]["rows"][1]["up_bytes"] > model["runs"][0]["rows"][1]["up_bytes"]
-    assert set(model["across_runs"]) == {"in-process", "remote float32", "remote bfloat16"}
+    wires = [f"remote {dtype} {image}" for image in ("pixels", "frugal") for dtype in ("float32", "bfloat16")]
+    assert set(model["across_runs"]) == {"in-process", *wires}
     remote = {r["variant"]: r for r in model["runs"][0]["rows"][1:]}
-    # The step's tensors: pixels (8, 3, 32, 32) up, their gradient down, at the wire's dtype.
+    # Pixel mode: the adapter's output (8, 3, 32, 32) up, its gradient down, at the wire's dtype.
     pixels = 8 * 3 * 32 * 32
-    assert remote["remote float32"]["up_bytes"] >= 4 * pixels and remote["remote bfloat16"]["up_bytes"] >= 2 * pixels
-    assert remote["remote float32"]["up_bytes"] == 2 * remote["remote bfloat16"]["up_bytes"]
+    f32, bf16 = remote["remote float32 pixels"], remote["remote bfloat16 pixels"]
+    assert f32["up_bytes"] >= 4 * pixels and bf16["up_bytes"] >= 2 * pixels and f32["bytes_ratio"] == 1.0
+    assert f32["up_bytes"] == 2 * bf16["up_bytes"]
+    # Frugal: one byte a pixel up, no pixel-shaped gradient down (the adapter's 443 parameters'
+    # gradients, the text inputs' and the embeddings' at most).
+    frugal = remote["remote float32 frugal"]
+    assert pixels <= frugal["up_bytes"] < f32["up_bytes"] / 2 and frugal["down_bytes"] < pixels
+    assert frugal["bytes_ratio"] < 0.3 and remote["remote bfloat16 frugal"]["bytes_ratio"] < frugal["bytes_ratio"]
     # TCP carries the tensors and more (frames, headers), never less.
     assert all(r["wire_over_minimum"] is None or r["wire_over_minimum"] > 1.0 for r in remote.values())
 

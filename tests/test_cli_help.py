@@ -79,6 +79,7 @@ RUN_FLAGS = {
     "--timeout",
     "--reconnect-timeout",
     "--wire-dtype",
+    "--wire",
     "--tls",
     "--tls-ca",
     "--tls-cert",

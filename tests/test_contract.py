@@ -19,7 +19,8 @@ GRAYTUNE_HEADER = re.compile(r"x-graytune-[a-z0-9-]*")
 ENTRY_POINT = re.compile(r"""["'](?:image|text)\.\w+["']""")  # a quoted "<tower>.<input>"
 TIER_WORD = re.compile(r"\b(?:blackbox|graybox)[\w-]*")
 TEXTS = contract.TEXT_TEXTS.partition(".")[2]  # sent as the header's `texts`, not as a tensor
-TENSOR_INPUTS = {point.partition(".")[2] for point in contract.ENTRY_POINTS} - {TEXTS}
+ADAPTER = contract.IMAGE_PIXEL_ADAPTER.partition(".")[2]  # sent as its parameters, "pixel_adapter.<i>.weight", ...
+TENSOR_INPUTS = {point.partition(".")[2] for point in contract.ENTRY_POINTS} - {TEXTS, ADAPTER}
 
 
 def quoted(text: str, pattern: re.Pattern) -> set:

@@ -265,6 +265,8 @@ def test_keys_cli_creates_lists_and_revokes_saying_what_it_did(tmp_path):
         "BUDGET",
         "CLIP",
         "NOISE",
+        "PIXEL",
+        "GRADS",
     ]
     assert listing[1].split() == [
         key_id,
@@ -279,6 +281,7 @@ def test_keys_cli_creates_lists_and_revokes_saying_what_it_did(tmp_path):
         "-",
         "-",
         "-",
+        "allowed",
     ]
     assert secret not in "\n".join(listing) and hash_secret(secret) not in "\n".join(listing)
     revoked = keys_cli(key_file, "revoke", key_id)

@@ -157,7 +157,8 @@ def test_sketch_retrieval_beats_zero_shot(pretrained_server, digits, tmp_path):
     assert zero_shot["kind"] == "zero_shot"
     assert final["sketch_to_photo_mAP@all"] > zero_shot["sketch_to_photo_mAP@all"], (zero_shot, final)
     assert {k for k in final if not k.startswith("oracle/")} == {"sketch_to_photo_mAP@all", "sketch_to_photo_P@100"}
-    # One Forward a step carries the batch's 32 sketches and their 32 photos.
-    assert (logged[-1]["oracle/Forward_calls"], logged[-1]["oracle/Forward_samples"]) == (30, 30 * 64)
+    # A step's Forward calls carry the batch's 32 sketches and their 32 photos: in frugal image
+    # calls (the default wire) one per domain, each with its own pixel adapter.
+    assert (logged[-1]["oracle/Forward_calls"], logged[-1]["oracle/Forward_samples"]) == (2 * 30, 30 * 64)
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["domains"] == ["sketch", "photo"] and adapter["task"] == {"name": "sketch"}

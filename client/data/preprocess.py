@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from graytune.client.data.tables import DataError
+from graytune.pixel_adapter import normalise
 
 INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -52,9 +53,8 @@ class Preprocess:
         img = img.resize(self._resized_size(img.width, img.height), INTERPOLATIONS[self.interpolation])
         if self.resize_mode != "squash":
             img = _center_crop_or_pad(img, self.height, self.width)
-        pixels = np.asarray(img, dtype=np.float32) / 255  # (H, W, 3) in [0, 1]
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, H, W)
+        eight_bit = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
+        return normalise(eight_bit, self.mean, self.std).contiguous()  # as the server normalises uint8 pixels
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) to resize to before cropping/padding, rounded exactly as OpenCLIP rounds."""

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from graytune.pixel_adapter import PixelAdapterSpec
+
 
 class PixelAdapter(nn.Module):
     """(B, 3, H, W) -> (B, 3, H, W): 2D convolutions in pixel space, no activation."""
@@ -32,8 +34,17 @@ class PixelAdapter(nn.Module):
             nn.init.zeros_(conv.bias)
         self.convs = nn.Sequential(*convs)
 
+        self.spec = PixelAdapterSpec(layers, channels, kernel_size)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.convs(pixels)
+
+    def wire_parameters(self) -> dict[str, torch.Tensor]:
+        """The parameters under their wire names ("pixel_adapter.<i>.weight", ...), for the
+        frugal image call that runs this adapter on the server."""
+        convs: list[nn.Conv2d] = list(self.convs)  # type: ignore[arg-type]
+        values = [p for conv in convs for p in (conv.weight, conv.bias) if p is not None]
+        return dict(zip(self.spec.parameter_shapes(), values, strict=True))
 
 
 class TextPrompt(nn.Module):

@@ -20,6 +20,7 @@ bytes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import os
@@ -38,6 +39,7 @@ from graytune import error_details, tensor_codec
 from graytune.client.transport import tls_probe
 from graytune.client.transport.oracle_info import OracleInfo
 from graytune.contract import AFFINITY_HEADER, AUTHORIZATION_HEADER, CALL_ID_HEADER, PROTOCOL_VERSION
+from graytune.pixel_adapter import PREFIX, PixelAdapterSpec
 from graytune.v1 import oracle_pb2 as pb
 from graytune.v1 import oracle_pb2_grpc as pb_grpc
 
@@ -84,6 +86,9 @@ class OracleError(Exception):
         self.method, self.code, self.details, self.reason = method, code, message, reason
 
 
+IMAGE_WIRES = ("auto", "frugal", "pixels")
+
+
 class OracleClient:
     def __init__(
         self,
@@ -98,6 +103,7 @@ class OracleClient:
         affinity: str | None = None,
         tls_server_name: str | None = None,
         connect_timeout: float = 15.0,
+        image_wire: str = "auto",
     ):
         """`timeout`: seconds per attempt of a call. `reconnect_timeout`: seconds one call waits
         for an unavailable server to come back; `connect_timeout` (at most `reconnect_timeout`): for
@@ -107,7 +113,14 @@ class OracleClient:
         `affinity` (default: random per client) is sent with every call, so a load balancer that
         hashes it sends a Forward and its Backward to the same replica. `tls_server_name`: the
         name the server certificate is verified against, when `endpoint` (an IP address, a
-        tunnel) is not a name the certificate holds."""
+        tunnel) is not a name the certificate holds. `image_wire`: how images go to the oracle
+        behind a pixel adapter (transport/remote.py): "frugal" (uint8 pixels and the adapter's
+        parameters, the adapter run on the server), "pixels" (the adapter's float output), or
+        "auto" (frugal where the server, the key and the pixels allow it)."""
+        if image_wire not in IMAGE_WIRES:
+            raise ValueError(f"image_wire must be one of {', '.join(IMAGE_WIRES)}, not {image_wire!r}")
+        self.image_wire = image_wire
+        self.image_wire_chosen: str | None = None  # what remote.frugal_pixels last chose, and why
         if wire_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wire_dtype must be float32, bfloat16 or float16, not {wire_dtype}")
         options: list[tuple[str, int | str]] = [
@@ -199,9 +212,12 @@ class OracleClient:
         assert self._typed_info is not None
         return self._typed_info
 
-    def embed_images(self, pixels: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels [+ deep_prompts=(depth, K, W)] -> (B, E) embeddings."""
-        return self._inputs_call("Embed", pb.IMAGE, {"pixels": pixels, **tensors})[1]
+    def embed_images(
+        self, pixels: torch.Tensor, pixel_adapter: PixelAdapterSpec | None = None, **tensors: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels [+ deep_prompts=(depth, K, W)] -> (B, E) embeddings.
+        With `pixel_adapter`: uint8 pixels and the adapter's parameters (by their wire names)."""
+        return self._inputs_call("Embed", pb.IMAGE, {"pixels": pixels, **tensors}, pixel_adapter=pixel_adapter)[1]
 
     def embed_texts(self, texts: Sequence[str] = (), **tensors: torch.Tensor) -> torch.Tensor:
         """Captions (or token_ids=(B, L)) [+ shift=(D,), extra_tokens=(K, D),
@@ -217,10 +233,15 @@ class OracleClient:
         )[1]
 
     def forward(
-        self, tower: pb.Tower, tensors: Tensors, texts: Sequence[str] = (), grad_inputs: Sequence[str] = ()
+        self,
+        tower: pb.Tower,
+        tensors: Tensors,
+        texts: Sequence[str] = (),
+        grad_inputs: Sequence[str] = (),
+        pixel_adapter: PixelAdapterSpec | None = None,
     ) -> tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the server holds the graph for one `backward`."""
-        return self._inputs_call("Forward", tower, tensors, texts, grad_inputs)
+        return self._inputs_call("Forward", tower, tensors, texts, grad_inputs, pixel_adapter=pixel_adapter)
 
     def backward(self, handle: str, grad_embeddings: torch.Tensor) -> Tensors:
         """dL/dE (B, E) -> {input name: dL/d input} (float32)."""
@@ -244,9 +265,10 @@ class OracleClient:
         return tensor_codec.wire_dtype_of(self.wire_dtype)
 
     def _chunks(self, tensors: Tensors) -> Iterator[bytes]:
-        """The tensors as serialized chunk messages, floats at the wire dtype."""
+        """The tensors as serialized chunk messages, floats at the wire dtype (a pixel adapter's
+        parameters at their own: a few KB, and the server's forward then is the client's)."""
         for name, t in tensors.items():
-            dtype = self.wire_dtype if t.is_floating_point() else t.dtype
+            dtype = self.wire_dtype if t.is_floating_point() and not name.startswith(PREFIX) else t.dtype
             with self._counting:
                 self.bytes_sent += t.numel() * dtype.itemsize
             yield from tensor_codec.tensor_to_messages(name, t, self.chunk_bytes, dtype)
@@ -259,6 +281,7 @@ class OracleClient:
         texts: Sequence[str] = (),
         grad_inputs: Sequence[str] = (),
         prompt_template: str = "",
+        pixel_adapter: PixelAdapterSpec | None = None,
     ) -> tuple[str, torch.Tensor]:
         header = pb.InputHeader(
             tower=tower,
@@ -267,6 +290,8 @@ class OracleClient:
             grad_inputs=list(grad_inputs),
             prompt_template=prompt_template,
         )
+        if pixel_adapter is not None:
+            header.pixel_adapter.CopyFrom(pb.PixelAdapterSpec(**dataclasses.asdict(pixel_adapter)))
         messages = lambda: _stream(pb.InputMessage, header, self._chunks(tensors))
         out_header, out = self._stream_call(method, getattr(self.stub, method), messages)
         self._count(method, out["embeddings"].shape[0])

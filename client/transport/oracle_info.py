@@ -25,6 +25,9 @@ class ImageInfo:
     resize_mode: str  # OpenCLIP's: shortest, longest or squash
     token_width: int
     deep_prompt_layers: int  # offered to this caller (0: none)
+    # The largest pixel adapter the server runs for this caller (layers, channels, kernel
+    # size): the frugal image call; None where it runs none.
+    pixel_adapter: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class OracleInfo:
     tier: str
     entry_points: frozenset[str]  # "<tower>.<input>" this caller may send
     gradients: bool  # whether this caller may call Forward and Backward
+    pixel_gradients: bool  # whether Backward may return this caller a gradient w.r.t. pixels
     embed_dim: int
     backbone: Backbone
     image: ImageInfo
@@ -62,6 +66,7 @@ class OracleInfo:
             tier=m.tier,
             entry_points=frozenset(m.entry_points),
             gradients=m.gradients,
+            pixel_gradients=m.pixel_gradients,
             embed_dim=m.embed_dim,
             backbone=Backbone(m.backbone.name, m.backbone.sha256),
             image=ImageInfo(
@@ -73,9 +78,14 @@ class OracleInfo:
                 image.resize_mode,
                 image.token_width,
                 image.deep_prompt_layers,
+                _adapter_limits(image.pixel_adapter) if image.HasField("pixel_adapter") else None,
             ),
             text=TextInfo(
                 text.token_width, text.deep_prompt_layers, {t.name: t.context_tokens for t in text.prompt_templates}
             ),
             limits=Limits(m.limits.max_batch, m.limits.max_context_rows),
         )
+
+
+def _adapter_limits(limits: pb.PixelAdapterLimits) -> tuple[int, int, int]:
+    return (limits.max_layers, limits.max_channels, limits.max_kernel_size)

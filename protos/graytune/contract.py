@@ -11,7 +11,7 @@ from typing import Final
 
 # Major: bumped when the meaning of a message changes; clients refuse a server with another.
 # Minor: fields or inputs added (CHANGELOG.md has each version's additions).
-PROTOCOL_VERSION: Final = "1.4"
+PROTOCOL_VERSION: Final = "1.5"
 
 # gRPC metadata keys (lower case, as gRPC sends them).
 AUTHORIZATION_HEADER: Final = "authorization"  # "Bearer <API key>"
@@ -21,6 +21,7 @@ AFFINITY_HEADER: Final = "x-graytune-affinity"  # a load balancer keeps a Forwar
 # Entry points, "<tower>.<input>": the inputs a caller may send (Describe lists the caller's).
 IMAGE_PIXELS: Final = "image.pixels"
 IMAGE_DEEP_PROMPTS: Final = "image.deep_prompts"
+IMAGE_PIXEL_ADAPTER: Final = "image.pixel_adapter"  # the frugal image call's adapter parameters
 TEXT_TEXTS: Final = "text.texts"
 TEXT_TOKEN_IDS: Final = "text.token_ids"
 TEXT_CONTEXT_DELTA: Final = "text.context_delta"
@@ -29,6 +30,7 @@ TEXT_EXTRA_TOKENS: Final = "text.extra_tokens"
 TEXT_DEEP_PROMPTS: Final = "text.deep_prompts"
 ENTRY_POINTS: Final = (
     IMAGE_PIXELS,
+    IMAGE_PIXEL_ADAPTER,
     IMAGE_DEEP_PROMPTS,
     TEXT_TEXTS,
     TEXT_TOKEN_IDS,
@@ -51,8 +53,15 @@ GRAYBOX_PLUS: Final = "graybox-plus"
 _OUTPUTS_ONLY = (IMAGE_PIXELS, TEXT_TEXTS, TEXT_TOKEN_IDS, TEXT_CONTEXT_DELTA)
 TIER_ENTRY_POINTS: Final[dict[str, tuple[str, ...]]] = {
     BLACKBOX: _OUTPUTS_ONLY,
-    GRAYBOX: (*_OUTPUTS_ONLY, TEXT_SHIFT, TEXT_EXTRA_TOKENS),
-    GRAYBOX_PLUS: (*_OUTPUTS_ONLY, TEXT_SHIFT, TEXT_EXTRA_TOKENS, IMAGE_DEEP_PROMPTS, TEXT_DEEP_PROMPTS),
+    GRAYBOX: (*_OUTPUTS_ONLY, IMAGE_PIXEL_ADAPTER, TEXT_SHIFT, TEXT_EXTRA_TOKENS),
+    GRAYBOX_PLUS: (
+        *_OUTPUTS_ONLY,
+        IMAGE_PIXEL_ADAPTER,
+        TEXT_SHIFT,
+        TEXT_EXTRA_TOKENS,
+        IMAGE_DEEP_PROMPTS,
+        TEXT_DEEP_PROMPTS,
+    ),
 }
 TIERS: Final = tuple(TIER_ENTRY_POINTS)
 GRADIENT_TIERS: Final[frozenset[str]] = frozenset({GRAYBOX, GRAYBOX_PLUS})

@@ -36,6 +36,9 @@ class ApiKey:
     # norm, then Gaussian noise of this standard deviation added (extraction defences).
     gradient_clip_norm: float | None = None
     gradient_noise_std: float | None = None
+    # "never": no per-pixel gradient is returned to this key; it trains a pixel adapter through
+    # the frugal image call (InputHeader.pixel_adapter), whose gradients are the adapter's.
+    pixel_gradients: str | None = None  # None: "allowed"
     label: str | None = None  # the owner's note of whose key it is
     expires_at: datetime | None = None  # refused from then on
 

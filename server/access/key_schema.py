@@ -31,7 +31,9 @@ OPTIONAL = (
     "rate_per_second",
     "gradient_clip_norm",
     "gradient_noise_std",
+    "pixel_gradients",
 )
+PIXEL_GRADIENTS = ("allowed", "never")  # whether Backward may return the key a per-pixel gradient
 
 
 class KeyFileError(ValueError):
@@ -67,6 +69,10 @@ def _non_negative(value: Any) -> str:
     if not is_number(value):
         return f"{shown(value)} is not a number"
     return "" if math.isfinite(value) and value >= 0 else f"{shown(value)} is not a finite number >= 0"
+
+
+def _pixel_gradients(value: Any) -> str:
+    return "" if value in PIXEL_GRADIENTS else f"{shown(value)} is not one of {', '.join(PIXEL_GRADIENTS)}"
 
 
 def _tier(value: Any) -> str:
@@ -113,6 +119,7 @@ VALUE_CHECKS = {
     "rate_per_second": _rate,
     "gradient_clip_norm": _non_negative,
     "gradient_noise_std": _non_negative,
+    "pixel_gradients": _pixel_gradients,
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from graytune.pixel_adapter import PixelAdapterSpec, apply, normalise
 from graytune.server import pretraining
 from graytune.server.compute import OpenClipModel
 from graytune.server.compute.context_prompts import DEFAULT_TEMPLATES
@@ -94,6 +95,19 @@ class Backbone:
         if self.autocast_dtype is None or self.device.type == "cpu":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def encode_adapted_image(
+        self,
+        pixels: torch.Tensor,
+        spec: PixelAdapterSpec,
+        parameters: dict[str, torch.Tensor],
+        deep_prompts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """uint8 (B, 3, H, W) pixels, normalised here, through a caller's pixel adapter (in
+        float32: its parameters and their gradients are the caller's), then the image tower."""
+        normalised = normalise(pixels.to(self.device, non_blocking=True), self.image_mean, self.image_std)
+        adapted = apply(spec, {n: p.to(self.device) for n, p in parameters.items()}, normalised)
+        return self.encode_image(adapted, deep_prompts)
 
     def encode_image(self, pixels: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,

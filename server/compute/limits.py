@@ -31,3 +31,7 @@ class Limits:
     # (ViT-B-32: about 0.6 MB of activations per row at the widest layer), so this bounds the
     # device memory one call takes; a client splits a larger generation over several calls.
     max_context_rows: int = 2048
+    # The pixel adapters a frugal image call may declare (InputHeader.pixel_adapter): layers,
+    # channels between them, kernel size; (0, 0, 0) runs none. At the largest, (3·16 + 16·16·2 +
+    # 16·3)·5² = 15,200 multiply-adds per pixel: at 224² about a third of ViT-B-32's forward.
+    max_pixel_adapter: tuple[int, int, int] = (4, 16, 5)

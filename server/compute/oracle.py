@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from graytune.pixel_adapter import PixelAdapterSpec
 from graytune.server.compute import validation
 from graytune.server.compute.backbone import Backbone
 from graytune.server.compute.call_context import CallContext
@@ -55,20 +56,23 @@ class GradientOracle:
         texts: Sequence[str] = (),
         grad_inputs: Sequence[str] | None = None,
         prompt_template: str = "",
+        pixel_adapter: PixelAdapterSpec | None = None,
     ) -> Request:
         """Checks a request and binds its discrete inputs, on the caller's thread: bad input
         and tokenising never take the device. `grad_inputs` (Forward only): the inputs to
         differentiate, default every floating-point input. `prompt_template`: `texts` are class
-        names and "context_delta" candidate contexts (see context_prompts.py). The header's
-        fields passed `validation.check_header` and the tensors' names `check_names` where the
-        request came in (the service)."""
+        names and "context_delta" candidate contexts (see context_prompts.py). `pixel_adapter`:
+        "pixels" are uint8, run through the adapter whose parameters are the request's other
+        tensors. The header's fields passed `validation.check_header` (and
+        `check_pixel_adapter`) and the tensors' names `check_names` where the request came in
+        (the service)."""
         b, limits = self.backbone, self.limits
         if prompt_template and tower != "text":
             raise InputError("prompt_template: the image tower takes no template")
         if tower == "image":
             if texts:
                 raise InputError("texts: the image tower takes no texts")
-            validation.check_image(tensors, b.image_size, limits)
+            validation.check_image(tensors, b.image_size, limits, pixel_adapter)
         elif tower == "text" and prompt_template:
             validation.check_context(
                 tensors, texts, b.text.templates.context_tokens(prompt_template), b.text.token_width, limits
@@ -92,14 +96,22 @@ class GradientOracle:
                 ids = tensors["token_ids"]
                 b.text.check_room(ids, num_extra)
         floats = {n: t for n, t in tensors.items() if t.is_floating_point()}
-        return Request(tower, floats, ids, tuple(wanted), validation.batch_size(tensors) or len(texts))
+        samples = validation.batch_size(tensors) or len(texts)
+        if pixel_adapter is not None:
+            return Request(tower, floats, tensors["pixels"], tuple(wanted), samples, pixel_adapter)
+        return Request(tower, floats, ids, tuple(wanted), samples)
 
     def _encoder(self, request: Request) -> Callable[[Tensors], torch.Tensor]:
         """The tower's forward as a function of the float inputs, with discrete inputs bound."""
         b = self.backbone
+        spec = request.pixel_adapter
+        if spec is not None:
+            pixels, names = request.discrete, list(spec.parameter_shapes())
+            assert pixels is not None  # uint8 pixels, bound by `prepare`
+            return lambda x: b.encode_adapted_image(pixels, spec, {n: x[n] for n in names}, x.get("deep_prompts"))
         if request.tower == "image":
             return lambda x: b.encode_image(x["pixels"], x.get("deep_prompts"))
-        token_ids = request.token_ids
+        token_ids = request.discrete
         assert token_ids is not None  # bound for the text tower (`prepare`)
         return lambda x: b.encode_text(
             token_ids, x.get("shift"), x.get("extra_tokens"), x.get("deep_prompts"), x.get("context_delta")
@@ -128,7 +140,8 @@ class GradientOracle:
     ) -> tuple[str, torch.Tensor]:
         """-> (handle, (B, E) embeddings); the graph stays for one `backward`."""
         context = context or CallContext()
-        if request.tower == "image" and "deep_prompts" not in request.floats:  # callers' prompts differ
+        # Merged with other callers' calls: float pixels alone (callers' prompts and adapters differ).
+        if request.tower == "image" and set(request.floats) == {"pixels"}:
             call = _Call(request.floats, owner, out_dtype, context)
             group = IMAGE_FORWARD if self.merge_batches else call  # a group of its own: alone
             return self.device.submit(
@@ -275,10 +288,15 @@ class Request:
     """A checked request: float inputs by name, discrete inputs bound."""
 
     tower: str  # "image" or "text"
-    floats: Tensors  # the continuous inputs (pixels, shift, extra_tokens, deep_prompts, context_delta)
-    token_ids: torch.Tensor | None  # (B, L) for the text tower; (C, L) template prompts
+    # The continuous inputs (pixels, shift, extra_tokens, deep_prompts, context_delta, a pixel
+    # adapter's parameters).
+    floats: Tensors
+    # (B, L) token ids for the text tower, (C, L) template prompts; uint8 (B, 3, H, W) pixels
+    # with a pixel adapter.
+    discrete: torch.Tensor | None
     grad_inputs: tuple[str, ...]  # Forward: the inputs whose gradients Backward returns
     samples: int  # B, what the call is charged (P for context_delta)
+    pixel_adapter: PixelAdapterSpec | None = None
 
 
 @dataclass(eq=False)

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from graytune.contract import ENTRY_POINTS, TEXT_TEXTS
+from graytune.contract import ENTRY_POINTS, IMAGE_PIXEL_ADAPTER, TEXT_TEXTS
+from graytune.pixel_adapter import PixelAdapterSpec
 from graytune.server.compute.errors import InputError
 from graytune.server.compute.limits import Limits
 from graytune.tensor_codec import MAX_NAME_CHARS, shown
@@ -21,9 +22,12 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _tensor_inputs(tower: str) -> tuple[str, ...]:
-    """The tower's inputs sent as tensors: those of its entry points, but captions (header texts)."""
+    """The tower's inputs sent as tensors under their own names: those of its entry points, but
+    captions (header texts) and a pixel adapter's parameters (named by its spec: `inputs`)."""
     return tuple(
-        point.partition(".")[2] for point in ENTRY_POINTS if point.partition(".")[0] == tower and point != TEXT_TEXTS
+        point.partition(".")[2]
+        for point in ENTRY_POINTS
+        if point.partition(".")[0] == tower and point not in (TEXT_TEXTS, IMAGE_PIXEL_ADAPTER)
     )
 
 
@@ -54,13 +58,32 @@ def check_header(texts: Sequence[str], grad_inputs: Sequence[str], limits: Limit
             raise InputError(
                 f"texts[{i}]: {size} bytes exceed the limit of {limits.max_caption_bytes} bytes per caption"
             )
-    if len(grad_inputs) > len(TOWER_INPUTS["text"]):
-        raise InputError(
-            f"grad_inputs: {len(grad_inputs)} names; no call has more than {len(TOWER_INPUTS['text'])} inputs"
-        )
+    most = max(len(TOWER_INPUTS["text"]), 2 * limits.max_pixel_adapter[0] + len(TOWER_INPUTS["image"]))
+    if len(grad_inputs) > most:
+        raise InputError(f"grad_inputs: {len(grad_inputs)} names; no call has more than {most} inputs")
     for name in grad_inputs:
         if len(name) > MAX_NAME_CHARS:
             raise InputError(f"grad_inputs: {shown(name)} is longer than {MAX_NAME_CHARS} characters")
+
+
+def inputs(tower: str, pixel_adapter: PixelAdapterSpec | None) -> tuple[str, ...]:
+    """The tensor names a request may send: its tower's inputs, and its pixel adapter's parameters."""
+    return TOWER_INPUTS[tower] + (tuple(pixel_adapter.parameter_shapes()) if pixel_adapter is not None else ())
+
+
+def check_pixel_adapter(tower: str, spec: PixelAdapterSpec, limits: Limits) -> None:
+    """A declared pixel adapter within the server's limits, from the header alone."""
+    most_layers, most_channels, largest_kernel = limits.max_pixel_adapter
+    if tower != "image":
+        raise InputError("pixel_adapter: only the image tower takes one")
+    if most_layers == 0:
+        raise InputError("pixel_adapter: this server runs no pixel adapters (Describe's image.pixel_adapter)")
+    if not 1 <= spec.layers <= most_layers:
+        raise InputError(f"pixel_adapter.layers: {spec.layers}; the limit is 1 to {most_layers}")
+    if not 1 <= spec.channels <= most_channels:
+        raise InputError(f"pixel_adapter.channels: {spec.channels}; the limit is 1 to {most_channels}")
+    if not (1 <= spec.kernel_size <= largest_kernel and spec.kernel_size % 2 == 1):
+        raise InputError(f"pixel_adapter.kernel_size: {spec.kernel_size}; must be odd, 1 to {largest_kernel}")
 
 
 def check_names(tensors: dict[str, torch.Tensor], allowed: Iterable[str], what: str) -> None:
@@ -99,11 +122,26 @@ def check_batch(name: str, batch: int, limits: Limits) -> None:
         raise InputError(f"{name}: batch of {batch} exceeds the limit of {limits.max_batch}")
 
 
-def check_image(tensors: dict[str, torch.Tensor], image_size: tuple[int, int], limits: Limits) -> None:
+def check_image(
+    tensors: dict[str, torch.Tensor],
+    image_size: tuple[int, int],
+    limits: Limits,
+    pixel_adapter: PixelAdapterSpec | None = None,
+) -> None:
+    """Float pixels; or with a pixel adapter, uint8 pixels and every parameter it declares."""
     if "pixels" not in tensors:
         raise InputError("pixels: missing; the image tower needs a (B, 3, H, W) tensor")
     pixels = tensors["pixels"]
-    check_float("pixels", pixels, (None, 3, *image_size))
+    if pixel_adapter is None:
+        check_float("pixels", pixels, (None, 3, *image_size))
+    else:
+        if pixels.dtype != torch.uint8:
+            raise InputError(f"pixels: dtype {str(pixels.dtype)[6:]} not allowed with a pixel_adapter; expected uint8")
+        check_shape("pixels", pixels, (None, 3, *image_size))
+        for name, shape in pixel_adapter.parameter_shapes().items():
+            if name not in tensors:
+                raise InputError(f"{name}: missing; the declared pixel_adapter needs it, shape {shape}")
+            check_float(name, tensors[name], shape)
     check_batch("pixels", pixels.shape[0], limits)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import graytune
-from graytune.contract import IMAGE_DEEP_PROMPTS, PROTOCOL_VERSION, TEXT_DEEP_PROMPTS, TIER_ENTRY_POINTS
+from graytune.contract import (
+    IMAGE_DEEP_PROMPTS,
+    IMAGE_PIXEL_ADAPTER,
+    PROTOCOL_VERSION,
+    TEXT_DEEP_PROMPTS,
+    TIER_ENTRY_POINTS,
+)
 from graytune.server.access.auth import Caller
 from graytune.server.access.tiers import may_differentiate
 from graytune.server.access.usage import GRADIENTS, SAMPLES
@@ -61,6 +67,12 @@ def describe(
         tower: getattr(b, tower).prompt_depth if point in entry_points else 0
         for tower, point in (("image", IMAGE_DEEP_PROMPTS), ("text", TEXT_DEEP_PROMPTS))
     }
+    layers, channels, kernel = limits.max_pixel_adapter
+    adapter = (
+        {"pixel_adapter": pb.PixelAdapterLimits(max_layers=layers, max_channels=channels, max_kernel_size=kernel)}
+        if layers and IMAGE_PIXEL_ADAPTER in entry_points
+        else {}
+    )
     return pb.DescribeResponse(
         protocol_version=PROTOCOL_VERSION,
         server_version=graytune.__version__,
@@ -75,6 +87,7 @@ def describe(
             resize_mode=b.resize_mode,
             token_width=b.image.token_width if deep["image"] else 0,
             deep_prompt_layers=deep["image"],
+            **adapter,
         ),
         text=pb.TextSpec(
             context_length=b.text.context_length,
@@ -89,6 +102,7 @@ def describe(
         ),
         tier=caller.tier,
         gradients=may_differentiate(caller.tier),
+        pixel_gradients=may_differentiate(caller.tier) and (key is None or key.pixel_gradients != "never"),
         entry_points=entry_points,
         limits=pb.Limits(
             max_batch=limits.max_batch,

@@ -34,10 +34,11 @@ import torch
 
 from graytune import error_details, tensor_codec
 from graytune.contract import CALL_ID_HEADER, TIER_ENTRY_POINTS
+from graytune.pixel_adapter import PixelAdapterSpec
 from graytune.server.access.auth import UNAUTHENTICATED_MESSAGE, UNKNOWN_CALLER, Authenticator
 from graytune.server.access.gradient_guard import protect
 from graytune.server.access.rate_limit import RateLimiter
-from graytune.server.access.tiers import input_entry_points, may_differentiate
+from graytune.server.access.tiers import input_entry_points, may_differentiate, pixel_gradients_refused
 from graytune.server.access.usage import GRADIENTS, SAMPLES, budget_of
 from graytune.server.compute import validation
 from graytune.server.compute.errors import (
@@ -62,6 +63,16 @@ from graytune.v1 import oracle_pb2 as pb
 
 log = logging.getLogger("graytune.server")
 TOWERS = {pb.IMAGE: "image", pb.TEXT: "text"}
+
+
+def pixel_adapter_of(header: pb.InputHeader) -> PixelAdapterSpec | None:
+    """The pixel adapter a request's header declares (a frugal image call), if any."""
+    if not header.HasField("pixel_adapter"):
+        return None
+    spec = header.pixel_adapter
+    return PixelAdapterSpec(spec.layers, spec.channels, spec.kernel_size)
+
+
 CALL_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 STATUS_OF = {  # what can go wrong with a call -> its gRPC status
     InputError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -223,21 +234,28 @@ class OracleServicer:
 
         def check_then(header):
             validation.check_header(header.texts, header.grad_inputs, limits, header.prompt_template)
+            adapter = pixel_adapter_of(header)
+            if adapter is not None:
+                validation.check_pixel_adapter(TOWERS.get(header.tower, "?"), adapter, limits)
             on_header(header)
 
         header, tensors = await self._read(requests, pb.InputMessage, call, check_then)
         tower = TOWERS.get(header.tower)
         if tower is None:
             raise InputError("tower: must be IMAGE or TEXT")
+        adapter = pixel_adapter_of(header)
         # Unknown inputs are bad input (INVALID_ARGUMENT), to be told apart from known ones the
         # tier does not allow (PERMISSION_DENIED); the oracle checks shapes and values.
-        validation.check_names(tensors, validation.TOWER_INPUTS[tower], f"the {tower} tower")
+        validation.check_names(tensors, validation.inputs(tower, adapter), f"the {tower} tower")
         allowed = TIER_ENTRY_POINTS[call.caller.tier]
         for point in input_entry_points(tower, tensors, bool(header.texts)):
             if point not in allowed:
                 raise CallFailed(
                     grpc.StatusCode.PERMISSION_DENIED, f"{point}: not an entry point of tier '{call.caller.tier}'"
                 )
+        refusal = pixel_gradients_refused(call.caller.key, tower, tensors, header.grad_inputs) if grad_inputs else None
+        if refusal:
+            raise CallFailed(grpc.StatusCode.PERMISSION_DENIED, refusal)
         samples = validation.batch_size(tensors) or len(header.texts)  # what `prepare` will count
         if samples:  # else `prepare` says what is wrong
             # Refused for its size, not for the budget: a batch too large for any key costs nothing.
@@ -251,6 +269,7 @@ class OracleServicer:
             header.texts,
             header.grad_inputs if grad_inputs else None,
             header.prompt_template,
+            adapter,
         )
         return request, header
 

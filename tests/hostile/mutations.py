@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 from hypothesis import strategies as st
 
+from graytune.pixel_adapter import PREFIX
 from graytune.tensor_codec import TORCH_DTYPES
 from graytune.v1 import oracle_pb2 as pb
 
@@ -197,9 +198,14 @@ def duplicate(draw, spec, case, t):
     return mutated(case, "duplicate", t.name, touches=(t.name,), tensors=case.tensors + (t,))
 
 
+def is_frugal(case: Case) -> bool:
+    return case.rpc in INPUTS and case.header.HasField("pixel_adapter")
+
+
 def required(case: Case) -> list[str]:
     """Inputs without which the request is invalid, not yet changed."""
-    names = (
+    adapter = [t.name for t in case.tensors if t.name.startswith(PREFIX)] if is_frugal(case) else []
+    names = adapter + (
         ["embeddings"]
         if case.rpc == "Backward"
         else ["pixels"]
@@ -325,6 +331,23 @@ def prompt_template(draw, spec, case, header):
     return mutated(case, "prompt_template", repr(header.prompt_template[:20]), header=header)
 
 
+@header_mutation(INPUTS, "pixel_adapter", lambda case: case.header.tower == pb.IMAGE)
+def pixel_adapter(draw, spec, case, header):
+    """A declared adapter's size changed (beyond the limits or not: its parameters no longer
+    match), one declared beside float pixels, or one taken away from uint8 pixels."""
+    if not is_frugal(case):
+        header.pixel_adapter.CopyFrom(pb.PixelAdapterSpec(layers=1, channels=1, kernel_size=1))
+        return mutated(case, "pixel_adapter", "declared beside float pixels", header=header)
+    if draw(st.booleans()):
+        header.ClearField("pixel_adapter")
+        return mutated(case, "pixel_adapter", "taken away", header=header)
+    field, most = draw(st.sampled_from(list(zip(("layers", "channels", "kernel_size"), spec.adapter))))
+    now = getattr(header.pixel_adapter, field)
+    value = draw(st.one_of(st.integers(-2, most + 2), st.integers(-(2**31), 2**31 - 1)).filter(lambda v: v != now))
+    setattr(header.pixel_adapter, field, value)
+    return mutated(case, "pixel_adapter", f"{field} = {value}", header=header)
+
+
 @header_mutation(INPUTS, "grad_inputs")
 def grad_inputs(draw, spec, case, header):
     """Absent, unknown, integer, empty or enormous names; a valid name twice may pass. Embed has
@@ -424,6 +447,7 @@ def forward_zero_extra(draw, spec, case):
 def credentials(draw, spec, case):
     """No key, a wrong or enormous one, or a key of a lower tier."""
     features = {"shift", "extra_tokens", "deep_prompts"} & {t.name for t in case.tensors}
+    features |= {"pixel_adapter"} if is_frugal(case) else set()
     lower_tier = lambda may_pass: (() if may_pass else {S.PERMISSION_DENIED}, may_pass)
     keys = {
         "": ({S.UNAUTHENTICATED}, False),
@@ -482,6 +506,7 @@ SEMANTIC = [
     long_caption,
     too_many_texts,
     texts_and_token_ids,
+    pixel_adapter,
     grad_inputs,
     handle_use,
     garbage_handle,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import torch
 from hypothesis import strategies as st
 
+from graytune.pixel_adapter import PixelAdapterSpec
 from graytune.v1 import oracle_pb2 as pb
 
 from hostile.wire import FLOATS, HANDLE, Case, Tensor, raw_bytes, values
@@ -44,6 +45,7 @@ class Spec:
     width_of: dict  # tower -> token width of its deep prompts
     template: str  # a prompt template the server offers, for context_delta
     context_tokens: int  # its N
+    adapter: tuple[int, int, int]  # the largest pixel adapter (layers, channels, kernel); 0s: none
 
     @classmethod
     def of(cls, info: pb.DescribeResponse) -> Spec:
@@ -61,6 +63,11 @@ class Spec:
             {pb.IMAGE: info.image.token_width, pb.TEXT: info.text.token_width},
             info.text.prompt_templates[0].name,
             info.text.prompt_templates[0].context_tokens,
+            (
+                info.image.pixel_adapter.max_layers,
+                info.image.pixel_adapter.max_channels,
+                info.image.pixel_adapter.max_kernel_size,
+            ),
         )
 
 
@@ -77,6 +84,24 @@ def pixels(draw, spec: Spec, batch: int) -> Tensor:
         (None, 3, spec.height, spec.width),
         (spec.max_batch + 1, None, None, None),
     )
+
+
+def frugal_image(draw, spec: Spec, batch: int) -> tuple[pb.PixelAdapterSpec, list[Tensor]]:
+    """A pixel adapter of at most 2 layers, 4 channels and kernel 3 (small: fast), within the
+    server's limits, and its inputs: uint8 pixels and the adapter's parameters."""
+    most_layers, most_channels, largest_kernel = spec.adapter
+    adapter = PixelAdapterSpec(
+        draw(st.integers(1, min(2, most_layers))),
+        draw(st.integers(1, min(4, most_channels))),
+        draw(st.sampled_from([k for k in (1, 3) if k <= largest_kernel])),
+    )
+    shape = (batch, 3, spec.height, spec.width)
+    eight_bit = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(draw(seeds)))
+    expected, limits = (None, 3, spec.height, spec.width), (spec.max_batch + 1, None, None, None)
+    pixels = Tensor("pixels", pb.UINT8, shape, raw_bytes(eight_bit), expected, limits)
+    parameters = [float_tensor(draw, n, s, s, (None,) * len(s)) for n, s in adapter.parameter_shapes().items()]
+    message = pb.PixelAdapterSpec(layers=adapter.layers, channels=adapter.channels, kernel_size=adapter.kernel_size)
+    return message, [pixels, *parameters]
 
 
 def deep_prompts(draw, spec: Spec, tower: int) -> Tensor:
@@ -134,7 +159,10 @@ def inputs(draw, spec: Spec, rpc: str) -> Case:
         )
         case = Case(rpc, header, (context_delta(draw, spec),), chunk_bytes=draw(chunk_sizes))
         return replace(case, what=summary(case))
-    if tower == pb.IMAGE:
+    adapter = None
+    if tower == pb.IMAGE and spec.adapter[0] and draw(st.integers(0, 2)) == 0:
+        adapter, tensors = frugal_image(draw, spec, batch)
+    elif tower == pb.IMAGE:
         tensors = [pixels(draw, spec, batch)]
     elif draw(st.booleans()):
         texts, tensors = draw(st.lists(captions, min_size=batch, max_size=batch)), []
@@ -155,6 +183,8 @@ def inputs(draw, spec: Spec, rpc: str) -> Case:
         floats = ["shift"]
     grad_inputs = draw(st.lists(st.sampled_from(floats), unique=True)) if rpc == "Forward" else []
     header = pb.InputHeader(tower=tower, texts=texts, output_dtype=draw(output_dtypes), grad_inputs=grad_inputs)
+    if adapter is not None:
+        header.pixel_adapter.CopyFrom(adapter)
     case = Case(rpc, header, tuple(tensors), chunk_bytes=draw(chunk_sizes))
     return replace(case, what=summary(case))
 
@@ -203,6 +233,9 @@ def summary(case: Case) -> str:
     if case.rpc != "Backward":
         parts += [pb.Tower.Name(h.tower)] + ([f"texts×{len(h.texts)}"] if h.texts else [])
         parts += [f"template={h.prompt_template[:20]!r}"] if h.prompt_template else []
+        if h.HasField("pixel_adapter"):
+            a = h.pixel_adapter
+            parts.append(f"pixel_adapter={a.layers}x{a.channels}x{a.kernel_size}")
     parts += [f"{t.name}{t.shape}{pb.DataType.Name(t.dtype)}" for t in case.tensors]
     if case.rpc == "Forward":
         parts.append(f"grad_inputs={list(h.grad_inputs)}")

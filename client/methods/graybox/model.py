@@ -72,7 +72,7 @@ class GrayboxCLIP(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, E) unit vectors."""
         prompts = self.image_prompts() if self.image_prompts is not None else {}
-        return F.normalize(self.image_head(self.image_tower(self.pixel_adapter(pixels), **prompts)), dim=-1)
+        return F.normalize(self.image_head(self.image_tower(pixels, adapter=self.pixel_adapter, **prompts)), dim=-1)
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) clips -> (B, E) unit vectors; the B·T frames go in one oracle call."""

@@ -24,47 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18graytune/v1/oracle.proto\x12\x0bgraytune.v1\"^\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x9a\x01\n\x0bInputHeader\x12!\n\x05tower\x18\x01 \x01(\x0e\x32\x12.graytune.v1.Tower\x12\r\n\x05texts\x18\x02 \x03(\t\x12+\n\x0coutput_dtype\x18\x03 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\x13\n\x0bgrad_inputs\x18\x04 \x03(\t\x12\x17\n\x0fprompt_template\x18\x05 \x01(\t\"m\n\x0cInputMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.graytune.v1.InputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"R\n\x0cOutputHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x1a\n\x12handle_ttl_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x64\x65vice_seconds\x18\x03 \x01(\x01\"o\n\rOutputMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.graytune.v1.OutputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"M\n\x0e\x42\x61\x63kwardHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12+\n\x0coutput_dtype\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\"s\n\x0f\x42\x61\x63kwardMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.graytune.v1.BackwardHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x11\n\x0f\x44\x65scribeRequest\"(\n\x08\x42\x61\x63kbone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xa2\x01\n\tImageSpec\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04mean\x18\x03 \x03(\x02\x12\x0b\n\x03std\x18\x04 \x03(\x02\x12\x15\n\rinterpolation\x18\x05 \x01(\t\x12\x13\n\x0bresize_mode\x18\x06 \x01(\t\x12\x13\n\x0btoken_width\x18\x07 \x01(\x05\x12\x1a\n\x12\x64\x65\x65p_prompt_layers\x18\x08 \x01(\x05\"\xb8\x01\n\x08TextSpec\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\x05\x12\x13\n\x0btoken_width\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x18\n\x10max_extra_tokens\x18\x04 \x01(\x05\x12\x1a\n\x12\x64\x65\x65p_prompt_layers\x18\x05 \x01(\x05\x12\x35\n\x10prompt_templates\x18\x06 \x03(\x0b\x32\x1b.graytune.v1.PromptTemplate\"6\n\x0ePromptTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_tokens\x18\x02 \x01(\x05\"\x88\x03\n\x06Limits\x12\x11\n\tmax_batch\x18\x01 \x01(\x05\x12\x18\n\x10max_tensor_bytes\x18\x02 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x03\x12\x17\n\x0fmax_graph_bytes\x18\x05 \x01(\x03\x12\x1a\n\x12handle_ttl_seconds\x18\x06 \x01(\x01\x12\x1e\n\x16max_deep_prompt_tokens\x18\x07 \x01(\x05\x12\x18\n\x10max_call_seconds\x18\x08 \x01(\x01\x12\x19\n\x11max_caption_bytes\x18\t \x01(\x05\x12\x18\n\x10max_context_rows\x18\n \x01(\x05\x12\x19\n\x11max_calls_per_key\x18\x0b \x01(\x05\x12#\n\x1bmin_upload_bytes_per_second\x18\x0c \x01(\x01\x12\x1c\n\x14upload_grace_seconds\x18\r \x01(\x01\x12\x1f\n\x17max_graph_bytes_per_key\x18\x0e \x01(\x03\"`\n\x07\x43harges\x12\x11\n\tper_image\x18\x01 \x01(\x05\x12\x13\n\x0bper_caption\x18\x02 \x01(\x05\x12\x13\n\x0bper_context\x18\x03 \x01(\x05\x12\x18\n\x10per_gradient_row\x18\x04 \x01(\x05\"\x8a\x06\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\'\n\x08\x62\x61\x63kbone\x18\x03 \x01(\x0b\x32\x15.graytune.v1.Backbone\x12\x11\n\tembed_dim\x18\x04 \x01(\x05\x12%\n\x05image\x18\x05 \x01(\x0b\x32\x16.graytune.v1.ImageSpec\x12#\n\x04text\x18\x06 \x01(\x0b\x32\x15.graytune.v1.TextSpec\x12\x0c\n\x04tier\x18\x07 \x01(\t\x12\x14\n\x0c\x65ntry_points\x18\x08 \x03(\t\x12#\n\x06limits\x18\t \x01(\x0b\x32\x13.graytune.v1.Limits\x12\x11\n\tcaller_id\x18\n \x01(\t\x12\x1b\n\x0e\x62udget_samples\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10\x62udget_remaining\x18\x0c \x01(\x03H\x01\x88\x01\x01\x12\x1c\n\x0frate_per_second\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x10rate_limit_scope\x18\x14 \x01(\t\x12$\n\x17gradient_budget_samples\x18\x0e \x01(\x03H\x03\x88\x01\x01\x12&\n\x19gradient_budget_remaining\x18\x0f \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12gradient_clip_norm\x18\x10 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12gradient_noise_std\x18\x11 \x01(\x01H\x06\x88\x01\x01\x12\x11\n\tgradients\x18\x12 \x01(\x08\x12%\n\x07\x63harges\x18\x13 \x01(\x0b\x32\x14.graytune.v1.ChargesB\x11\n\x0f_budget_samplesB\x13\n\x11_budget_remainingB\x12\n\x10_rate_per_secondB\x1a\n\x18_gradient_budget_samplesB\x1c\n\x1a_gradient_budget_remainingB\x15\n\x13_gradient_clip_normB\x15\n\x13_gradient_noise_std*c\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\t\n\x05UINT8\x10\x04\x12\t\n\x05INT64\x10\x05*3\n\x05Tower\x12\x15\n\x11TOWER_UNSPECIFIED\x10\x00\x12\t\n\x05IMAGE\x10\x01\x12\x08\n\x04TEXT\x10\x02\x32\xad\x02\n\x0eGradientOracle\x12G\n\x08\x44\x65scribe\x12\x1c.graytune.v1.DescribeRequest\x1a\x1d.graytune.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12\x44\n\x07\x46orward\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12H\n\x08\x42\x61\x63kward\x12\x1c.graytune.v1.BackwardMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18graytune/v1/oracle.proto\x12\x0bgraytune.v1\"^\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xd0\x01\n\x0bInputHeader\x12!\n\x05tower\x18\x01 \x01(\x0e\x32\x12.graytune.v1.Tower\x12\r\n\x05texts\x18\x02 \x03(\t\x12+\n\x0coutput_dtype\x18\x03 \x01(\x0e\x32\x15.graytune.v1.DataType\x12\x13\n\x0bgrad_inputs\x18\x04 \x03(\t\x12\x17\n\x0fprompt_template\x18\x05 \x01(\t\x12\x34\n\rpixel_adapter\x18\x06 \x01(\x0b\x32\x1d.graytune.v1.PixelAdapterSpec\"I\n\x10PixelAdapterSpec\x12\x0e\n\x06layers\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12\x13\n\x0bkernel_size\x18\x03 \x01(\x05\"W\n\x12PixelAdapterLimits\x12\x12\n\nmax_layers\x18\x01 \x01(\x05\x12\x14\n\x0cmax_channels\x18\x02 \x01(\x05\x12\x17\n\x0fmax_kernel_size\x18\x03 \x01(\x05\"m\n\x0cInputMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.graytune.v1.InputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"R\n\x0cOutputHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x1a\n\x12handle_ttl_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x64\x65vice_seconds\x18\x03 \x01(\x01\"o\n\rOutputMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.graytune.v1.OutputHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"M\n\x0e\x42\x61\x63kwardHeader\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12+\n\x0coutput_dtype\x18\x02 \x01(\x0e\x32\x15.graytune.v1.DataType\"s\n\x0f\x42\x61\x63kwardMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.graytune.v1.BackwardHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.graytune.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x11\n\x0f\x44\x65scribeRequest\"(\n\x08\x42\x61\x63kbone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xda\x01\n\tImageSpec\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04mean\x18\x03 \x03(\x02\x12\x0b\n\x03std\x18\x04 \x03(\x02\x12\x15\n\rinterpolation\x18\x05 \x01(\t\x12\x13\n\x0bresize_mode\x18\x06 \x01(\t\x12\x13\n\x0btoken_width\x18\x07 \x01(\x05\x12\x1a\n\x12\x64\x65\x65p_prompt_layers\x18\x08 \x01(\x05\x12\x36\n\rpixel_adapter\x18\t \x01(\x0b\x32\x1f.graytune.v1.PixelAdapterLimits\"\xb8\x01\n\x08TextSpec\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\x05\x12\x13\n\x0btoken_width\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\x12\x18\n\x10max_extra_tokens\x18\x04 \x01(\x05\x12\x1a\n\x12\x64\x65\x65p_prompt_layers\x18\x05 \x01(\x05\x12\x35\n\x10prompt_templates\x18\x06 \x03(\x0b\x32\x1b.graytune.v1.PromptTemplate\"6\n\x0ePromptTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_tokens\x18\x02 \x01(\x05\"\x88\x03\n\x06Limits\x12\x11\n\tmax_batch\x18\x01 \x01(\x05\x12\x18\n\x10max_tensor_bytes\x18\x02 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\x03\x12\x17\n\x0fmax_graph_bytes\x18\x05 \x01(\x03\x12\x1a\n\x12handle_ttl_seconds\x18\x06 \x01(\x01\x12\x1e\n\x16max_deep_prompt_tokens\x18\x07 \x01(\x05\x12\x18\n\x10max_call_seconds\x18\x08 \x01(\x01\x12\x19\n\x11max_caption_bytes\x18\t \x01(\x05\x12\x18\n\x10max_context_rows\x18\n \x01(\x05\x12\x19\n\x11max_calls_per_key\x18\x0b \x01(\x05\x12#\n\x1bmin_upload_bytes_per_second\x18\x0c \x01(\x01\x12\x1c\n\x14upload_grace_seconds\x18\r \x01(\x01\x12\x1f\n\x17max_graph_bytes_per_key\x18\x0e \x01(\x03\"`\n\x07\x43harges\x12\x11\n\tper_image\x18\x01 \x01(\x05\x12\x13\n\x0bper_caption\x18\x02 \x01(\x05\x12\x13\n\x0bper_context\x18\x03 \x01(\x05\x12\x18\n\x10per_gradient_row\x18\x04 \x01(\x05\"\xa3\x06\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\'\n\x08\x62\x61\x63kbone\x18\x03 \x01(\x0b\x32\x15.graytune.v1.Backbone\x12\x11\n\tembed_dim\x18\x04 \x01(\x05\x12%\n\x05image\x18\x05 \x01(\x0b\x32\x16.graytune.v1.ImageSpec\x12#\n\x04text\x18\x06 \x01(\x0b\x32\x15.graytune.v1.TextSpec\x12\x0c\n\x04tier\x18\x07 \x01(\t\x12\x14\n\x0c\x65ntry_points\x18\x08 \x03(\t\x12#\n\x06limits\x18\t \x01(\x0b\x32\x13.graytune.v1.Limits\x12\x11\n\tcaller_id\x18\n \x01(\t\x12\x1b\n\x0e\x62udget_samples\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10\x62udget_remaining\x18\x0c \x01(\x03H\x01\x88\x01\x01\x12\x1c\n\x0frate_per_second\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x10rate_limit_scope\x18\x14 \x01(\t\x12$\n\x17gradient_budget_samples\x18\x0e \x01(\x03H\x03\x88\x01\x01\x12&\n\x19gradient_budget_remaining\x18\x0f \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12gradient_clip_norm\x18\x10 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12gradient_noise_std\x18\x11 \x01(\x01H\x06\x88\x01\x01\x12\x11\n\tgradients\x18\x12 \x01(\x08\x12%\n\x07\x63harges\x18\x13 \x01(\x0b\x32\x14.graytune.v1.Charges\x12\x17\n\x0fpixel_gradients\x18\x15 \x01(\x08\x42\x11\n\x0f_budget_samplesB\x13\n\x11_budget_remainingB\x12\n\x10_rate_per_secondB\x1a\n\x18_gradient_budget_samplesB\x1c\n\x1a_gradient_budget_remainingB\x15\n\x13_gradient_clip_normB\x15\n\x13_gradient_noise_std*c\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\t\n\x05UINT8\x10\x04\x12\t\n\x05INT64\x10\x05*3\n\x05Tower\x12\x15\n\x11TOWER_UNSPECIFIED\x10\x00\x12\t\n\x05IMAGE\x10\x01\x12\x08\n\x04TEXT\x10\x02\x32\xad\x02\n\x0eGradientOracle\x12G\n\x08\x44\x65scribe\x12\x1c.graytune.v1.DescribeRequest\x1a\x1d.graytune.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12\x44\n\x07\x46orward\x12\x19.graytune.v1.InputMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x12H\n\x08\x42\x61\x63kward\x12\x1c.graytune.v1.BackwardMessage\x1a\x1a.graytune.v1.OutputMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'graytune.v1.oracle_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=2541
-  _globals['_DATATYPE']._serialized_end=2640
-  _globals['_TOWER']._serialized_start=2642
-  _globals['_TOWER']._serialized_end=2693
+  _globals['_DATATYPE']._serialized_start=2840
+  _globals['_DATATYPE']._serialized_end=2939
+  _globals['_TOWER']._serialized_start=2941
+  _globals['_TOWER']._serialized_end=2992
   _globals['_TENSORCHUNK']._serialized_start=41
   _globals['_TENSORCHUNK']._serialized_end=135
   _globals['_INPUTHEADER']._serialized_start=138
-  _globals['_INPUTHEADER']._serialized_end=292
-  _globals['_INPUTMESSAGE']._serialized_start=294
-  _globals['_INPUTMESSAGE']._serialized_end=403
-  _globals['_OUTPUTHEADER']._serialized_start=405
-  _globals['_OUTPUTHEADER']._serialized_end=487
-  _globals['_OUTPUTMESSAGE']._serialized_start=489
-  _globals['_OUTPUTMESSAGE']._serialized_end=600
-  _globals['_BACKWARDHEADER']._serialized_start=602
-  _globals['_BACKWARDHEADER']._serialized_end=679
-  _globals['_BACKWARDMESSAGE']._serialized_start=681
-  _globals['_BACKWARDMESSAGE']._serialized_end=796
-  _globals['_DESCRIBEREQUEST']._serialized_start=798
-  _globals['_DESCRIBEREQUEST']._serialized_end=815
-  _globals['_BACKBONE']._serialized_start=817
-  _globals['_BACKBONE']._serialized_end=857
-  _globals['_IMAGESPEC']._serialized_start=860
-  _globals['_IMAGESPEC']._serialized_end=1022
-  _globals['_TEXTSPEC']._serialized_start=1025
-  _globals['_TEXTSPEC']._serialized_end=1209
-  _globals['_PROMPTTEMPLATE']._serialized_start=1211
-  _globals['_PROMPTTEMPLATE']._serialized_end=1265
-  _globals['_LIMITS']._serialized_start=1268
-  _globals['_LIMITS']._serialized_end=1660
-  _globals['_CHARGES']._serialized_start=1662
-  _globals['_CHARGES']._serialized_end=1758
-  _globals['_DESCRIBERESPONSE']._serialized_start=1761
-  _globals['_DESCRIBERESPONSE']._serialized_end=2539
-  _globals['_GRADIENTORACLE']._serialized_start=2696
-  _globals['_GRADIENTORACLE']._serialized_end=2997
+  _globals['_INPUTHEADER']._serialized_end=346
+  _globals['_PIXELADAPTERSPEC']._serialized_start=348
+  _globals['_PIXELADAPTERSPEC']._serialized_end=421
+  _globals['_PIXELADAPTERLIMITS']._serialized_start=423
+  _globals['_PIXELADAPTERLIMITS']._serialized_end=510
+  _globals['_INPUTMESSAGE']._serialized_start=512
+  _globals['_INPUTMESSAGE']._serialized_end=621
+  _globals['_OUTPUTHEADER']._serialized_start=623
+  _globals['_OUTPUTHEADER']._serialized_end=705
+  _globals['_OUTPUTMESSAGE']._serialized_start=707
+  _globals['_OUTPUTMESSAGE']._serialized_end=818
+  _globals['_BACKWARDHEADER']._serialized_start=820
+  _globals['_BACKWARDHEADER']._serialized_end=897
+  _globals['_BACKWARDMESSAGE']._serialized_start=899
+  _globals['_BACKWARDMESSAGE']._serialized_end=1014
+  _globals['_DESCRIBEREQUEST']._serialized_start=1016
+  _globals['_DESCRIBEREQUEST']._serialized_end=1033
+  _globals['_BACKBONE']._serialized_start=1035
+  _globals['_BACKBONE']._serialized_end=1075
+  _globals['_IMAGESPEC']._serialized_start=1078
+  _globals['_IMAGESPEC']._serialized_end=1296
+  _globals['_TEXTSPEC']._serialized_start=1299
+  _globals['_TEXTSPEC']._serialized_end=1483
+  _globals['_PROMPTTEMPLATE']._serialized_start=1485
+  _globals['_PROMPTTEMPLATE']._serialized_end=1539
+  _globals['_LIMITS']._serialized_start=1542
+  _globals['_LIMITS']._serialized_end=1934
+  _globals['_CHARGES']._serialized_start=1936
+  _globals['_CHARGES']._serialized_end=2032
+  _globals['_DESCRIBERESPONSE']._serialized_start=2035
+  _globals['_DESCRIBERESPONSE']._serialized_end=2838
+  _globals['_GRADIENTORACLE']._serialized_start=2995
+  _globals['_GRADIENTORACLE']._serialized_end=3296
 # @@protoc_insertion_point(module_scope)

@@ -44,18 +44,40 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InputHeader(_message.Message):
-    __slots__ = ("tower", "texts", "output_dtype", "grad_inputs", "prompt_template")
+    __slots__ = ("tower", "texts", "output_dtype", "grad_inputs", "prompt_template", "pixel_adapter")
     TOWER_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     GRAD_INPUTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     tower: Tower
     texts: _containers.RepeatedScalarFieldContainer[str]
     output_dtype: DataType
     grad_inputs: _containers.RepeatedScalarFieldContainer[str]
     prompt_template: str
-    def __init__(self, tower: _Optional[_Union[Tower, str]] = ..., texts: _Optional[_Iterable[str]] = ..., output_dtype: _Optional[_Union[DataType, str]] = ..., grad_inputs: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ...) -> None: ...
+    pixel_adapter: PixelAdapterSpec
+    def __init__(self, tower: _Optional[_Union[Tower, str]] = ..., texts: _Optional[_Iterable[str]] = ..., output_dtype: _Optional[_Union[DataType, str]] = ..., grad_inputs: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., pixel_adapter: _Optional[_Union[PixelAdapterSpec, _Mapping]] = ...) -> None: ...
+
+class PixelAdapterSpec(_message.Message):
+    __slots__ = ("layers", "channels", "kernel_size")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    layers: int
+    channels: int
+    kernel_size: int
+    def __init__(self, layers: _Optional[int] = ..., channels: _Optional[int] = ..., kernel_size: _Optional[int] = ...) -> None: ...
+
+class PixelAdapterLimits(_message.Message):
+    __slots__ = ("max_layers", "max_channels", "max_kernel_size")
+    MAX_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_KERNEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    max_layers: int
+    max_channels: int
+    max_kernel_size: int
+    def __init__(self, max_layers: _Optional[int] = ..., max_channels: _Optional[int] = ..., max_kernel_size: _Optional[int] = ...) -> None: ...
 
 class InputMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -112,7 +134,7 @@ class Backbone(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
-    __slots__ = ("height", "width", "mean", "std", "interpolation", "resize_mode", "token_width", "deep_prompt_layers")
+    __slots__ = ("height", "width", "mean", "std", "interpolation", "resize_mode", "token_width", "deep_prompt_layers", "pixel_adapter")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +143,7 @@ class ImageSpec(_message.Message):
     RESIZE_MODE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_WIDTH_FIELD_NUMBER: _ClassVar[int]
     DEEP_PROMPT_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     mean: _containers.RepeatedScalarFieldContainer[float]
@@ -129,7 +152,8 @@ class ImageSpec(_message.Message):
     resize_mode: str
     token_width: int
     deep_prompt_layers: int
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ..., token_width: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ...) -> None: ...
+    pixel_adapter: PixelAdapterLimits
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., resize_mode: _Optional[str] = ..., token_width: _Optional[int] = ..., deep_prompt_layers: _Optional[int] = ..., pixel_adapter: _Optional[_Union[PixelAdapterLimits, _Mapping]] = ...) -> None: ...
 
 class TextSpec(_message.Message):
     __slots__ = ("context_length", "token_width", "vocab_size", "max_extra_tokens", "deep_prompt_layers", "prompt_templates")
@@ -200,7 +224,7 @@ class Charges(_message.Message):
     def __init__(self, per_image: _Optional[int] = ..., per_caption: _Optional[int] = ..., per_context: _Optional[int] = ..., per_gradient_row: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "rate_limit_scope", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients", "charges")
+    __slots__ = ("protocol_version", "server_version", "backbone", "embed_dim", "image", "text", "tier", "entry_points", "limits", "caller_id", "budget_samples", "budget_remaining", "rate_per_second", "rate_limit_scope", "gradient_budget_samples", "gradient_budget_remaining", "gradient_clip_norm", "gradient_noise_std", "gradients", "charges", "pixel_gradients")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +245,7 @@ class DescribeResponse(_message.Message):
     GRADIENT_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHARGES_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     server_version: str
     backbone: Backbone
@@ -241,4 +266,5 @@ class DescribeResponse(_message.Message):
     gradient_noise_std: float
     gradients: bool
     charges: Charges
-    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., rate_limit_scope: _Optional[str] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ..., charges: _Optional[_Union[Charges, _Mapping]] = ...) -> None: ...
+    pixel_gradients: bool
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., embed_dim: _Optional[int] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., text: _Optional[_Union[TextSpec, _Mapping]] = ..., tier: _Optional[str] = ..., entry_points: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., caller_id: _Optional[str] = ..., budget_samples: _Optional[int] = ..., budget_remaining: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., rate_limit_scope: _Optional[str] = ..., gradient_budget_samples: _Optional[int] = ..., gradient_budget_remaining: _Optional[int] = ..., gradient_clip_norm: _Optional[float] = ..., gradient_noise_std: _Optional[float] = ..., gradients: _Optional[bool] = ..., charges: _Optional[_Union[Charges, _Mapping]] = ..., pixel_gradients: _Optional[bool] = ...) -> None: ...
