@@ -53,6 +53,7 @@ CLIP_NORMALISATION = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 MODELS = {  # name: (OpenCLIP architecture, image size, default batch, default repetitions)
     "small-224": ("graytune-small-224", 224, 32, 15),
     "vit-b-32": ("ViT-B-32", 224, 16, 5),
+    "vit-l-14": ("ViT-L-14", 224, 16, 3),  # scripts/gpu_check.sh's
     "tiny": ("graytune-tiny", 32, 8, 5),  # the smoke test's
 }
 METHODS = {  # name: the step's modules (LGA's depth: every layer the backbone offers)
@@ -325,7 +326,7 @@ def report(result: dict) -> None:
         f"{result['reps']} interleaved reps)"
     )
     print(
-        f"  {'variant':<17}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
+        f"  {'variant':<24}{'step s':>8}{'ratio':>7}{'paired IQR':>14}{'client s':>10}{'server s':>10}"
         f"{'wire s':>8}{'MB up':>8}{'MB down':>9}{'bytes ratio':>12}{'wire ÷ min':>12}"
     )
     for r in result["rows"]:
@@ -336,7 +337,7 @@ def report(result: dict) -> None:
             else f"{'':>10}{'':>10}{'':>8}"
         )
         print(
-            f"  {r['variant']:<17}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
+            f"  {r['variant']:<24}{r['median_s']:>8.3f}{r['ratio']:>7.3f}"
             f"{r['paired_q1']:>8.3f}-{r['paired_q3']:.3f}{split}"
             f"{r['up_bytes'] / 1e6:>8.2f}{r['down_bytes'] / 1e6:>9.2f}"
             + (f"{r['bytes_ratio']:>12.3f}" if remote else f"{'':>12}")

@@ -210,3 +210,32 @@ def test_the_memory_benchmark_weighs_a_methods_modules_against_the_backbone(tmp_
     assert dga["parameters"] == pixel_adapter + 2 * 128 + 2 * (128 * 128 + 128) + 1
     assert dga["file_bytes"] > 4 * dga["parameters"] and backbone["parameters"] > 100 * dga["parameters"]
     assert dga["rss"] > 0 and backbone["rss"] > 0 and backbone["server_rss"] > 0
+
+
+def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
+    """scripts/gpu_check.sh --dry-run: every step of the GPU check, small, on the CPU."""
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS.parent / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps) == [
+        "gradients on cpu, fp32",
+        "gradients on cpu, amp_bf16",
+        "step overhead",
+        "concurrent clients",
+        "upload overlap and peak memory",
+    ]
+    assert all(s["ok"] for s in steps.values()) and "2 passed" in steps["gradients on cpu, fp32"]["output_end"]
+    measured = steps["upload overlap and peak memory"]
+    assert {(r["wire"], r["clients"]) for r in measured["rows"]} == {
+        (w, c) for w in ("pixels", "frugal") for c in (1, 2)
+    }
+    assert all(0 < r["device_busy"] <= 1.05 for r in measured["rows"]) and measured["peak_device_memory_bytes"] > 0
+    (case,) = written(tmp_path, "step_overhead")
+    assert {"remote float32 frugal", "remote bfloat16 frugal"} <= set(case["across_runs"])
+    assert written(tmp_path, "concurrent_clients")

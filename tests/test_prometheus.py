@@ -38,6 +38,7 @@ def test_metrics_count_calls_samples_bytes_and_held_graphs():
     assert m[("graytune_graphs_held", frozenset())] == 1
     assert m[("graytune_graph_bytes_held", frozenset())] > 0
     assert m[("graytune_device_memory_bytes", frozenset())] > 0
+    assert m[("graytune_device_memory_peak_bytes", frozenset())] > 0
     for method, batches in (("Forward", 2), ("Backward", 1)):  # one call per batch, alone here
         labels = frozenset({"method": method}.items())
         assert m[("graytune_merged_calls_count", labels)] == m[("graytune_merged_calls_sum", labels)] == batches

@@ -105,15 +105,15 @@ class Backbone:
     ) -> torch.Tensor:
         """uint8 (B, 3, H, W) pixels, normalised here, through a caller's pixel adapter (in
         float32: its parameters and their gradients are the caller's), then the image tower."""
-        normalised = normalise(pixels.to(self.device, non_blocking=True), self.image_mean, self.image_std)
-        adapted = apply(spec, {n: p.to(self.device) for n, p in parameters.items()}, normalised)
+        normalised = normalise(self.to_device(pixels), self.image_mean, self.image_std)
+        adapted = apply(spec, {n: self.to_device(p) for n, p in parameters.items()}, normalised)
         return self.encode_image(adapted, deep_prompts)
 
     def encode_image(self, pixels: torch.Tensor, deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels [+ (depth, K, W) deep prompts] -> (B, E) embeddings,
         not normalised."""
         with self.autocast():
-            return self.image(pixels.to(self.device), self._to_device(deep_prompts)).float()
+            return self.image(self.to_device(pixels), self._to_device(deep_prompts)).float()
 
     def encode_text(
         self,
@@ -127,10 +127,20 @@ class Backbone:
         -> (B, E) embeddings; (C, L) template prompts + (P, N, D) context deltas -> (P, C, E)."""
         extras = (shift, extra_tokens, deep_prompts, context_delta)
         with self.autocast():
-            return self.text(token_ids.to(self.device), *map(self._to_device, extras)).float()
+            return self.text(self.to_device(token_ids), *map(self._to_device, extras)).float()
+
+    def staged(self, t: torch.Tensor) -> torch.Tensor:
+        """A request's tensor made ready for the device, on the caller's thread: in page-locked
+        memory for a GPU, so the device thread's copy is asynchronous (`to_device`)."""
+        return t.pin_memory() if self.device.type == "cuda" and not t.is_pinned() else t
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """On the device; from page-locked memory without waiting for the copy (the stream
+        orders it before the kernels that read it). Differentiable: a gradient flows back."""
+        return t.to(self.device, non_blocking=t.is_pinned())
 
     def _to_device(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(self.device)
+        return None if t is None else self.to_device(t)
 
 
 def load_backbone(

@@ -95,10 +95,11 @@ class GradientOracle:
             else:
                 ids = tensors["token_ids"]
                 b.text.check_room(ids, num_extra)
-        floats = {n: t for n, t in tensors.items() if t.is_floating_point()}
+        # float32 and page-locked (on a GPU) here, so the device thread only starts the copy.
+        floats = {n: b.staged(t.float()) for n, t in tensors.items() if t.is_floating_point()}
         samples = validation.batch_size(tensors) or len(texts)
         if pixel_adapter is not None:
-            return Request(tower, floats, tensors["pixels"], tuple(wanted), samples, pixel_adapter)
+            return Request(tower, floats, b.staged(tensors["pixels"]), tuple(wanted), samples, pixel_adapter)
         return Request(tower, floats, ids, tuple(wanted), samples)
 
     def _encoder(self, request: Request) -> Callable[[Tensors], torch.Tensor]:
@@ -212,7 +213,8 @@ class GradientOracle:
         # every call was checked by `prepare` on its own thread
         leaves = [w.payload.tensors["pixels"].float().requires_grad_() for w in works]
         with torch.enable_grad(), graph_bytes(self.backbone.parameter_storages) as kept:
-            output = self.backbone.encode_image(torch.cat(leaves))  # (sum of B, E)
+            on_device = [self.backbone.to_device(leaf) for leaf in leaves]  # each copied from its pinned pages
+            output = self.backbone.encode_image(torch.cat(on_device))  # (sum of B, E)
         kept.add(*leaves, output)
         ends = itertools.accumulate(len(leaf) for leaf in leaves)
         rows = [slice(end - len(leaf), end) for leaf, end in zip(leaves, ends)]

@@ -11,6 +11,7 @@ graytune_graph_bytes_cap                         --max-graph-mb: when held reach
 graytune_device_queue_pending                    device work queued, not yet started (all callers)
 graytune_serving{service}                        1 while the health service says SERVING, else 0
 graytune_device_memory_bytes                     CUDA memory allocated, or the process RSS on CPU
+graytune_device_memory_peak_bytes                the most of it since the server started
 graytune_merged_calls{method}                    calls per merged image batch (Forward/Backward)
 graytune_key_requests_total{key,method,status}   calls per key id ("-": no valid key), by outcome
 graytune_key_samples_total{key,method}           samples answered per key id
@@ -46,6 +47,12 @@ def _device_memory(device: torch.device) -> float:
         return float(torch.cuda.memory_allocated(device))
     with open("/proc/self/statm") as f:  # resident pages
         return float(int(f.read().split()[1]) * resource.getpagesize())
+
+
+def _device_memory_peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # the peak RSS, in KiB on Linux
 
 
 class ServerMetrics:
@@ -85,6 +92,9 @@ class ServerMetrics:
         Gauge(
             "graytune_device_memory_bytes", "CUDA memory allocated, or the process RSS on CPU", registry=r
         ).set_function(lambda: _device_memory(device))
+        Gauge(
+            "graytune_device_memory_peak_bytes", "The most CUDA memory allocated, or the peak RSS on CPU", registry=r
+        ).set_function(lambda: _device_memory_peak(device))
         Gauge("graytune_graph_bytes_cap", "Graph bytes held at which graphs are evicted", registry=r).set(
             graph_cap_bytes
         )
