@@ -33,7 +33,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from graytune.client.data.files import write_text_atomically  # noqa: E402
 from graytune.client.transport.local_server import LocalServer  # noqa: E402
-from graytune.client.transport.oracle_client import OracleClient  # noqa: E402
+from graytune.client.transport.oracle_client import IMAGE_WIRES, OracleClient  # noqa: E402
 
 from evidence import domains as target  # noqa: E402
 from evidence.methods import METHODS, TASKS, Budget, Owner, Setting  # noqa: E402
@@ -153,6 +153,13 @@ def parse_args(argv):
     parser.add_argument("--weights", help="the owner's .safetensors weights (default: built by owner_model.py)")
     parser.add_argument("--pretrained", help="an OpenCLIP pretrained tag instead of --weights (needs a network)")
     parser.add_argument("--server-arg", action="append", default=[], help="an extra graytune-server flag (repeat)")
+    parser.add_argument(
+        "--wire",
+        choices=IMAGE_WIRES,
+        default="pixels",
+        help="how the gray-box rows' images travel (graytune's --wire): the committed table's runs were "
+        "made in pixel mode, before the frugal image call existed (default: %(default)s)",
+    )
     parser.add_argument("--workdir", default="graytune-bench-work", help="data and runs (reused where complete)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
@@ -198,7 +205,7 @@ def main(argv=None) -> dict:
     model_name, weights, server_flags = owner_source(args)
     with (
         LocalServer(["--dev", "--plaintext", "--tier", "graybox-plus", *server_flags, *args.server_arg]) as server,
-        OracleClient(server.endpoint) as oracle,
+        OracleClient(server.endpoint, image_wire=args.wire) as oracle,
     ):
         described = oracle.describe()
         size, sha256 = described.image.height, described.backbone.sha256

@@ -64,6 +64,10 @@ KEYS = {  # label: (clip norm, noise std); the same numbers also bound the text 
     "clip 0.1x + noise 1x": (PIXEL_NORM / 10, PIXEL_RMS),
 }
 METRICS = ("image_to_text_R@1", "text_to_image_R@1")
+# The protection measured is the per-pixel gradient's, so the images go in pixel mode: in the
+# frugal image call (graytune's default where it can) the same clip and noise would apply to the
+# pixel adapter's parameters' gradients instead, a measurement of its own.
+WIRE = "pixels"
 
 
 def create_keys(key_file: Path, labels) -> dict:
@@ -111,7 +115,7 @@ def pixel_gradient_scale(oracle: OracleClient, cfg: TrainConfig, batches: int = 
 
 def run(endpoint: str, secret: str, cfg: TrainConfig) -> dict:
     """Trains with one key; -> {"zero_shot": metrics, "fine_tuned": metrics}."""
-    with OracleClient(endpoint, api_key=secret) as oracle:
+    with OracleClient(endpoint, api_key=secret, image_wire=WIRE) as oracle:
         fine_tuned = train(oracle, cfg, overwrite=True, progress=False)
     records = RunDir(cfg.output_dir).records()
     return {"zero_shot": next(r for r in records if r["kind"] == "zero_shot"), "fine_tuned": fine_tuned}
@@ -173,7 +177,7 @@ def measure(workdir: Path, labels, steps: int, batch_size: int, lr: float) -> di
         ["--plaintext", "--keys", str(workdir / "keys.json"), "--pretrained", "mnist", "--log-level", "WARNING"],
         startup_timeout=1800,
     ) as server:
-        with OracleClient(server.endpoint, api_key=secrets["none"]) as oracle:
+        with OracleClient(server.endpoint, api_key=secrets["none"], image_wire=WIRE) as oracle:
             norm, rms = pixel_gradient_scale(oracle, config("none"))
         print(
             f"pixel gradient, no protection: median per-sample norm {norm:.3g} (levels assume {PIXEL_NORM}), "
