@@ -29,6 +29,7 @@ SIZES = [(1, 8, 3), (2, 8, 3), (3, 16, 3), (2, 4, 5)]
 # bits (a relative error of at most 2^-9 per element); summed over the batch and both roundings,
 # the relative L2 error stays within a few times 2^-9. Measured here: up to 4.3e-3 (5 seeds).
 BFLOAT16_WIRE = 2**-6
+CLIP = 0.01  # the protected key's clip norm: far below the adapter gradients' norms here (~1 to 20)
 
 
 def images(oracle: OracleClient, count: int, seed: int = 0) -> torch.Tensor:
@@ -94,11 +95,15 @@ def test_pixels_not_made_from_8_bit_images_go_as_floats_unless_frugal_is_require
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
-    """A server with two graybox keys: one may receive per-pixel gradients, one never."""
+    """A server with graybox keys: one may receive per-pixel gradients, one never, and one
+    whose gradients are clipped and budgeted."""
     key_file = tmp_path_factory.mktemp("frugal") / "keys.json"
     secrets = {
         "allowed": create_key(key_file, "--tier", "graybox"),
         "never": create_key(key_file, "--tier", "graybox", "--pixel-gradients", "never"),
+        "protected": create_key(
+            key_file, "--tier", "graybox", "--gradient-clip", str(CLIP), "--gradient-budget", "100"
+        ),
     }
     with LocalServer([*KEYED_ARGS, "--keys", str(key_file)]) as server:
         yield server, secrets
@@ -162,6 +167,20 @@ def test_a_run_takes_the_same_steps_in_either_wire(server, digits, tmp_path):
         losses[wire] = torch.tensor([r["loss"] for r in records(tmp_path / wire, "train")])
     assert len(losses["frugal"]) == 3
     assert relative_error(losses["frugal"], losses["pixels"]) <= REORDERED
+
+
+def test_clipping_and_the_gradient_budget_apply_to_the_adapters_gradients(keyed):
+    """What Backward returns in a frugal call is protected as any input the batch shares: each
+    parameter's gradient (summed over the batch) rescaled to at most the key's clip norm; and
+    the call is charged its rows of dL/dE, as in pixel mode."""
+    server, secrets = keyed
+    with OracleClient(server.endpoint, api_key=secrets["protected"]) as oracle:
+        received = recording_backward(oracle)
+        grads = adapter_gradients(oracle, adapter(2, 8, 3), images(oracle, 4), torch.ones(4, oracle.info().embed_dim))
+        assert oracle.image_wire_chosen.startswith("frugal") and len(received) == len(grads)
+        # float32 rescaling: the norm lands on the clip norm to a few units of rounding
+        assert all(0 < g.norm() <= CLIP * (1 + 1e-5) for g in grads.values())
+        assert oracle.describe(refresh=True).gradient_budget_remaining == 100 - 4
 
 
 def raw_forward(channel, adapter_spec: dict, tensors: dict):
