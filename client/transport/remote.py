@@ -19,11 +19,10 @@ from collections.abc import Sequence
 import grpc
 import torch
 
-from graytune.client.modules.layers import PixelAdapter
 from graytune.client.transport.embedding_cache import EmbeddingCache
 from graytune.client.transport.oracle_client import OracleClient, OracleError
 from graytune.contract import IMAGE_PIXEL_ADAPTER
-from graytune.pixel_adapter import PixelAdapterSpec, quantised
+from graytune.pixel_adapter import DeclaredAdapter, PixelAdapterSpec, quantised
 from graytune.v1 import oracle_pb2 as pb
 
 log = logging.getLogger("graytune.client")
@@ -81,10 +80,11 @@ def remote_encode(
 
 def frugal_pixels(oracle: OracleClient, adapter: torch.nn.Module | None, pixels: torch.Tensor) -> torch.Tensor | None:
     """The uint8 pixels to send with `adapter`'s parameters in a frugal image call, or None
-    for a pixel-mode call: where `oracle.image_wire` is "pixels", the module is no PixelAdapter,
-    the server does not run one this size for this key, or the pixels are not 8-bit images
-    normalised as the server normalises them. `image_wire` "frugal" refuses the last two."""
-    if oracle.image_wire == "pixels" or not isinstance(adapter, PixelAdapter):
+    for a pixel-mode call: where `oracle.image_wire` is "pixels", the module is no declared
+    adapter (graytune's PixelAdapter), the server does not run one this size for this key, or
+    the pixels are not 8-bit images normalised as the server normalises them. `image_wire`
+    "frugal" refuses the last two."""
+    if oracle.image_wire == "pixels" or not isinstance(adapter, DeclaredAdapter):
         return None
     info = oracle.info()
     spec, most = adapter.spec, info.image.pixel_adapter
@@ -123,7 +123,7 @@ class RemoteImageTower(torch.nn.Module):
         (see `frugal_pixels`), else here."""
         eight_bit = frugal_pixels(self.oracle, adapter, pixels)
         if eight_bit is not None:
-            assert isinstance(adapter, PixelAdapter)
+            assert isinstance(adapter, DeclaredAdapter)
             return self.frugal(eight_bit, adapter, deep_prompts)
         if adapter is not None:
             pixels = adapter(pixels)
@@ -132,7 +132,7 @@ class RemoteImageTower(torch.nn.Module):
         return remote_encode(self.oracle, pb.IMAGE, pixels=pixels, deep_prompts=deep_prompts)
 
     def frugal(
-        self, eight_bit: torch.Tensor, adapter: PixelAdapter, deep_prompts: torch.Tensor | None = None
+        self, eight_bit: torch.Tensor, adapter: DeclaredAdapter, deep_prompts: torch.Tensor | None = None
     ) -> torch.Tensor:
         """uint8 (B, 3, H, W) pixels through `adapter` on the server -> (B, E); differentiable
         w.r.t. the adapter's parameters (and the deep prompts)."""

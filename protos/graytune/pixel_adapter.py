@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,18 @@ class PixelAdapterSpec:
         """The adapter's work for one pixel: what bounds it on the server."""
         widths = self.widths()
         return sum(c_in * c_out for c_in, c_out in zip(widths[:-1], widths[1:])) * self.kernel_size**2
+
+
+@runtime_checkable
+class DeclaredAdapter(Protocol):
+    """A module the server can run for a caller: its architecture and its parameters by their
+    wire names (the client's PixelAdapter)."""
+
+    spec: PixelAdapterSpec
+
+    def wire_parameters(self) -> dict[str, torch.Tensor]: ...
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 def apply(spec: PixelAdapterSpec, parameters: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
