@@ -12,7 +12,7 @@ import pytest
 from graytune.client.methods.graybox.options import DGAOptions
 from graytune.client.training import checkpoint
 from graytune.client.training.loop import train
-from graytune.client.training.reporters import scalars
+from graytune.client.training.reporters import reporters, scalars
 from graytune.client.transport.oracle_client import OracleClient
 
 from helpers import digits_run
@@ -99,3 +99,16 @@ def test_a_wandb_run_holds_the_metrics_and_a_resume_continues_it(server, digits,
     (second,) = set((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")) - {first}
     assert second.name == first.name, "the same W&B run id"
     assert {step for step, _ in wandb_history(second)} == {4}
+
+
+def test_wandb_online_without_credentials_is_refused_before_the_run_starts(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    with pytest.raises(ValueError, match=r"--report-to wandb: no W&B credentials here; run `wandb login`"):
+        reporters(("wandb",), tmp_path / "run", 0)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert reporters(("wandb",), tmp_path / "run", 0)  # offline needs none

@@ -61,6 +61,18 @@ def _imported(name: str) -> Any:
         ) from None
 
 
+def _check_wandb_login(wandb: Any) -> None:
+    """A W&B run online needs credentials: refused here, before the run directory is touched,
+    rather than by wandb.init's traceback once the run has started."""
+    if os.environ.get("WANDB_MODE", "online") in ("offline", "disabled", "dryrun"):
+        return
+    if not wandb.login(prompt=False):
+        raise ValueError(
+            "--report-to wandb: no W&B credentials here; run `wandb login` (or set WANDB_API_KEY), "
+            "or set WANDB_MODE=offline to keep the W&B run in OUTPUT_DIR/wandb for a later `wandb sync`"
+        )
+
+
 def reporters(report_to: tuple[str, ...], run_dir: Path, resumed_step: int) -> Callable[[dict], tuple[Reporter, ...]]:
     """What opens the reporters `report_to` names, given the run's resolved config (checked, and
     their modules imported, before the run directory is touched)."""
@@ -68,6 +80,8 @@ def reporters(report_to: tuple[str, ...], run_dir: Path, resumed_step: int) -> C
     if unknown:
         raise ValueError(f"--report-to: unknown {', '.join(unknown)} (known: {', '.join(REPORTERS)})")
     modules = {name: _imported(name) for name in dict.fromkeys(report_to)}
+    if "wandb" in modules:
+        _check_wandb_login(modules["wandb"])
     kinds: dict[str, type[TensorBoardWriter | WandbWriter]] = {"tensorboard": TensorBoardWriter, "wandb": WandbWriter}
     return lambda config: tuple(
         kinds[name](module, Path(run_dir), resumed_step, config) for name, module in modules.items()
@@ -97,15 +111,18 @@ class WandbWriter:
         saved = json.loads(self.state.read_text()) if resumed_step and self.state.exists() else {}
         self.last_step = saved.get("last_step", 0)
         self.state.parent.mkdir(parents=True, exist_ok=True)
-        self.run = module.init(
-            project=os.environ.get("WANDB_PROJECT", "graytune"),
-            name=run_dir.name,
-            id=saved.get("id"),  # None: a new W&B run
-            resume="allow",
-            dir=str(run_dir),
-            config=config,
-            settings=module.Settings(console="off"),  # stdout carries the run's result alone
-        )
+        try:
+            self.run = module.init(
+                project=os.environ.get("WANDB_PROJECT", "graytune"),
+                name=run_dir.name,
+                id=saved.get("id"),  # None: a new W&B run
+                resume="allow",
+                dir=str(run_dir),
+                config=config,
+                settings=module.Settings(console="off"),  # stdout carries the run's result alone
+            )
+        except module.errors.Error as e:  # no network, a refused key: one line, not wandb's traceback
+            raise ValueError(f"--report-to wandb: {e}") from None
         self._save()
 
     def write(self, record: dict) -> None:
