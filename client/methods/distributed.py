@@ -62,6 +62,12 @@ class Ranks:
         names = sorted(set().union(*every))
         return {name: sum(c.get(name, 0) for c in every) for name in names}
 
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process (a collective: all call it)."""
+        flags = torch.tensor([int(flag)])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags.item())
+
     def barrier(self) -> None:
         dist.barrier()
 

@@ -16,12 +16,18 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
+
+# Seconds the other processes get to end by themselves once one has failed: a Ctrl-C or an
+# unreadable file stops every process at the same step, process 0 checkpointing it first.
+GRACE_SECONDS = 60.0
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """`python -m graytune.client.cli ARGV` in `nproc` processes; -> the exit status of the
-    first to fail (a shell's 128 + N for a signal N), the others then stopped; 0 if none failed."""
+    first to fail (a shell's 128 + N for a signal N), the others stopped if they have not ended
+    within GRACE_SECONDS of it; 0 if none failed."""
     common = {
         **os.environ,
         "WORLD_SIZE": str(nproc),
@@ -46,14 +52,17 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
         for process in processes:
             threading.Thread(target=wait, args=(process,), daemon=True).start()
-        status = 0
+        status, deadline = 0, None
         for _ in processes:
-            code = ended.get().returncode
-            if code != 0 and status == 0:
-                status = code if code > 0 else 128 - code
-                for other in processes:  # the others would wait for it in a collective
+            try:
+                code = ended.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())).returncode
+            except queue.Empty:  # still running past the grace: waiting for the failed one in a collective
+                for other in processes:
                     if other.poll() is None:
                         other.terminate()
+                code = ended.get().returncode
+            if code != 0 and status == 0:
+                status, deadline = (code if code > 0 else 128 - code), time.monotonic() + GRACE_SECONDS
         return status
     finally:
         signal.signal(signal.SIGINT, previous)

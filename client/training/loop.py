@@ -386,9 +386,12 @@ def _steps(loop: Loop, state: dict[str, Any], progress: bool) -> dict[str, float
                         f"{trainer.label(done)}: {headline(loop.task, result)}",
                         file=sys.stderr,
                     )  # beside the bar; stdout carries only the result
-                if loop.main and (done % cfg.save_every == 0 or done == loop.steps or stop.requested):
+                # Every process stops after the same step: Ctrl-C reaches them at once, but a
+                # process may see it a step before another.
+                stopping = stop.requested if loop.ranks is None else loop.ranks.any(stop.requested)
+                if loop.main and (done % cfg.save_every == 0 or done == loop.steps or stopping):
                     loop.save(done)
-                if stop.requested and done < loop.steps:
+                if stopping and done < loop.steps:
                     raise KeyboardInterrupt
                 waited = time.perf_counter()
     except DataError:  # an image that cannot be read: the steps done so far are kept
