@@ -178,7 +178,8 @@ class GradientMethod(Method[ConfigT, GradientOptionsT]):
     def resolved(self, options: GradientOptionsT, train_samples: int, batch_size: int) -> GradientOptionsT:
         done = options.resolved(train_samples, batch_size)
         if options.epochs is not None:
-            per_epoch = steps_per_epoch(train_samples, batch_size)
+            assert done.steps is not None
+            per_epoch = done.steps // options.epochs
             log.info(
                 "--epochs %d: %d steps (%d of %d samples per epoch)", options.epochs, done.steps, per_epoch, batch_size
             )

@@ -188,9 +188,9 @@ def train(
     if ranks is not None:
         check_data_parallel(cfg, ranks.world)
     run = RunDir(cfg.output_dir)
-    steps = chosen.steps(cfg.options, task.options)  # None with --epochs, until the data is read
-    if resume and steps is not None and run.is_complete(steps):
-        return _complete(run, steps)  # without a call
+    known = chosen.steps(cfg.options, task.options)  # None with --epochs, until the data is read
+    if resume and known is not None and run.is_complete(known):
+        return _complete(run, known)  # without a call
     run.check_start(resume, overwrite)
     info = oracle.info()
     adapters = chosen.adapter_config(oracle, cfg.options, cfg.seed)
@@ -199,7 +199,7 @@ def train(
     cfg = resolved(cfg, len(train_set))
     steps = chosen.steps(cfg.options, task.options)
     assert steps is not None
-    if resume and run.is_complete(steps):
+    if resume and known is None and run.is_complete(steps):  # --epochs: only now known
         return _complete(run, steps)
     adapters = task.adapter_config(adapters)
     cache = EmbeddingCache(oracle)
